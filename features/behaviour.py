@@ -1,0 +1,198 @@
+"""Per-customer behavioural features and time-based labels, as backend-neutral Ibis expressions.
+
+The same expression runs on DuckDB (the embedded default) and on PySpark. To keep the engines in agreement:
+
+* every day difference is taken between DATEs (timestamp differences round differently across engines);
+* no order-sensitive aggregate: the first day's spend is ``argmin(spend, day)``, the last gap ``argmax``;
+* every division is guarded with ``nullif(0)``;
+* timestamps are UTC and become dates in UTC (the caller's connection must use UTC as its session zone).
+
+Conventions
+-----------
+A *cutoff* is the last day of history: a row for cutoff ``c`` sees transactions on days ``<= c`` and nothing
+later, and its labels look at days in ``(c, c + horizon_days]``. Purchases are aggregated per calendar day (a
+*purchase day*); a day with only returns is not a purchase day. A zero amount is a purchase with zero spend.
+``frequency`` is the number of repeat purchase days, ``recency`` and ``T`` are in ``time_unit`` (weeks are
+days / 7, as in lifetimes' CDNOW summary), and ``monetary_value`` is the mean spend of the repeat purchase days
+(0 when there are none), as in lifetimes' ``summary_data_from_transaction_data``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Literal
+
+import ibis
+import ibis.expr.types as ir
+
+from features import schemas as s
+
+DAYS_PER_UNIT = {"days": 1.0, "weeks": 7.0}
+
+_DAY = "day"
+_SPEND = "spend"
+_GAP = "gap"
+
+
+def cutoff_table(cutoffs: Sequence[dt.date]) -> ir.Table:
+    """An in-memory table of cutoff dates, the left side of every per-cutoff aggregation."""
+    return ibis.memtable({s.CUTOFF: list(cutoffs)}, schema={s.CUTOFF: "date"})
+
+
+def purchase_days(tx: ir.Table) -> ir.Table:
+    """One row per customer and purchase day with that day's spend and the gap to the previous purchase day.
+
+    The gap needs only earlier days, so filtering these rows to ``day <= cutoff`` later leaks nothing.
+    """
+    day = tx[s.TS].date()
+    purchases = tx.filter(tx[s.AMOUNT] >= 0).mutate(**{_DAY: day})
+    daily = purchases.group_by([s.CUSTOMER_ID, _DAY]).aggregate(**{_SPEND: purchases[s.AMOUNT].sum()})
+    previous = daily[_DAY].lag().over(ibis.window(group_by=s.CUSTOMER_ID, order_by=_DAY))
+    return daily.mutate(**{_GAP: daily[_DAY].delta(previous, unit="day").cast("float64")})
+
+
+def return_days(tx: ir.Table) -> ir.Table:
+    """One row per customer and day with returns, holding the returned amount as a positive number."""
+    returns = tx.filter(tx[s.AMOUNT] < 0).mutate(**{_DAY: tx[s.TS].date()})
+    return returns.group_by([s.CUSTOMER_ID, _DAY]).aggregate(returned=(-returns[s.AMOUNT]).sum())
+
+
+def _days_before(cutoff: ir.DateValue, days: int) -> ir.DateValue:
+    return cutoff - ibis.interval(days=days)
+
+
+def customer_features(
+    tx: ir.Table,
+    cutoffs: Sequence[dt.date],
+    *,
+    time_unit: Literal["days", "weeks"],
+    windows_days: Sequence[int],
+    trend_window_days: int,
+) -> ir.Table:
+    """Features of every customer with a purchase day on or before each cutoff, one row per (cutoff, customer).
+
+    Parameters
+    ----------
+    tx
+        Clean transactions (``schemas.TRANSACTIONS``); a negative amount is a return.
+    cutoffs
+        Last days of history, one stacked snapshot each.
+    time_unit
+        Unit of ``recency`` and ``T``.
+    windows_days
+        Lengths of the activity windows ending at the cutoff (``purchase_days_30d``, ``spend_30d`` ...).
+    trend_window_days
+        Length of the two adjacent windows compared by the trend features, in [-1, 1]:
+        (recent - previous) / (recent + previous), 0 when both are empty.
+
+    Returns
+    -------
+    ibis Table
+        Columns as in ``schemas.feature_schema`` without ``is_scoring`` and the labels.
+    """
+    unit = DAYS_PER_UNIT[time_unit]
+    days = purchase_days(tx)
+    j = days.cross_join(cutoff_table(cutoffs))
+    h = j.filter(j[_DAY] <= j[s.CUTOFF])
+    cutoff, day, spend, gap = h[s.CUTOFF], h[_DAY], h[_SPEND], h[_GAP]
+
+    aggs: dict[str, ir.Value] = {
+        "_first": day.min(),
+        "_last": day.max(),
+        s.PURCHASE_DAYS: day.count(),
+        s.TOTAL_SPEND: spend.sum(),
+        "_first_spend": spend.argmin(day),
+        s.GAP_STD_DAYS: gap.std(how="sample"),
+        s.LAST_GAP_DAYS: gap.argmax(day),
+    }
+    for w in windows_days:
+        recent = day > _days_before(cutoff, w)
+        aggs[f"purchase_days_{w}d"] = day.count(where=recent)
+        aggs[f"spend_{w}d"] = spend.sum(where=recent).coalesce(0.0)
+    tw = trend_window_days
+    recent = day > _days_before(cutoff, tw)
+    prior = (day > _days_before(cutoff, 2 * tw)) & ~recent
+    aggs["_n_recent"] = day.count(where=recent).cast("float64")
+    aggs["_n_prior"] = day.count(where=prior).cast("float64")
+    aggs["_spend_recent"] = spend.sum(where=recent).coalesce(0.0)
+    aggs["_spend_prior"] = spend.sum(where=prior).coalesce(0.0)
+    g = h.group_by([s.CUTOFF, s.CUSTOMER_ID]).aggregate(**aggs)
+
+    r = return_days(tx)
+    rj = r.cross_join(cutoff_table(cutoffs))
+    rj = rj.filter(rj[_DAY] <= rj[s.CUTOFF])
+    returned = rj.group_by([s.CUTOFF, s.CUSTOMER_ID]).aggregate(_returned=rj["returned"].sum())
+    g = g.left_join(returned, [s.CUTOFF, s.CUSTOMER_ID]).select(g, returned["_returned"])
+
+    frequency = g[s.PURCHASE_DAYS] - 1
+    span_days = g["_last"].delta(g["_first"], unit="day")
+    age_days = g[s.CUTOFF].delta(g["_first"], unit="day")
+
+    def trend(recent_value: ir.NumericValue, prior_value: ir.NumericValue) -> ir.NumericValue:
+        return ((recent_value - prior_value) / (recent_value + prior_value).nullif(0)).coalesce(0.0)
+
+    out = g.mutate(
+        **{
+            s.FREQUENCY: frequency,
+            s.RECENCY: span_days.cast("float64") / unit,
+            s.T: age_days.cast("float64") / unit,
+            s.MONETARY_VALUE: ((g[s.TOTAL_SPEND] - g["_first_spend"]) / frequency.nullif(0)).coalesce(0.0),
+            s.DAYS_SINCE_LAST_PURCHASE: g[s.CUTOFF].delta(g["_last"], unit="day"),
+            s.TENURE_DAYS: age_days,
+            s.AVG_SPEND_PER_DAY: g[s.TOTAL_SPEND] / g[s.PURCHASE_DAYS],
+            f"purchase_trend_{tw}d": trend(g["_n_recent"], g["_n_prior"]),
+            f"spend_trend_{tw}d": trend(g["_spend_recent"], g["_spend_prior"]),
+            s.GAP_MEAN_DAYS: span_days.cast("float64") / frequency.nullif(0).cast("float64"),
+            s.RETURNS_SHARE: (g["_returned"] / g[s.TOTAL_SPEND].nullif(0)).coalesce(0.0),
+        }
+    )
+    columns = [
+        s.CUTOFF,
+        s.CUSTOMER_ID,
+        s.FREQUENCY,
+        s.RECENCY,
+        s.T,
+        s.MONETARY_VALUE,
+        s.DAYS_SINCE_LAST_PURCHASE,
+        s.TENURE_DAYS,
+        s.PURCHASE_DAYS,
+        s.TOTAL_SPEND,
+        s.AVG_SPEND_PER_DAY,
+        *s.window_columns(windows_days),
+        *s.trend_columns(tw),
+        s.GAP_MEAN_DAYS,
+        s.GAP_STD_DAYS,
+        s.LAST_GAP_DAYS,
+        s.RETURNS_SHARE,
+    ]
+    return out.select(columns)
+
+
+def labels(tx: ir.Table, cutoffs: Sequence[dt.date], *, horizon_days: int) -> ir.Table:
+    """Purchase days and spend in ``(cutoff, cutoff + horizon_days]``, per cutoff and customer who bought then.
+
+    Customers absent from the result made no purchase in the window: their ``future_purchases`` is 0 and they
+    churned. Join with ``how="left"`` onto the features and fill (``attach_labels``).
+    """
+    days = purchase_days(tx)
+    j = days.cross_join(cutoff_table(cutoffs))
+    f = j.filter((j[_DAY] > j[s.CUTOFF]) & (j[_DAY] <= j[s.CUTOFF] + ibis.interval(days=horizon_days)))
+    return f.group_by([s.CUTOFF, s.CUSTOMER_ID]).aggregate(
+        **{s.FUTURE_PURCHASES: f[_DAY].count(), s.FUTURE_SPEND: f[_SPEND].sum()}
+    )
+
+
+def attach_labels(features: ir.Table, future: ir.Table) -> ir.Table:
+    """Left-join ``labels`` onto ``features``; a customer with no purchase in the window has churned."""
+    joined = features.left_join(future, [s.CUTOFF, s.CUSTOMER_ID]).select(
+        features, future[s.FUTURE_PURCHASES], future[s.FUTURE_SPEND]
+    )
+    purchases = joined[s.FUTURE_PURCHASES].coalesce(0)
+    return joined.mutate(
+        **{
+            s.FUTURE_PURCHASES: purchases,
+            s.FUTURE_SPEND: joined[s.FUTURE_SPEND].coalesce(0.0),
+            s.CHURNED: purchases == 0,
+        }
+    )

@@ -1,0 +1,229 @@
+"""Validation of a raw transaction log: each input row is either kept, cleaned, or quarantined with a reason.
+
+The rules run as one DuckDB query over an in-memory Arrow table, so a log of tens of millions of lines is checked
+without a Python loop. Rows are never lost: rows in = rows kept + rows quarantined, and every quarantined row
+keeps its original values as text and its position in the source.
+
+Reasons are checked in the order of ``schemas.QUARANTINE_REASONS``; a row gets the first one that applies:
+
+1. ``missing_customer_id`` — empty, whitespace or a null marker such as ``NaN``;
+2. ``unparseable_timestamp`` — does not match the configured format;
+3. ``non_numeric_amount`` — amount (or quantity / unit price) missing, not a number, or infinite;
+4. ``duplicate`` — a repeat of an earlier line on every ``duplicate_key`` column (only when a key is set: without
+   an order or line id, two identical lines may be two real purchases);
+5. ``cancellation`` — a return (order id with the cancellation prefix, or a negative amount) when
+   ``returns == "drop"``;
+6. ``zero_amount`` — a zero spend when ``zero_amount == "quarantine"``.
+
+Kept returns (``returns == "net"``) carry a negative amount: in the cleaned table a negative amount *is* a return.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Literal
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+
+from features import schemas as s
+from features.errors import InputError
+
+NULL_MARKERS = ("", "nan", "none", "null", "na", "n/a", "<na>")
+
+
+@dataclasses.dataclass(frozen=True)
+class CleaningRules:
+    """What the source columns mean and how to treat returns, zero spend and duplicates."""
+
+    customer_id: str
+    timestamp: str
+    amount: str | None
+    quantity: str | None
+    unit_price: str | None
+    order_id: str | None
+    timestamp_format: str
+    timezone: str
+    duplicate_key: tuple[str, ...]
+    cancellation_prefix: str | None
+    returns: Literal["net", "drop"]
+    zero_amount: Literal["keep", "quarantine"]
+
+    def mapped_columns(self) -> list[str]:
+        names = [self.customer_id, self.timestamp, self.amount, self.quantity, self.unit_price, self.order_id]
+        return list(dict.fromkeys(n for n in names if n is not None))
+
+
+@dataclasses.dataclass(frozen=True)
+class CleaningResult:
+    transactions: pd.DataFrame
+    quarantine: pd.DataFrame
+    rows_in: int
+    quarantined_by_reason: dict[str, int]
+
+    @property
+    def rows_kept(self) -> int:
+        return len(self.transactions)
+
+    @property
+    def rows_quarantined(self) -> int:
+        return len(self.quarantine)
+
+
+def _q(name: str) -> str:
+    """Quote an identifier for DuckDB."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _lit(text: str) -> str:
+    """Quote a string literal for DuckDB."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _text(col: str) -> str:
+    return f"NULLIF(TRIM(CAST({_q(col)} AS VARCHAR)), '')"
+
+
+def _number(col: str, arrow_type: pa.DataType) -> str:
+    if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type):
+        value = f"CAST({_q(col)} AS DOUBLE)"
+    else:
+        value = f"TRY_CAST({_text(col)} AS DOUBLE)"
+    # TRY_CAST accepts 'inf' and 'nan'; neither is a spend.
+    return f"(CASE WHEN isfinite({value}) THEN {value} END)"
+
+
+def _timestamp(col: str, arrow_type: pa.DataType, fmt: str, tz: str) -> str:
+    if pa.types.is_timestamp(arrow_type) and arrow_type.tz is not None:
+        return f"CAST({_q(col)} AS TIMESTAMPTZ)"
+    if pa.types.is_timestamp(arrow_type) or pa.types.is_date(arrow_type):
+        naive = f"CAST({_q(col)} AS TIMESTAMP)"
+    else:
+        naive = f"TRY_STRPTIME({_text(col)}, {_lit(fmt)})"
+    return f"timezone({_lit(tz)}, {naive})"
+
+
+def check_source_columns(columns: Sequence[str], rules: CleaningRules, source: str) -> None:
+    """Raise ``InputError`` when the source lacks a mapped column or clashes with the quarantine columns."""
+    if len(set(columns)) != len(columns):
+        dupes = sorted({c for c in columns if list(columns).count(c) > 1})
+        raise InputError(f"{source}: column name(s) {dupes} appear more than once in the header; rename them")
+    for key in ("customer_id", "timestamp", "amount", "quantity", "unit_price", "order_id"):
+        name = getattr(rules, key)
+        if name is not None and name not in columns:
+            raise InputError(
+                f"{source}: column '{name}' (ingest.columns.{key}) not found; the file has "
+                f"{list(columns)}. Set ingest.columns.{key} in params.yaml to one of them"
+            )
+    for name in rules.duplicate_key:
+        if name not in columns:
+            raise InputError(
+                f"{source}: ingest.duplicate_key names '{name}', which is not a column; the file has "
+                f"{list(columns)}"
+            )
+    for reserved in (s.SOURCE_ROW, s.REASON):
+        if reserved in columns:
+            raise InputError(
+                f"{source}: has a column named '{reserved}', which the quarantine table uses itself; "
+                "rename it before ingesting"
+            )
+
+
+def clean_transactions(raw: pa.Table, rules: CleaningRules, source: str) -> CleaningResult:
+    """Split a raw log into clean transactions and quarantined rows.
+
+    Parameters
+    ----------
+    raw
+        The source table as read, one row per input line, in file order. Columns may be text or already typed
+        (Parquet); text is parsed here.
+    rules
+        The column mapping and handling rules.
+    source
+        Name of the input, used in error messages.
+
+    Returns
+    -------
+    CleaningResult
+        ``transactions`` with the ``schemas.TRANSACTIONS`` columns in input order, and ``quarantine`` with the
+        row position, every original value as text and the reason.
+    """
+    columns = list(raw.column_names)
+    check_source_columns(columns, rules, source)
+    if raw.num_rows == 0:
+        raise InputError(f"{source}: has a header but no data rows; point ingest.source at a non-empty log")
+    types = dict(zip(raw.schema.names, raw.schema.types, strict=True))
+
+    cid = _text(rules.customer_id)
+    null_markers = ", ".join(_lit(m) for m in NULL_MARKERS)
+    # A numeric id exported through a float column reads "17850.0"; it is the same customer as "17850".
+    cid_clean = (
+        f"CASE WHEN lower({cid}) IN ({null_markers}) OR {cid} IS NULL THEN NULL "
+        f"ELSE regexp_replace({cid}, '^([0-9]+)\\.0+$', '\\1') END"
+    )
+    ts = _timestamp(rules.timestamp, types[rules.timestamp], rules.timestamp_format, rules.timezone)
+    if rules.amount is not None:
+        amount = _number(rules.amount, types[rules.amount])
+    else:
+        assert rules.quantity is not None and rules.unit_price is not None  # guaranteed by the config
+        amount = (
+            f"({_number(rules.quantity, types[rules.quantity])} * "
+            f"{_number(rules.unit_price, types[rules.unit_price])})"
+        )
+    order = _text(rules.order_id) if rules.order_id is not None else "CAST(NULL AS VARCHAR)"
+    cancelled = "FALSE"
+    if rules.cancellation_prefix is not None:
+        cancelled = f"coalesce(starts_with({order}, {_lit(rules.cancellation_prefix)}), FALSE)"
+    if rules.duplicate_key:
+        keys = ", ".join(f"CAST({_q(k)} AS VARCHAR)" for k in rules.duplicate_key)
+        dup_rank = f"row_number() OVER (PARTITION BY {keys} ORDER BY {s.SOURCE_ROW})"
+    else:
+        dup_rank = "1"
+
+    reason_sql = f"""
+        CASE
+            WHEN _cid IS NULL THEN {_lit(s.MISSING_CUSTOMER_ID)}
+            WHEN _ts IS NULL THEN {_lit(s.UNPARSEABLE_TIMESTAMP)}
+            WHEN _amount IS NULL THEN {_lit(s.NON_NUMERIC_AMOUNT)}
+            WHEN _dup > 1 THEN {_lit(s.DUPLICATE)}
+            WHEN {_lit(rules.returns)} = 'drop' AND (_cancelled OR _amount < 0) THEN {_lit(s.CANCELLATION)}
+            WHEN {_lit(rules.zero_amount)} = 'quarantine' AND _amount = 0 THEN {_lit(s.ZERO_AMOUNT)}
+        END"""
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        numbered = raw.append_column(s.SOURCE_ROW, pa.array(range(raw.num_rows), type=pa.int64()))
+        con.register("raw", numbered)
+        try:
+            con.execute(
+                f"""CREATE TEMP TABLE classified AS
+                SELECT *, {reason_sql} AS _reason FROM (
+                    SELECT *, {cid_clean} AS _cid, {ts} AS _ts, {amount} AS _amount, {order} AS _order,
+                           {cancelled} AS _cancelled, {dup_rank} AS _dup
+                    FROM raw)"""
+            )
+        except duckdb.InvalidInputException as exc:
+            raise InputError(f"{source}: {str(exc).splitlines()[0]}; check ingest.timezone") from exc
+        kept = con.sql(
+            f"""SELECT _cid AS {s.CUSTOMER_ID}, _ts AS {s.TS},
+                       CASE WHEN _cancelled THEN -abs(_amount) ELSE _amount END AS {s.AMOUNT},
+                       _order AS {s.ORDER_ID}
+                FROM classified WHERE _reason IS NULL ORDER BY {s.SOURCE_ROW}"""
+        ).to_arrow_table()
+        originals = ", ".join(f"CAST({_q(c)} AS VARCHAR) AS {_q(c)}" for c in columns)
+        quarantined = con.sql(
+            f"""SELECT {s.SOURCE_ROW}, {originals}, _reason AS {s.REASON}
+                FROM classified WHERE _reason IS NOT NULL ORDER BY {s.SOURCE_ROW}"""
+        ).to_arrow_table()
+        counts = dict(con.execute("SELECT _reason, count(*) FROM classified GROUP BY 1").fetchall())
+    finally:
+        con.close()
+    by_reason = {reason: int(counts.get(reason, 0)) for reason in s.QUARANTINE_REASONS}
+    return CleaningResult(
+        transactions=kept.to_pandas(),
+        quarantine=quarantined.to_pandas(),
+        rows_in=raw.num_rows,
+        quarantined_by_reason=by_reason,
+    )

@@ -1,0 +1,182 @@
+"""Column names and table schemas shared by every stage.
+
+Each table that crosses a file boundary has a pandera schema here, and every column name is defined once as a
+constant. The BTYD vocabulary follows lifetimes exactly: ``frequency`` is the number of repeat purchase days,
+``recency`` the customer's age at the last purchase, ``T`` the age at the cutoff (both in ``base.time_unit``),
+``monetary_value`` the mean spend of the repeat purchase days.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+from pandera.errors import SchemaErrors
+
+from features.errors import InputError
+
+# --- transactions -------------------------------------------------------------------------------------------
+CUSTOMER_ID = "customer_id"
+TS = "ts"
+AMOUNT = "amount"
+ORDER_ID = "order_id"
+
+# --- quarantine ---------------------------------------------------------------------------------------------
+SOURCE_ROW = "source_row"
+REASON = "reason"
+
+# Checked in this order; a row gets the first reason that applies.
+MISSING_CUSTOMER_ID = "missing_customer_id"
+UNPARSEABLE_TIMESTAMP = "unparseable_timestamp"
+NON_NUMERIC_AMOUNT = "non_numeric_amount"
+DUPLICATE = "duplicate"
+CANCELLATION = "cancellation"
+ZERO_AMOUNT = "zero_amount"
+QUARANTINE_REASONS: tuple[str, ...] = (
+    MISSING_CUSTOMER_ID,
+    UNPARSEABLE_TIMESTAMP,
+    NON_NUMERIC_AMOUNT,
+    DUPLICATE,
+    CANCELLATION,
+    ZERO_AMOUNT,
+)
+
+# --- features -----------------------------------------------------------------------------------------------
+CUTOFF = "cutoff"
+IS_SCORING = "is_scoring"
+FREQUENCY = "frequency"
+RECENCY = "recency"
+T = "T"
+MONETARY_VALUE = "monetary_value"
+DAYS_SINCE_LAST_PURCHASE = "days_since_last_purchase"
+TENURE_DAYS = "tenure_days"
+PURCHASE_DAYS = "purchase_days"
+TOTAL_SPEND = "total_spend"
+AVG_SPEND_PER_DAY = "avg_spend_per_purchase_day"
+GAP_MEAN_DAYS = "gap_mean_days"
+GAP_STD_DAYS = "gap_std_days"
+LAST_GAP_DAYS = "last_gap_days"
+RETURNS_SHARE = "returns_share"
+
+# --- labels -------------------------------------------------------------------------------------------------
+CHURNED = "churned"
+FUTURE_PURCHASES = "future_purchases"
+FUTURE_SPEND = "future_spend"
+LABELS: tuple[str, ...] = (CHURNED, FUTURE_PURCHASES, FUTURE_SPEND)
+
+
+def window_columns(windows_days: Sequence[int]) -> list[str]:
+    """Names of the per-window activity columns, e.g. ``purchase_days_30d`` and ``spend_30d``."""
+    cols: list[str] = []
+    for w in windows_days:
+        cols += [f"purchase_days_{w}d", f"spend_{w}d"]
+    return cols
+
+
+def trend_columns(trend_window_days: int) -> list[str]:
+    """Names of the trend columns comparing the last window with the one before it."""
+    return [f"purchase_trend_{trend_window_days}d", f"spend_trend_{trend_window_days}d"]
+
+
+def _finite(s: pd.Series) -> bool | pd.Series:
+    return ~np.isinf(s.astype("float64"))
+
+
+def _float(*checks: pa.Check, nullable: bool = False) -> pa.Column:
+    """A float column that is never infinite and, unless ``nullable``, never NaN."""
+    return pa.Column("float64", [pa.Check(_finite, name="finite"), *checks], nullable=nullable, coerce=True)
+
+
+TRANSACTIONS = pa.DataFrameSchema(
+    {
+        CUSTOMER_ID: pa.Column(str, pa.Check.str_length(min_value=1), coerce=True),
+        TS: pa.Column(pd.DatetimeTZDtype(unit="us", tz="UTC"), coerce=True),
+        AMOUNT: _float(),
+        ORDER_ID: pa.Column(str, nullable=True, coerce=True),
+    },
+    strict=True,
+    ordered=True,
+    name="transactions",
+)
+
+
+def quarantine_schema(source_columns: Sequence[str]) -> pa.DataFrameSchema:
+    """Rejected input rows: their position, their original values as text, and why they were rejected."""
+    columns: dict[str, pa.Column] = {SOURCE_ROW: pa.Column("int64", pa.Check.ge(0), coerce=True)}
+    for name in source_columns:
+        columns[name] = pa.Column(str, nullable=True, coerce=True)
+    columns[REASON] = pa.Column(str, pa.Check.isin(QUARANTINE_REASONS), coerce=True)
+    return pa.DataFrameSchema(columns, strict=True, ordered=True, name="quarantine")
+
+
+def feature_schema(windows_days: Sequence[int], trend_window_days: int) -> pa.DataFrameSchema:
+    """The per-customer, per-cutoff feature and label table written by the features stage."""
+    count = pa.Check.ge(0)
+    columns: dict[str, pa.Column] = {
+        CUTOFF: pa.Column("datetime64[us]", coerce=True),
+        IS_SCORING: pa.Column(bool, coerce=True),
+        CUSTOMER_ID: pa.Column(str, pa.Check.str_length(min_value=1), coerce=True),
+        FREQUENCY: pa.Column("int64", pa.Check.ge(0), coerce=True),
+        RECENCY: _float(count),
+        T: _float(count),
+        MONETARY_VALUE: _float(count),
+        DAYS_SINCE_LAST_PURCHASE: pa.Column("int64", pa.Check.ge(0), coerce=True),
+        TENURE_DAYS: pa.Column("int64", pa.Check.ge(0), coerce=True),
+        PURCHASE_DAYS: pa.Column("int64", pa.Check.ge(1), coerce=True),
+        TOTAL_SPEND: _float(count),
+        AVG_SPEND_PER_DAY: _float(count),
+    }
+    for name in window_columns(windows_days):
+        columns[name] = _float(count) if name.startswith("spend") else pa.Column("int64", coerce=True)
+    for name in trend_columns(trend_window_days):
+        columns[name] = _float(pa.Check.in_range(-1.0, 1.0))
+    # Gaps need two purchase days (the std needs three): missing, not zero, for everyone else.
+    columns[GAP_MEAN_DAYS] = _float(count, nullable=True)
+    columns[GAP_STD_DAYS] = _float(count, nullable=True)
+    columns[LAST_GAP_DAYS] = _float(count, nullable=True)
+    columns[RETURNS_SHARE] = _float(count)
+    # Labels exist only for cutoffs whose horizon is fully observed; scoring rows have none.
+    columns[CHURNED] = pa.Column("boolean", nullable=True, coerce=True)
+    columns[FUTURE_PURCHASES] = pa.Column("Int64", pa.Check.ge(0), nullable=True, coerce=True)
+    columns[FUTURE_SPEND] = _float(count, nullable=True)
+    return pa.DataFrameSchema(
+        columns,
+        strict=True,
+        ordered=True,
+        unique=[CUTOFF, CUSTOMER_ID],
+        name="features",
+    )
+
+
+def validate(df: pd.DataFrame, schema: pa.DataFrameSchema, where: str) -> pd.DataFrame:
+    """Check ``df`` against ``schema`` and return the coerced copy, or raise one readable ``InputError``.
+
+    Integer columns are checked for non-integral values *before* coercion, because a cast would silently
+    truncate a frequency of 1.5 to 1.
+    """
+    for name, column in schema.columns.items():
+        if name not in df.columns or "int" not in str(column.dtype).lower():
+            continue
+        values = df[name]
+        if pd.api.types.is_float_dtype(values):
+            bad = values.notna() & (values != np.floor(values))
+            if bad.any():
+                example = values[bad].iloc[0]
+                raise InputError(
+                    f"{where}: column '{name}' must hold whole numbers; {int(bad.sum())} rows do not "
+                    f"(e.g. {example!r}). Fix the producer of this file."
+                )
+    try:
+        return schema.validate(df, lazy=True)
+    except SchemaErrors as exc:
+        cases = exc.failure_cases
+        first = cases.iloc[0]
+        column = first.get("column")
+        check = first.get("check")
+        value = first.get("failure_case")
+        raise InputError(
+            f"{where}: {len(cases)} schema violation(s); first: column '{column}' failed '{check}' "
+            f"(e.g. {value!r}). The file does not match the '{schema.name}' schema."
+        ) from exc

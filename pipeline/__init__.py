@@ -1,0 +1,1 @@
+"""DVC stages: one module per stage, the only code that reads or writes files or talks to MLflow."""

@@ -1,0 +1,214 @@
+"""Typed, frozen configuration: the only reader of params.yaml.
+
+One dataclass per params.yaml section. Nothing has a default in code: a missing or unknown key fails at load
+with its dotted name, and a bad value raises ``ConfigError`` (a ``ValueError``) naming the key and the value.
+A stage loads exactly the sections it declares under ``params:`` in dvc.yaml, so DVC reruns it when they change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from features.errors import InputError
+
+
+class ConfigError(InputError):
+    """params.yaml is missing a key, has an unknown one, or holds a value of the wrong type or range."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseConfig:
+    seed: int
+    time_unit: Literal["days", "weeks"]
+    mlflow_experiment: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ColumnMap:
+    """Which source column holds what. Spend is ``amount``, or ``quantity`` x ``unit_price``."""
+
+    customer_id: str
+    timestamp: str
+    amount: str | None
+    quantity: str | None
+    unit_price: str | None
+    order_id: str | None
+
+    def __post_init__(self) -> None:
+        by_amount = self.amount is not None and self.quantity is None and self.unit_price is None
+        by_product = self.amount is None and self.quantity is not None and self.unit_price is not None
+        if not (by_amount or by_product):
+            raise ConfigError(
+                "ingest.columns: set either 'amount', or both 'quantity' and 'unit_price' (and the other "
+                f"null); got amount={self.amount!r}, quantity={self.quantity!r}, unit_price={self.unit_price!r}"
+            )
+
+    def source_columns(self) -> list[str]:
+        """The mapped source column names, each once, in mapping order."""
+        names = [self.customer_id, self.timestamp, self.amount, self.quantity, self.unit_price, self.order_id]
+        return list(dict.fromkeys(n for n in names if n is not None))
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestConfig:
+    source: str
+    columns: ColumnMap
+    csv_delimiter: str
+    encoding: str
+    timestamp_format: str
+    timezone: str
+    duplicate_key: tuple[str, ...]
+    cancellation_prefix: str | None
+    returns: Literal["net", "drop"]
+    zero_amount: Literal["keep", "quarantine"]
+
+    def __post_init__(self) -> None:
+        if self.duplicate_key and self.columns.order_id not in self.duplicate_key:
+            # Without an order or line id, two identical lines may be two real purchases (CDNOW has 255).
+            raise ConfigError(
+                f"ingest.duplicate_key={list(self.duplicate_key)!r} must include the mapped order id column "
+                f"(ingest.columns.order_id={self.columns.order_id!r}), or be [] to keep identical lines"
+            )
+        if self.cancellation_prefix is not None and self.columns.order_id is None:
+            raise ConfigError(
+                f"ingest.cancellation_prefix={self.cancellation_prefix!r} needs ingest.columns.order_id to be set"
+            )
+        if len(self.csv_delimiter) != 1:
+            raise ConfigError(f"ingest.csv_delimiter must be one character, got {self.csv_delimiter!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CutoffSchedule:
+    """Training cutoffs generated backwards from the last cutoff whose horizon is fully observed."""
+
+    every_days: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.every_days < 1:
+            raise ConfigError(f"features.cutoff_schedule.every_days must be >= 1, got {self.every_days}")
+        if self.count < 0:
+            raise ConfigError(f"features.cutoff_schedule.count must be >= 0, got {self.count}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeaturesConfig:
+    cutoffs: tuple[dt.date, ...]
+    cutoff_schedule: CutoffSchedule
+    as_of: dt.date | None
+    horizon_days: int
+    windows_days: tuple[int, ...]
+    trend_window_days: int
+
+    def __post_init__(self) -> None:
+        for key in ("horizon_days", "trend_window_days"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"features.{key} must be >= 1, got {getattr(self, key)}")
+        if not self.windows_days or min(self.windows_days) < 1 or len(set(self.windows_days)) != len(
+            self.windows_days
+        ):
+            raise ConfigError(
+                f"features.windows_days must be distinct whole days >= 1, got {list(self.windows_days)}"
+            )
+
+
+SECTIONS: dict[str, type] = {
+    "base": BaseConfig,
+    "ingest": IngestConfig,
+    "features": FeaturesConfig,
+}
+
+C = TypeVar("C")
+
+
+def load_params(path: str | Path) -> dict[str, Any]:
+    """Read params.yaml as a mapping, with a one-line error when it is missing or not a mapping."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: params file not found; run from the project root or pass --params")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of sections at the top level")
+    return data
+
+
+def section(params: dict[str, Any], name: str, cls: type[C]) -> C:
+    """Build the dataclass ``cls`` from ``params[name]``, strictly."""
+    if name not in params:
+        raise ConfigError(f"params.yaml: section '{name}' is missing")
+    return typing.cast(C, _build(cls, params[name], name))
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(f'{where}.{k}' for k in unknown)}")
+    missing = [n for n in names if n not in raw]
+    if missing:
+        raise ConfigError(f"{where}: missing key(s) {', '.join(f'{where}.{k}' for k in missing)}")
+    values = {n: _coerce(raw[n], hints[n], f"{where}.{n}") for n in names}
+    return cls(**values)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if value is None:
+        raise ConfigError(f"{key}: must be set (got null)")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: must be one of {', '.join(map(str, args))}; got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        return _build(typing.cast(type, tp), value, key)
+    if tp is dt.date:
+        if isinstance(value, dt.datetime):
+            return value.date()
+        if isinstance(value, dt.date):
+            return value
+        if isinstance(value, str):
+            try:
+                return dt.date.fromisoformat(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a date YYYY-MM-DD, got {value!r}")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected a whole number, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected text, got {value!r}")
+        return value
+    raise TypeError(f"config type {tp!r} for {key} is not supported")  # a bug in this module, not user input

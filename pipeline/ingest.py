@@ -1,0 +1,199 @@
+"""Stage ``ingest``: read the raw transaction log, validate it, write clean transactions and a quarantine.
+
+Sources (``ingest.source``): a path to a ``.csv``, ``.csv.gz`` or ``.parquet`` file, or one of the builtin CDNOW
+logs that ship inside the lifetimes wheel (``cdnow``: 23,570 customers; ``cdnow_sample``: 2,357 customers).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import importlib.resources
+import io
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from features import schemas as s
+from features.cleaning import CleaningResult, CleaningRules, clean_transactions
+from features.errors import InputError
+from pipeline import cli
+from pipeline.config import IngestConfig, load_params, section
+from pipeline.io import write_json, write_table
+
+log = logging.getLogger("ingest")
+
+# Builtin logs: file inside lifetimes/datasets, and the column names we give its whitespace-separated fields.
+# In the 1/10 sample the customer is its own sample id (1..2357), as in lifetimes' summary of it.
+BUILTIN_SOURCES: dict[str, tuple[str, list[str], bool]] = {
+    "cdnow": ("CDNOW_master.txt", ["customer_id", "date", "number_of_cds", "dollar_value"], True),
+    "cdnow_sample": (
+        "CDNOW_sample.txt",
+        ["master_id", "customer_id", "date", "number_of_cds", "dollar_value"],
+        False,
+    ),
+}
+
+
+def _builtin(name: str) -> tuple[pa.Table, str]:
+    filename, names, has_header = BUILTIN_SOURCES[name]
+    resource = importlib.resources.files("lifetimes") / "datasets" / filename
+    data = resource.read_bytes()
+    frame = pd.read_csv(
+        io.BytesIO(data),
+        sep=r"\s+",
+        header=0 if has_header else None,
+        names=names,
+        dtype=str,
+        keep_default_na=False,
+    )
+    return pa.Table.from_pandas(frame, preserve_index=False), hashlib.sha256(data).hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _csv_header(path: Path, delimiter: str, encoding: str) -> list[str]:
+    opener: Any = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding=encoding, newline="") as fh:
+            header = next(csv.reader(fh, delimiter=delimiter), None)
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"{path}: header is not valid {encoding} ({exc.reason} at byte {exc.start}); "
+            "set ingest.encoding to the file's encoding (e.g. latin-1)"
+        ) from exc
+    except (OSError, EOFError) as exc:
+        raise InputError(f"{path}: cannot be read as {'gzip ' if opener is gzip.open else ''}CSV ({exc})") from exc
+    if not header or all(not h.strip() for h in header):
+        raise InputError(f"{path}: the file is empty (no header line); point ingest.source at a transaction log")
+    # A UTF-8 byte order mark would otherwise stick to the first column name.
+    return [h.lstrip("\ufeff").strip() for h in header]
+
+
+def read_source(source: str, delimiter: str, encoding: str) -> tuple[pa.Table, str]:
+    """Read the raw log as an Arrow table (text columns for CSV, stored types for Parquet) and its sha256."""
+    if source in BUILTIN_SOURCES:
+        return _builtin(source)
+    path = Path(source)
+    if not path.is_file():
+        builtins = ", ".join(BUILTIN_SOURCES)
+        raise InputError(f"{path}: file not found; set ingest.source to an existing file or one of: {builtins}")
+    suffixes = "".join(path.suffixes[-2:]).lower()
+    if path.suffix.lower() == ".parquet":
+        try:
+            table = pq.read_table(path)
+        except pa.ArrowException as exc:
+            raise InputError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from exc
+        return table, _sha256(path)
+    if not (suffixes.endswith(".csv") or suffixes.endswith(".csv.gz")):
+        raise InputError(f"{path}: unsupported file type; ingest reads .csv, .csv.gz and .parquet")
+    header = _csv_header(path, delimiter, encoding)
+    try:
+        table = pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(column_names=header, skip_rows=1, encoding=encoding),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter),
+            convert_options=pacsv.ConvertOptions(
+                column_types=dict.fromkeys(header, pa.string()), strings_can_be_null=False
+            ),
+        )
+    except pa.ArrowInvalid as exc:
+        raise InputError(
+            f"{path}: cannot be parsed as CSV with delimiter {delimiter!r} and encoding {encoding} "
+            f"({str(exc).splitlines()[0]}); check ingest.csv_delimiter and ingest.encoding"
+        ) from exc
+    return table, _sha256(path)
+
+
+def rules_from(cfg: IngestConfig) -> CleaningRules:
+    c = cfg.columns
+    return CleaningRules(
+        customer_id=c.customer_id,
+        timestamp=c.timestamp,
+        amount=c.amount,
+        quantity=c.quantity,
+        unit_price=c.unit_price,
+        order_id=c.order_id,
+        timestamp_format=cfg.timestamp_format,
+        timezone=cfg.timezone,
+        duplicate_key=cfg.duplicate_key,
+        cancellation_prefix=cfg.cancellation_prefix,
+        returns=cfg.returns,
+        zero_amount=cfg.zero_amount,
+    )
+
+
+def ingest_metrics(result: CleaningResult, source: str, sha256: str) -> dict[str, Any]:
+    tx = result.transactions
+    days = tx[s.TS].dt.date if len(tx) else pd.Series([], dtype=object)
+    return {
+        "source": source,
+        "source_sha256": sha256,
+        "rows_in": result.rows_in,
+        "rows_kept": result.rows_kept,
+        "rows_quarantined": result.rows_quarantined,
+        "quarantined_by_reason": result.quarantined_by_reason,
+        "customers": int(tx[s.CUSTOMER_ID].nunique()),
+        "returns_kept": int((tx[s.AMOUNT] < 0).sum()),
+        "first_day": str(days.min()) if len(tx) else None,
+        "last_day": str(days.max()) if len(tx) else None,
+    }
+
+
+def run(cfg: IngestConfig, transactions: Path, quarantine: Path, metrics: Path) -> dict[str, Any]:
+    """Read ``cfg.source``, validate it, and write the three outputs. Returns the metrics."""
+    raw, sha256 = read_source(cfg.source, cfg.csv_delimiter, cfg.encoding)
+    result = clean_transactions(raw, rules_from(cfg), source=cfg.source)
+    if result.rows_in != result.rows_kept + result.rows_quarantined:  # pragma: no cover - an invariant
+        raise AssertionError("ingest lost rows: rows_in != rows_kept + rows_quarantined")
+    if result.rows_kept == 0:
+        worst = max(result.quarantined_by_reason.items(), key=lambda kv: kv[1])
+        raise InputError(
+            f"{cfg.source}: all {result.rows_in} rows were quarantined (mostly '{worst[0]}': {worst[1]}); "
+            "check ingest.columns, ingest.timestamp_format and the quarantine rules in params.yaml"
+        )
+    write_table(result.transactions, transactions, s.TRANSACTIONS)
+    write_table(result.quarantine, quarantine, s.quarantine_schema(raw.column_names))
+    out = ingest_metrics(result, cfg.source, sha256)
+    write_json(out, metrics)
+    log.info(
+        "%s: %d rows in, %d kept, %d quarantined %s",
+        cfg.source,
+        out["rows_in"],
+        out["rows_kept"],
+        out["rows_quarantined"],
+        {k: v for k, v in out["quarantined_by_reason"].items() if v},
+    )
+    return out
+
+
+def main(argv: Sequence[str]) -> None:
+    p = cli.parser(__doc__.splitlines()[0])
+    p.add_argument("--transactions", required=True, type=Path)
+    p.add_argument("--quarantine", required=True, type=Path)
+    p.add_argument("--metrics", required=True, type=Path)
+    args = p.parse_args(argv)
+    params = load_params(args.params)
+    run(
+        section(params, "ingest", IngestConfig),
+        args.transactions,
+        args.quarantine,
+        args.metrics,
+    )
+
+
+if __name__ == "__main__":
+    cli.run(main)

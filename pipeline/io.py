@@ -1,0 +1,61 @@
+"""Reading and writing the files between stages: schema-checked on the way in and out, written atomically.
+
+A write goes to a temporary file in the destination folder and is renamed over the target only when complete,
+so a stage killed mid-write leaves the previous output intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pandera.pandas as pa
+import pyarrow as pa_arrow
+import pyarrow.parquet as pq
+
+from features.errors import InputError
+from features.schemas import validate
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_table(df: pd.DataFrame, path: str | Path, schema: pa.DataFrameSchema) -> pd.DataFrame:
+    """Validate ``df`` against ``schema`` and write it as Parquet, atomically. Returns the validated frame."""
+    checked = validate(df, schema, where=f"writing {path}")
+    table = pa_arrow.Table.from_pandas(checked, preserve_index=False)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return checked
+
+
+def read_table(path: str | Path, schema: pa.DataFrameSchema) -> pd.DataFrame:
+    """Read a Parquet file written by an earlier stage and validate it against ``schema``."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: file not found; run the stage that writes it first (`dvc repro`)")
+    return validate(pd.read_parquet(p), schema, where=str(p))
+
+
+def write_json(obj: dict[str, Any], path: str | Path) -> None:
+    """Write ``obj`` as pretty, key-sorted JSON, atomically, so `dvc metrics diff` sees stable files."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")

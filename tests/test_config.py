@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from pipeline.config import BaseConfig, ConfigError, FeaturesConfig, IngestConfig, section
+
+
+def test_project_params_load(params: dict[str, Any]) -> None:
+    base = section(params, "base", BaseConfig)
+    ingest = section(params, "ingest", IngestConfig)
+    feats = section(params, "features", FeaturesConfig)
+    assert base.time_unit == "weeks"
+    assert ingest.source == "cdnow"
+    assert feats.cutoffs == (dt.date(1997, 9, 30),)
+    assert feats.windows_days == (30, 90, 180, 365)
+
+
+def test_missing_key_is_named(params: dict[str, Any]) -> None:
+    del params["features"]["horizon_days"]
+    with pytest.raises(ConfigError, match=r"missing key\(s\) features\.horizon_days"):
+        section(params, "features", FeaturesConfig)
+
+
+def test_unknown_key_is_named(params: dict[str, Any]) -> None:
+    params["ingest"]["colums"] = {}
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) ingest\.colums"):
+        section(params, "ingest", IngestConfig)
+
+
+def test_nested_missing_key_is_named(params: dict[str, Any]) -> None:
+    del params["ingest"]["columns"]["order_id"]
+    with pytest.raises(ConfigError, match=r"ingest\.columns\.order_id"):
+        section(params, "ingest", IngestConfig)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("horizon_days", "90", r"features\.horizon_days: expected a whole number, got '90'"),
+        ("horizon_days", 1.5, r"features\.horizon_days: expected a whole number, got 1\.5"),
+        ("horizon_days", True, r"features\.horizon_days: expected a whole number"),
+        ("horizon_days", 0, r"features\.horizon_days must be >= 1, got 0"),
+        ("as_of", "next monday", r"features\.as_of: expected a date YYYY-MM-DD, got 'next monday'"),
+        ("windows_days", [30, 30], r"features\.windows_days must be distinct"),
+        ("windows_days", 30, r"features\.windows_days: expected a list, got 30"),
+    ],
+)
+def test_bad_feature_values(params: dict[str, Any], key: str, value: object, message: str) -> None:
+    params["features"][key] = value
+    with pytest.raises(ConfigError, match=message):
+        section(params, "features", FeaturesConfig)
+
+
+def test_bad_literal(params: dict[str, Any]) -> None:
+    params["base"]["time_unit"] = "months"
+    with pytest.raises(ConfigError, match=r"base\.time_unit: must be one of days, weeks; got 'months'"):
+        section(params, "base", BaseConfig)
+
+
+def test_amount_and_quantity_are_exclusive(params: dict[str, Any]) -> None:
+    params["ingest"]["columns"]["quantity"] = "number_of_cds"
+    with pytest.raises(ConfigError, match=r"set either 'amount', or both 'quantity' and 'unit_price'"):
+        section(params, "ingest", IngestConfig)
+
+
+def test_duplicate_key_needs_order_id(params: dict[str, Any]) -> None:
+    params["ingest"]["duplicate_key"] = ["customer_id", "date"]
+    with pytest.raises(ConfigError, match=r"must include the mapped order id column"):
+        section(params, "ingest", IngestConfig)
+
+
+def test_missing_section(params: dict[str, Any]) -> None:
+    del params["base"]
+    with pytest.raises(ConfigError, match=r"section 'base' is missing"):
+        section(params, "base", BaseConfig)
