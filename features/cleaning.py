@@ -120,8 +120,7 @@ def check_source_columns(columns: Sequence[str], rules: CleaningRules, source: s
     for name in rules.duplicate_key:
         if name not in columns:
             raise InputError(
-                f"{source}: ingest.duplicate_key names '{name}', which is not a column; the file has "
-                f"{list(columns)}"
+                f"{source}: ingest.duplicate_key names '{name}', which is not a column; the file has {list(columns)}"
             )
     for reserved in (s.SOURCE_ROW, s.REASON):
         if reserved in columns:
@@ -169,8 +168,7 @@ def clean_transactions(raw: pa.Table, rules: CleaningRules, source: str) -> Clea
     else:
         assert rules.quantity is not None and rules.unit_price is not None  # guaranteed by the config
         amount = (
-            f"({_number(rules.quantity, types[rules.quantity])} * "
-            f"{_number(rules.unit_price, types[rules.unit_price])})"
+            f"({_number(rules.quantity, types[rules.quantity])} * {_number(rules.unit_price, types[rules.unit_price])})"
         )
     order = _text(rules.order_id) if rules.order_id is not None else "CAST(NULL AS VARCHAR)"
     cancelled = "FALSE"

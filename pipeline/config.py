@@ -111,12 +111,8 @@ class FeaturesConfig:
         for key in ("horizon_days", "trend_window_days"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"features.{key} must be >= 1, got {getattr(self, key)}")
-        if not self.windows_days or min(self.windows_days) < 1 or len(set(self.windows_days)) != len(
-            self.windows_days
-        ):
-            raise ConfigError(
-                f"features.windows_days must be distinct whole days >= 1, got {list(self.windows_days)}"
-            )
+        if not self.windows_days or min(self.windows_days) < 1 or len(set(self.windows_days)) != len(self.windows_days):
+            raise ConfigError(f"features.windows_days must be distinct whole days >= 1, got {list(self.windows_days)}")
 
 
 SECTIONS: dict[str, type] = {

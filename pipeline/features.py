@@ -46,9 +46,7 @@ def open_transactions(con: ibis.BaseBackend, path: Path) -> ir.Table:
     return con.read_parquet(path)
 
 
-def build_features(
-    tx: ir.Table, base: BaseConfig, cfg: FeaturesConfig
-) -> tuple[ir.Table, Cutoffs]:
+def build_features(tx: ir.Table, base: BaseConfig, cfg: FeaturesConfig) -> tuple[ir.Table, Cutoffs]:
     """The stacked feature + label expression for ``tx`` and the cutoffs it was built for."""
     day = tx[s.TS].date()
     bounds = tx.aggregate(first=day.min(), last=day.max()).to_pyarrow().to_pylist()[0]
@@ -105,9 +103,7 @@ def feature_metrics(df: pd.DataFrame, cut: Cutoffs) -> dict[str, Any]:
     }
 
 
-def run(
-    base: BaseConfig, cfg: FeaturesConfig, transactions: Path, features: Path, metrics: Path
-) -> dict[str, Any]:
+def run(base: BaseConfig, cfg: FeaturesConfig, transactions: Path, features: Path, metrics: Path) -> dict[str, Any]:
     """Featurise ``transactions`` at every cutoff and write the table and its metrics."""
     con = connect()
     tx = open_transactions(con, transactions)

@@ -135,7 +135,7 @@ def test_parquet_source_with_typed_columns(tmp_path: Path, params: dict[str, Any
     ).to_parquet(src)
     params["ingest"].update(source=str(src), timezone="Europe/Berlin")
     params["ingest"]["columns"].update(customer_id="cust", timestamp="when", amount="value")
-    tx, q, m = run_ingest(tmp_path, section(params, "ingest", IngestConfig))
+    tx, _, m = run_ingest(tmp_path, section(params, "ingest", IngestConfig))
     assert m["quarantined_by_reason"][s.NON_NUMERIC_AMOUNT] == 1
     assert m["quarantined_by_reason"][s.MISSING_CUSTOMER_ID] == 1
     # 23:30 in Berlin (UTC+1 in winter) is 22:30 UTC.

@@ -1,0 +1,150 @@
+"""Features and labels on a tiny log computed by hand, the CDNOW summary, and leakage."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.resources
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features import schemas as s
+from features.behaviour import attach_labels, customer_features, labels
+from pipeline import ingest
+from pipeline.config import IngestConfig, section
+from pipeline.features import connect
+
+CUTOFF = dt.date(2020, 1, 31)
+WINDOWS = (30, 90)
+
+
+def tx_frame(rows: Sequence[tuple[str, str, float]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            s.CUSTOMER_ID: [r[0] for r in rows],
+            s.TS: pd.to_datetime([r[1] for r in rows], utc=True),
+            s.AMOUNT: [r[2] for r in rows],
+            s.ORDER_ID: pd.Series([None] * len(rows), dtype="str"),
+        }
+    )
+
+
+# Customer a: two lines on Jan 1 (one purchase day), Jan 11, Jan 31 (the cutoff day), a return after the
+# cutoff and a purchase exactly on cutoff + horizon. Customer b: a single purchase on the cutoff day and one the
+# day after the horizon ends. Customer c: first purchase after the cutoff.
+LOG = [
+    ("a", "2020-01-01 09:00", 10.0),
+    ("a", "2020-01-01 18:00", 5.0),
+    ("a", "2020-01-11 12:00", 20.0),
+    ("a", "2020-01-31 23:59", 30.0),
+    ("a", "2020-02-01 10:00", -6.0),
+    ("a", "2020-02-10 10:00", 12.0),
+    ("b", "2020-01-31 00:00", 7.0),
+    ("b", "2020-02-11 00:00", 8.0),
+    ("c", "2020-02-05 00:00", 9.0),
+]
+
+
+def compute(
+    rows: pd.DataFrame, cutoffs: Sequence[dt.date], time_unit: str = "days", horizon_days: int = 10
+) -> pd.DataFrame:
+    con = connect()
+    tx = con.create_table("tx", rows, overwrite=True)
+    feats = customer_features(tx, cutoffs, time_unit=time_unit, windows_days=WINDOWS, trend_window_days=90)  # type: ignore[arg-type]
+    expr = attach_labels(feats, labels(tx, cutoffs, horizon_days=horizon_days))
+    return expr.order_by([s.CUTOFF, s.CUSTOMER_ID]).to_pyarrow().to_pandas().set_index(s.CUSTOMER_ID)
+
+
+def test_hand_computed_features() -> None:
+    f = compute(tx_frame(LOG), [CUTOFF])
+    assert list(f.index) == ["a", "b"]  # c has no history yet
+    a, b = f.loc["a"], f.loc["b"]
+    assert a[s.FREQUENCY] == 2 and a[s.PURCHASE_DAYS] == 3
+    assert a[s.RECENCY] == 30 and a[s.T] == 30 and a[s.TENURE_DAYS] == 30
+    assert a[s.MONETARY_VALUE] == pytest.approx((20 + 30) / 2)  # repeat days only
+    assert a[s.TOTAL_SPEND] == pytest.approx(65) and a[s.AVG_SPEND_PER_DAY] == pytest.approx(65 / 3)
+    assert a[s.DAYS_SINCE_LAST_PURCHASE] == 0
+    assert a["purchase_days_30d"] == 2 and a["spend_30d"] == pytest.approx(50)  # (Jan 1, Jan 31]
+    assert a["purchase_days_90d"] == 3 and a["spend_90d"] == pytest.approx(65)
+    assert a["purchase_trend_90d"] == 1.0 and a["spend_trend_90d"] == 1.0  # nothing in the 90 days before
+    assert a[s.GAP_MEAN_DAYS] == 15 and a[s.LAST_GAP_DAYS] == 20
+    assert a[s.GAP_STD_DAYS] == pytest.approx(np.std([10, 20], ddof=1))
+    assert a[s.RETURNS_SHARE] == 0  # the return is after the cutoff
+    assert b[s.FREQUENCY] == 0 and b[s.RECENCY] == 0 and b[s.T] == 0 and b[s.MONETARY_VALUE] == 0
+    assert pd.isna(b[s.GAP_MEAN_DAYS]) and pd.isna(b[s.GAP_STD_DAYS]) and pd.isna(b[s.LAST_GAP_DAYS])
+
+
+def test_label_boundaries() -> None:
+    f = compute(tx_frame(LOG), [CUTOFF], horizon_days=10)
+    # a buys on cutoff + 10 days exactly: inside (cutoff, cutoff + horizon]; the return is not a purchase.
+    assert not f.loc["a", s.CHURNED] and f.loc["a", s.FUTURE_PURCHASES] == 1
+    assert f.loc["a", s.FUTURE_SPEND] == pytest.approx(12)
+    # b buys one day after the window ends.
+    assert f.loc["b", s.CHURNED] and f.loc["b", s.FUTURE_PURCHASES] == 0 and f.loc["b", s.FUTURE_SPEND] == 0
+    g = compute(tx_frame(LOG), [CUTOFF], horizon_days=11)
+    assert not g.loc["b", s.CHURNED]
+
+
+def test_returns_share_and_weeks() -> None:
+    later = dt.date(2020, 2, 7)
+    f = compute(tx_frame(LOG), [later], time_unit="weeks")
+    a = f.loc["a"]
+    assert a[s.RETURNS_SHARE] == pytest.approx(6 / 65)
+    assert a[s.RECENCY] == pytest.approx(30 / 7) and a[s.T] == pytest.approx(37 / 7)
+
+
+def test_stacked_cutoffs_match_single_cutoffs() -> None:
+    cutoffs = [dt.date(2020, 1, 11), CUTOFF, dt.date(2020, 2, 6)]
+    stacked = compute(tx_frame(LOG), cutoffs).reset_index()
+    for c in cutoffs:
+        alone = compute(tx_frame(LOG), [c]).reset_index()
+        part = stacked[stacked[s.CUTOFF] == c].reset_index(drop=True)
+        pd.testing.assert_frame_equal(part, alone)
+
+
+def test_transactions_after_the_cutoff_change_no_feature() -> None:
+    rng = np.random.default_rng(7)
+    n = 400
+    base = pd.Timestamp("2020-01-01", tz="UTC")
+    rows = tx_frame(
+        [
+            (f"c{rng.integers(60)}", str(base + pd.Timedelta(minutes=int(m))), float(v))
+            for m, v in zip(rng.integers(0, 200 * 24 * 60, n), rng.normal(20, 15, n), strict=True)
+        ]
+    )
+    cutoff = dt.date(2020, 4, 1)
+    feature_cols = [c for c in compute(rows, [cutoff]).columns if c not in s.LABELS]
+    before = compute(rows[rows[s.TS].dt.date <= cutoff], [cutoff])[feature_cols]
+    # Add purchases and returns after the cutoff, for old and new customers alike.
+    extra = tx_frame(
+        [
+            ("c1", "2020-04-02 00:00", 100.0),
+            ("c2", "2020-06-01 00:00", -50.0),
+            ("new", "2020-04-05 00:00", 1.0),
+        ]
+    )
+    after = compute(pd.concat([rows, extra], ignore_index=True), [cutoff])[feature_cols]
+    pd.testing.assert_frame_equal(before, after)
+
+
+def test_cdnow_sample_summary_matches_lifetimes(tmp_path: Path, params: dict[str, Any]) -> None:
+    params["ingest"]["source"] = "cdnow_sample"
+    cfg = section(params, "ingest", IngestConfig)
+    ingest.run(cfg, tmp_path / "tx.parquet", tmp_path / "q.parquet", tmp_path / "m.json")
+    rows = pd.read_parquet(tmp_path / "tx.parquet")
+    f = compute(rows, [dt.date(1997, 9, 30)], time_unit="weeks").reset_index()
+    f["ID"] = f[s.CUSTOMER_ID].astype(int)
+    datasets = importlib.resources.files("lifetimes") / "datasets"
+    with importlib.resources.as_file(datasets / "cdnow_customers_summary_with_transactions.csv") as p:
+        ref = pd.read_csv(p)
+    ref = ref.rename(columns={"T": "T_ref"})
+    m = ref.merge(f, on="ID", how="outer", validate="one_to_one", indicator=True)
+    assert len(m) == 2357 and (m["_merge"] == "both").all()
+    assert (m["x"] == m[s.FREQUENCY]).all()
+    np.testing.assert_allclose(m[s.RECENCY], m["t_x"], atol=0.005 + 1e-9)
+    np.testing.assert_allclose(m[s.T], m["T_ref"], atol=0.005 + 1e-9)
+    np.testing.assert_allclose(m[s.MONETARY_VALUE], m["zbar"], atol=0.005 + 1e-9)
