@@ -63,7 +63,8 @@ def _days_before(cutoff: ir.DateValue, days: int) -> ir.DateValue:
 
 
 def customer_features(
-    tx: ir.Table,
+    days: ir.Table,
+    returns: ir.Table,
     cutoffs: Sequence[dt.date],
     *,
     time_unit: Literal["days", "weeks"],
@@ -74,8 +75,11 @@ def customer_features(
 
     Parameters
     ----------
-    tx
-        Clean transactions (``schemas.TRANSACTIONS``); a negative amount is a return.
+    days
+        ``purchase_days`` of the clean transactions (compute it once and cache it: every snapshot and the labels
+        read it).
+    returns
+        ``return_days`` of the clean transactions.
     cutoffs
         Last days of history, one stacked snapshot each.
     time_unit
@@ -92,7 +96,6 @@ def customer_features(
         Columns as in ``schemas.feature_schema`` without ``is_scoring`` and the labels.
     """
     unit = DAYS_PER_UNIT[time_unit]
-    days = purchase_days(tx)
     j = days.cross_join(cutoff_table(cutoffs))
     h = j.filter(j[_DAY] <= j[s.CUTOFF])
     cutoff, day, spend, gap = h[s.CUTOFF], h[_DAY], h[_SPEND], h[_GAP]
@@ -119,8 +122,7 @@ def customer_features(
     aggs["_spend_prior"] = spend.sum(where=prior).coalesce(0.0)
     g = h.group_by([s.CUTOFF, s.CUSTOMER_ID]).aggregate(**aggs)
 
-    r = return_days(tx)
-    rj = r.cross_join(cutoff_table(cutoffs))
+    rj = returns.cross_join(cutoff_table(cutoffs))
     rj = rj.filter(rj[_DAY] <= rj[s.CUTOFF])
     returned = rj.group_by([s.CUTOFF, s.CUSTOMER_ID]).aggregate(_returned=rj["returned"].sum())
     g = g.left_join(returned, [s.CUTOFF, s.CUSTOMER_ID]).select(g, returned["_returned"])
@@ -169,13 +171,13 @@ def customer_features(
     return out.select(columns)
 
 
-def labels(tx: ir.Table, cutoffs: Sequence[dt.date], *, horizon_days: int) -> ir.Table:
+def labels(days: ir.Table, cutoffs: Sequence[dt.date], *, horizon_days: int) -> ir.Table:
     """Purchase days and spend in ``(cutoff, cutoff + horizon_days]``, per cutoff and customer who bought then.
 
     Customers absent from the result made no purchase in the window: their ``future_purchases`` is 0 and they
-    churned. Join with ``how="left"`` onto the features and fill (``attach_labels``).
+    churned. Join with ``how="left"`` onto the features and fill (``attach_labels``). ``days`` is
+    ``purchase_days`` of the clean transactions.
     """
-    days = purchase_days(tx)
     j = days.cross_join(cutoff_table(cutoffs))
     f = j.filter((j[_DAY] > j[s.CUTOFF]) & (j[_DAY] <= j[s.CUTOFF] + ibis.interval(days=horizon_days)))
     return f.group_by([s.CUTOFF, s.CUSTOMER_ID]).aggregate(
@@ -183,16 +185,52 @@ def labels(tx: ir.Table, cutoffs: Sequence[dt.date], *, horizon_days: int) -> ir
     )
 
 
-def attach_labels(features: ir.Table, future: ir.Table) -> ir.Table:
-    """Left-join ``labels`` onto ``features``; a customer with no purchase in the window has churned."""
+def attach_labels(features: ir.Table, future: ir.Table, unlabelled: dt.date | None = None) -> ir.Table:
+    """Left-join ``labels`` onto ``features``; a customer with no purchase in the window has churned.
+
+    Rows at the ``unlabelled`` cutoff (the scoring snapshot, whose future is unknown) get null labels.
+    """
     joined = features.left_join(future, [s.CUTOFF, s.CUSTOMER_ID]).select(
         features, future[s.FUTURE_PURCHASES], future[s.FUTURE_SPEND]
     )
     purchases = joined[s.FUTURE_PURCHASES].coalesce(0)
-    return joined.mutate(
-        **{
-            s.FUTURE_PURCHASES: purchases,
-            s.FUTURE_SPEND: joined[s.FUTURE_SPEND].coalesce(0.0),
-            s.CHURNED: purchases == 0,
-        }
+    values: dict[str, ir.Value] = {
+        s.FUTURE_PURCHASES: purchases,
+        s.FUTURE_SPEND: joined[s.FUTURE_SPEND].coalesce(0.0),
+        s.CHURNED: purchases == 0,
+    }
+    if unlabelled is not None:
+        known = joined[s.CUTOFF] != ibis.literal(unlabelled)
+        values = {k: ibis.ifelse(known, v, ibis.null(v.type())) for k, v in values.items()}
+    return joined.mutate(**values)
+
+
+def feature_table(
+    days: ir.Table,
+    returns: ir.Table,
+    training: Sequence[dt.date],
+    scoring: dt.date | None,
+    *,
+    time_unit: Literal["days", "weeks"],
+    windows_days: Sequence[int],
+    trend_window_days: int,
+    horizon_days: int,
+) -> ir.Table:
+    """The stacked table of ``schemas.feature_schema``: labelled training snapshots plus the scoring snapshot.
+
+    ``days`` and ``returns`` are ``purchase_days`` and ``return_days`` of the clean transactions. Rows are
+    ordered by cutoff and customer id, so the output is the same from run to run.
+    """
+    cutoffs = [*training, scoring] if scoring is not None else list(training)
+    feats = customer_features(
+        days,
+        returns,
+        cutoffs,
+        time_unit=time_unit,
+        windows_days=windows_days,
+        trend_window_days=trend_window_days,
     )
+    table = attach_labels(feats, labels(days, training, horizon_days=horizon_days), unlabelled=scoring)
+    is_scoring = table[s.CUTOFF] == ibis.literal(scoring) if scoring is not None else ibis.literal(False)
+    order = list(s.feature_schema(windows_days, trend_window_days).columns)
+    return table.mutate(**{s.IS_SCORING: is_scoring}).select(order).order_by([s.CUTOFF, s.CUSTOMER_ID])

@@ -18,14 +18,17 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from features import schemas as s
-from features.behaviour import attach_labels, customer_features, labels
+from features.behaviour import feature_table, purchase_days, return_days
 from features.cutoffs import Cutoffs, resolve_cutoffs
 from features.errors import InputError
 from pipeline import cli
 from pipeline.config import BaseConfig, FeaturesConfig, load_params, section
-from pipeline.io import write_json, write_table
+from pipeline.io import write_batches, write_json
 
 log = logging.getLogger("features")
+
+# Rows per batch between DuckDB and the Parquet writer: bounds memory whatever the number of customers.
+BATCH_ROWS = 500_000
 
 
 def connect(threads: int | None = None) -> ibis.BaseBackend:
@@ -39,10 +42,13 @@ def open_transactions(con: ibis.BaseBackend, path: Path) -> ir.Table:
     """Open the clean transactions Parquet lazily, after checking its columns match the schema."""
     if not path.is_file():
         raise InputError(f"{path}: file not found; run the ingest stage first (`dvc repro`)")
-    names = pq.read_schema(path).names
+    schema = pq.read_schema(path)
     expected = list(s.TRANSACTIONS.columns)
-    if names != expected:
-        raise InputError(f"{path}: columns {names} do not match the transactions schema {expected}")
+    if schema.names != expected:
+        raise InputError(f"{path}: columns {schema.names} do not match the transactions schema {expected}")
+    ts_type = schema.field(s.TS).type
+    if str(ts_type) != "timestamp[us, tz=UTC]":
+        raise InputError(f"{path}: column '{s.TS}' is {ts_type}, expected timestamp[us, tz=UTC]; write it with ingest")
     return con.read_parquet(path)
 
 
@@ -61,43 +67,37 @@ def build_features(tx: ir.Table, base: BaseConfig, cfg: FeaturesConfig) -> tuple
         horizon_days=cfg.horizon_days,
         as_of=cfg.as_of,
     )
-    common: dict[str, Any] = {
-        "time_unit": base.time_unit,
-        "windows_days": cfg.windows_days,
-        "trend_window_days": cfg.trend_window_days,
-    }
-    training = attach_labels(
-        customer_features(tx, cut.training, **common),
-        labels(tx, cut.training, horizon_days=cfg.horizon_days),
-    ).mutate(**{s.IS_SCORING: ibis.literal(False)})
-    scoring = customer_features(tx, [cut.scoring], **common).mutate(
-        **{
-            s.IS_SCORING: ibis.literal(True),
-            s.FUTURE_PURCHASES: ibis.null("int64"),
-            s.FUTURE_SPEND: ibis.null("float64"),
-            s.CHURNED: ibis.null("boolean"),
-        }
+    # Every snapshot and the labels read the purchase days: materialise them once in the engine.
+    days = purchase_days(tx).cache()
+    expr = feature_table(
+        days,
+        return_days(tx),
+        cut.training,
+        cut.scoring,
+        time_unit=base.time_unit,
+        windows_days=cfg.windows_days,
+        trend_window_days=cfg.trend_window_days,
+        horizon_days=cfg.horizon_days,
     )
-    order = list(s.feature_schema(cfg.windows_days, cfg.trend_window_days).columns)
-    stacked = training.select(order).union(scoring.select(order))
-    return stacked.order_by([s.CUTOFF, s.CUSTOMER_ID]), cut
+    return expr, cut
 
 
-def feature_metrics(df: pd.DataFrame, cut: Cutoffs) -> dict[str, Any]:
-    train = df[~df[s.IS_SCORING]]
+def feature_metrics(by_cutoff: pd.DataFrame, cut: Cutoffs) -> dict[str, Any]:
+    """Stage metrics from per-cutoff counts (``cutoff``, ``scoring``, ``customers``, ``churned``, ``repeat``)."""
+    train = by_cutoff[~by_cutoff["scoring"]]
     per_cutoff = {
-        str(c.date()): {
-            "customers": len(g),
-            "churn_rate": round(float(g[s.CHURNED].astype(bool).mean()), 6),
-            "repeat_customer_share": round(float((g[s.FREQUENCY] > 0).mean()), 6),
+        str(pd.Timestamp(r.cutoff).date()): {
+            "customers": int(r.customers),
+            "churn_rate": round(r.churned / r.customers, 6),
+            "repeat_customer_share": round(r.repeat / r.customers, 6),
         }
-        for c, g in train.groupby(s.CUTOFF)
+        for r in train.itertuples()
     }
     return {
         "training_cutoffs": len(cut.training),
-        "training_rows": len(train),
+        "training_rows": int(train["customers"].sum()),
         "scoring_cutoff": str(cut.scoring),
-        "scoring_customers": int(df[s.IS_SCORING].sum()),
+        "scoring_customers": int(by_cutoff.loc[by_cutoff["scoring"], "customers"].sum()),
         "cutoffs_skipped_before_data": [str(c) for c in cut.skipped_before_data],
         "by_cutoff": per_cutoff,
     }
@@ -108,9 +108,20 @@ def run(base: BaseConfig, cfg: FeaturesConfig, transactions: Path, features: Pat
     con = connect()
     tx = open_transactions(con, transactions)
     expr, cut = build_features(tx, base, cfg)
-    df = expr.to_pyarrow().to_pandas()
-    df = write_table(df, features, s.feature_schema(cfg.windows_days, cfg.trend_window_days))
-    out = feature_metrics(df, cut)
+    schema = s.feature_schema(cfg.windows_days, cfg.trend_window_days)
+    write_batches(expr.to_pyarrow_batches(chunk_size=BATCH_ROWS), features, schema)
+    written = con.read_parquet(features)
+    by_cutoff = (
+        written.group_by([written[s.CUTOFF].date().name(s.CUTOFF), written[s.IS_SCORING].name("scoring")])
+        .aggregate(
+            customers=written.count(),
+            churned=written[s.CHURNED].cast("int64").sum().coalesce(0),
+            repeat=(written[s.FREQUENCY] > 0).cast("int64").sum(),
+        )
+        .order_by(s.CUTOFF)
+        .to_pandas()
+    )
+    out = feature_metrics(by_cutoff, cut)
     write_json(out, metrics)
     if cut.skipped_before_data:
         log.info("skipped %d generated cutoffs before the first transaction day", len(cut.skipped_before_data))

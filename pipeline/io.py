@@ -10,7 +10,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,31 @@ def write_table(df: pd.DataFrame, path: str | Path, schema: pa.DataFrameSchema) 
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
     return checked
+
+
+def write_batches(batches: Iterable[pa_arrow.RecordBatch], path: str | Path, schema: pa.DataFrameSchema) -> int:
+    """Validate and write a stream of record batches as one Parquet file, atomically; return the row count.
+
+    Memory stays bounded by one batch, so a table larger than RAM can be written. Checks that span batches
+    (uniqueness) are the producer's to guarantee.
+    """
+    rows = 0
+    writer: pq.ParquetWriter | None = None
+    with atomic_path(path) as tmp:
+        try:
+            for i, batch in enumerate(batches):
+                checked = validate(batch.to_pandas(), schema, where=f"writing {path} (batch {i})")
+                table = pa_arrow.Table.from_pandas(checked, preserve_index=False)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
+                writer.write_table(table.cast(writer.schema))
+                rows += table.num_rows
+            if writer is None:
+                raise InputError(f"writing {path}: no rows to write")
+        finally:
+            if writer is not None:
+                writer.close()
+    return rows
 
 
 def read_table(path: str | Path, schema: pa.DataFrameSchema) -> pd.DataFrame:

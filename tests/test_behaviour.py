@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from features import schemas as s
-from features.behaviour import attach_labels, customer_features, labels
+from features.behaviour import feature_table, purchase_days, return_days
 from pipeline import ingest
 from pipeline.config import IngestConfig, section
 from pipeline.features import connect
@@ -54,9 +54,17 @@ def compute(
 ) -> pd.DataFrame:
     con = connect()
     tx = con.create_table("tx", rows, overwrite=True)
-    feats = customer_features(tx, cutoffs, time_unit=time_unit, windows_days=WINDOWS, trend_window_days=90)  # type: ignore[arg-type]
-    expr = attach_labels(feats, labels(tx, cutoffs, horizon_days=horizon_days))
-    return expr.order_by([s.CUTOFF, s.CUSTOMER_ID]).to_pyarrow().to_pandas().set_index(s.CUSTOMER_ID)
+    expr = feature_table(
+        purchase_days(tx),
+        return_days(tx),
+        cutoffs,
+        None,
+        time_unit=time_unit,  # type: ignore[arg-type]
+        windows_days=WINDOWS,
+        trend_window_days=90,
+        horizon_days=horizon_days,
+    )
+    return expr.drop(s.IS_SCORING).to_pyarrow().to_pandas().set_index(s.CUSTOMER_ID)
 
 
 def test_hand_computed_features() -> None:

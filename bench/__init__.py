@@ -1,0 +1,1 @@
+"""Speed and memory measurements on synthetic logs (never asserted in tests)."""
