@@ -28,6 +28,11 @@ class BaseConfig:
     seed: int
     time_unit: Literal["days", "weeks"]
     mlflow_experiment: str
+    duckdb_memory_limit_mb: int
+
+    def __post_init__(self) -> None:
+        if self.duckdb_memory_limit_mb < 256:
+            raise ConfigError(f"base.duckdb_memory_limit_mb must be >= 256, got {self.duckdb_memory_limit_mb}")
 
 
 @dataclasses.dataclass(frozen=True)

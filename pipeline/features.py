@@ -31,10 +31,16 @@ log = logging.getLogger("features")
 BATCH_ROWS = 500_000
 
 
-def connect(threads: int | None = None) -> ibis.BaseBackend:
-    """An in-process DuckDB backend whose session time zone is UTC (dates are taken in UTC)."""
-    con = ibis.duckdb.connect(threads=threads) if threads else ibis.duckdb.connect()
+def connect(memory_limit_mb: int | None = None) -> ibis.BaseBackend:
+    """An in-process DuckDB backend whose session time zone is UTC (dates are taken in UTC).
+
+    With ``memory_limit_mb``, DuckDB spills sorts and joins to a temporary folder instead of growing past it.
+    """
+    con = ibis.duckdb.connect()
     con.raw_sql("SET TimeZone = 'UTC'")
+    if memory_limit_mb is not None:
+        con.raw_sql(f"SET memory_limit = '{int(memory_limit_mb)}MB'")
+        con.raw_sql("SET preserve_insertion_order = false")  # the result is explicitly ordered
     return con
 
 
@@ -105,7 +111,7 @@ def feature_metrics(by_cutoff: pd.DataFrame, cut: Cutoffs) -> dict[str, Any]:
 
 def run(base: BaseConfig, cfg: FeaturesConfig, transactions: Path, features: Path, metrics: Path) -> dict[str, Any]:
     """Featurise ``transactions`` at every cutoff and write the table and its metrics."""
-    con = connect()
+    con = connect(base.duckdb_memory_limit_mb)
     tx = open_transactions(con, transactions)
     expr, cut = build_features(tx, base, cfg)
     schema = s.feature_schema(cfg.windows_days, cfg.trend_window_days)
