@@ -12,6 +12,7 @@ from features import schemas as s
 from features.errors import InputError
 from pipeline import ingest
 from pipeline.config import IngestConfig, section
+from tests.conftest import ONLINE_RETAIL_INGEST
 
 MESSY = """InvoiceNo,StockCode,Quantity,InvoiceDate,UnitPrice,CustomerID
 A1,S1,2,2011-01-01 10:00:00,1.5,100.0
@@ -32,14 +33,7 @@ def messy_config(params: dict[str, Any], path: Path, **overrides: object) -> Ing
     cfg = params["ingest"]
     cfg.update(
         source=str(path),
-        columns={
-            "customer_id": "CustomerID",
-            "timestamp": "InvoiceDate",
-            "amount": None,
-            "quantity": "Quantity",
-            "unit_price": "UnitPrice",
-            "order_id": "InvoiceNo",
-        },
+        columns=dict(ONLINE_RETAIL_INGEST["columns"]),  # the messy log mimics Online Retail's layout
         timestamp_format="%Y-%m-%d %H:%M:%S",
         duplicate_key=["InvoiceNo", "StockCode", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID"],
         cancellation_prefix="C",
@@ -151,8 +145,6 @@ def test_all_rows_quarantined_is_an_error(tmp_path: Path, params: dict[str, Any]
 
 
 def test_online_retail_counts(tmp_path: Path, params: dict[str, Any], online_retail: Path) -> None:
-    from tests.conftest import ONLINE_RETAIL_INGEST
-
     params["ingest"] = dict(ONLINE_RETAIL_INGEST)
     _, q, m = run_ingest(tmp_path, section(params, "ingest", IngestConfig))
     assert m["rows_in"] == 541_909
