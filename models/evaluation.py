@@ -1,0 +1,123 @@
+"""Holdout evaluation of value predictions: error, calibration and ranking metrics, and the decile table.
+
+Pure code. Metric names are snake_case and the same in every run, so ``dvc metrics diff`` and MLflow line up.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from scipy.stats import spearmanr
+
+Array = npt.NDArray[np.float64]
+
+# Metrics where lower is better; the rest (spearman, gini, top_decile_capture) are better when higher.
+LOWER_IS_BETTER = ("purchases_abs_pct_error", "purchases_mae", "purchases_rmse", "spend_mae")
+HIGHER_IS_BETTER = ("spearman", "gini", "top_decile_capture")
+
+
+def normalized_gini(actual: Array, score: Array) -> float:
+    """Gini of ``actual`` ordered by ``score``, divided by the Gini of the best possible order (1 = perfect).
+
+    Customers with tied scores keep their input order (a stable sort), so ties earn no credit from the answer.
+    """
+    a = np.asarray(actual, dtype=np.float64)
+    if a.sum() == 0:
+        return float("nan")
+
+    def gini(order: npt.NDArray[np.int64]) -> float:
+        sorted_actual = a[order]
+        cum = np.cumsum(sorted_actual) / sorted_actual.sum()
+        n = len(a)
+        return float(cum.sum() / n - (n + 1) / (2 * n))
+
+    return gini(np.argsort(-np.asarray(score), kind="stable")) / gini(np.argsort(-a, kind="stable"))
+
+
+def top_share(actual: Array, score: Array, share: float = 0.1) -> float:
+    """Share of total ``actual`` held by the top ``share`` of customers ranked by ``score``."""
+    a = np.asarray(actual, dtype=np.float64)
+    total = a.sum()
+    if total == 0:
+        return float("nan")
+    k = max(1, int(np.ceil(share * len(a))))
+    top = np.argsort(-np.asarray(score), kind="stable")[:k]
+    return float(a[top].sum() / total)
+
+
+def holdout_metrics(
+    purchases_predicted: Array,
+    purchases_actual: Array,
+    spend_predicted: Array,
+    spend_actual: Array,
+    value_score: Array,
+) -> dict[str, float]:
+    """Aggregate and per-customer accuracy of purchases and spend, and how well ``value_score`` ranks spend.
+
+    ``value_score`` is what would be used to rank customers (predicted CLV); it is compared with the realised
+    holdout spend by Spearman's rho, the normalized Gini and the spend share captured by its top decile.
+    """
+    pp, pa = np.asarray(purchases_predicted, float), np.asarray(purchases_actual, float)
+    sp, sa = np.asarray(spend_predicted, float), np.asarray(spend_actual, float)
+    actual_total = float(pa.sum())
+    predicted_total = float(pp.sum())
+    pct = 100.0 * (predicted_total - actual_total) / actual_total if actual_total else float("nan")
+    rho = spearmanr(value_score, sa).statistic if np.ptp(value_score) > 0 and np.ptp(sa) > 0 else float("nan")
+    return {
+        "customers": float(len(pa)),
+        "purchases_actual": actual_total,
+        "purchases_predicted": predicted_total,
+        "purchases_pct_error": pct,
+        "purchases_abs_pct_error": abs(pct),
+        "purchases_mae": float(np.mean(np.abs(pp - pa))),
+        "purchases_rmse": float(np.sqrt(np.mean((pp - pa) ** 2))),
+        "spend_actual": float(sa.sum()),
+        "spend_predicted": float(sp.sum()),
+        "spend_mae": float(np.mean(np.abs(sp - sa))),
+        "spearman": float(rho),
+        "gini": normalized_gini(sa, value_score),
+        "top_decile_capture": top_share(sa, value_score, 0.1),
+    }
+
+
+def decile_table(score: Array, predicted: Array, actual: Array) -> pd.DataFrame:
+    """Customers split into ten equal groups by ``score`` (decile 1 = highest), with predicted and actual sums."""
+    order = np.argsort(-np.asarray(score), kind="stable")
+    decile = np.empty(len(order), dtype=np.int64)
+    decile[order] = np.arange(len(order)) * 10 // max(len(order), 1) + 1
+    frame = pd.DataFrame({"decile": decile, "predicted": predicted, "actual": actual})
+    table = frame.groupby("decile", as_index=False).agg(
+        customers=("actual", "size"), predicted=("predicted", "sum"), actual=("actual", "sum")
+    )
+    total = table["actual"].sum()
+    table["actual_share"] = table["actual"] / total if total else np.nan
+    return table
+
+
+def better(metric: str, a: float, b: float) -> bool:
+    """Whether value ``a`` of ``metric`` is strictly better than ``b`` (NaN is never better)."""
+    if np.isnan(a):
+        return False
+    if np.isnan(b):
+        return True
+    if metric in LOWER_IS_BETTER:
+        return a < b
+    if metric in HIGHER_IS_BETTER:
+        return a > b
+    raise ValueError(f"unknown selection metric {metric!r}; use one of {LOWER_IS_BETTER + HIGHER_IS_BETTER}")
+
+
+def round_metrics(metrics: dict[str, Any], digits: int = 6) -> dict[str, Any]:
+    """Floats rounded for stable JSON; NaN becomes None (JSON has no NaN)."""
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            out[k] = round_metrics(v, digits)
+        elif isinstance(v, float):
+            out[k] = None if not np.isfinite(v) else round(v, digits)
+        else:
+            out[k] = v
+    return out

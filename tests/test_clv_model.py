@@ -1,0 +1,250 @@
+"""models/clv.py: pinned to Fader, Hardie & Lee (2005) on CDNOW, checked against lifetimes, and every bad input."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from lifetimes import BetaGeoFitter, GammaGammaFitter, ParetoNBDFitter
+from lifetimes.utils import ConvergenceError
+
+from features import schemas as s
+from models import clv
+from pipeline.reproduce_cdnow import HOLDOUT_DAYS, calibration_snapshot
+
+NO_REMEDY = (0.0,)
+
+
+@pytest.fixture(scope="module")
+def cdnow(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    """CDNOW_sample at 1997-09-30 in weeks, with 39-week holdout labels, built by the pipeline's ingest + features."""
+    from pipeline.config import load_params
+
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    return calibration_snapshot(params, tmp_path_factory.mktemp("cdnow"))
+
+
+def _frt(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (frame[s.FREQUENCY].to_numpy(float), frame[s.RECENCY].to_numpy(float), frame[s.T].to_numpy(float))
+
+
+# --- published numbers ----------------------------------------------------------------------------------------
+
+
+def test_bgnbd_reproduces_fader_hardie_lee_2005(cdnow: pd.DataFrame) -> None:
+    f, r, t = _frt(cdnow)
+    model = clv.PurchaseModel("bgnbd", NO_REMEDY).fit(f, r, t)
+    p = model.params_
+    assert (round(p["r"], 3), round(p["alpha"], 3), round(p["a"], 3), round(p["b"], 3)) == (0.243, 4.414, 0.793, 2.426)
+    report = model.report()
+    assert round(report.log_likelihood, 1) == -9582.4  # the paper's LL, in weeks
+    assert (report.n_customers, report.n_histories) == (2357, 1016)  # fitted on 1,016 distinct histories
+    assert round(model.expected_purchases(HOLDOUT_DAYS / 7, f, r, t).sum()) == 1653
+    assert int(cdnow[s.FUTURE_PURCHASES].sum()) == 1882
+
+
+def test_gamma_gamma_reproduces_fader_hardie_lee_2005(cdnow: pd.DataFrame) -> None:
+    repeat = cdnow[cdnow[s.FREQUENCY] > 0]
+    model = clv.SpendModel(NO_REMEDY).fit(repeat[s.FREQUENCY], repeat[s.MONETARY_VALUE])
+    p = model.params_
+    assert len(repeat) == 946
+    assert (round(p["p"], 2), round(p["q"], 2), round(p["v"], 2)) == (6.25, 3.74, 15.44)
+
+
+def test_pareto_nbd_log_likelihood_matches_published(cdnow: pd.DataFrame) -> None:
+    # Fader, Hardie & Lee (2005a) report LL -9595.0 for the Pareto/NBD on the same calibration data.
+    report = clv.PurchaseModel("pareto_nbd", NO_REMEDY).fit(*_frt(cdnow)).report()
+    assert round(report.log_likelihood, 1) == -9595.0
+
+
+# --- agreement with plain lifetimes -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "fitter"), [("bgnbd", BetaGeoFitter), ("pareto_nbd", ParetoNBDFitter)])
+def test_weighted_unique_fit_equals_per_customer_fit(cdnow: pd.DataFrame, name: Any, fitter: Any) -> None:
+    f, r, t = _frt(cdnow)
+    ours = clv.PurchaseModel(name, NO_REMEDY).fit(f, r, t)
+    # lifetimes starts Pareto/NBD from a random point; give it the wrapper's fixed start to compare like for like
+    start = {"initial_params": np.ones(4)} if name == "pareto_nbd" else {}
+    theirs = fitter().fit(f.astype(int), r, t, **start)
+    for k, v in ours.params_.items():
+        assert v == pytest.approx(theirs.params_[k], rel=1e-4)
+    np.testing.assert_allclose(
+        ours.p_alive(f, r, t), theirs.conditional_probability_alive(f, r, t), rtol=1e-3, atol=1e-9
+    )
+    np.testing.assert_allclose(
+        ours.expected_purchases(39, f, r, t),
+        theirs.conditional_expected_number_of_purchases_up_to_time(39, f, r, t),
+        rtol=1e-3,  # the two optima agree to the optimiser's tolerance, not to the last digit
+    )
+
+
+def test_clv_matches_lifetimes_customer_lifetime_value(cdnow: pd.DataFrame) -> None:
+    f, r, t = _frt(cdnow)
+    m = cdnow[s.MONETARY_VALUE].to_numpy(float)
+    bgf = BetaGeoFitter().fit(f.astype(int), r, t)
+    ggf = GammaGammaFitter().fit(f[f > 0].astype(int), m[f > 0])
+    # lifetimes' weekly model: a month is 4.345 weeks, and monetary_value is the margin-free spend
+    theirs = ggf.customer_lifetime_value(
+        bgf, pd.Series(f), pd.Series(r), pd.Series(t), pd.Series(m), time=12, discount_rate=0.01, freq="W"
+    )
+    purchases = clv.PurchaseModel("bgnbd", NO_REMEDY).fit(f, r, t)
+    spend = clv.SpendModel(NO_REMEDY).fit(f[f > 0], m[f > 0])
+    settings = clv.ValueSettings(
+        horizon_units=39, months=12, units_per_month=4.345, discount_rate_monthly=0.01, margin_ratio=1.0
+    )
+    ours = clv.score(purchases, spend.params_, f, r, t, m, settings)
+    np.testing.assert_allclose(ours["clv"], theirs.to_numpy(), rtol=1e-3)
+    half = clv.score(
+        purchases, spend.params_, f, r, t, m, clv.ValueSettings(**{**settings.__dict__, "margin_ratio": 0.5})
+    )
+    np.testing.assert_allclose(half["clv"], 0.5 * ours["clv"])
+
+
+def test_expected_order_value_shrinks_to_population_mean() -> None:
+    params = {"p": 6.25, "q": 3.74, "v": 15.44}
+    population = 6.25 * 15.44 / 2.74
+    out = clv.expected_order_value(params, np.array([0.0, 1.0, 50.0]), np.array([999.0, 100.0, 100.0]))
+    assert out[0] == pytest.approx(population)  # a one-time buyer's own spend is ignored
+    assert population < out[1] < out[2] < 100.0  # more purchases, more weight on the customer's own mean
+
+
+# --- bad input: a clear ValueError naming the column and the count -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("f", "r", "t", "message"),
+    [
+        ([1.5, 2.0], [1.0, 2.0], [3.0, 3.0], "frequency: 1 non-integer values (e.g. 1.5)"),
+        ([1, 2], [4.0, 5.0], [3.0, 6.0], "recency: 1 values greater than T (e.g. 4.0)"),
+        ([1, -2], [1.0, 1.0], [3.0, 3.0], "frequency: 1 negative values (e.g. -2.0)"),
+        ([1, 2], [1.0, np.nan], [3.0, 3.0], "recency: 1 NaN or infinite values"),
+        ([1, 2], [1.0, 1.0], [3.0, np.inf], "T: 1 NaN or infinite values"),
+        ([0, 0, 1], [1.0, 2.0, 1.0], [3.0, 3.0, 3.0], "recency: 2 non-zero values where frequency is 0"),
+        ([1, 2], [1.0], [3.0, 3.0], "lengths differ"),
+        ([], [], [], "no customers"),
+        (["1", "2"], [1.0, 1.0], [3.0, 3.0], "frequency: expected numbers"),
+    ],
+)
+def test_bad_histories_are_rejected(f: Any, r: Any, t: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        clv.PurchaseModel("bgnbd").fit(f, r, t)
+
+
+@pytest.mark.parametrize(
+    ("f", "m", "message"),
+    [
+        ([1, 2, 3], [10.0, 0.0, -5.0], "monetary_value: 2 values <= 0 (e.g. 0.0)"),
+        ([0, 2], [10.0, 5.0], "frequency: 1 values below 1"),
+        ([1, 2], [10.0, np.nan], "monetary_value: 1 NaN or infinite values"),
+        ([1.5, 2], [10.0, 5.0], "frequency: 1 non-integer values"),
+        ([], [], "no repeat buyers"),
+    ],
+)
+def test_bad_spend_is_rejected(f: Any, m: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        clv.SpendModel().fit(f, m)
+
+
+def test_predicting_before_fitting_is_an_error() -> None:
+    with pytest.raises(RuntimeError, match="not fitted yet"):
+        clv.PurchaseModel("bgnbd").p_alive([1], [1.0], [2.0])
+
+
+def test_unknown_model_is_rejected() -> None:
+    with pytest.raises(ValueError, match="model must be one of bgnbd, mbgnbd, pareto_nbd"):
+        clv.PurchaseModel("nbd").fit([1], [1.0], [2.0])  # type: ignore[arg-type]
+
+
+# --- convergence ----------------------------------------------------------------------------------------------
+
+
+def _no_dropout_log(n: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Poisson purchasing with gamma(0.7, rate 10) heterogeneity and nobody dropping out: BG/NBD's a -> 0."""
+    rng = np.random.default_rng(seed)
+    lam = rng.gamma(0.7, 1 / 10.0, n)
+    t = rng.uniform(5, 40, n).round(1)
+    f = rng.poisson(lam * t)
+    r = np.array([np.sort(rng.uniform(0, ti, k))[-1] if k else 0.0 for k, ti in zip(f, t, strict=True)]).round(1)
+    return f.astype(float), np.minimum(r, t), t
+
+
+def test_boundary_optimum_is_recovered_by_the_bounded_retry() -> None:
+    # lifetimes' BFGS stops with "precision loss" when the optimum is on the boundary; the bounded retry
+    # converges, without a penalizer, to the generating r and alpha.
+    model = clv.PurchaseModel("bgnbd", NO_REMEDY).fit(*_no_dropout_log())
+    assert [a["variant"] for a in model.attempts_] == ["bfgs", "bounded"]
+    assert model.attempts_[0]["outcome"].startswith("ConvergenceError")
+    assert model.attempts_[1]["outcome"] == "converged"
+    assert model.penalizer_coef_ == 0.0
+    assert model.params_["r"] == pytest.approx(0.7, abs=0.05)
+    assert model.params_["alpha"] == pytest.approx(10.0, rel=0.1)
+    assert model.params_["a"] < 1e-2  # no dropout found
+
+
+def test_every_remedy_failing_names_the_penalizer_to_try(monkeypatch: pytest.MonkeyPatch) -> None:
+    def never(*args: Any, **kwargs: Any) -> Any:
+        raise ConvergenceError("The model did not converge.")
+
+    monkeypatch.setattr(BetaGeoFitter, "_fit", never)
+    with pytest.raises(clv.ClvFitError, match=r"penalizer_coef in \[0\.0, 0\.01\].*try 0\.1\)") as info:
+        clv.PurchaseModel("bgnbd", (0.0, 0.01)).fit([1, 2], [1.0, 2.0], [3.0, 3.0])
+    assert "penalizer_coef" in str(info.value)
+
+
+def test_overflowing_prediction_is_an_error_not_nan(cdnow: pd.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
+    f, r, t = _frt(cdnow)
+    model = clv.PurchaseModel("bgnbd", NO_REMEDY).fit(f, r, t)
+    monkeypatch.setattr(
+        BetaGeoFitter,
+        "conditional_expected_number_of_purchases_up_to_time",
+        lambda self, t_, f_, r_, T_: np.where(np.asarray(f_) > 5, np.inf, 1.0),
+    )
+    with pytest.raises(clv.ClvFitError, match=r"non-finite .* penalizer_coef=0\.0; refit with a larger penalizer_coef"):
+        model.expected_purchases(39, f, r, t)
+
+
+def test_gamma_gamma_infinite_mean_is_refused() -> None:
+    with pytest.raises(clv.ClvFitError, match=re.escape("q = 0.9 <= 1")):
+        clv.expected_order_value({"p": 1.0, "q": 0.9, "v": 1.0}, np.array([1.0]), np.array([1.0]))
+
+
+# --- uncertainty ----------------------------------------------------------------------------------------------
+
+
+def test_standard_errors_and_intervals(cdnow: pd.DataFrame) -> None:
+    report = clv.PurchaseModel("bgnbd", NO_REMEDY).fit(*_frt(cdnow)).report()
+    for name, value in report.params.items():
+        low, high = report.interval_90[name]
+        assert 0 < low < value < high
+        assert report.standard_errors[name] > 0
+    # se(r) from the observed information of 2,357 customers: about 5% of r
+    assert report.standard_errors["r"] == pytest.approx(0.0126, abs=0.001)
+
+
+def test_bootstrap_is_seeded_and_brackets_the_estimate(cdnow: pd.DataFrame) -> None:
+    f, r, t = _frt(cdnow)
+    m = cdnow[s.MONETARY_VALUE].to_numpy(float)
+    purchases = clv.PurchaseModel("bgnbd", NO_REMEDY).fit(f, r, t)
+    ok = clv.usable_spend(f, m)
+    spend = clv.SpendModel(NO_REMEDY).fit(f[ok], m[ok])
+    kwargs: dict[str, Any] = dict(
+        samples=20, seed=7, months=12, discount_rate_monthly=0.01, units_per_month=4.348, margin_ratio=0.3
+    )
+    one = clv.bootstrap_clv(purchases, spend, f, r, t, m, ok, **kwargs)
+    two = clv.bootstrap_clv(purchases, spend, f, r, t, m, ok, **kwargs)
+    np.testing.assert_array_equal(one.clv_low, two.clv_low)
+    assert one.failed == 0 and len(one.params) == 20
+    point = clv.score(purchases, spend.params_, f, r, t, m, clv.ValueSettings(39, 12, 4.348, 0.01, 0.3))["clv"]
+    assert np.all(one.clv_low <= one.clv_high)
+    inside = np.mean((one.clv_low <= point) & (point <= one.clv_high))
+    assert inside > 0.9  # the full-data estimate sits inside almost every customer's band
+
+
+def test_value_tiers_follow_quantiles() -> None:
+    tiers = clv.value_tiers(np.arange(100, dtype=float), high=0.8, mid=0.5)
+    assert (tiers == "high").sum() == 20 and (tiers == "mid").sum() == 30 and (tiers == "low").sum() == 50
