@@ -234,3 +234,17 @@ def feature_table(
     is_scoring = table[s.CUTOFF] == ibis.literal(scoring) if scoring is not None else ibis.literal(False)
     order = list(s.feature_schema(windows_days, trend_window_days).columns)
     return table.mutate(**{s.IS_SCORING: is_scoring}).select(order).order_by([s.CUTOFF, s.CUSTOMER_ID])
+
+
+def daily_repeat_purchases(days: ir.Table, cutoff: dt.date, *, horizon_days: int) -> ir.Table:
+    """Purchase days per calendar day in ``(cutoff, cutoff + horizon_days]`` by customers who bought by ``cutoff``.
+
+    Summed over the horizon this equals the ``future_purchases`` label summed over the cutoff's snapshot; day by
+    day it is the actual curve a BTYD model's cumulative forecast is tracked against.
+    """
+    first = days.group_by(s.CUSTOMER_ID).aggregate(first_day=days[_DAY].min())
+    known = first.filter(first["first_day"] <= ibis.literal(cutoff))
+    joined = days.join(known, s.CUSTOMER_ID)
+    end = ibis.literal(cutoff + dt.timedelta(days=horizon_days))
+    window = joined.filter((joined[_DAY] > ibis.literal(cutoff)) & (joined[_DAY] <= end))
+    return window.group_by(_DAY).aggregate(purchases=window.count()).order_by(_DAY)

@@ -66,6 +66,17 @@ FUTURE_PURCHASES = "future_purchases"
 FUTURE_SPEND = "future_spend"
 LABELS: tuple[str, ...] = (CHURNED, FUTURE_PURCHASES, FUTURE_SPEND)
 
+# --- customer value (clv stage) ------------------------------------------------------------------------------
+P_ALIVE = "p_alive"
+EXPECTED_PURCHASES = "expected_purchases"
+EXPECTED_ORDER_VALUE = "expected_order_value"
+CLV = "clv"
+CLV_P05 = "clv_p05"
+CLV_P95 = "clv_p95"
+CLV_NET = "clv_net"
+VALUE_TIER = "value_tier"
+VALUE_TIERS: tuple[str, ...] = ("high", "mid", "low")
+
 
 def window_columns(windows_days: Sequence[int]) -> list[str]:
     """Names of the per-window activity columns, e.g. ``purchase_days_30d`` and ``spend_30d``."""
@@ -148,6 +159,33 @@ def feature_schema(windows_days: Sequence[int], trend_window_days: int) -> pa.Da
         unique=[CUTOFF, CUSTOMER_ID],
         name="features",
     )
+
+
+def clv_schema(with_net: bool) -> pa.DataFrameSchema:
+    """Per-customer value as of the scoring cutoff, written by the clv stage (``clv_net`` with an acquisition cost).
+
+    ``expected_purchases`` covers ``features.horizon_days``; ``clv`` is discounted profit over
+    ``clv.clv_horizon_months``, with its bootstrap 5th and 95th percentiles.
+    """
+    count = pa.Check.ge(0)
+    columns: dict[str, pa.Column] = {
+        CUSTOMER_ID: pa.Column(str, pa.Check.str_length(min_value=1), coerce=True),
+        CUTOFF: pa.Column("datetime64[us]", coerce=True),
+        FREQUENCY: pa.Column("int64", count, coerce=True),
+        RECENCY: _float(count),
+        T: _float(count),
+        MONETARY_VALUE: _float(),
+        P_ALIVE: _float(pa.Check.in_range(0.0, 1.0)),
+        EXPECTED_PURCHASES: _float(count),
+        EXPECTED_ORDER_VALUE: _float(count),
+        CLV: _float(count),
+        CLV_P05: _float(count),
+        CLV_P95: _float(count),
+    }
+    if with_net:
+        columns[CLV_NET] = _float()
+    columns[VALUE_TIER] = pa.Column(str, pa.Check.isin(VALUE_TIERS), coerce=True)
+    return pa.DataFrameSchema(columns, strict=True, ordered=True, unique=[CUSTOMER_ID], name="clv")
 
 
 def validate(df: pd.DataFrame, schema: pa.DataFrameSchema, where: str) -> pd.DataFrame:

@@ -120,10 +120,59 @@ class FeaturesConfig:
             raise ConfigError(f"features.windows_days must be distinct whole days >= 1, got {list(self.windows_days)}")
 
 
+@dataclasses.dataclass(frozen=True)
+class ValueTierQuantiles:
+    """CLV quantiles where the tiers start: ``high`` from the ``high`` quantile, ``mid`` from ``mid``, else low."""
+
+    high: float
+    mid: float
+
+    def __post_init__(self) -> None:
+        if not 0 < self.mid < self.high < 1:
+            raise ConfigError(
+                f"clv.value_tier_quantiles: need 0 < mid < high < 1, got mid={self.mid}, high={self.high}"
+            )
+
+
+SelectionMetric = Literal[
+    "purchases_abs_pct_error", "purchases_mae", "purchases_rmse", "spend_mae", "spearman", "gini", "top_decile_capture"
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class ClvConfig:
+    model: Literal["auto", "bgnbd", "mbgnbd", "pareto_nbd"]
+    selection_metric: SelectionMetric
+    calibration_cutoff: dt.date | None
+    penalizer_ladder: tuple[float, ...]
+    clv_horizon_months: int
+    discount_rate_monthly: float
+    margin_ratio: float
+    acquisition_cost: float | None
+    value_tier_quantiles: ValueTierQuantiles
+    bootstrap_samples: int
+
+    def __post_init__(self) -> None:
+        ladder = list(self.penalizer_ladder)
+        if not ladder or min(ladder) < 0 or ladder != sorted(set(ladder)):
+            raise ConfigError(f"clv.penalizer_ladder must be distinct increasing values >= 0, got {ladder}")
+        if self.clv_horizon_months < 1:
+            raise ConfigError(f"clv.clv_horizon_months must be >= 1, got {self.clv_horizon_months}")
+        if not 0 <= self.discount_rate_monthly < 1:
+            raise ConfigError(f"clv.discount_rate_monthly must be in [0, 1), got {self.discount_rate_monthly}")
+        if not 0 < self.margin_ratio <= 1:
+            raise ConfigError(f"clv.margin_ratio must be in (0, 1], got {self.margin_ratio}")
+        if self.acquisition_cost is not None and self.acquisition_cost < 0:
+            raise ConfigError(f"clv.acquisition_cost must be >= 0 or null, got {self.acquisition_cost}")
+        if self.bootstrap_samples < 2:
+            raise ConfigError(f"clv.bootstrap_samples must be >= 2, got {self.bootstrap_samples}")
+
+
 SECTIONS: dict[str, type] = {
     "base": BaseConfig,
     "ingest": IngestConfig,
     "features": FeaturesConfig,
+    "clv": ClvConfig,
 }
 
 C = TypeVar("C")

@@ -8,18 +8,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pytest
 import yaml
 
 from features import schemas as s
+from pipeline import clv as clv_stage
 from pipeline import features as features_stage
 from pipeline import ingest as ingest_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_stages_in_dag_order(tmp_path: Path, params: dict[str, Any]) -> None:
+def test_stages_in_dag_order(tmp_path: Path, params: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     params["ingest"]["source"] = "cdnow_sample"
+    params["clv"]["bootstrap_samples"] = 10
+    params["clv"]["acquisition_cost"] = 5.0
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
     d = tmp_path
@@ -61,6 +67,65 @@ def test_stages_in_dag_order(tmp_path: Path, params: dict[str, Any]) -> None:
     m = json.loads((d / "features.json").read_text())
     assert m["training_rows"] == len(training)
     assert 0.5 < m["by_cutoff"]["1997-09-30"]["churn_rate"] < 0.9
+
+    clv_stage.main(
+        [
+            "--params",
+            str(params_file),
+            "--transactions",
+            f"{d}/tx.parquet",
+            "--features",
+            f"{d}/f.parquet",
+            "--clv",
+            f"{d}/clv.parquet",
+            "--artifacts",
+            f"{d}/artifacts/clv",
+            "--metrics",
+            f"{d}/clv.json",
+            "--plots",
+            f"{d}/plots/clv",
+        ]
+    )
+    value = pd.read_parquet(d / "clv.parquet")
+    assert len(value) == 2357 and value[s.CUSTOMER_ID].is_unique
+    assert value[s.CLV].is_monotonic_decreasing  # marketing reads it top down
+    assert ((value[s.CLV_P05] <= value[s.CLV]) & (value[s.CLV] <= value[s.CLV_P95])).all()
+    assert (value[s.CLV_NET] == value[s.CLV] - 5.0).all()
+    shares = value[s.VALUE_TIER].value_counts(normalize=True)
+    assert shares["high"] == pytest.approx(0.2, abs=0.01) and shares["mid"] == pytest.approx(0.3, abs=0.01)
+    by_tier = value.groupby(s.VALUE_TIER)[s.CLV]
+    assert by_tier.min()["high"] >= by_tier.max()["mid"] and by_tier.min()["mid"] >= by_tier.max()["low"]
+    cm = json.loads((d / "clv.json").read_text())
+    assert set(cm) >= {"chosen_model", "model", "candidates", "baselines"}
+    assert cm["chosen_model"] in cm["candidates"] and set(cm["candidates"]) == {"bgnbd", "mbgnbd", "pareto_nbd"}
+    names = {"purchases_actual", "purchases_predicted", "purchases_pct_error", "purchases_mae", "purchases_rmse"}
+    names |= {"spend_mae", "spearman", "gini", "top_decile_capture"}
+    assert names <= set(cm["model"]) and names <= set(cm["baselines"]["historical_rate"])
+    # the 90-day horizon after 1997-09-30: the same label sum the features stage wrote
+    assert cm["model"]["purchases_actual"] == training.loc[training[s.CUTOFF] == "1997-09-30", s.FUTURE_PURCHASES].sum()
+    params_doc = json.loads((d / "artifacts/clv/params.json").read_text())
+    assert params_doc["scoring"]["model"] == cm["chosen_model"]
+    cumulative = pd.read_csv(d / "plots/clv/cumulative.csv")
+    assert cumulative["actual"].iloc[-1] == cm["model"]["purchases_actual"]
+    assert cumulative["predicted"].iloc[-1] == pytest.approx(cm["model"]["purchases_predicted"], rel=1e-6)
+    for png in ("by_frequency", "cumulative", "deciles", "p_alive"):
+        assert (d / f"artifacts/clv/plots/{png}.png").stat().st_size > 10_000
+
+    # the MLflow run: tags, metrics, plots, and a pyfunc that reproduces the table from features
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = mlflow.search_runs(experiment_names=[params["base"]["mlflow_experiment"]], output_format="list")
+    assert run.data.tags["stage"] == "clv" and run.data.tags["data.rows"] == "6919"
+    assert len(run.data.tags["data.sha256"]) == 64 and run.data.tags["git_commit"]
+    assert run.data.metrics["model/purchases_rmse"] == cm["model"]["purchases_rmse"]
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "plots")}
+    assert "plots/p_alive.png" in artifacts
+    (logged,) = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    model = mlflow.pyfunc.load_model(logged.model_uri)
+    scored = model.predict(value[[s.FREQUENCY, s.RECENCY, s.T, s.MONETARY_VALUE]].astype("float64"))
+    np.testing.assert_allclose(scored["clv"], value[s.CLV], rtol=1e-9)
+    np.testing.assert_allclose(scored["p_alive"], value[s.P_ALIVE], rtol=1e-9)
 
 
 def test_data_error_is_one_line(tmp_path: Path, params: dict[str, Any]) -> None:

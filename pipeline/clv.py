@@ -1,0 +1,539 @@
+"""Stage ``clv``: fit BTYD + Gamma-Gamma at the calibration cutoff, judge them on its horizon, refit and score.
+
+1. At ``clv.calibration_cutoff`` (a training cutoff of the features table) every candidate purchase model and
+   the Gamma-Gamma spend model are fitted and evaluated on the labelled horizon that follows
+   (``features.horizon_days``), next to a naive baseline; ``clv.model: auto`` keeps the best candidate by
+   ``clv.selection_metric``.
+2. The chosen model is refitted on all history up to the scoring cutoff and scores every customer: P(alive),
+   expected purchases over the horizon, expected order value, CLV (discounted profit over
+   ``clv.clv_horizon_months``) with bootstrap 5th-95th percentiles, and a value tier.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from features import schemas as s
+from features.behaviour import DAYS_PER_UNIT, daily_repeat_purchases, purchase_days
+from features.errors import InputError
+from models import clv
+from models.evaluation import better, decile_table, holdout_metrics, round_metrics
+from pipeline import cli, plots, tracking
+from pipeline.config import BaseConfig, ClvConfig, FeaturesConfig, load_params, section
+from pipeline.features import connect, open_transactions
+from pipeline.io import write_json, write_table
+
+log = logging.getLogger("clv")
+
+SNAPSHOT_COLUMNS = [
+    s.CUTOFF,
+    s.IS_SCORING,
+    s.CUSTOMER_ID,
+    s.FREQUENCY,
+    s.RECENCY,
+    s.T,
+    s.MONETARY_VALUE,
+    s.FUTURE_PURCHASES,
+    s.FUTURE_SPEND,
+]
+BASELINE = "historical_rate"
+FREQUENCY_CAP = 7  # the calibration-vs-holdout plot groups frequencies of 7 and more, as Fader et al. do
+
+
+# --- inputs ---------------------------------------------------------------------------------------------------
+
+
+def _check_columns(path: Path) -> None:
+    if not path.is_file():
+        raise InputError(f"{path}: file not found; run the features stage first (`dvc repro`)")
+    names = pq.read_schema(path).names
+    missing = [c for c in SNAPSHOT_COLUMNS if c not in names]
+    if missing:
+        raise InputError(f"{path}: columns {missing} are missing; rebuild it with the features stage")
+
+
+def training_cutoffs(path: Path) -> list[dt.date]:
+    """The labelled cutoffs present in the features table, in order."""
+    table = pq.read_table(path, columns=[s.CUTOFF, s.IS_SCORING], filters=[(s.IS_SCORING, "=", False)])
+    values = pc.unique(table[s.CUTOFF]).to_pylist()
+    return sorted(pd.Timestamp(v).date() for v in values)
+
+
+def read_snapshot(path: Path, *, scoring: bool, cutoff: dt.date | None = None) -> pd.DataFrame:
+    """One snapshot of the features table: the scoring rows, or the training rows of ``cutoff``."""
+    filters: list[tuple[str, str, Any]] = [(s.IS_SCORING, "=", scoring)]
+    if cutoff is not None:
+        filters.append((s.CUTOFF, "=", pd.Timestamp(cutoff)))
+    frame = pq.read_table(path, columns=SNAPSHOT_COLUMNS, filters=filters).to_pandas()
+    if frame.empty:
+        what = "scoring rows" if scoring else f"training rows at cutoff {cutoff}"
+        raise InputError(f"{path}: no {what}; rebuild it with the features stage")
+    return frame.reset_index(drop=True)
+
+
+def resolve_calibration(path: Path, cfg: ClvConfig) -> dt.date:
+    cutoffs = training_cutoffs(path)
+    if not cutoffs:
+        raise InputError(f"{path}: no labelled training cutoffs; the clv stage needs one to evaluate on")
+    if cfg.calibration_cutoff is None:
+        return cutoffs[-1]
+    if cfg.calibration_cutoff not in cutoffs:
+        raise InputError(
+            f"clv.calibration_cutoff={cfg.calibration_cutoff} is not a training cutoff of the features table "
+            f"({', '.join(map(str, cutoffs))}); add it to features.cutoffs or choose one of these"
+        )
+    return cfg.calibration_cutoff
+
+
+def value_settings(base: BaseConfig, fcfg: FeaturesConfig, cfg: ClvConfig) -> clv.ValueSettings:
+    unit_days = DAYS_PER_UNIT[base.time_unit]
+    return clv.ValueSettings(
+        horizon_units=fcfg.horizon_days / unit_days,
+        months=cfg.clv_horizon_months,
+        units_per_month=clv.DAYS_PER_MONTH / unit_days,
+        discount_rate_monthly=cfg.discount_rate_monthly,
+        margin_ratio=cfg.margin_ratio,
+    )
+
+
+def _arrays(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    return (
+        frame[s.FREQUENCY].to_numpy(np.float64),
+        frame[s.RECENCY].to_numpy(np.float64),
+        frame[s.T].to_numpy(np.float64),
+        frame[s.MONETARY_VALUE].to_numpy(np.float64),
+    )
+
+
+def fit_spend(frame: pd.DataFrame, ladder: Sequence[float]) -> tuple[clv.SpendModel, int]:
+    """Gamma-Gamma on the repeat buyers with positive mean spend; also returns how many repeat buyers were left out."""
+    f, _, _, m = _arrays(frame)
+    ok = clv.usable_spend(f, m)
+    left_out = int(((f > 0) & ~ok).sum())
+    if left_out:
+        log.info(
+            "%d repeat buyers have a mean repeat spend <= 0 (zero-value purchases or returns); "
+            "they get the population mean spend",
+            left_out,
+        )
+    return clv.SpendModel(ladder).fit(f[ok], m[ok]), left_out
+
+
+# --- calibration: candidates, baseline, choice ----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    name: str
+    model: clv.PurchaseModel
+    expected_purchases: np.ndarray
+    expected_spend: np.ndarray
+    clv: np.ndarray
+    metrics: dict[str, Any]
+
+
+def evaluate_candidate(
+    name: clv.ModelName,
+    cal: pd.DataFrame,
+    spend: clv.SpendModel,
+    settings: clv.ValueSettings,
+    ladder: Sequence[float],
+) -> Candidate:
+    f, r, t, m = _arrays(cal)
+    pm = clv.PurchaseModel(name, ladder).fit(f, r, t)
+    scored = clv.score(pm, spend.params_, f, r, t, m, settings)
+    spend_predicted = scored["expected_purchases"] * scored["expected_order_value"]
+    metrics = holdout_metrics(
+        scored["expected_purchases"],
+        cal[s.FUTURE_PURCHASES].to_numpy(np.float64),
+        spend_predicted,
+        cal[s.FUTURE_SPEND].to_numpy(np.float64),
+        scored["clv"],
+    )
+    report = pm.report()
+    metrics.update(log_likelihood=report.log_likelihood, penalizer_coef=report.penalizer_coef)
+    return Candidate(name, pm, scored["expected_purchases"], spend_predicted, scored["clv"], metrics)
+
+
+def baseline_metrics(cal: pd.DataFrame, settings: clv.ValueSettings) -> dict[str, Any]:
+    """Each customer keeps their historical repeat-purchase and repeat-spend rate per unit of age, times the horizon."""
+    f, _, t, m = _arrays(cal)
+    age = np.where(t > 0, t, np.inf)  # first bought on the cutoff day: no rate observed yet
+    purchases = f / age * settings.horizon_units
+    spend = f * m / age * settings.horizon_units
+    return holdout_metrics(
+        purchases,
+        cal[s.FUTURE_PURCHASES].to_numpy(np.float64),
+        spend,
+        cal[s.FUTURE_SPEND].to_numpy(np.float64),
+        spend,
+    )
+
+
+def choose(candidates: dict[str, Candidate], metric: str) -> Candidate:
+    best: Candidate | None = None
+    for cand in candidates.values():
+        if best is None or better(metric, cand.metrics[metric], best.metrics[metric]):
+            best = cand
+    if best is None:
+        raise InputError("clv: no candidate model could be fitted")
+    return best
+
+
+# --- plots ----------------------------------------------------------------------------------------------------
+
+
+def by_frequency(cal: pd.DataFrame, predicted: np.ndarray) -> pd.DataFrame:
+    """Mean holdout purchases, actual and predicted, by calibration frequency (7+ grouped)."""
+    frame = pd.DataFrame(
+        {
+            "frequency": np.minimum(cal[s.FREQUENCY].to_numpy(), FREQUENCY_CAP),
+            "actual": cal[s.FUTURE_PURCHASES].to_numpy(np.float64),
+            "predicted": predicted,
+        }
+    )
+    return frame.groupby("frequency", as_index=False).agg(
+        customers=("actual", "size"), actual=("actual", "mean"), predicted=("predicted", "mean")
+    )
+
+
+def cumulative_tracking(
+    transactions: Path,
+    base: BaseConfig,
+    cutoff: dt.date,
+    horizon_days: int,
+    model: clv.PurchaseModel,
+    cal: pd.DataFrame,
+) -> pd.DataFrame:
+    """Cumulative repeat purchases by the calibration customers over the holdout, actual vs predicted, by week."""
+    con = connect(base.duckdb_memory_limit_mb)
+    days = purchase_days(open_transactions(con, transactions))
+    daily = daily_repeat_purchases(days, cutoff, horizon_days=horizon_days).to_pandas()
+    offset = (pd.to_datetime(daily["day"]) - pd.Timestamp(cutoff)).dt.days.to_numpy()
+    per_day = np.zeros(horizon_days + 1)
+    np.add.at(per_day, offset, daily["purchases"].to_numpy(np.float64))
+    actual_cum = np.cumsum(per_day)
+    steps = sorted(set(range(7, horizon_days + 1, 7)) | {horizon_days})
+    f, r, t, _ = _arrays(cal)
+    unit_days = DAYS_PER_UNIT[base.time_unit]
+    predicted = [float(model.expected_purchases(d / unit_days, f, r, t).sum()) for d in steps]
+    return pd.DataFrame(
+        {"day": steps, "week": np.array(steps) / 7.0, "actual": actual_cum[steps], "predicted": predicted}
+    )
+
+
+def p_alive_grid(model: clv.PurchaseModel, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """P(alive) over frequency x recency for a customer of the largest age T (cells with f = 0 < recency are NaN)."""
+    f_max = int(max(10, np.quantile(frame[s.FREQUENCY], 0.99)))
+    t_max = float(frame[s.T].max())
+    freq = np.arange(f_max + 1, dtype=np.float64)
+    rec = np.linspace(0.0, t_max, 40)
+    ff, rr = np.meshgrid(freq, rec)
+    valid = ~((ff == 0) & (rr > 0))
+    grid = np.full(ff.shape, np.nan)
+    grid[valid] = model.p_alive(ff[valid], rr[valid], np.full(int(valid.sum()), t_max))
+    return grid, freq, rec
+
+
+# --- the stage ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Outputs:
+    clv: Path
+    artifacts: Path
+    metrics: Path
+    plots: Path
+
+    @property
+    def params_json(self) -> Path:
+        return self.artifacts / "params.json"
+
+    @property
+    def figures(self) -> Path:
+        return self.artifacts / "plots"
+
+
+def run(
+    base: BaseConfig,
+    fcfg: FeaturesConfig,
+    cfg: ClvConfig,
+    transactions: Path,
+    features: Path,
+    out: Outputs,
+    *,
+    track: bool = True,
+) -> dict[str, Any]:
+    """Fit, evaluate, choose, refit and score; write the table, parameters, metrics and plots; log to MLflow."""
+    _check_columns(features)
+    settings = value_settings(base, fcfg, cfg)
+    ladder = cfg.penalizer_ladder
+    unit = base.time_unit
+
+    # 1. calibration: every candidate on the same spend model, judged on the labelled horizon
+    cutoff = resolve_calibration(features, cfg)
+    cal = read_snapshot(features, scoring=False, cutoff=cutoff)
+    spend_cal, spend_left_out_cal = fit_spend(cal, ladder)
+    names: tuple[clv.ModelName, ...] = clv.MODEL_NAMES if cfg.model == "auto" else (cfg.model,)
+    candidates: dict[str, Candidate] = {}
+    failed: dict[str, str] = {}
+    for name in names:
+        try:
+            candidates[name] = evaluate_candidate(name, cal, spend_cal, settings, ladder)
+        except clv.ClvFitError as exc:
+            if cfg.model != "auto":
+                raise
+            failed[name] = str(exc)
+            log.warning("candidate %s left out: %s", name, exc)
+    chosen = choose(candidates, cfg.selection_metric)
+    log.info(
+        "calibration %s: chose %s by %s = %.4g (%s)",
+        cutoff,
+        chosen.name,
+        cfg.selection_metric,
+        chosen.metrics[cfg.selection_metric],
+        ", ".join(f"{n} {c.metrics[cfg.selection_metric]:.4g}" for n, c in candidates.items()),
+    )
+
+    # 2. scoring: refit the chosen model on all history up to the scoring cutoff
+    sc = read_snapshot(features, scoring=True)
+    f, r, t, m = _arrays(sc)
+    purchases = clv.PurchaseModel(chosen.model.model, ladder).fit(f, r, t)
+    spend, spend_left_out = fit_spend(sc, ladder)
+    scored = clv.score(purchases, spend.params_, f, r, t, m, settings)
+    boot = clv.bootstrap_clv(
+        purchases,
+        spend,
+        f,
+        r,
+        t,
+        m,
+        clv.usable_spend(f, m),
+        samples=cfg.bootstrap_samples,
+        seed=base.seed,
+        months=settings.months,
+        discount_rate_monthly=settings.discount_rate_monthly,
+        units_per_month=settings.units_per_month,
+        margin_ratio=settings.margin_ratio,
+    )
+    table = pd.DataFrame(
+        {
+            s.CUSTOMER_ID: sc[s.CUSTOMER_ID],
+            s.CUTOFF: sc[s.CUTOFF],
+            s.FREQUENCY: sc[s.FREQUENCY],
+            s.RECENCY: r,
+            s.T: t,
+            s.MONETARY_VALUE: m,
+            s.P_ALIVE: scored["p_alive"],
+            s.EXPECTED_PURCHASES: scored["expected_purchases"],
+            s.EXPECTED_ORDER_VALUE: scored["expected_order_value"],
+            s.CLV: scored["clv"],
+            # the point estimate can sit outside a skewed bootstrap band; widen the band to hold it
+            s.CLV_P05: np.minimum(boot.clv_low, scored["clv"]),
+            s.CLV_P95: np.maximum(boot.clv_high, scored["clv"]),
+        }
+    )
+    if cfg.acquisition_cost is not None:
+        table[s.CLV_NET] = table[s.CLV] - cfg.acquisition_cost
+    q = cfg.value_tier_quantiles
+    table[s.VALUE_TIER] = clv.value_tiers(table[s.CLV].to_numpy(), high=q.high, mid=q.mid)
+    table = table.sort_values(s.CLV, ascending=False, kind="stable").reset_index(drop=True)
+    write_table(table, out.clv, s.clv_schema(with_net=cfg.acquisition_cost is not None))
+
+    # 3. parameters with uncertainty, for reviewers and for the pyfunc
+    boot_params = pd.DataFrame(boot.params)
+    params_doc = {
+        "time_unit": unit,
+        "calibration": {
+            "cutoff": str(cutoff),
+            "horizon_days": fcfg.horizon_days,
+            "candidates": {n: c.model.report().to_dict() for n, c in candidates.items()},
+            "failed_candidates": failed,
+            "gamma_gamma": spend_cal.report().to_dict(),
+        },
+        "scoring": {
+            "cutoff": str(pd.Timestamp(sc[s.CUTOFF].iloc[0]).date()),
+            "model": purchases.model,
+            "purchases": purchases.report().to_dict(),
+            "gamma_gamma": spend.report().to_dict(),
+            "settings": dataclasses.asdict(settings),
+            "bootstrap": {
+                "samples": cfg.bootstrap_samples,
+                "failed": boot.failed,
+                "seed": base.seed,
+                "param_p05": boot_params.quantile(0.05).to_dict(),
+                "param_p95": boot_params.quantile(0.95).to_dict(),
+            },
+        },
+    }
+    write_json(_finite_json(params_doc), out.params_json)
+
+    # 4. metrics
+    repeat = sc[s.FREQUENCY] > 0
+    tiers = table[s.VALUE_TIER].value_counts()
+    metrics: dict[str, Any] = {
+        "chosen_model": chosen.name,
+        "model": chosen.metrics,
+        "candidates": {n: c.metrics for n, c in candidates.items()},
+        "baselines": {BASELINE: baseline_metrics(cal, settings)},
+        "scoring": {
+            "customers": len(table),
+            "clv_total": float(table[s.CLV].sum()),
+            "clv_mean": float(table[s.CLV].mean()),
+            "p_alive_mean": float(table[s.P_ALIVE].mean()),
+            "expected_purchases_total": float(table[s.EXPECTED_PURCHASES].sum()),
+            "repeat_customer_share": float(repeat.mean()),
+            "spend_left_out_repeat_buyers": spend_left_out,
+            "calibration_spend_left_out_repeat_buyers": spend_left_out_cal,
+            "bootstrap_failed": boot.failed,
+            "frequency_monetary_corr": float(np.corrcoef(f[repeat], m[repeat])[0, 1]) if repeat.sum() > 2 else None,
+            "tier_customers": {tier: int(tiers.get(tier, 0)) for tier in s.VALUE_TIERS},
+            "tier_clv_share": {
+                tier: float(table.loc[table[s.VALUE_TIER] == tier, s.CLV].sum() / max(table[s.CLV].sum(), 1e-12))
+                for tier in s.VALUE_TIERS
+            },
+        },
+    }
+    metrics = round_metrics(metrics)
+    summary = metrics["scoring"]
+    write_json(metrics, out.metrics)
+
+    # 5. plots: data for DVC, images for DVC and MLflow
+    freq_table = by_frequency(cal, chosen.expected_purchases)
+    cumulative = cumulative_tracking(transactions, base, cutoff, fcfg.horizon_days, chosen.model, cal)
+    deciles = decile_table(chosen.clv, chosen.expected_spend, cal[s.FUTURE_SPEND].to_numpy(np.float64))
+    out.plots.mkdir(parents=True, exist_ok=True)
+    freq_table.to_csv(out.plots / "by_frequency.csv", index=False)
+    cumulative.to_csv(out.plots / "cumulative.csv", index=False)
+    deciles.to_csv(out.plots / "deciles.csv", index=False)
+    _render(out.figures, freq_table, cumulative, deciles, p_alive_grid(purchases, sc), cutoff, chosen.name, unit)
+
+    if track:
+        _track(base, fcfg, cfg, transactions, out, metrics, table)
+    log.info(
+        "%d customers scored with %s: CLV total %.0f (tiers %s); holdout %s purchases actual %.0f vs predicted %.0f",
+        len(table),
+        chosen.name,
+        summary["clv_total"],
+        summary["tier_customers"],
+        cutoff,
+        chosen.metrics["purchases_actual"],
+        chosen.metrics["purchases_predicted"],
+    )
+    return metrics
+
+
+def _finite_json(value: Any) -> Any:
+    """NaN and infinities (e.g. a singular Hessian's standard errors) as None: JSON has neither."""
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_json(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def _render(
+    folder: Path,
+    freq_table: pd.DataFrame,
+    cumulative: pd.DataFrame,
+    deciles: pd.DataFrame,
+    grid: tuple[np.ndarray, np.ndarray, np.ndarray],
+    cutoff: dt.date,
+    model: str,
+    unit: str,
+) -> None:
+    plots.bars(
+        freq_table,
+        "frequency",
+        ["actual", "predicted"],
+        title=f"Holdout purchases by calibration frequency ({model}, cutoff {cutoff})",
+        xlabel=f"repeat purchases in calibration ({FREQUENCY_CAP} = {FREQUENCY_CAP}+)",
+        ylabel="mean repeat purchases in holdout",
+        path=folder / "by_frequency.png",
+    )
+    plots.lines(
+        cumulative,
+        "week",
+        ["actual", "predicted"],
+        title=f"Cumulative repeat purchases after {cutoff} ({model})",
+        xlabel="weeks after the calibration cutoff",
+        ylabel="cumulative repeat purchases",
+        path=folder / "cumulative.png",
+    )
+    plots.bars(
+        deciles,
+        "decile",
+        ["predicted", "actual"],
+        title="Holdout spend by decile of predicted CLV",
+        xlabel="decile (1 = highest predicted CLV)",
+        ylabel="holdout spend",
+        path=folder / "deciles.png",
+    )
+    values, freq, rec = grid
+    plots.heatmap(
+        values,
+        x=freq,
+        y=rec,
+        title=f"P(alive) at the scoring cutoff for the oldest customers ({model})",
+        xlabel="frequency (repeat purchase days)",
+        ylabel=f"recency ({unit})",
+        path=folder / "p_alive.png",
+    )
+
+
+def _track(
+    base: BaseConfig,
+    fcfg: FeaturesConfig,
+    cfg: ClvConfig,
+    transactions: Path,
+    out: Outputs,
+    metrics: dict[str, Any],
+    table: pd.DataFrame,
+) -> None:
+    params = {
+        "clv": dataclasses.asdict(cfg),
+        "base": {"time_unit": base.time_unit, "seed": base.seed},
+        "features": {"horizon_days": fcfg.horizon_days},
+    }
+    tags = {**tracking.data_fingerprint(transactions), "clv.chosen_model": str(metrics["chosen_model"])}
+    with tracking.stage_run(base.mlflow_experiment, "clv", params, tags):
+        tracking.log_metrics({k: v for k, v in metrics.items() if k != "chosen_model"})
+        tracking.log_artifacts({"clv": out.params_json, "plots": out.figures, "plot_data": out.plots})
+        example = table[[s.FREQUENCY, s.RECENCY, s.T, s.MONETARY_VALUE]].head(20).astype("float64")
+        tracking.log_clv_model(out.params_json, example)
+
+
+def main(argv: Sequence[str]) -> None:
+    p = cli.parser(__doc__.splitlines()[0])
+    p.add_argument("--transactions", required=True, type=Path)
+    p.add_argument("--features", required=True, type=Path)
+    p.add_argument("--clv", required=True, type=Path)
+    p.add_argument("--artifacts", required=True, type=Path)
+    p.add_argument("--metrics", required=True, type=Path)
+    p.add_argument("--plots", required=True, type=Path)
+    args = p.parse_args(argv)
+    params = load_params(args.params)
+    run(
+        section(params, "base", BaseConfig),
+        section(params, "features", FeaturesConfig),
+        section(params, "clv", ClvConfig),
+        args.transactions,
+        args.features,
+        Outputs(clv=args.clv, artifacts=args.artifacts, metrics=args.metrics, plots=args.plots),
+    )
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,157 @@
+"""MLflow: the only module that imports it.
+
+Runs go to ``$MLFLOW_TRACKING_URI`` when set, else to ``sqlite:///mlflow.db`` in the working directory (the
+project root under DVC), in the experiment named by ``base.mlflow_experiment``. Every run is tagged with the
+stage, the git commit and a fingerprint of the data it read, so a reviewer can tell which code saw which data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.pyfunc
+import pandas as pd
+import pyarrow.parquet as pq
+from mlflow.models import infer_signature
+from mlflow.pyfunc import PythonModel
+
+log = logging.getLogger("tracking")
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def git_commit() -> str:
+    """The commit of the working tree, with ``-dirty`` when it has uncommitted changes; ``unknown`` outside git."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha
+
+
+def data_fingerprint(path: Path) -> dict[str, str]:
+    """Row count and SHA-256 of a Parquet file's bytes: equal fingerprints mean the same input data."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return {
+        "data.rows": str(pq.read_metadata(path).num_rows),
+        "data.sha256": digest.hexdigest(),
+        "data.path": str(path),
+    }
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "", sep: str = "/") -> dict[str, Any]:
+    """Nested mappings as one level of ``a/b/c`` keys (MLflow keys cannot nest)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{sep}{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name, sep))
+        else:
+            out[name] = value
+    return out
+
+
+@contextlib.contextmanager
+def stage_run(experiment: str, stage: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> Iterator[str]:
+    """An MLflow run for one execution of a stage, with its params section logged; yields the run id."""
+    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=stage) as run:
+        mlflow.set_tags({"stage": stage, "git_commit": git_commit(), **tags})
+        mlflow.log_params({k: json.dumps(v) if isinstance(v, list | tuple) else v for k, v in flatten(params).items()})
+        yield run.info.run_id
+    log.info("MLflow run %s in experiment '%s' at %s", run.info.run_id, experiment, tracking_uri())
+
+
+def log_metrics(metrics: Mapping[str, Any]) -> None:
+    """Every numeric leaf of ``metrics`` (nested keys joined by '/'); None and text are skipped."""
+    flat = {
+        k: float(v)
+        for k, v in flatten(metrics).items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and v == v  # v == v drops NaN
+    }
+    mlflow.log_metrics(flat)
+
+
+def log_artifacts(paths: Mapping[str, Path]) -> None:
+    """Files or folders, each under the artifact folder named by its key."""
+    for folder, path in paths.items():
+        if path.is_dir():
+            mlflow.log_artifacts(str(path), artifact_path=folder)
+        else:
+            mlflow.log_artifact(str(path), artifact_path=folder)
+
+
+class ClvPyfunc(PythonModel):
+    """The fitted CLV models as a pyfunc: a features table in, the clv stage's value columns out.
+
+    Input: ``frequency``, ``recency``, ``T`` (in the time unit it was fitted in) and ``monetary_value``.
+    The parameters and value settings are read from the ``clv_params`` artifact (artifacts/clv/params.json).
+    """
+
+    def load_context(self, context: Any) -> None:
+        from models import clv
+
+        spec = json.loads(Path(context.artifacts["clv_params"]).read_text(encoding="utf-8"))["scoring"]
+        self._purchases = clv.purchase_model_from_params(spec["model"], spec["purchases"]["params"])
+        self._spend = spec["gamma_gamma"]["params"]
+        self._settings = clv.ValueSettings(**spec["settings"])
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        from models import clv
+
+        cols = ["frequency", "recency", "T", "monetary_value"]
+        missing = [c for c in cols if c not in model_input.columns]
+        if missing:
+            raise ValueError(f"clv model input lacks column(s) {missing}; it needs {cols}")
+        out = clv.score(
+            self._purchases,
+            self._spend,
+            model_input["frequency"].to_numpy(),
+            model_input["recency"].to_numpy(),
+            model_input["T"].to_numpy(),
+            model_input["monetary_value"].to_numpy(),
+            self._settings,
+        )
+        return pd.DataFrame(out, index=model_input.index)
+
+
+def log_clv_model(params_json: Path, example: pd.DataFrame) -> str:
+    """Log the CLV pyfunc with its parameters file, a signature from ``example``, and pinned requirements."""
+    model = ClvPyfunc()
+    model.load_context(type("Ctx", (), {"artifacts": {"clv_params": str(params_json)}})())
+    signature = infer_signature(example, model.predict(None, example))
+    pins = [f"{pkg}=={metadata.version(pkg)}" for pkg in ("lifetimes", "pandas", "numpy", "scipy", "mlflow")]
+    info = mlflow.pyfunc.log_model(
+        name="clv_model",
+        python_model=ClvPyfunc(),
+        artifacts={"clv_params": str(params_json)},
+        code_paths=[str(ROOT / "features"), str(ROOT / "models"), str(ROOT / "pipeline")],
+        signature=signature,
+        input_example=example.head(5),
+        pip_requirements=pins,
+    )
+    return str(info.model_uri)
