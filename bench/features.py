@@ -6,16 +6,14 @@ Writes ``reports/bench/features_<N>.json`` and prints a table with the ratio.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench import harness
 
 CUTOFF = "2021-03-31"  # 90 days before the synthetic log ends
 
@@ -57,29 +55,11 @@ def step(name: str, data: Path, out: Path) -> dict[str, float]:
     else:
         raise SystemExit(f"unknown step {name}")
     wall = time.perf_counter() - t0
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"wall_s": round(wall, 3), "peak_rss_mb": round(peak_mb, 1)}
-
-
-def measure(name: str, data: Path, out: Path) -> dict[str, float]:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.features", "--step", name, "--data", str(data), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return {"wall_s": round(wall, 3), **harness.peak()}
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--customers", type=int, default=1_000_000)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--skip-naive", action="store_true", help="skip lifetimes' summary (slow at large N)")
-    p.add_argument("--step", help=argparse.SUPPRESS)
-    p.add_argument("--data", type=Path, help=argparse.SUPPRESS)
-    p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = harness.parse_args(__doc__.splitlines()[0], "skip lifetimes' summary (slow at large N)")
     if args.step:
         print(json.dumps(step(args.step, args.data, args.out)))
         return
@@ -98,7 +78,7 @@ def main() -> None:
         steps = ["project_features_1", "project_features_13"]
         if not args.skip_naive:
             steps.append("naive_lifetimes_summary")
-        results = {name: measure(name, data, d) for name in steps}
+        results = {name: harness.measure("bench.features", name, data, d) for name in steps}
 
     report: dict[str, Any] = {
         "n_customers": args.customers,
