@@ -36,13 +36,17 @@ def tracking_uri() -> str:
 
 
 def git_commit() -> str:
-    """The commit of the working tree, with ``-dirty`` when it has uncommitted changes; ``unknown`` outside git."""
+    """The commit of the working tree, ``-dirty`` with uncommitted changes to tracked files; ``unknown`` outside git."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
         ).stdout.strip()
+        # dvc.lock is rewritten by `dvc repro` itself as earlier stages finish: it does not make the code dirty
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
