@@ -591,8 +591,8 @@ def bootstrap_clv(
 ) -> BootstrapResult:
     """Each customer's CLV percentiles over ``samples`` refits of both models on customers drawn with replacement.
 
-    Resampling customers is a multinomial draw of the weights of the unique histories, so a replicate costs a fit
-    on distinct histories, not on customers. Replicates start from the full-data estimates and use the remedy
+    Customers are drawn with replacement and the draw is summed into the weights of the unique histories, so a
+    replicate costs a fit on distinct histories, not on customers. Replicates start from the full-data estimates and use the remedy
     the full fit needed; a replicate that still fails is counted in ``failed`` and left out.
     ``spend_ok`` marks the repeat buyers with usable spend (those the spend model was fitted on).
     """
