@@ -592,8 +592,8 @@ def bootstrap_clv(
     """Each customer's CLV percentiles over ``samples`` refits of both models on customers drawn with replacement.
 
     Customers are drawn with replacement and the draw is summed into the weights of the unique histories, so a
-    replicate costs a fit on distinct histories, not on customers. Replicates start from the full-data estimates and use the remedy
-    the full fit needed; a replicate that still fails is counted in ``failed`` and left out.
+    replicate costs a fit on distinct histories, not on customers. Replicates start from the full-data estimates
+    and use the remedy the full fit needed; a replicate that still fails is counted in ``failed`` and left out.
     ``spend_ok`` marks the repeat buyers with usable spend (those the spend model was fitted on).
     """
     if samples < 1:
