@@ -23,7 +23,7 @@ import dataclasses
 import io
 import warnings
 from collections.abc import Sequence
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -307,8 +307,14 @@ class PurchaseModel:
                     with np.errstate(all="ignore"), warnings.catch_warnings():
                         warnings.filterwarnings("ignore", category=RuntimeWarning)
                         alive = np.asarray(fitter.conditional_probability_alive(f, r, t), dtype=np.float64)
+                        # a fit can converge where the conditional expectation's hypergeometric term has a pole
+                        # (a + b + x - 1 near a non-positive integer, seen with a, b -> 0 on Online Retail's
+                        # December cutoffs): its predictions would be inf, so it is not accepted.
+                        expected = _conditional_expected(fitter, self.model, float(t.max()), f, r, t)
                     if not np.all(np.isfinite(alive)):
                         raise FloatingPointError("P(alive) overflowed on the training histories")
+                    if not np.all(np.isfinite(expected)):
+                        raise FloatingPointError("expected purchases overflowed on the training histories")
                 except (ConvergenceError, FloatingPointError, OverflowError, np.linalg.LinAlgError, ValueError) as exc:
                     attempts.append(_attempt(pen, variant, exc))
                     continue
@@ -380,9 +386,12 @@ class PurchaseModel:
 
     def expected_purchases(self, t: float, frequency: Any, recency: Any, T: Any) -> Array:
         """Expected repeat purchases in the next ``t`` time units (Fader, Hardie & Lee 2005a, eq. 10 for BG/NBD)."""
-        return self._per_history(
-            "conditional_expected_number_of_purchases_up_to_time", t, frequency=frequency, recency=recency, T=T
-        )
+        fitter = self._fitted()
+        f, r, tt = check_histories(frequency, recency, T)
+        h = unique_histories(frequency=f, recency=r, T=tt)
+        uf, ur, ut = h.values["frequency"], h.values["recency"], h.values["T"]
+        out = _conditional_expected(fitter, self.model, t, uf, ur, ut)
+        return _finite(out, "expected purchases", self.model, self.penalizer_coef_, self.penalizer_ladder)[h.inverse]
 
     def p_alive(self, frequency: Any, recency: Any, T: Any) -> Array:
         """Probability that each customer is still active at the cutoff (Fader, Hardie & Lee 2005a, eq. 12)."""
@@ -410,6 +419,65 @@ class PurchaseModel:
         ]
 
 
+def _hyp2f1_series(a: Array, b: Array, c: Array, z: Array, *, max_terms: int = 200_000) -> Array:
+    """Gauss's hypergeometric 2F1(a, b; c; z) for 0 <= z < 1 by summing its power series term by term.
+
+    scipy's ``hyp2f1`` returns inf or nan for some arguments the BTYD expectations need (c = a + b + x - 1 < 0
+    with z > 1/2 on short histories and long horizons); the series converges for every |z| < 1 and is exact
+    there, only slower, so it is the fallback for those elements alone. A pole (c a non-positive integer)
+    gives inf, as it should.
+    """
+    a, b, c, z = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (a, b, c, z)))
+    total = np.ones(a.shape)
+    term = np.ones(a.shape)
+    active = np.ones(a.shape, dtype=bool)
+    with np.errstate(all="ignore"):
+        for n in range(max_terms):
+            idx = np.flatnonzero(active)
+            if idx.size == 0:
+                break
+            term[idx] *= (a[idx] + n) * (b[idx] + n) / ((c[idx] + n) * (n + 1)) * z[idx]
+            total[idx] += term[idx]
+            small = np.abs(term[idx]) <= 1e-15 * np.abs(total[idx])
+            active[idx[small | ~np.isfinite(total[idx])]] = False
+    return total
+
+
+def _model_name(fitter: Any) -> ModelName:
+    return cast(ModelName, next(name for name, cls in _FITTERS.items() if type(fitter) is cls))
+
+
+def _conditional_expected(fitter: Any, model: ModelName, t: float, f: Array, r: Array, T: Array) -> Array:
+    """lifetimes' conditional expected purchases in ``t``, with a series 2F1 where scipy's overflows.
+
+    The formulas are Fader, Hardie & Lee (2005a) eq. 10 for BG/NBD and Batislam et al. (2007) for MBG/NBD, as
+    lifetimes writes them; Pareto/NBD's expectation needs no 2F1 and is returned as lifetimes computes it.
+    """
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=RuntimeWarning)
+        out = np.asarray(fitter.conditional_expected_number_of_purchases_up_to_time(t, f, r, T), dtype=np.float64)
+    bad = ~np.isfinite(out)
+    if not bad.any() or model == "pareto_nbd":
+        return out
+    p = {n: float(fitter.params_[n]) for n in PARAM_NAMES[model]}
+    rr, alpha, a, b = p["r"], p["alpha"], p["a"], p["b"]
+    x, rec, age = f[bad].astype(np.float64), r[bad], T[bad]
+    z = t / (alpha + age + t)
+    shrink = ((alpha + age) / (alpha + age + t)) ** (rr + x)
+    with np.errstate(all="ignore"):
+        if model == "bgnbd":
+            hyp = _hyp2f1_series(rr + x, b + x, a + b + x - 1, z)
+            numerator = (a + b + x - 1) / (a - 1) * (1 - hyp * shrink)
+            denominator = 1 + (x > 0) * (a / (b + x - 1)) * ((alpha + age) / (alpha + rec)) ** (rr + x)
+        else:
+            hyp = _hyp2f1_series(rr + x, b + x + 1, a + b + x, z)
+            numerator = (a + b + x) / (a - 1) * (1 - hyp * shrink)
+            denominator = 1 + (a / (b + x)) * ((alpha + age) / (alpha + rec)) ** (rr + x)
+    fixed = out.copy()
+    fixed[bad] = numerator / denominator
+    return fixed
+
+
 def _discounted(fitter: Any, h: Histories, months: int, rate: float, units_per_month: float) -> Array:
     uf, ur, ut = h.values["frequency"], h.values["recency"], h.values["T"]
     total = np.zeros(len(h))
@@ -417,10 +485,7 @@ def _discounted(fitter: Any, h: Histories, months: int, rate: float, units_per_m
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=RuntimeWarning)
         for i in range(1, months + 1):
-            cum = np.asarray(
-                fitter.conditional_expected_number_of_purchases_up_to_time(i * units_per_month, uf, ur, ut),
-                dtype=np.float64,
-            )
+            cum = _conditional_expected(fitter, _model_name(fitter), i * units_per_month, uf, ur, ut)
             total += (cum - previous) / (1.0 + rate) ** i
             previous = cum
     return total
