@@ -27,6 +27,7 @@ run: install
 	@echo "  clean transactions   data/transactions.parquet  (rejected rows: data/quarantine.parquet)"
 	@echo "  features and labels  data/features.parquet"
 	@echo "  customer value       data/clv.parquet  (parameters: artifacts/clv/params.json; dvc plots show)"
+	@echo "  churn risk, reasons  data/churn.parquet  (model: artifacts/churn/; metrics/churn.json)"
 	@echo "  MLflow runs          mlflow ui --backend-store-uri sqlite:///mlflow.db"
 	@echo "  metrics              metrics/*.json   (dvc metrics show)"
 

@@ -77,6 +77,11 @@ CLV_NET = "clv_net"
 VALUE_TIER = "value_tier"
 VALUE_TIERS: tuple[str, ...] = ("high", "mid", "low")
 
+# --- churn risk (churn stage) ---------------------------------------------------------------------------------
+P_CHURN = "p_churn"
+P_CHURN_RAW = "p_churn_uncalibrated"
+REASONS: tuple[str, ...] = ("reason_1", "reason_2", "reason_3")
+
 
 def window_columns(windows_days: Sequence[int]) -> list[str]:
     """Names of the per-window activity columns, e.g. ``purchase_days_30d`` and ``spend_30d``."""
@@ -186,6 +191,20 @@ def clv_schema(with_net: bool) -> pa.DataFrameSchema:
         columns[CLV_NET] = _float()
     columns[VALUE_TIER] = pa.Column(str, pa.Check.isin(VALUE_TIERS), coerce=True)
     return pa.DataFrameSchema(columns, strict=True, ordered=True, unique=[CUSTOMER_ID], name="clv")
+
+
+def churn_schema() -> pa.DataFrameSchema:
+    """Per-customer churn risk as of the scoring cutoff, written by the churn stage: the calibrated probability of
+    no purchase over ``features.horizon_days`` and up to three reasons (None when fewer features push it up)."""
+    columns: dict[str, pa.Column] = {
+        CUSTOMER_ID: pa.Column(str, pa.Check.str_length(min_value=1), coerce=True),
+        CUTOFF: pa.Column("datetime64[us]", coerce=True),
+        P_CHURN: _float(pa.Check.in_range(0.0, 1.0)),
+        P_CHURN_RAW: _float(pa.Check.in_range(0.0, 1.0)),
+    }
+    for name in REASONS:
+        columns[name] = pa.Column(str, nullable=True, coerce=True)
+    return pa.DataFrameSchema(columns, strict=True, ordered=True, unique=[CUSTOMER_ID], name="churn")
 
 
 def validate(df: pd.DataFrame, schema: pa.DataFrameSchema, where: str) -> pd.DataFrame:

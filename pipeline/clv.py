@@ -31,7 +31,7 @@ from models.evaluation import better, decile_table, holdout_metrics, round_metri
 from pipeline import cli, plots, tracking
 from pipeline.config import BaseConfig, ClvConfig, FeaturesConfig, load_params, section
 from pipeline.features import connect, open_transactions
-from pipeline.io import write_json, write_table
+from pipeline.io import finite_json, write_json, write_table
 
 log = logging.getLogger("clv")
 
@@ -376,7 +376,7 @@ def run(
             },
         },
     }
-    write_json(_finite_json(params_doc), out.params_json)
+    write_json(finite_json(params_doc), out.params_json)
 
     # 4. metrics
     repeat = sc[s.FREQUENCY] > 0
@@ -431,17 +431,6 @@ def run(
         chosen.metrics["purchases_predicted"],
     )
     return metrics
-
-
-def _finite_json(value: Any) -> Any:
-    """NaN and infinities (e.g. a singular Hessian's standard errors) as None: JSON has neither."""
-    if isinstance(value, dict):
-        return {k: _finite_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite_json(v) for v in value]
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
 
 
 def _render(

@@ -168,11 +168,101 @@ class ClvConfig:
             raise ConfigError(f"clv.bootstrap_samples must be >= 2, got {self.bootstrap_samples}")
 
 
+@dataclasses.dataclass(frozen=True)
+class LightgbmConfig:
+    """LightGBM hyper-parameters of the churn classifier (early stopping picks the number of trees)."""
+
+    learning_rate: float
+    num_leaves: int
+    min_child_samples: int
+    feature_fraction: float
+    bagging_fraction: float
+    lambda_l2: float
+    max_rounds: int
+    early_stopping_rounds: int
+    threads: int
+
+    def __post_init__(self) -> None:
+        if not 0 < self.learning_rate <= 1:
+            raise ConfigError(f"churn.lightgbm.learning_rate must be in (0, 1], got {self.learning_rate}")
+        for key in ("feature_fraction", "bagging_fraction"):
+            if not 0 < getattr(self, key) <= 1:
+                raise ConfigError(f"churn.lightgbm.{key} must be in (0, 1], got {getattr(self, key)}")
+        for key in ("num_leaves", "min_child_samples", "max_rounds", "early_stopping_rounds", "threads"):
+            if getattr(self, key) < (2 if key == "num_leaves" else 1):
+                raise ConfigError(f"churn.lightgbm.{key} is too small: {getattr(self, key)}")
+        if self.lambda_l2 < 0:
+            raise ConfigError(f"churn.lightgbm.lambda_l2 must be >= 0, got {self.lambda_l2}")
+
+
+ATTRIBUTE_AGGREGATES = ("latest", "mean", "sum", "min", "max", "count")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttributeTable:
+    """An optional table of customer attributes (surveys, NPS, support tickets, demographics) joined as features.
+
+    Each row belongs to ``customer_id`` and is known from ``timestamp`` on: a cutoff uses the rows on or before its
+    day (within ``window_days`` of it when set). ``features`` lists ``column:aggregate`` pairs, aggregate one of
+    latest, mean, sum, min, max, count; the feature is named ``<name>_<column>_<aggregate>``.
+    """
+
+    name: str
+    path: str
+    customer_id: str
+    timestamp: str
+    window_days: int | None
+    features: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        where = f"churn.attributes[{self.name}]"
+        if not self.name.isidentifier():
+            raise ConfigError(f"{where}.name must be a plain identifier, got {self.name!r}")
+        if self.window_days is not None and self.window_days < 1:
+            raise ConfigError(f"{where}.window_days must be >= 1 or null, got {self.window_days}")
+        if not self.features:
+            raise ConfigError(f"{where}.features: list at least one column:aggregate")
+        for item in self.features:
+            column, _, how = item.rpartition(":")
+            if not column or how not in ATTRIBUTE_AGGREGATES:
+                raise ConfigError(
+                    f"{where}.features: {item!r} is not column:aggregate with aggregate one of "
+                    f"{', '.join(ATTRIBUTE_AGGREGATES)}"
+                )
+
+    def pairs(self) -> list[tuple[str, str]]:
+        return [(item.rpartition(":")[0], item.rpartition(":")[2]) for item in self.features]
+
+
+@dataclasses.dataclass(frozen=True)
+class ChurnConfig:
+    population_lookback_days: int
+    campaign_list_size: int
+    btyd_features: bool
+    penalizer_ladder: tuple[float, ...]
+    calibration: Literal["auto", "isotonic", "sigmoid"]
+    lightgbm: LightgbmConfig
+    attributes: tuple[AttributeTable, ...]
+
+    def __post_init__(self) -> None:
+        if self.population_lookback_days < 1:
+            raise ConfigError(f"churn.population_lookback_days must be >= 1, got {self.population_lookback_days}")
+        if self.campaign_list_size < 1:
+            raise ConfigError(f"churn.campaign_list_size must be >= 1, got {self.campaign_list_size}")
+        ladder = list(self.penalizer_ladder)
+        if not ladder or min(ladder) < 0 or ladder != sorted(set(ladder)):
+            raise ConfigError(f"churn.penalizer_ladder must be distinct increasing values >= 0, got {ladder}")
+        names = [a.name for a in self.attributes]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"churn.attributes: names must be distinct, got {names}")
+
+
 SECTIONS: dict[str, type] = {
     "base": BaseConfig,
     "ingest": IngestConfig,
     "features": FeaturesConfig,
     "clv": ClvConfig,
+    "churn": ChurnConfig,
 }
 
 C = TypeVar("C")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -78,6 +79,17 @@ def read_table(path: str | Path, schema: pa.DataFrameSchema) -> pd.DataFrame:
     if not p.is_file():
         raise InputError(f"{p}: file not found; run the stage that writes it first (`dvc repro`)")
     return validate(pd.read_parquet(p), schema, where=str(p))
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with NaN and infinities (e.g. a singular Hessian's standard errors) as None: JSON has neither."""
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def write_json(obj: dict[str, Any], path: str | Path) -> None:

@@ -55,3 +55,27 @@ def heatmap(
     fig.colorbar(mesh, ax=ax)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     _save(fig, path)
+
+
+def curves(
+    series: dict[str, pd.DataFrame],
+    x: str,
+    y: str,
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    path: Path,
+    diagonal: bool = False,
+) -> None:
+    """One line per named frame, each with its own ``x`` points (ROC, precision-recall, calibration curves)."""
+    fig = Figure(figsize=(6.5, 5))
+    ax = fig.add_subplot()
+    for name, frame in series.items():
+        ax.plot(frame[x], frame[y], label=name, marker="o" if len(frame) <= 12 else None)
+    if diagonal:
+        ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="_diagonal")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)

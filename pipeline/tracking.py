@@ -18,7 +18,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import lightgbm as lgb
 import mlflow
+import mlflow.lightgbm
 import mlflow.pyfunc
 import pandas as pd
 import pyarrow.parquet as pq
@@ -157,5 +159,22 @@ def log_clv_model(params_json: Path, example: pd.DataFrame) -> str:
         signature=signature,
         input_example=example.head(5),
         pip_requirements=pins,
+    )
+    return str(info.model_uri)
+
+
+def log_churn_model(booster: lgb.Booster, best_iteration: int, example: pd.DataFrame) -> str:
+    """Log the churn trees with MLflow's LightGBM flavour: signature and input example from ``example``.
+
+    The flavour predicts the *uncalibrated* probability; the calibrator is logged beside it (churn/calibrator.joblib)
+    and the stage's ``p_churn`` is the calibrator applied to this output.
+    """
+    booster.best_iteration = best_iteration  # saved models keep only the early-stopped trees
+    signature = infer_signature(example, booster.predict(example, num_iteration=best_iteration))
+    info = mlflow.lightgbm.log_model(
+        booster,
+        name="churn_model",
+        signature=signature,
+        input_example=example.head(5),
     )
     return str(info.model_uri)

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from features import schemas as s
+from pipeline import churn as churn_stage
 from pipeline import clv as clv_stage
 from pipeline import features as features_stage
 from pipeline import ingest as ingest_stage
@@ -25,6 +26,18 @@ def test_stages_in_dag_order(tmp_path: Path, params: dict[str, Any], monkeypatch
     params["ingest"]["source"] = "cdnow_sample"
     params["clv"]["bootstrap_samples"] = 10
     params["clv"]["acquisition_cost"] = 5.0
+    # a generated survey: NPS answers from 40% of customers, dated through the whole log
+    survey = _survey(tmp_path / "survey.csv")
+    params["churn"]["attributes"] = [
+        {
+            "name": "survey",
+            "path": str(survey),
+            "customer_id": "cust",
+            "timestamp": "answered_at",
+            "window_days": None,
+            "features": ["nps:latest", "nps:count"],
+        }
+    ]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
@@ -115,17 +128,96 @@ def test_stages_in_dag_order(tmp_path: Path, params: dict[str, Any], monkeypatch
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    (run,) = mlflow.search_runs(experiment_names=[params["base"]["mlflow_experiment"]], output_format="list")
+    (run,) = mlflow.search_runs(
+        experiment_names=[params["base"]["mlflow_experiment"]], filter_string="tags.stage = 'clv'", output_format="list"
+    )
     assert run.data.tags["stage"] == "clv" and run.data.tags["data.rows"] == "6919"
     assert len(run.data.tags["data.sha256"]) == 64 and run.data.tags["git_commit"]
     assert run.data.metrics["model/purchases_rmse"] == cm["model"]["purchases_rmse"]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "plots")}
     assert "plots/p_alive.png" in artifacts
-    (logged,) = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    (logged,) = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string="name = 'clv_model'", output_format="list"
+    )
     model = mlflow.pyfunc.load_model(logged.model_uri)
     scored = model.predict(value[[s.FREQUENCY, s.RECENCY, s.T, s.MONETARY_VALUE]].astype("float64"))
     np.testing.assert_allclose(scored["clv"], value[s.CLV], rtol=1e-9)
     np.testing.assert_allclose(scored["p_alive"], value[s.P_ALIVE], rtol=1e-9)
+
+    _check_churn(d, params_file, params, training)
+
+
+def _survey(path: Path) -> Path:
+    ids = [f"{i:05d}" for i in range(1, 2358)]
+    rng = np.random.default_rng(5)
+    chosen = rng.choice(ids, size=943, replace=False)
+    days = pd.Timestamp("1997-01-15") + pd.to_timedelta(rng.integers(0, 520, size=chosen.size), unit="D")
+    frame = pd.DataFrame(
+        {"cust": chosen, "answered_at": days.strftime("%Y-%m-%d"), "nps": rng.integers(0, 11, chosen.size)}
+    )
+    frame.to_csv(path, index=False)
+    return path
+
+
+def _check_churn(d: Path, params_file: Path, params: dict[str, Any], training: pd.DataFrame) -> None:
+    churn_stage.main(
+        [
+            "--params",
+            str(params_file),
+            "--features",
+            f"{d}/f.parquet",
+            "--churn",
+            f"{d}/churn.parquet",
+            "--artifacts",
+            f"{d}/artifacts/churn",
+            "--metrics",
+            f"{d}/churn.json",
+            "--plots",
+            f"{d}/plots/churn",
+        ]
+    )
+    m = json.loads((d / "churn.json").read_text())
+    names = {"roc_auc", "pr_auc", "brier", "log_loss", "ece", "top_decile_lift", "precision_at_k", "recall_at_k"}
+    assert names | {"n_train", "n_valid", "positive_rate"} <= set(m["model"])
+    assert set(m["baselines"]) == {"btyd", "recency", "rfm"}
+    assert all(names <= set(b) for b in m["baselines"].values())
+    valid = training[training[s.CUTOFF] == m["training"]["validation_cutoff"]]
+    assert m["model"]["n_valid"] == len(valid)  # the 730-day lookback keeps all of CDNOW's 18 months
+    assert m["model"]["positive_rate"] == pytest.approx(valid[s.CHURNED].mean(), abs=1e-6)
+    assert m["model"]["roc_auc"] > 0.75 and m["model"]["ece"] < 0.05
+    assert m["btyd_fits"]["failed"] == 0 and m["btyd_fits"]["fitted"] == m["training"]["training_cutoffs"] + 2
+    assert m["attributes"]["survey"] == {"rows": 943, "used": 943, "missing_customer_id": 0, "unparseable_timestamp": 0}
+    card = json.loads((d / "artifacts/churn/model_card.json").read_text())
+    assert {"survey_nps_latest", "survey_nps_count", "btyd_p_no_purchase"} <= set(card["features"])
+    scored = pd.read_parquet(d / "churn.parquet")
+    assert len(scored) == 2357 and scored[s.P_CHURN].is_monotonic_decreasing
+    assert scored.head(100)["reason_1"].notna().all()
+    for name in ("roc", "pr", "calibration", "lift"):
+        assert len(pd.read_csv(d / f"plots/churn/{name}.csv")) > 5
+        assert (d / f"artifacts/churn/plots/{name}.png").stat().st_size > 10_000
+
+    import lightgbm as lgb
+    import mlflow
+
+    booster = lgb.Booster(model_file=str(d / "artifacts/churn/model.txt"))
+    assert booster.num_trees() == card["best_iteration"]
+    (run,) = mlflow.search_runs(
+        experiment_names=[params["base"]["mlflow_experiment"]],
+        filter_string="tags.stage = 'churn'",
+        output_format="list",
+    )
+    assert run.data.metrics["model/roc_auc"] == m["model"]["roc_auc"]
+    assert run.data.metrics["baselines/rfm/roc_auc"] == m["baselines"]["rfm"]["roc_auc"]
+    (logged,) = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string="name = 'churn_model'", output_format="list"
+    )
+    flavour = mlflow.lightgbm.load_model(logged.model_uri)
+    # the logged flavour reproduces the saved trees on its own input example
+    example = mlflow.models.Model.load(logged.model_uri).load_input_example(
+        mlflow.artifacts.download_artifacts(logged.model_uri)
+    )
+    assert list(example.columns) == card["features"]
+    np.testing.assert_allclose(flavour.predict(example), booster.predict(example), rtol=1e-12)
 
 
 def test_data_error_is_one_line(tmp_path: Path, params: dict[str, Any]) -> None:

@@ -1,0 +1,446 @@
+"""Churn model: a LightGBM classifier on stacked cutoffs, calibrated on held-out rows, with reasons per customer.
+
+Pure code: frames and arrays in, new objects out; no files, no MLflow.
+
+Honest validation
+-----------------
+Training rows come from cutoffs whose label horizon ends on or before the validation cutoff
+(``split_cutoffs``). A cutoff 28 days before the validation cutoff would have labels that look 62 days into the
+validation horizon, for the same customers: its label is then nearly the answer being validated, and the
+measured ROC-AUC says more about that overlap than about the model. At scoring time the same rule holds by
+construction (the features stage only labels cutoffs whose horizon is observed), so validation mimics use.
+
+Calibration is fitted on the validation cutoff's rows, which the trees never saw. The metrics of the calibrated
+probabilities are *cross-fitted*: the validation customers are split in two folds by a seeded draw, each fold's
+probabilities come from a calibrator fitted on the other fold, so no row is judged by a calibrator that saw its
+own label. The calibrator that is shipped is then refitted on every validation row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, Self
+
+import lightgbm as lgb
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+
+from features import schemas as s
+from features.errors import InputError
+
+Array = npt.NDArray[np.float64]
+CalibrationMethod = Literal["isotonic", "sigmoid"]
+CALIBRATION_METHODS: tuple[CalibrationMethod, ...] = ("isotonic", "sigmoid")
+
+# --- columns added by this module -------------------------------------------------------------------------------
+OVERDUE_RATIO = "overdue_ratio"
+PURCHASE_DAYS_PER_YEAR = "purchase_days_per_year"
+SILENCE_SHARE = "silence_share"
+BTYD_P_ALIVE = "btyd_p_alive"
+BTYD_EXPECTED_PURCHASES = "btyd_expected_purchases"
+BTYD_P_NO_PURCHASE = "btyd_p_no_purchase"
+BTYD_COLUMNS = (BTYD_P_ALIVE, BTYD_EXPECTED_PURCHASES, BTYD_P_NO_PURCHASE)
+RANK_SUFFIX = "_rank_in_cutoff"
+# Customers are ranked against the others at the same cutoff on these: the rank keeps its meaning as the whole
+# customer base ages (on CDNOW every customer is older at the validation cutoff than at any training cutoff, and
+# trees cannot extrapolate a raw age or count past the largest value they were trained on).
+RANKED = (s.DAYS_SINCE_LAST_PURCHASE, s.PURCHASE_DAYS, s.TOTAL_SPEND, BTYD_EXPECTED_PURCHASES)
+NOT_FEATURES = frozenset({s.CUTOFF, s.IS_SCORING, s.CUSTOMER_ID, *s.LABELS})
+
+_EPS = 1e-6
+
+
+# --- population and cutoffs -------------------------------------------------------------------------------------
+
+
+def in_population(frame: pd.DataFrame, lookback_days: int) -> npt.NDArray[np.bool_]:
+    """Customers who bought on or before the cutoff and within ``lookback_days`` of it (the active file)."""
+    return (frame[s.DAYS_SINCE_LAST_PURCHASE] <= lookback_days).to_numpy()
+
+
+@dataclasses.dataclass(frozen=True)
+class CutoffSplit:
+    """Which labelled cutoffs train the trees and which one validates them."""
+
+    training: tuple[pd.Timestamp, ...]
+    validation: pd.Timestamp
+    excluded: tuple[pd.Timestamp, ...]  # labels overlap the validation horizon
+
+
+def split_cutoffs(cutoffs: Sequence[pd.Timestamp], horizon_days: int) -> CutoffSplit:
+    """Validate on the latest labelled cutoff; train on those whose horizon ends on or before it."""
+    ordered = sorted(pd.Timestamp(c) for c in cutoffs)
+    if len(ordered) < 2:
+        raise InputError(
+            f"churn needs at least two labelled cutoffs (training and validation), got {len(ordered)}; "
+            "raise features.cutoff_schedule.count"
+        )
+    validation = ordered[-1]
+    limit = validation - pd.Timedelta(days=horizon_days)
+    training = tuple(c for c in ordered[:-1] if c <= limit)
+    excluded = tuple(c for c in ordered[:-1] if c > limit)
+    if not training:
+        raise InputError(
+            f"no labelled cutoff ends its {horizon_days}-day horizon by the validation cutoff {validation.date()}; "
+            "raise features.cutoff_schedule.count so the schedule reaches further back"
+        )
+    return CutoffSplit(training=training, validation=validation, excluded=excluded)
+
+
+# --- features ---------------------------------------------------------------------------------------------------
+
+
+def btyd_no_purchase(params: Mapping[str, float], frequency: Array, T: Array, p_alive: Array, horizon: float) -> Array:
+    """BG/NBD probability of no purchase in the next ``horizon`` time units given the history.
+
+    The customer is either gone already, or alive and makes no purchase in the window:
+    (1 - P(alive)) + P(alive) ((alpha + T) / (alpha + T + h))^(r + x), the gamma-Poisson zero probability with the
+    rate's posterior (Fader, Hardie & Lee 2005a, the posterior of eq. 3; dropout inside the window only makes no
+    purchase likelier and is ignored, as in the lifetimes' P(alive)).
+    """
+    r, alpha = params["r"], params["alpha"]
+    zero = ((alpha + T) / (alpha + T + horizon)) ** (r + frequency)
+    return np.clip((1.0 - p_alive) + p_alive * zero, 0.0, 1.0)
+
+
+def add_derived(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``frame`` with the ratio features and each ``RANKED`` column's percentile rank in its cutoff."""
+    out = frame.copy()
+    days = out[s.DAYS_SINCE_LAST_PURCHASE].astype("float64")
+    out[OVERDUE_RATIO] = days / out[s.GAP_MEAN_DAYS].where(out[s.GAP_MEAN_DAYS] > 0)
+    out[PURCHASE_DAYS_PER_YEAR] = out[s.PURCHASE_DAYS] / (out[s.TENURE_DAYS] + 1.0) * 365.25
+    out[SILENCE_SHARE] = days / (out[s.TENURE_DAYS] + 1.0)
+    by_cutoff = out.groupby(s.CUTOFF, sort=False)
+    for col in RANKED:
+        if col in out.columns:
+            out[col + RANK_SUFFIX] = by_cutoff[col].rank(pct=True, method="average")
+    return out
+
+
+def feature_columns(frame: pd.DataFrame) -> list[str]:
+    """The model's inputs: every numeric column that is not an identifier, a cutoff flag or a label."""
+    return [
+        c
+        for c in frame.columns
+        if c not in NOT_FEATURES
+        and pd.api.types.is_numeric_dtype(frame[c])
+        and not pd.api.types.is_bool_dtype(frame[c])
+    ]
+
+
+def rfm_score(frame: pd.DataFrame) -> Array:
+    """The classic RFM score, 3 (worst) to 15 (best): quintiles of recency, frequency and spend, summed.
+
+    Quintiles are taken within the frame (one cutoff) from percentile ranks, so ties share a quintile.
+    """
+
+    def quintile(values: pd.Series) -> Array:
+        return np.ceil(values.rank(pct=True, method="average").to_numpy() * 5).clip(1, 5)
+
+    recency = quintile(-frame[s.DAYS_SINCE_LAST_PURCHASE].astype("float64"))
+    frequency = quintile(frame[s.PURCHASE_DAYS].astype("float64"))
+    monetary = quintile(frame[s.TOTAL_SPEND].astype("float64"))
+    return recency + frequency + monetary
+
+
+# --- calibration ------------------------------------------------------------------------------------------------
+
+
+class Calibrator:
+    """Maps a score to a probability: isotonic regression, or Platt's sigmoid on the score's log-odds.
+
+    A score in [0, 1] is read as a probability (its log-odds feed the sigmoid); any other score (days since the
+    last purchase, an RFM score) is standardised first.
+    """
+
+    def __init__(self, method: CalibrationMethod) -> None:
+        self.method = method
+
+    def _design(self, score: Array) -> Array:
+        if self.probability_input_:
+            p = np.clip(score, _EPS, 1 - _EPS)
+            return np.log(p / (1 - p)).reshape(-1, 1)
+        return ((score - self.center_) / self.scale_).reshape(-1, 1)
+
+    def fit(self, score: Array, y: npt.NDArray[np.int_]) -> Self:
+        score = np.asarray(score, dtype=np.float64)
+        if self.method not in CALIBRATION_METHODS:
+            raise InputError(f"calibration must be one of {', '.join(CALIBRATION_METHODS)}; got {self.method!r}")
+        if len(np.unique(y)) < 2:
+            raise InputError("calibration needs both churned and retained customers in the held-out rows")
+        self.probability_input_ = bool(score.min() >= 0 and score.max() <= 1)
+        self.center_ = float(score.mean())
+        self.scale_ = float(score.std()) or 1.0
+        if self.method == "isotonic":
+            self.model_: Any = IsotonicRegression(out_of_bounds="clip", y_min=_EPS, y_max=1 - _EPS).fit(score, y)
+        else:
+            self.model_ = LogisticRegression(C=1e6, max_iter=1000).fit(self._design(score), y)
+        return self
+
+    def transform(self, score: Array) -> Array:
+        if not hasattr(self, "model_"):
+            raise RuntimeError("this Calibrator is not fitted yet; call fit() first")
+        score = np.asarray(score, dtype=np.float64)
+        if self.method == "isotonic":
+            out = self.model_.predict(score)
+        else:
+            out = self.model_.predict_proba(self._design(score))[:, 1]
+        return np.clip(np.asarray(out, dtype=np.float64), _EPS, 1 - _EPS)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fitted mapping in plain numbers, for review (isotonic: its steps; sigmoid: slope and intercept)."""
+        if self.method == "isotonic":
+            return {
+                "method": self.method,
+                "x": self.model_.X_thresholds_.tolist(),
+                "y": self.model_.y_thresholds_.tolist(),
+            }
+        return {
+            "method": self.method,
+            "slope": float(self.model_.coef_[0, 0]),
+            "intercept": float(self.model_.intercept_[0]),
+            "input": "log-odds" if self.probability_input_ else "standardised score",
+        }
+
+
+def fold_of(n: int, seed: int) -> npt.NDArray[np.int_]:
+    """A seeded, balanced split of ``n`` rows in two folds."""
+    folds = np.arange(n) % 2
+    return np.random.default_rng(seed).permutation(folds)
+
+
+def cross_fit(score: Array, y: npt.NDArray[np.int_], method: CalibrationMethod, folds: npt.NDArray[np.int_]) -> Array:
+    """Calibrated probabilities where each fold's come from a calibrator fitted on the other fold."""
+    out = np.empty(len(score))
+    for k in (0, 1):
+        held = folds == k
+        out[held] = Calibrator(method).fit(score[~held], y[~held]).transform(score[held])
+    return out
+
+
+def choose_calibration(
+    score: Array, y: npt.NDArray[np.int_], folds: npt.NDArray[np.int_], method: CalibrationMethod | Literal["auto"]
+) -> tuple[CalibrationMethod, Array, dict[str, float]]:
+    """The method (``auto``: lower cross-fitted log loss), its cross-fitted probabilities and every log loss."""
+    methods = CALIBRATION_METHODS if method == "auto" else (method,)
+    probs = {m: cross_fit(score, y, m, folds) for m in methods}
+    losses: dict[str, float] = {m: float(log_loss(y, p, labels=[0, 1])) for m, p in probs.items()}
+    best = min(methods, key=lambda m: (losses[m], m))
+    return best, probs[best], losses
+
+
+# --- the classifier -----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class BoosterSettings:
+    """LightGBM settings from ``churn.lightgbm`` plus the seed and thread count."""
+
+    learning_rate: float
+    num_leaves: int
+    min_child_samples: int
+    feature_fraction: float
+    bagging_fraction: float
+    lambda_l2: float
+    max_rounds: int
+    early_stopping_rounds: int
+    seed: int
+    threads: int
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "objective": "binary",
+            "metric": "binary_logloss",
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "min_child_samples": self.min_child_samples,
+            "feature_fraction": self.feature_fraction,
+            "bagging_fraction": self.bagging_fraction,
+            "bagging_freq": 1 if self.bagging_fraction < 1 else 0,
+            "lambda_l2": self.lambda_l2,
+            # same data + settings -> the same trees: fixed seeds, deterministic histogram construction
+            "seed": self.seed,
+            "deterministic": True,
+            "force_col_wise": True,
+            "num_threads": self.threads,
+            "verbosity": -1,
+        }
+
+
+class ChurnModel:
+    """LightGBM churn classifier, early-stopped on a later cutoff, then calibrated on that cutoff's rows.
+
+    Parameters
+    ----------
+    settings
+        Booster settings.
+    calibration
+        ``isotonic``, ``sigmoid`` or ``auto`` (the lower cross-fitted log loss on the validation rows).
+    """
+
+    def __init__(self, settings: BoosterSettings, calibration: CalibrationMethod | Literal["auto"] = "auto") -> None:
+        self.settings = settings
+        self.calibration = calibration
+
+    def fit(self, X_train: pd.DataFrame, y_train: Any, X_valid: pd.DataFrame, y_valid: Any) -> Self:
+        """Grow trees on the training cutoffs, stop early on the validation cutoff, calibrate on it."""
+        y_tr = np.asarray(y_train, dtype=np.int64)
+        y_va = np.asarray(y_valid, dtype=np.int64)
+        for name, y in (("training", y_tr), ("validation", y_va)):
+            if len(np.unique(y)) < 2:
+                raise InputError(f"churn: the {name} rows are all {'churned' if y.all() else 'retained'}; no model")
+        if list(X_train.columns) != list(X_valid.columns):
+            raise InputError("churn: training and validation features have different columns")
+        train = lgb.Dataset(X_train, y_tr, free_raw_data=True)
+        valid = lgb.Dataset(X_valid, y_va, reference=train)
+        self.booster_ = lgb.train(
+            self.settings.params(),
+            train,
+            num_boost_round=self.settings.max_rounds,
+            valid_sets=[valid],
+            callbacks=[lgb.early_stopping(self.settings.early_stopping_rounds, verbose=False)],
+        )
+        self.best_iteration_ = int(self.booster_.best_iteration or self.settings.max_rounds)
+        self.features_ = list(X_train.columns)
+        raw = self.raw_probability(X_valid)
+        self.folds_ = fold_of(len(y_va), self.settings.seed)
+        method, oof, losses = choose_calibration(raw, y_va, self.folds_, self.calibration)
+        self.calibration_method_ = method
+        self.calibration_log_loss_ = losses
+        self.valid_raw_ = raw
+        self.valid_calibrated_ = oof  # cross-fitted: what the metrics are computed on
+        self.calibrator_ = Calibrator(method).fit(raw, y_va)
+        return self
+
+    def _check(self, X: pd.DataFrame) -> None:
+        if not hasattr(self, "booster_"):
+            raise RuntimeError("this ChurnModel is not fitted yet; call fit() first")
+        missing = [c for c in self.features_ if c not in X.columns]
+        if missing:
+            raise InputError(f"churn model input lacks feature column(s) {missing}")
+
+    def raw_probability(self, X: pd.DataFrame) -> Array:
+        """The trees' probability of churn, before calibration."""
+        self._check(X)
+        out = self.booster_.predict(X[self.features_], num_iteration=self.best_iteration_)
+        return np.asarray(out, dtype=np.float64)
+
+    def predict_proba(self, X: pd.DataFrame) -> Array:
+        """Calibrated probability of churn over the horizon."""
+        raw = self.raw_probability(X)
+        return self.calibrator_.transform(raw)
+
+    def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
+        """Each feature's contribution to the log-odds of churn (TreeSHAP); the row sum plus ``bias`` is the score."""
+        self._check(X)
+        values = self.booster_.predict(X[self.features_], num_iteration=self.best_iteration_, pred_contrib=True)
+        return pd.DataFrame(np.asarray(values), columns=[*self.features_, "bias"], index=X.index)
+
+    def importance(self, X: pd.DataFrame) -> pd.DataFrame:
+        """Global importance: mean |contribution| to the log-odds per feature, and the share of the total."""
+        contrib = self.contributions(X).drop(columns="bias").abs().mean()
+        total = float(contrib.sum()) or 1.0
+        out = pd.DataFrame({"feature": contrib.index, "mean_abs_contribution": contrib.to_numpy()})
+        out["share"] = out["mean_abs_contribution"] / total
+        return out.sort_values("mean_abs_contribution", ascending=False, ignore_index=True)
+
+
+# --- reasons --------------------------------------------------------------------------------------------------------
+
+_DAYS = "{v:.0f} days (typical: {m:.0f})"
+# How each feature reads in a reason. ``v`` is the customer's value, ``m`` the population median.
+REASON_TEXT: dict[str, str] = {
+    s.DAYS_SINCE_LAST_PURCHASE: "no purchase for " + _DAYS,
+    s.DAYS_SINCE_LAST_PURCHASE + RANK_SUFFIX: "among the {top}% of customers silent the longest",
+    s.PURCHASE_DAYS: "{v:.0f} purchase days in all (typical: {m:.0f})",
+    s.PURCHASE_DAYS + RANK_SUFFIX: "among the {bottom}% of customers with the fewest purchase days",
+    s.FREQUENCY: "{v:.0f} repeat purchase days (typical: {m:.0f})",
+    s.TOTAL_SPEND: "total spend {v:,.2f} (typical: {m:,.2f})",
+    s.TOTAL_SPEND + RANK_SUFFIX: "among the {bottom}% of customers with the lowest total spend",
+    s.MONETARY_VALUE: "average repeat order {v:,.2f} (typical: {m:,.2f})",
+    s.AVG_SPEND_PER_DAY: "average spend per purchase day {v:,.2f} (typical: {m:,.2f})",
+    s.RECENCY: "last purchase at customer age {v:.1f} (typical: {m:.1f})",
+    s.T: "customer age {v:.1f} (typical: {m:.1f})",
+    s.TENURE_DAYS: "customer for " + _DAYS,
+    s.GAP_MEAN_DAYS: "buys every {v:.0f} days on average (typical: {m:.0f})",
+    s.GAP_STD_DAYS: "irregular gaps between purchases: spread {v:.0f} days (typical: {m:.0f})",
+    s.LAST_GAP_DAYS: "last gap between purchases " + _DAYS,
+    s.RETURNS_SHARE: "returned {v:.0%} of spend (typical: {m:.0%})",
+    OVERDUE_RATIO: "silent for {v:.1f}x the usual gap between purchases (typical: {m:.1f}x)",
+    PURCHASE_DAYS_PER_YEAR: "{v:.1f} purchase days a year (typical: {m:.1f})",
+    SILENCE_SHARE: "silent for {v:.0%} of their time as a customer (typical: {m:.0%})",
+    BTYD_P_ALIVE: "probability still active {v:.0%} (typical: {m:.0%})",
+    BTYD_EXPECTED_PURCHASES: "expected purchases next horizon {v:.2f} (typical: {m:.2f})",
+    BTYD_EXPECTED_PURCHASES + RANK_SUFFIX: "among the {bottom}% of customers with the fewest expected purchases",
+    BTYD_P_NO_PURCHASE: "purchase model gives {v:.0%} chance of no purchase (typical: {m:.0%})",
+}
+
+
+def reason_text(feature: str, value: float, median: float) -> str:
+    """One readable reason: ``feature`` at ``value`` for this customer, ``median`` for the population."""
+    if value != value:  # NaN: the feature is missing for this customer
+        return f"{_label(feature)} unknown"
+    template = REASON_TEXT.get(feature)
+    if template is None:
+        template = _window_template(feature)
+    if template is None:
+        return f"{_label(feature)} {value:,.3g} (typical: {median:,.3g})"
+    # a rank feature holds the percentile in (0, 1]: say which end of the customer base the customer is in
+    top, bottom = max(1, int(np.ceil((1 - value) * 100 + 1e-9))), max(1, int(np.ceil(value * 100 - 1e-9)))
+    return template.format(v=value, m=median, top=top, bottom=bottom)
+
+
+def _label(feature: str) -> str:
+    return feature.replace("_", " ")
+
+
+def _window_template(feature: str) -> str | None:
+    for prefix, text in (
+        ("purchase_days_", "{v:.0f} purchase days in the last {w} days (typical: {m:.0f})"),
+        ("spend_", "spent {v:,.2f} in the last {w} days (typical: {m:,.2f})"),
+    ):
+        rest = feature.removeprefix(prefix)
+        if rest != feature and rest.endswith("d") and rest[:-1].isdigit():
+            return text.replace("{w}", rest[:-1])
+    for prefix, what in (("purchase_trend_", "purchase days"), ("spend_trend_", "spend")):
+        rest = feature.removeprefix(prefix)
+        if rest != feature and rest.endswith("d") and rest[:-1].isdigit():
+            w = rest[:-1]
+            return (
+                what
+                + " trend {v:+.2f}, last "
+                + w
+                + " days against the "
+                + w
+                + " before (-1 = stopped; typical: {m:+.2f})"
+            )
+    return None
+
+
+def top_reasons(
+    contributions: pd.DataFrame, X: pd.DataFrame, medians: Mapping[str, float], top: int = 3
+) -> pd.DataFrame:
+    """The ``top`` features pushing each customer's churn score up the most, as text; None past the last push.
+
+    ``contributions`` is ``ChurnModel.contributions(X)``; only positive contributions are reasons for risk.
+    """
+    contrib = contributions.drop(columns="bias")
+    values = contrib.to_numpy()
+    order = np.argsort(-values, axis=1, kind="stable")[:, :top]
+    names = np.asarray(contrib.columns)
+    out: dict[str, list[str | None]] = {f"reason_{i + 1}": [] for i in range(top)}
+    xs = X[list(contrib.columns)].to_numpy(dtype=np.float64)
+    for row in range(len(contrib)):
+        for i in range(top):
+            j = order[row, i] if i < order.shape[1] else None
+            if j is None or values[row, j] <= 0:
+                out[f"reason_{i + 1}"].append(None)
+                continue
+            feature = str(names[j])
+            out[f"reason_{i + 1}"].append(reason_text(feature, float(xs[row, j]), float(medians[feature])))
+    return pd.DataFrame(out, index=contributions.index)

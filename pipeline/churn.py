@@ -1,0 +1,482 @@
+"""Stage ``churn``: train a calibrated LightGBM churn classifier on stacked cutoffs, judge it, score and explain.
+
+1. The labelled cutoffs of the features table are split in time (``models.churn.split_cutoffs``): the latest
+   validates; training uses those whose label horizon ends by it. Rows are the customers with a purchase within
+   ``churn.population_lookback_days`` of their cutoff.
+2. With ``churn.btyd_features`` a BG/NBD model is fitted at every cutoff on the history up to that cutoff (with
+   the clv stage's remedy ladder when a fit fails) and adds P(alive), expected purchases and P(no purchase).
+3. Optional attribute tables (``churn.attributes``) are joined as of each cutoff.
+4. LightGBM stops early on the validation cutoff and is calibrated on it; metrics for the model and for the
+   ``btyd``, ``recency`` and ``rfm`` baselines go to ``metrics/churn.json``, curves to ``plots/churn``.
+5. The scoring snapshot gets a calibrated ``p_churn`` and its top three reasons (``data/churn.parquet``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from features import attributes as attr
+from features import schemas as s
+from features.behaviour import DAYS_PER_UNIT
+from features.errors import InputError
+from models import churn as cm
+from models import clv
+from models.evaluation import calibration_table, churn_metrics, lift_table, pr_points, roc_points, round_metrics
+from pipeline import cli, plots, tracking
+from pipeline.config import AttributeTable, BaseConfig, ChurnConfig, FeaturesConfig, load_params, section
+from pipeline.io import atomic_path, finite_json, write_json, write_table
+
+log = logging.getLogger("churn")
+
+BASELINES = ("btyd", "recency", "rfm")
+
+
+@dataclasses.dataclass(frozen=True)
+class Outputs:
+    """Where the stage writes: the scored customers, the model folder, the metrics file and the plot data."""
+
+    churn: Path
+    artifacts: Path
+    metrics: Path
+    plots: Path
+
+    @property
+    def figures(self) -> Path:
+        return self.artifacts / "plots"
+
+
+# --- inputs -------------------------------------------------------------------------------------------------------
+
+
+def read_features(path: Path, fcfg: FeaturesConfig) -> pd.DataFrame:
+    """The stacked features table, checked against the features schema's columns."""
+    if not path.is_file():
+        raise InputError(f"{path}: file not found; run the features stage first (`dvc repro`)")
+    expected = list(s.feature_schema(fcfg.windows_days, fcfg.trend_window_days).columns)
+    names = pq.read_schema(path).names
+    if names != expected:
+        missing = [c for c in expected if c not in names]
+        raise InputError(
+            f"{path}: columns do not match the features schema (missing {missing}); rebuild it with the features "
+            "stage and the same features params"
+        )
+    frame = pd.read_parquet(path)
+    frame[s.CUTOFF] = frame[s.CUTOFF].astype("datetime64[us]")
+    return frame
+
+
+def read_attribute_table(spec: AttributeTable) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Load one configured attribute table (.csv, .csv.gz or .parquet) and prepare it."""
+    path = Path(spec.path)
+    where = f"churn.attributes[{spec.name}] {path}"
+    if not path.is_file():
+        raise InputError(f"{where}: file not found")
+    if path.suffix == ".parquet":
+        raw = pd.read_parquet(path)
+    elif path.name.endswith((".csv", ".csv.gz")):
+        raw = pd.read_csv(path, dtype={spec.customer_id: str})
+    else:
+        raise InputError(f"{where}: use a .csv, .csv.gz or .parquet file")
+    columns = [c for c, _ in spec.pairs()]
+    table, rejected = attr.prepare(
+        raw, where=where, customer_id=spec.customer_id, timestamp=spec.timestamp, columns=columns
+    )
+    return table, {"rows": len(raw), "used": len(table), **rejected}
+
+
+# --- building the modelling table ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class BtydFit:
+    cutoff: str
+    customers: int
+    report: dict[str, Any] | None
+    error: str | None
+
+
+def btyd_columns(snapshot: pd.DataFrame, horizon_units: float, ladder: Sequence[float]) -> tuple[pd.DataFrame, BtydFit]:
+    """BG/NBD fitted on one cutoff's customers (their history up to it): its three features, or NaN if it fails."""
+    cutoff = str(pd.Timestamp(snapshot[s.CUTOFF].iloc[0]).date())
+    f, r, t = (snapshot[c].to_numpy(np.float64) for c in (s.FREQUENCY, s.RECENCY, s.T))
+    out = pd.DataFrame(index=snapshot.index, columns=list(cm.BTYD_COLUMNS), dtype="float64")
+    try:
+        model = clv.PurchaseModel("bgnbd", ladder).fit(f, r, t)
+        alive = model.p_alive(f, r, t)
+        out[cm.BTYD_P_ALIVE] = alive
+        out[cm.BTYD_EXPECTED_PURCHASES] = model.expected_purchases(horizon_units, f, r, t)
+        out[cm.BTYD_P_NO_PURCHASE] = cm.btyd_no_purchase(model.params_, f, t, alive, horizon_units)
+    except clv.ClvFitError as exc:
+        log.warning("BG/NBD at cutoff %s failed; its BTYD features are missing: %s", cutoff, exc)
+        return out, BtydFit(cutoff, len(snapshot), None, str(exc))
+    report = model.report()
+    summary = {
+        "params": report.params,
+        "penalizer_coef": report.penalizer_coef,
+        "variant": report.variant,
+        "attempts": len(report.attempts),
+        "remedy_applied": report.penalizer_coef > 0 or report.variant != "bfgs",
+    }
+    if summary["remedy_applied"]:
+        log.info(
+            "BG/NBD at cutoff %s converged after %d attempts with the remedy: %s fit, penalizer_coef %s",
+            cutoff,
+            summary["attempts"],
+            report.variant,
+            report.penalizer_coef,
+        )
+    return out, BtydFit(cutoff, len(snapshot), summary, None)
+
+
+def modelling_table(
+    frame: pd.DataFrame,
+    cutoffs: Sequence[pd.Timestamp],
+    base: BaseConfig,
+    fcfg: FeaturesConfig,
+    cfg: ChurnConfig,
+    attribute_tables: dict[str, pd.DataFrame],
+) -> tuple[pd.DataFrame, list[BtydFit]]:
+    """The rows of ``cutoffs`` in the population, with BTYD, attribute and derived features added.
+
+    BTYD models are fitted on every customer at a cutoff (the population filter comes after), so each fit sees
+    the whole customer base's history up to that cutoff and nothing later.
+    """
+    frame = frame[frame[s.CUTOFF].isin(list(cutoffs))]
+    parts = []
+    fits: list[BtydFit] = []
+    horizon_units = fcfg.horizon_days / DAYS_PER_UNIT[base.time_unit]
+    for _, snapshot in frame.groupby(s.CUTOFF, sort=True):
+        if cfg.btyd_features:
+            cols, fit = btyd_columns(snapshot, horizon_units, cfg.penalizer_ladder)
+            snapshot = pd.concat([snapshot, cols], axis=1)
+            fits.append(fit)
+        parts.append(snapshot[cm.in_population(snapshot, cfg.population_lookback_days)])
+    table = pd.concat(parts, ignore_index=True)
+    for spec in cfg.attributes:
+        feats = attr.as_of_features(
+            attribute_tables[spec.name], cutoffs, name=spec.name, window_days=spec.window_days, pairs=spec.pairs()
+        )
+        table = table.merge(feats, on=[s.CUTOFF, s.CUSTOMER_ID], how="left", validate="one_to_one")
+        for column, how in spec.pairs():
+            if how == "count":  # no rows yet means a count of zero, not an unknown
+                name = attr.feature_name(spec.name, column, how)
+                table[name] = table[name].fillna(0.0)
+    return cm.add_derived(table), fits
+
+
+# --- the stage ----------------------------------------------------------------------------------------------------
+
+
+def _baseline_scores(valid: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Churn scores of the three baselines (higher = likelier to churn)."""
+    return {
+        "btyd": valid[cm.BTYD_P_NO_PURCHASE].to_numpy(np.float64) if cm.BTYD_P_NO_PURCHASE in valid else None,
+        "recency": valid[s.DAYS_SINCE_LAST_PURCHASE].to_numpy(np.float64),
+        "rfm": -cm.rfm_score(valid),
+    }
+
+
+def evaluate(
+    model: cm.ChurnModel, valid: pd.DataFrame, y: np.ndarray, k: int
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Metrics of the model and the baselines on the validation rows, and every contender's probabilities.
+
+    Every contender is ranked by its own score and judged as a probability on cross-fitted calibrated values.
+    Calibration is monotone, so the model's ranking metrics are those of its uncalibrated score (the order of
+    ``p_churn`` marketing receives) and its Brier, log loss and ECE come from ``valid_calibrated_``, where no row's
+    calibrator saw its label. ``recency`` and ``rfm`` are calibrated the same way; ``btyd`` is already a
+    probability and is judged as it is.
+    """
+    probs: dict[str, np.ndarray] = {"model": model.valid_calibrated_}
+    out: dict[str, Any] = {"model": churn_metrics(y, model.valid_raw_, model.valid_calibrated_, k)}
+    baselines: dict[str, Any] = {}
+    for name, score in _baseline_scores(valid).items():
+        if score is None or not np.all(np.isfinite(score)):
+            baselines[name] = None  # the BTYD fit at the validation cutoff failed (see btyd_fits)
+            continue
+        p = score if name == "btyd" else cm.cross_fit(score, y, model.calibration_method_, model.folds_)
+        probs[name] = p
+        baselines[name] = churn_metrics(y, score, p, k)
+    out["baselines"] = baselines
+    return out, probs
+
+
+def run(
+    base: BaseConfig,
+    fcfg: FeaturesConfig,
+    cfg: ChurnConfig,
+    features: Path,
+    out: Outputs,
+    *,
+    track: bool = True,
+) -> dict[str, Any]:
+    """Train, evaluate, score and explain; write every output. Returns the metrics."""
+    frame = read_features(features, fcfg)
+    labelled = sorted(frame.loc[~frame[s.IS_SCORING], s.CUTOFF].unique())
+    split = cm.split_cutoffs(labelled, fcfg.horizon_days)
+    scoring_cutoffs = frame.loc[frame[s.IS_SCORING], s.CUTOFF].unique()
+    if len(scoring_cutoffs) != 1:
+        raise InputError(f"{features}: expected one scoring cutoff, found {len(scoring_cutoffs)}; rebuild features")
+    scoring = pd.Timestamp(scoring_cutoffs[0])
+
+    tables: dict[str, pd.DataFrame] = {}
+    attribute_counts: dict[str, Any] = {}
+    for spec in cfg.attributes:
+        tables[spec.name], attribute_counts[spec.name] = read_attribute_table(spec)
+    used = [*split.training, split.validation, scoring]
+    table, fits = modelling_table(frame, used, base, fcfg, cfg, tables)
+    del frame
+
+    X_cols = cm.feature_columns(table)
+    is_train = table[s.CUTOFF].isin(list(split.training)).to_numpy()
+    is_valid = (table[s.CUTOFF] == split.validation).to_numpy()
+    is_score = (table[s.CUTOFF] == scoring).to_numpy()
+    train, valid, score = table[is_train], table[is_valid], table[is_score].reset_index(drop=True)
+    if train.empty or valid.empty:
+        raise InputError(
+            f"churn: no customers in the population at the {'training' if train.empty else 'validation'} cutoffs; "
+            "raise churn.population_lookback_days"
+        )
+    y_train = train[s.CHURNED].astype(bool).to_numpy(np.int64)
+    y_valid = valid[s.CHURNED].astype(bool).to_numpy(np.int64)
+    settings = cm.BoosterSettings(
+        **{f.name: getattr(cfg.lightgbm, f.name) for f in dataclasses.fields(cfg.lightgbm)}, seed=base.seed
+    )
+    model = cm.ChurnModel(settings, cfg.calibration).fit(train[X_cols], y_train, valid[X_cols], y_valid)
+    log.info(
+        "%d trees (early-stopped) on %d rows from %d cutoffs; validated on %d rows at %s",
+        model.best_iteration_,
+        len(train),
+        len(split.training),
+        len(valid),
+        split.validation.date(),
+    )
+
+    # 1. metrics on the validation cutoff
+    evaluation, probs = evaluate(model, valid, y_valid, cfg.campaign_list_size)
+    evaluation["model"].update(
+        n_train=float(len(train)), n_valid=float(len(valid)), positive_rate=float(y_valid.mean())
+    )
+    importance = model.importance(valid[X_cols])
+
+    # 2. scoring and reasons
+    if score.empty:
+        raise InputError(
+            f"churn: no customer bought within {cfg.population_lookback_days} days of the scoring cutoff "
+            f"{scoring.date()}; raise churn.population_lookback_days"
+        )
+    raw = model.raw_probability(score[X_cols])
+    p_churn = model.calibrator_.transform(raw)
+    medians = score[X_cols].median(numeric_only=True).to_dict()
+    reasons = cm.top_reasons(model.contributions(score[X_cols]), score[X_cols], medians)
+    scored = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    s.CUSTOMER_ID: score[s.CUSTOMER_ID],
+                    s.CUTOFF: score[s.CUTOFF],
+                    s.P_CHURN: p_churn,
+                    s.P_CHURN_RAW: raw,
+                }
+            ),
+            reasons,
+        ],
+        axis=1,
+    ).sort_values([s.P_CHURN, s.CUSTOMER_ID], ascending=[False, True], ignore_index=True)
+    write_table(scored, out.churn, s.churn_schema())
+
+    # 3. model artifacts
+    out.artifacts.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out.artifacts / "model.txt") as tmp:
+        model.booster_.save_model(str(tmp), num_iteration=model.best_iteration_)
+    with atomic_path(out.artifacts / "calibrator.joblib") as tmp:
+        joblib.dump(model.calibrator_, tmp)
+    with atomic_path(out.artifacts / "importance.csv") as tmp:
+        importance.to_csv(tmp, index=False)
+    card = {
+        "features": X_cols,
+        "feature_medians_at_scoring": medians,
+        "best_iteration": model.best_iteration_,
+        "lightgbm_params": settings.params(),
+        "calibration": model.calibrator_.to_dict(),
+        "training_cutoffs": [str(c.date()) for c in split.training],
+        "validation_cutoff": str(split.validation.date()),
+        "cutoffs_excluded_for_overlap": [str(c.date()) for c in split.excluded],
+        "scoring_cutoff": str(scoring.date()),
+        "btyd_fits": {f.cutoff: f.report if f.report else {"error": f.error} for f in fits},
+    }
+    write_json(finite_json(card), out.artifacts / "model_card.json")
+
+    # 4. metrics file
+    metrics: dict[str, Any] = {
+        **evaluation,
+        "calibration": {
+            "method": model.calibration_method_,
+            **{f"log_loss_{k}": v for k, v in model.calibration_log_loss_.items()},
+        },
+        "training": {
+            "training_cutoffs": len(split.training),
+            "first_training_cutoff": str(split.training[0].date()),
+            "last_training_cutoff": str(split.training[-1].date()),
+            "validation_cutoff": str(split.validation.date()),
+            "cutoffs_excluded_for_overlap": len(split.excluded),
+            "best_iteration": model.best_iteration_,
+            "features": len(X_cols),
+        },
+        "btyd_fits": {
+            "fitted": sum(f.error is None for f in fits),
+            "failed": sum(f.error is not None for f in fits),
+            "remedy_applied": sum(bool(f.report and f.report["remedy_applied"]) for f in fits),
+        },
+        "importance": {r.feature: r.share for r in importance.head(10).itertuples()},
+        "scoring": {
+            "cutoff": str(scoring.date()),
+            "customers": len(scored),
+            "p_churn_mean": float(p_churn.mean()),
+            "expected_churners": float(p_churn.sum()),
+            "customers_at_p_churn_0_5_or_more": int((p_churn >= 0.5).sum()),
+        },
+        "attributes": attribute_counts,
+    }
+    metrics = round_metrics(metrics)
+    write_json(metrics, out.metrics)
+
+    # 5. plots
+    _plots(out, y_valid, probs, split.validation)
+    if track:
+        _track(base, fcfg, cfg, features, out, metrics, model, valid[X_cols])
+    m, bl = metrics["model"], metrics["baselines"]
+    log.info(
+        "validation %s: ROC-AUC %.4f (btyd %s, recency %.4f, rfm %.4f), ECE %.4f with %s calibration; "
+        "%d customers scored as of %s, mean p_churn %.3f",
+        split.validation.date(),
+        m["roc_auc"],
+        f"{bl['btyd']['roc_auc']:.4f}" if bl.get("btyd") else "n/a",
+        bl["recency"]["roc_auc"],
+        bl["rfm"]["roc_auc"],
+        m["ece"],
+        model.calibration_method_,
+        len(scored),
+        scoring.date() + dt.timedelta(days=1),
+        metrics["scoring"]["p_churn_mean"],
+    )
+    return metrics
+
+
+def _plots(out: Outputs, y: np.ndarray, probs: dict[str, np.ndarray], cutoff: pd.Timestamp) -> None:
+    model = probs["model"]
+    roc = roc_points(y, model)
+    pr = pr_points(y, model)
+    cal = calibration_table(y, model)
+    lift = lift_table(y, model)
+    out.plots.mkdir(parents=True, exist_ok=True)
+    for name, frame in (("roc", roc), ("pr", pr), ("calibration", cal), ("lift", lift)):
+        with atomic_path(out.plots / f"{name}.csv") as tmp:
+            frame.to_csv(tmp, index=False)
+    day = cutoff.date()
+    plots.curves(
+        {n: roc_points(y, p) for n, p in probs.items()},
+        "fpr",
+        "tpr",
+        title=f"ROC on the validation cutoff {day}",
+        xlabel="false positive rate",
+        ylabel="true positive rate (churners found)",
+        path=out.figures / "roc.png",
+        diagonal=True,
+    )
+    plots.curves(
+        {n: pr_points(y, p) for n, p in probs.items()},
+        "recall",
+        "precision",
+        title=f"Precision-recall on the validation cutoff {day}",
+        xlabel="recall",
+        ylabel="precision",
+        path=out.figures / "pr.png",
+    )
+    plots.curves(
+        {n: calibration_table(y, p) for n, p in probs.items()},
+        "predicted",
+        "observed",
+        title=f"Calibration on the validation cutoff {day} (10 bins)",
+        xlabel="mean predicted churn probability",
+        ylabel="observed churn rate",
+        path=out.figures / "calibration.png",
+        diagonal=True,
+    )
+    plots.bars(
+        lift,
+        "decile",
+        ["lift"],
+        title=f"Churn lift by decile of p_churn, validation cutoff {day}",
+        xlabel="decile (1 = highest p_churn)",
+        ylabel="churn rate / overall churn rate",
+        path=out.figures / "lift.png",
+    )
+
+
+def _track(
+    base: BaseConfig,
+    fcfg: FeaturesConfig,
+    cfg: ChurnConfig,
+    features: Path,
+    out: Outputs,
+    metrics: dict[str, Any],
+    model: cm.ChurnModel,
+    example: pd.DataFrame,
+) -> None:
+    params = {
+        "churn": dataclasses.asdict(cfg),
+        "base": {"seed": base.seed, "time_unit": base.time_unit},
+        "features": {"horizon_days": fcfg.horizon_days},
+    }
+    tags = {
+        **tracking.data_fingerprint(features),
+        "churn.calibration": model.calibration_method_,
+        "churn.validation_cutoff": str(metrics["training"]["validation_cutoff"]),
+    }
+    numeric = {k: v for k, v in metrics.items() if k not in ("importance", "attributes")}
+    with tracking.stage_run(base.mlflow_experiment, "churn", params, tags):
+        tracking.log_metrics(numeric)
+        tracking.log_metrics({"importance": metrics["importance"]})
+        tracking.log_artifacts(
+            {
+                "churn": out.artifacts / "model_card.json",
+                "plots": out.figures,
+                "plot_data": out.plots,
+            }
+        )
+        tracking.log_artifacts({"churn": out.artifacts / "importance.csv"})
+        tracking.log_artifacts({"churn": out.artifacts / "calibrator.joblib"})
+        tracking.log_churn_model(model.booster_, model.best_iteration_, example.head(20))
+
+
+def main(argv: Sequence[str]) -> None:
+    p = cli.parser(__doc__.splitlines()[0])
+    p.add_argument("--features", required=True, type=Path)
+    p.add_argument("--churn", required=True, type=Path)
+    p.add_argument("--artifacts", required=True, type=Path)
+    p.add_argument("--metrics", required=True, type=Path)
+    p.add_argument("--plots", required=True, type=Path)
+    args = p.parse_args(argv)
+    params = load_params(args.params)
+    run(
+        section(params, "base", BaseConfig),
+        section(params, "features", FeaturesConfig),
+        section(params, "churn", ChurnConfig),
+        args.features,
+        Outputs(churn=args.churn, artifacts=args.artifacts, metrics=args.metrics, plots=args.plots),
+    )
+
+
+if __name__ == "__main__":
+    cli.run(main)

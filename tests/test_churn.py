@@ -1,0 +1,266 @@
+"""models/churn.py, features/attributes.py and the churn stage's training table: leakage, determinism, metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from lifetimes import BetaGeoFitter
+
+from features import attributes as attr
+from features import schemas as s
+from features.errors import InputError
+from models import churn as cm
+from models.evaluation import calibration_table, churn_metrics, expected_calibration_error, lift_table
+from pipeline import churn as stage
+from pipeline import features as features_stage
+from pipeline import ingest as ingest_stage
+from pipeline.config import BaseConfig, ChurnConfig, FeaturesConfig, IngestConfig, section
+
+# --- cutoffs and baselines ----------------------------------------------------------------------------------------
+
+
+def test_training_cutoffs_end_their_horizon_before_validation_starts() -> None:
+    cutoffs = [pd.Timestamp("2020-12-31") - pd.Timedelta(days=28 * k) for k in range(6)]
+    split = cm.split_cutoffs(cutoffs, horizon_days=90)
+    assert split.validation == pd.Timestamp("2020-12-31")
+    # 28, 56 and 84 days before: their labels would look into (validation, validation + 90]
+    assert [str(c.date()) for c in split.excluded] == ["2020-10-08", "2020-11-05", "2020-12-03"]
+    assert [str(c.date()) for c in split.training] == ["2020-08-13", "2020-09-10"]
+    assert all(c + pd.Timedelta(days=90) <= split.validation for c in split.training)
+    with pytest.raises(InputError, match="at least two labelled cutoffs"):
+        cm.split_cutoffs(cutoffs[:1], 90)
+    with pytest.raises(InputError, match=r"raise features\.cutoff_schedule\.count"):
+        cm.split_cutoffs(cutoffs[:3], 90)
+
+
+def test_btyd_no_purchase_is_bgnbd_zero_probability() -> None:
+    # A customer seen at age 0 is alive and dropout only follows a purchase, so P(no purchase in h) is BG/NBD's
+    # unconditional P(X(h) = 0) (Fader, Hardie & Lee 2005a, eq. 8), which lifetimes computes independently.
+    params = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}
+    fitter = BetaGeoFitter()
+    fitter.params_ = pd.Series(params)
+    for h in (1.0, 13.0, 39.0):
+        expected = float(fitter.probability_of_n_purchases_up_to_time(h, 0))
+        got = cm.btyd_no_purchase(params, np.array([0.0]), np.array([0.0]), np.array([1.0]), h)
+        assert got[0] == pytest.approx(expected, rel=1e-12)
+    # gone for sure -> certain to make no purchase; alive with history -> the gamma posterior's zero term
+    dead = cm.btyd_no_purchase(params, np.array([3.0]), np.array([20.0]), np.array([0.0]), 13.0)
+    alive = cm.btyd_no_purchase(params, np.array([3.0]), np.array([20.0]), np.array([1.0]), 13.0)
+    assert dead[0] == 1.0
+    assert alive[0] == pytest.approx(((4.414 + 20) / (4.414 + 20 + 13)) ** (0.243 + 3))
+
+
+def test_rfm_score_by_hand() -> None:
+    frame = pd.DataFrame(
+        {
+            s.DAYS_SINCE_LAST_PURCHASE: [1, 10, 100, 200, 300],
+            s.PURCHASE_DAYS: [9, 5, 3, 2, 1],
+            s.TOTAL_SPEND: [500.0, 50.0, 400.0, 20.0, 10.0],
+        }
+    )
+    # recency quintiles 5..1, frequency 5..1, monetary ranks 5, 3, 4, 2, 1
+    np.testing.assert_array_equal(cm.rfm_score(frame), [15, 11, 10, 6, 3])
+
+
+# --- metrics ------------------------------------------------------------------------------------------------------
+
+
+def test_churn_metrics_by_hand() -> None:
+    y = np.array([1, 1, 0, 1, 0, 0, 0, 0, 0, 1])
+    score = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05])
+    m = churn_metrics(y, score, score, k=4)
+    # pairs (churner, stayer) ordered right: 6 + 6 + 5 + 0 = 17 of 24
+    assert m["roc_auc"] == pytest.approx(17 / 24)
+    assert m["precision_at_k"] == pytest.approx(3 / 4) and m["recall_at_k"] == pytest.approx(3 / 4)
+    assert m["top_decile_lift"] == pytest.approx(1 / 0.4)  # the top 10% is one churner
+    assert m["brier"] == pytest.approx(np.mean((score - y) ** 2))
+    # bins of width 0.1: each holds one row, so ECE is the mean |p - y|
+    assert m["ece"] == pytest.approx(np.mean(np.abs(score - y)))
+    assert expected_calibration_error(np.array([1, 0]), np.array([0.5, 0.5])) == 0.0
+    table = calibration_table(y, score)
+    assert table["customers"].sum() == 10
+    lift = lift_table(y, score)
+    assert list(lift["decile"]) == list(range(1, 11)) and lift["lift"].iloc[0] == pytest.approx(2.5)
+    without = churn_metrics(y, score, None, k=4)
+    assert np.isnan(without["brier"]) and without["roc_auc"] == m["roc_auc"]
+
+
+def test_cross_fitted_calibration_repairs_a_miscalibrated_score() -> None:
+    rng = np.random.default_rng(0)
+    p_true = rng.uniform(0.05, 0.95, 20_000)
+    y = (rng.uniform(size=p_true.size) < p_true).astype(np.int64)
+    overconfident = 1 / (1 + np.exp(-3 * np.log(p_true / (1 - p_true))))
+    folds = cm.fold_of(len(y), seed=1)
+    assert abs(np.mean(folds) - 0.5) < 1e-3
+    for method in cm.CALIBRATION_METHODS:
+        fixed = cm.cross_fit(overconfident, y, method, folds)
+        assert expected_calibration_error(y, fixed) < 0.015 < expected_calibration_error(y, overconfident)
+    best, _, losses = cm.choose_calibration(overconfident, y, folds, "auto")
+    assert losses[best] == min(losses.values())
+    with pytest.raises(InputError, match="both churned and retained"):
+        cm.Calibrator("sigmoid").fit(np.array([0.2, 0.4]), np.array([1, 1]))
+
+
+@pytest.mark.parametrize(
+    ("feature", "value", "median", "text"),
+    [
+        (s.DAYS_SINCE_LAST_PURCHASE, 120.0, 35.0, "no purchase for 120 days (typical: 35)"),
+        ("spend_90d", 12.5, 40.0, "spent 12.50 in the last 90 days (typical: 40.00)"),
+        ("purchase_days_30d", 0.0, 1.0, "0 purchase days in the last 30 days (typical: 1)"),
+        (s.DAYS_SINCE_LAST_PURCHASE + cm.RANK_SUFFIX, 0.955, 0.5, "among the 5% of customers silent the longest"),
+        (s.TOTAL_SPEND + cm.RANK_SUFFIX, 0.0002, 0.5, "among the 1% of customers with the lowest total spend"),
+        ("survey_nps_latest", 3.0, 8.0, "survey nps latest 3 (typical: 8)"),
+        (s.GAP_MEAN_DAYS, float("nan"), 30.0, "gap mean days unknown"),
+    ],
+)
+def test_reason_text(feature: str, value: float, median: float, text: str) -> None:
+    assert cm.reason_text(feature, value, median) == text
+
+
+# --- attributes ---------------------------------------------------------------------------------------------------
+
+
+def _survey() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "cust": ["a", "a", "a", "b", None, "c"],
+            "answered": ["2020-01-05", "2020-02-01 10:00", "2020-03-15", "2020-02-10", "2020-01-01", "not a date"],
+            "nps": [9, 4, 0, 7, 5, 6],
+            "complaint": [0, 1, 1, 0, 0, 0],
+        }
+    )
+
+
+def test_attributes_use_only_rows_on_or_before_the_cutoff() -> None:
+    table, rejected = attr.prepare(
+        _survey(), where="survey", customer_id="cust", timestamp="answered", columns=["nps", "complaint"]
+    )
+    assert rejected == {attr.MISSING_CUSTOMER_ID: 1, attr.UNPARSEABLE_TIMESTAMP: 1}
+    assert len(table) + sum(rejected.values()) == len(_survey())  # every row is kept or counted
+    cutoffs = [pd.Timestamp("2020-01-31"), pd.Timestamp("2020-02-01"), pd.Timestamp("2020-03-31")]
+    pairs = [("nps", "latest"), ("nps", "mean"), ("complaint", "sum"), ("nps", "count")]
+    out = attr.as_of_features(table, cutoffs, name="survey", window_days=None, pairs=pairs).set_index(
+        [s.CUTOFF, s.CUSTOMER_ID]
+    )
+    assert out.loc[("2020-01-31", "a")].tolist() == [9.0, 9.0, 0.0, 1.0]
+    assert out.loc[("2020-02-01", "a")].tolist() == [4.0, 6.5, 1.0, 2.0]  # a row on the cutoff day counts
+    assert out.loc[("2020-03-31", "a")].tolist() == [0.0, 13 / 3, 2.0, 3.0]
+    assert ("2020-01-31", "b") not in out.index  # b answered later
+    windowed = attr.as_of_features(table, cutoffs[2:], name="survey", window_days=30, pairs=[("nps", "count")])
+    assert windowed.set_index(s.CUSTOMER_ID)["survey_nps_count"].to_dict() == {"a": 1.0}
+
+
+def test_attribute_errors_are_one_line() -> None:
+    with pytest.raises(InputError, match=r"column\(s\) \['score'\] not found"):
+        attr.prepare(_survey(), where="survey", customer_id="cust", timestamp="answered", columns=["score"])
+    bad = _survey().assign(nps=["9", "4", "zero", "7", "5", "6"])
+    with pytest.raises(InputError, match=re.escape("column 'nps' must be numeric; 1 rows are not (e.g. 'zero')")):
+        attr.prepare(bad, where="survey", customer_id="cust", timestamp="answered", columns=["nps"])
+
+
+# --- the training table on the CDNOW sample -------------------------------------------------------------------------
+
+
+def _build(tmp: Path, params: dict[str, Any], transactions: pd.DataFrame | None = None) -> dict[str, Any]:
+    """ingest (or the given transactions) -> features -> the churn stage's modelling table."""
+    base = section(params, "base", BaseConfig)
+    fcfg = section(params, "features", FeaturesConfig)
+    cfg = section(params, "churn", ChurnConfig)
+    tx = tmp / "tx.parquet"
+    if transactions is None:
+        ingest_stage.run(section(params, "ingest", IngestConfig), tx, tmp / "q.parquet", tmp / "ingest.json")
+    else:
+        transactions.to_parquet(tx, index=False)
+    features_stage.run(base, fcfg, tx, tmp / "f.parquet", tmp / "features.json")
+    frame = stage.read_features(tmp / "f.parquet", fcfg)
+    labelled = sorted(frame.loc[~frame[s.IS_SCORING], s.CUTOFF].unique())
+    split = cm.split_cutoffs(labelled, fcfg.horizon_days)
+    table, fits = stage.modelling_table(frame, [*split.training, split.validation], base, fcfg, cfg, {})
+    return {"table": table, "split": split, "fits": fits, "base": base, "cfg": cfg, "tx": tx}
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from pipeline.config import load_params
+
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    params["ingest"]["source"] = "cdnow_sample"
+    built = _build(tmp_path_factory.mktemp("sample"), params)
+    built["params"] = params
+    return built
+
+
+def test_changing_the_validation_horizon_changes_no_training_row(sample: dict[str, Any], tmp_path: Path) -> None:
+    split = sample["split"]
+    start = split.validation.tz_localize("UTC") + pd.Timedelta(days=1)
+    end = start + pd.Timedelta(days=sample["params"]["features"]["horizon_days"])
+    tx = pd.read_parquet(sample["tx"])
+    inside = (tx[s.TS] >= start) & (tx[s.TS] < end)
+    assert inside.sum() > 100
+    changed = tx.copy()
+    changed.loc[inside, s.AMOUNT] *= 3.0  # every purchase in the horizon costs more ...
+    changed = changed.drop(changed.index[inside][::2])  # ... half of them never happened ...
+    extra = tx[tx[s.TS] < start].drop_duplicates(s.CUSTOMER_ID).head(200).assign(**{s.TS: start + pd.Timedelta(days=5)})
+    changed = pd.concat([changed, extra], ignore_index=True)  # ... and 200 customers bought again
+    rebuilt = _build(tmp_path, sample["params"], changed)
+
+    def rows(table: pd.DataFrame, cutoffs: Any) -> pd.DataFrame:
+        part = table[table[s.CUTOFF].isin(list(cutoffs))]
+        return part.sort_values([s.CUTOFF, s.CUSTOMER_ID]).reset_index(drop=True)
+
+    before, after = rows(sample["table"], split.training), rows(rebuilt["table"], split.training)
+    features = cm.feature_columns(before)
+    assert set(cm.BTYD_COLUMNS) <= set(features)
+    pd.testing.assert_frame_equal(before, after)  # every feature *and* label of every training row
+    # the validation rows' features are unchanged too; only their labels saw the horizon
+    v_before, v_after = rows(sample["table"], [split.validation]), rows(rebuilt["table"], [split.validation])
+    pd.testing.assert_frame_equal(v_before[features], v_after[features])
+    assert not v_before[s.CHURNED].equals(v_after[s.CHURNED])
+
+
+def _fit(sample: dict[str, Any], seed: int) -> tuple[cm.ChurnModel, pd.DataFrame]:
+    table, split, cfg = sample["table"], sample["split"], sample["cfg"]
+    X = cm.feature_columns(table)
+    train = table[table[s.CUTOFF].isin(list(split.training))]
+    valid = table[table[s.CUTOFF] == split.validation]
+    fields = {f.name: getattr(cfg.lightgbm, f.name) for f in dataclasses.fields(cfg.lightgbm)}
+    settings = cm.BoosterSettings(**fields, seed=seed)
+    model = cm.ChurnModel(settings, "auto").fit(
+        train[X], train[s.CHURNED].astype(int), valid[X], valid[s.CHURNED].astype(int)
+    )
+    return model, valid[X]
+
+
+def test_same_seed_same_predictions(sample: dict[str, Any]) -> None:
+    first, X = _fit(sample, seed=7)
+    second, _ = _fit(sample, seed=7)
+    other, _ = _fit(sample, seed=8)
+    np.testing.assert_array_equal(first.predict_proba(X), second.predict_proba(X))
+    pd.testing.assert_frame_equal(first.contributions(X), second.contributions(X))
+    assert not np.array_equal(first.raw_probability(X), other.raw_probability(X))  # the seed is really used
+
+
+def test_contributions_add_up_and_reasons_point_up(sample: dict[str, Any]) -> None:
+    model, X = _fit(sample, seed=3)
+    contrib = model.contributions(X)
+    raw = model.raw_probability(X)
+    np.testing.assert_allclose(1 / (1 + np.exp(-contrib.sum(axis=1))), raw, rtol=1e-9)
+    reasons = cm.top_reasons(contrib, X, X.median().to_dict())
+    assert list(reasons.columns) == list(s.REASONS)
+    riskiest = np.argsort(-raw)[:50]
+    assert reasons.iloc[riskiest]["reason_1"].notna().all()
+    # reason_1 is the feature with the largest positive contribution
+    row = int(riskiest[0])
+    top_feature = contrib.drop(columns="bias").iloc[row].idxmax()
+    expected = cm.reason_text(top_feature, float(X.iloc[row][top_feature]), float(X[top_feature].median()))
+    assert reasons.iloc[row]["reason_1"] == expected
+    importance = model.importance(X)
+    assert importance["share"].sum() == pytest.approx(1.0)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        cm.ChurnModel(model.settings).predict_proba(X)
