@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install run test lint typecheck pytest bench bench-clv reproduce-cdnow lock clean
+.PHONY: install run test lint typecheck pytest bench bench-clv bench-churn reproduce-cdnow lock clean
 
 install: $(STAMP)
 
@@ -46,12 +46,18 @@ pytest: install
 # Speed and memory against plain lifetimes on one synthetic log of N customers, each step in its own process:
 # the features stage vs lifetimes' pandas summary, then CLV fit + scoring vs lifetimes' unweighted fit.
 N ?= 1000000
+CHURN_N ?= 100000
 bench: install
 	python -m bench.features --customers $(N)
 	python -m bench.clv --customers $(N)
+	python -m bench.churn --customers $(CHURN_N)
 
 bench-clv: install
 	python -m bench.clv --customers $(N)
+
+# 100,000 customers at 11 cutoffs: about 1.1M labelled rows
+bench-churn: install
+	python -m bench.churn --customers $(CHURN_N)
 
 # Fader, Hardie & Lee (2005) on raw CDNOW_sample through the pipeline's code; fails if a number differs.
 reproduce-cdnow: install
