@@ -177,7 +177,7 @@ def modelling_table(
 # --- the stage ----------------------------------------------------------------------------------------------------
 
 
-def _baseline_scores(valid: pd.DataFrame) -> dict[str, np.ndarray]:
+def _baseline_scores(valid: pd.DataFrame) -> dict[str, np.ndarray | None]:
     """Churn scores of the three baselines (higher = likelier to churn)."""
     return {
         "btyd": valid[cm.BTYD_P_NO_PURCHASE].to_numpy(np.float64) if cm.BTYD_P_NO_PURCHASE in valid else None,
@@ -192,9 +192,9 @@ def evaluate(
     """Metrics of the model and the baselines on the validation rows, and every contender's probabilities.
 
     Every contender is ranked by its own score and judged as a probability on cross-fitted calibrated values.
-    Calibration is monotone, so the model's ranking metrics are those of its uncalibrated score (the order of
-    ``p_churn`` marketing receives) and its Brier, log loss and ECE come from ``valid_calibrated_``, where no row's
-    calibrator saw its label. ``recency`` and ``rfm`` are calibrated the same way; ``btyd`` is already a
+    The model's ranking metrics are those of its uncalibrated score: the sigmoid keeps that order exactly, isotonic
+    calibration can only tie neighbours in it. Its Brier, log loss and ECE come from ``valid_calibrated_``, where
+    no row's calibrator saw its label. ``recency`` and ``rfm`` are calibrated the same way; ``btyd`` is already a
     probability and is judged as it is.
     """
     probs: dict[str, np.ndarray] = {"model": model.valid_calibrated_}
