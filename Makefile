@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install run test lint typecheck pytest bench bench-clv bench-churn reproduce-cdnow lock clean
+.PHONY: install run weekly test lint typecheck pytest bench bench-clv bench-churn reproduce-cdnow lock clean
 
 install: $(STAMP)
 
@@ -28,8 +28,24 @@ run: install
 	@echo "  features and labels  data/features.parquet"
 	@echo "  customer value       data/clv.parquet  (parameters: artifacts/clv/params.json; dvc plots show)"
 	@echo "  churn risk, reasons  data/churn.parquet  (model: artifacts/churn/; metrics/churn.json)"
+	@echo "  scores and segments  data/scores.parquet  (KPIs: data/segments.csv; metrics/score.json)"
+	@echo "  weekly list, summary reports/weekly/<year>-W<week>/  (churn_risk.csv, summary.html)"
 	@echo "  MLflow runs          mlflow ui --backend-store-uri sqlite:///mlflow.db"
 	@echo "  metrics              metrics/*.json   (dvc metrics show)"
+
+# The weekly churn-risk list as of AS_OF (YYYY-MM-DD): every stage reruns on the history before that day and
+# writes reports/weekly/<ISO year>-W<week>/. Several dates back-fill several weeks: AS_OF="1998-02-23 1998-03-02".
+# Without AS_OF: the day after the last purchase. It is a DVC experiment (`dvc exp show` lists them), and
+# params.yaml keeps the last date, as `dvc exp run -S` leaves it.
+AS_OF ?=
+weekly: install
+	@for day in $(or $(AS_OF),null); do \
+	  if [ "$$day" != null ] && ! [[ "$$day" =~ ^[0-9]{4}-[0-9]{2}-[0-9]{2}$$ ]]; then \
+	    echo "error: AS_OF must be dates YYYY-MM-DD, got '$$day'" >&2; exit 2; fi; \
+	  value=$$([ "$$day" = null ] && echo null || echo "'$$day'"); \
+	  echo "== churn-risk list as of $$day"; \
+	  dvc exp run -S "score.as_of=$$value"; \
+	done
 
 test: lint typecheck pytest
 

@@ -158,7 +158,6 @@ def prepare(n_customers: int, seed: int, d: Path) -> dict[str, Any]:
     cfg = FeaturesConfig(
         cutoffs=(dt.date.fromisoformat(CUTOFF),),
         cutoff_schedule=CutoffSchedule(every_days=28, count=0),
-        as_of=None,
         horizon_days=90,
         windows_days=(30, 90, 180, 365),
         trend_window_days=90,

@@ -24,7 +24,6 @@ def _features_config(cutoffs: int) -> Any:
     return FeaturesConfig(
         cutoffs=(),
         cutoff_schedule=CutoffSchedule(every_days=28, count=cutoffs),
-        as_of=None,
         horizon_days=90,
         windows_days=(30, 90, 180, 365),
         trend_window_days=90,

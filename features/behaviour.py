@@ -248,3 +248,13 @@ def daily_repeat_purchases(days: ir.Table, cutoff: dt.date, *, horizon_days: int
     end = ibis.literal(cutoff + dt.timedelta(days=horizon_days))
     window = joined.filter((joined[_DAY] > ibis.literal(cutoff)) & (joined[_DAY] <= end))
     return window.group_by(_DAY).aggregate(purchases=window.count()).order_by(_DAY)
+
+
+def net_revenue(tx: ir.Table, after: dt.date, through: dt.date) -> ir.Table:
+    """Net spend (purchases less returns) per customer over the days in ``(after, through]``.
+
+    Customers with no transaction in the window have no row: their revenue is zero.
+    """
+    day = tx[s.TS].date()
+    window = tx.filter((day > ibis.literal(after)) & (day <= ibis.literal(through)))
+    return window.group_by(s.CUSTOMER_ID).aggregate(**{s.REVENUE_LAST_HORIZON: window[s.AMOUNT].sum()})

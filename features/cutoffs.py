@@ -39,8 +39,8 @@ def resolve_cutoffs(
     scoring = (as_of - dt.timedelta(days=1)) if as_of is not None else last_day
     if scoring < first_day:
         raise InputError(
-            f"features.as_of={as_of} is on or before the first transaction day {first_day}: there is no history "
-            "to score; set features.as_of to a later date or null"
+            f"score.as_of={as_of} is on or before the first transaction day {first_day}: there is no history "
+            "to score; set score.as_of to a later date or null"
         )
     last_usable = min(scoring, last_day) - dt.timedelta(days=horizon_days)
     for c in explicit:

@@ -82,6 +82,22 @@ P_CHURN = "p_churn"
 P_CHURN_RAW = "p_churn_uncalibrated"
 REASONS: tuple[str, ...] = ("reason_1", "reason_2", "reason_3")
 
+# --- scores and the weekly list (score stage) ------------------------------------------------------------------
+AS_OF = "as_of"
+RISK_TIER = "risk_tier"
+RISK_TIER_VALUES: tuple[str, ...] = ("high", "medium", "low")
+SEGMENT = "segment"
+RECOMMENDED_ACTION = "recommended_action"
+VALUE_AT_RISK = "value_at_risk"
+LAST_PURCHASE_DATE = "last_purchase_date"
+ACTIVE_AT_HORIZON_START = "active_at_horizon_start"
+BOUGHT_IN_LAST_HORIZON = "bought_in_last_horizon"
+REVENUE_LAST_HORIZON = "revenue_last_horizon"
+
+# --- drift (churn stage) -----------------------------------------------------------------------------------------
+DRIFT_FEATURE = "feature"
+PSI = "psi"
+
 
 def window_columns(windows_days: Sequence[int]) -> list[str]:
     """Names of the per-window activity columns, e.g. ``purchase_days_30d`` and ``spend_30d``."""
@@ -205,6 +221,95 @@ def churn_schema() -> pa.DataFrameSchema:
     for name in REASONS:
         columns[name] = pa.Column(str, nullable=True, coerce=True)
     return pa.DataFrameSchema(columns, strict=True, ordered=True, unique=[CUSTOMER_ID], name="churn")
+
+
+def drift_schema() -> pa.DataFrameSchema:
+    """Population stability of each churn feature (and of ``p_churn``) between the last training cutoff and the
+    scoring cutoff, written by the churn stage. Means are missing when a side has no finite value."""
+    share = pa.Check.in_range(0.0, 1.0)
+    columns: dict[str, pa.Column] = {
+        DRIFT_FEATURE: pa.Column(str, pa.Check.str_length(min_value=1), coerce=True),
+        PSI: _float(pa.Check.ge(0.0)),
+        "reference_mean": _float(nullable=True),
+        "scoring_mean": _float(nullable=True),
+        "reference_missing_share": _float(share),
+        "scoring_missing_share": _float(share),
+        "reference_cutoff": pa.Column("datetime64[us]", coerce=True),
+        "scoring_cutoff": pa.Column("datetime64[us]", coerce=True),
+    }
+    return pa.DataFrameSchema(columns, strict=True, ordered=True, unique=[DRIFT_FEATURE], name="drift")
+
+
+def scores_schema(with_net: bool) -> pa.DataFrameSchema:
+    """The scored population as of ``score.as_of``, written by the score stage, riskiest value first.
+
+    One row per customer of the churn stage's population, with its churn risk and reasons, its value and
+    interval, the value x risk segment and its action, and the recent behaviour the KPIs need.
+    """
+    count = pa.Check.ge(0)
+    prob = pa.Check.in_range(0.0, 1.0)
+    columns: dict[str, pa.Column] = {
+        CUSTOMER_ID: pa.Column(str, pa.Check.str_length(min_value=1), coerce=True),
+        AS_OF: pa.Column("datetime64[us]", coerce=True),
+        SEGMENT: pa.Column(str, coerce=True),
+        RECOMMENDED_ACTION: pa.Column(str, coerce=True),
+        VALUE_AT_RISK: _float(count),
+        P_CHURN: _float(prob),
+        RISK_TIER: pa.Column(str, pa.Check.isin(RISK_TIER_VALUES), coerce=True),
+        CLV: _float(count),
+        CLV_P05: _float(count),
+        CLV_P95: _float(count),
+        VALUE_TIER: pa.Column(str, pa.Check.isin(VALUE_TIERS), coerce=True),
+        P_ALIVE: _float(prob),
+    }
+    if with_net:
+        columns[CLV_NET] = _float()
+    for name in REASONS:
+        columns[name] = pa.Column(str, nullable=True, coerce=True)
+    columns.update(
+        {
+            DAYS_SINCE_LAST_PURCHASE: pa.Column("int64", count, coerce=True),
+            LAST_PURCHASE_DATE: pa.Column("datetime64[us]", coerce=True),
+            PURCHASE_DAYS: pa.Column("int64", pa.Check.ge(1), coerce=True),
+            TOTAL_SPEND: _float(count),
+            REVENUE_LAST_HORIZON: _float(),
+            ACTIVE_AT_HORIZON_START: pa.Column(bool, coerce=True),
+            BOUGHT_IN_LAST_HORIZON: pa.Column(bool, coerce=True),
+        }
+    )
+    return pa.DataFrameSchema(columns, strict=True, ordered=True, unique=[CUSTOMER_ID], name="scores")
+
+
+RANK = "rank"
+# The weekly list's columns, in the order marketing sees them (the KPI helper columns stay in scores.parquet).
+LIST_COLUMNS: tuple[str, ...] = (
+    CUSTOMER_ID,
+    SEGMENT,
+    RECOMMENDED_ACTION,
+    VALUE_AT_RISK,
+    P_CHURN,
+    RISK_TIER,
+    CLV,
+    CLV_P05,
+    CLV_P95,
+    CLV_NET,
+    VALUE_TIER,
+    P_ALIVE,
+    *REASONS,
+    DAYS_SINCE_LAST_PURCHASE,
+    LAST_PURCHASE_DATE,
+    PURCHASE_DAYS,
+    TOTAL_SPEND,
+    REVENUE_LAST_HORIZON,
+)
+
+
+def churn_risk_list_schema(with_net: bool) -> pa.DataFrameSchema:
+    """The weekly churn-risk list (``churn_risk.parquet``): a 1-based rank by value at risk, then ``LIST_COLUMNS``."""
+    scores = scores_schema(with_net).columns
+    columns: dict[str, pa.Column] = {RANK: pa.Column("int64", pa.Check.ge(1), coerce=True, unique=True)}
+    columns.update({c: scores[c] for c in LIST_COLUMNS if c in scores})
+    return pa.DataFrameSchema(columns, strict=True, ordered=True, unique=[CUSTOMER_ID], name="churn_risk_list")
 
 
 def validate(df: pd.DataFrame, schema: pa.DataFrameSchema, where: str) -> pd.DataFrame:

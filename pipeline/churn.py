@@ -9,6 +9,9 @@
 4. LightGBM stops early on the validation cutoff and is calibrated on it; metrics for the model and for the
    ``btyd``, ``recency`` and ``rfm`` baselines go to ``metrics/churn.json``, curves to ``plots/churn``.
 5. The scoring snapshot gets a calibrated ``p_churn`` and its top three reasons (``data/churn.parquet``).
+6. Drift: the population stability index of every feature and of ``p_churn`` between the last training cutoff
+   and the scoring cutoff (``data/drift.parquet``), so the weekly report can warn before anyone acts on scores
+   computed for customers unlike those the model learned from.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from features import schemas as s
 from features.behaviour import DAYS_PER_UNIT
 from features.errors import InputError
 from models import churn as cm
-from models import clv
+from models import clv, monitoring
 from models.evaluation import calibration_table, churn_metrics, lift_table, pr_points, roc_points, round_metrics
 from pipeline import cli, plots, tracking
 from pipeline.config import AttributeTable, BaseConfig, ChurnConfig, FeaturesConfig, load_params, section
@@ -49,6 +52,7 @@ class Outputs:
     artifacts: Path
     metrics: Path
     plots: Path
+    drift: Path
 
     @property
     def figures(self) -> Path:
@@ -155,8 +159,10 @@ def modelling_table(
     parts = []
     fits: list[BtydFit] = []
     horizon_units = fcfg.horizon_days / DAYS_PER_UNIT[base.time_unit]
-    for _, snapshot in frame.groupby(s.CUTOFF, sort=True):
+    groups = frame.groupby(s.CUTOFF, sort=True)
+    for i, (cutoff, snapshot) in enumerate(groups, start=1):
         if cfg.btyd_features:
+            log.info("BG/NBD features at cutoff %s (%d of %d)", pd.Timestamp(cutoff).date(), i, groups.ngroups)
             cols, fit = btyd_columns(snapshot, horizon_units, cfg.penalizer_ladder)
             snapshot = pd.concat([snapshot, cols], axis=1)
             fits.append(fit)
@@ -252,6 +258,7 @@ def run(
     settings = cm.BoosterSettings(
         **{f.name: getattr(cfg.lightgbm, f.name) for f in dataclasses.fields(cfg.lightgbm)}, seed=base.seed
     )
+    log.info("LightGBM on %d training rows, early stopping on %d validation rows", len(train), len(valid))
     model = cm.ChurnModel(settings, cfg.calibration).fit(train[X_cols], y_train, valid[X_cols], y_valid)
     log.info(
         "%d trees (early-stopped) on %d rows from %d cutoffs; validated on %d rows at %s",
@@ -294,6 +301,11 @@ def run(
         axis=1,
     ).sort_values([s.P_CHURN, s.CUSTOMER_ID], ascending=[False, True], ignore_index=True)
     write_table(scored, out.churn, s.churn_schema())
+    reference_cutoff = split.training[-1]
+    drift = drift_frame(model, table[table[s.CUTOFF] == reference_cutoff], score, X_cols, p_churn, cfg.drift_bins)
+    drift["reference_cutoff"] = reference_cutoff
+    drift["scoring_cutoff"] = scoring
+    write_table(drift, out.drift, s.drift_schema())
 
     # 3. model artifacts
     out.artifacts.mkdir(parents=True, exist_ok=True)
@@ -347,6 +359,11 @@ def run(
             "customers_at_p_churn_0_5_or_more": int((p_churn >= 0.5).sum()),
         },
         "attributes": attribute_counts,
+        "drift": {
+            "reference_cutoff": str(reference_cutoff.date()),
+            "p_churn_psi": float(drift.loc[drift[s.DRIFT_FEATURE] == s.P_CHURN, s.PSI].iloc[0]),
+            "max_feature_psi": float(drift.loc[drift[s.DRIFT_FEATURE] != s.P_CHURN, s.PSI].max()),
+        },
     }
     metrics = round_metrics(metrics)
     write_json(metrics, out.metrics)
@@ -371,6 +388,21 @@ def run(
         metrics["scoring"]["p_churn_mean"],
     )
     return metrics
+
+
+def drift_frame(
+    model: cm.ChurnModel,
+    reference: pd.DataFrame,
+    score: pd.DataFrame,
+    columns: Sequence[str],
+    p_churn: np.ndarray,
+    bins: int,
+) -> pd.DataFrame:
+    """PSI of ``p_churn`` and of each model feature: the ``reference`` cutoff's population against the scored one."""
+    ref_p = model.calibrator_.transform(model.raw_probability(reference[list(columns)]))
+    ref = reference[list(columns)].assign(**{s.P_CHURN: ref_p})
+    cur = score[list(columns)].assign(**{s.P_CHURN: p_churn})
+    return monitoring.drift_table(ref, cur, [s.P_CHURN, *columns], bins)
 
 
 def _plots(out: Outputs, y: np.ndarray, probs: dict[str, np.ndarray], cutoff: pd.Timestamp) -> None:
@@ -467,6 +499,7 @@ def main(argv: Sequence[str]) -> None:
     p.add_argument("--artifacts", required=True, type=Path)
     p.add_argument("--metrics", required=True, type=Path)
     p.add_argument("--plots", required=True, type=Path)
+    p.add_argument("--drift", required=True, type=Path)
     args = p.parse_args(argv)
     params = load_params(args.params)
     run(
@@ -474,7 +507,7 @@ def main(argv: Sequence[str]) -> None:
         section(params, "features", FeaturesConfig),
         section(params, "churn", ChurnConfig),
         args.features,
-        Outputs(churn=args.churn, artifacts=args.artifacts, metrics=args.metrics, plots=args.plots),
+        Outputs(churn=args.churn, artifacts=args.artifacts, metrics=args.metrics, plots=args.plots, drift=args.drift),
     )
 
 

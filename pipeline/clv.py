@@ -311,6 +311,7 @@ def run(
     purchases = clv.PurchaseModel(chosen.model.model, ladder).fit(f, r, t)
     spend, spend_left_out = fit_spend(sc, ladder)
     scored = clv.score(purchases, spend.params_, f, r, t, m, settings)
+    log.info("bootstrap: refitting on %d resamples of the customers for CLV intervals", cfg.bootstrap_samples)
     boot = clv.bootstrap_clv(
         purchases,
         spend,

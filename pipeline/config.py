@@ -107,7 +107,6 @@ class CutoffSchedule:
 class FeaturesConfig:
     cutoffs: tuple[dt.date, ...]
     cutoff_schedule: CutoffSchedule
-    as_of: dt.date | None
     horizon_days: int
     windows_days: tuple[int, ...]
     trend_window_days: int
@@ -243,8 +242,11 @@ class ChurnConfig:
     calibration: Literal["auto", "isotonic", "sigmoid"]
     lightgbm: LightgbmConfig
     attributes: tuple[AttributeTable, ...]
+    drift_bins: int
 
     def __post_init__(self) -> None:
+        if not 2 <= self.drift_bins <= 100:
+            raise ConfigError(f"churn.drift_bins must be in [2, 100], got {self.drift_bins}")
         if self.population_lookback_days < 1:
             raise ConfigError(f"churn.population_lookback_days must be >= 1, got {self.population_lookback_days}")
         if self.campaign_list_size < 1:
@@ -257,12 +259,88 @@ class ChurnConfig:
             raise ConfigError(f"churn.attributes: names must be distinct, got {names}")
 
 
+@dataclasses.dataclass(frozen=True)
+class RiskTierThresholds:
+    """Calibrated ``p_churn`` where a risk tier starts: ``high`` from ``high``, ``medium`` from ``medium``, else low."""
+
+    high: float
+    medium: float
+
+    def __post_init__(self) -> None:
+        if not 0 < self.medium < self.high < 1:
+            raise ConfigError(
+                f"score.risk_tier_thresholds: need 0 < medium < high < 1, got medium={self.medium}, high={self.high}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """One cell of the value x risk grid: the name marketing sees and the retention action it gets."""
+
+    name: str
+    action: str
+
+    def __post_init__(self) -> None:
+        if not self.name.strip() or not self.action.strip():
+            raise ConfigError(f"score.segments: every segment needs a name and an action, got {self!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RiskRow:
+    """The segments of one value tier, by risk tier."""
+
+    high: Segment
+    medium: Segment
+    low: Segment
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentGrid:
+    """Value tier (rows) x risk tier (columns) -> segment."""
+
+    high: RiskRow
+    mid: RiskRow
+    low: RiskRow
+
+    def cell(self, value_tier: str, risk_tier: str) -> Segment:
+        return typing.cast(Segment, getattr(getattr(self, value_tier), risk_tier))
+
+    def __post_init__(self) -> None:
+        names = [getattr(getattr(self, v), r).name for v in ("high", "mid", "low") for r in ("high", "medium", "low")]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"score.segments: the nine segment names must be distinct, got {names}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreConfig:
+    as_of: dt.date | None
+    risk_tier_thresholds: RiskTierThresholds
+    segments: SegmentGrid
+    summary_top_customers: int
+    drift_warning_psi: float
+
+    def __post_init__(self) -> None:
+        if self.summary_top_customers < 1:
+            raise ConfigError(f"score.summary_top_customers must be >= 1, got {self.summary_top_customers}")
+        if self.drift_warning_psi <= 0:
+            raise ConfigError(f"score.drift_warning_psi must be > 0, got {self.drift_warning_psi}")
+
+
+def scoring_as_of(params: dict[str, Any]) -> dt.date | None:
+    """``score.as_of`` alone: the features stage needs the scoring date but none of the other score settings."""
+    raw = params.get("score")
+    if not isinstance(raw, dict) or "as_of" not in raw:
+        raise ConfigError("params.yaml: score.as_of is missing (null scores as of the day after the last purchase)")
+    return typing.cast(dt.date | None, _coerce(raw["as_of"], dt.date | None, "score.as_of"))
+
+
 SECTIONS: dict[str, type] = {
     "base": BaseConfig,
     "ingest": IngestConfig,
     "features": FeaturesConfig,
     "clv": ClvConfig,
     "churn": ChurnConfig,
+    "score": ScoreConfig,
 }
 
 C = TypeVar("C")

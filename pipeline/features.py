@@ -1,6 +1,6 @@
 """Stage ``features``: per-customer features and labels at every cutoff, computed by DuckDB from the Parquet.
 
-Training rows (one snapshot per training cutoff, with labels) and scoring rows (as of ``features.as_of``, no
+Training rows (one snapshot per training cutoff, with labels) and scoring rows (as of ``score.as_of``, no
 labels) are stacked in one table with a ``cutoff`` and an ``is_scoring`` column.
 """
 
@@ -22,7 +22,7 @@ from features.behaviour import feature_table, purchase_days, return_days
 from features.cutoffs import Cutoffs, resolve_cutoffs
 from features.errors import InputError
 from pipeline import cli
-from pipeline.config import BaseConfig, FeaturesConfig, load_params, section
+from pipeline.config import BaseConfig, FeaturesConfig, load_params, scoring_as_of, section
 from pipeline.io import write_batches, write_json
 
 log = logging.getLogger("features")
@@ -58,7 +58,9 @@ def open_transactions(con: ibis.BaseBackend, path: Path) -> ir.Table:
     return con.read_parquet(path)
 
 
-def build_features(tx: ir.Table, base: BaseConfig, cfg: FeaturesConfig) -> tuple[ir.Table, Cutoffs]:
+def build_features(
+    tx: ir.Table, base: BaseConfig, cfg: FeaturesConfig, as_of: dt.date | None
+) -> tuple[ir.Table, Cutoffs]:
     """The stacked feature + label expression for ``tx`` and the cutoffs it was built for."""
     day = tx[s.TS].date()
     bounds = tx.aggregate(first=day.min(), last=day.max()).to_pyarrow().to_pylist()[0]
@@ -71,7 +73,7 @@ def build_features(tx: ir.Table, base: BaseConfig, cfg: FeaturesConfig) -> tuple
         every_days=cfg.cutoff_schedule.every_days,
         count=cfg.cutoff_schedule.count,
         horizon_days=cfg.horizon_days,
-        as_of=cfg.as_of,
+        as_of=as_of,
     )
     # Every snapshot and the labels read the purchase days: materialise them once in the engine.
     days = purchase_days(tx).cache()
@@ -109,11 +111,19 @@ def feature_metrics(by_cutoff: pd.DataFrame, cut: Cutoffs) -> dict[str, Any]:
     }
 
 
-def run(base: BaseConfig, cfg: FeaturesConfig, transactions: Path, features: Path, metrics: Path) -> dict[str, Any]:
+def run(
+    base: BaseConfig,
+    cfg: FeaturesConfig,
+    transactions: Path,
+    features: Path,
+    metrics: Path,
+    *,
+    as_of: dt.date | None = None,
+) -> dict[str, Any]:
     """Featurise ``transactions`` at every cutoff and write the table and its metrics."""
     con = connect(base.duckdb_memory_limit_mb)
     tx = open_transactions(con, transactions)
-    expr, cut = build_features(tx, base, cfg)
+    expr, cut = build_features(tx, base, cfg, as_of)
     schema = s.feature_schema(cfg.windows_days, cfg.trend_window_days)
     write_batches(expr.to_pyarrow_batches(chunk_size=BATCH_ROWS), features, schema)
     written = con.read_parquet(features)
@@ -156,6 +166,7 @@ def main(argv: Sequence[str]) -> None:
         args.transactions,
         args.features,
         args.metrics,
+        as_of=scoring_as_of(params),
     )
 
 

@@ -55,7 +55,6 @@ def calibration_snapshot(params: dict[str, Any], workdir: Path) -> pd.DataFrame:
         section(params, "features", FeaturesConfig),
         cutoffs=(CALIBRATION_END,),
         cutoff_schedule=CutoffSchedule(every_days=28, count=0),
-        as_of=None,
         horizon_days=HOLDOUT_DAYS,
     )
     tx = workdir / "transactions.parquet"

@@ -18,6 +18,8 @@ from pipeline import churn as churn_stage
 from pipeline import clv as clv_stage
 from pipeline import features as features_stage
 from pipeline import ingest as ingest_stage
+from pipeline import report as report_stage
+from pipeline import score as score_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -174,6 +176,8 @@ def _check_churn(d: Path, params_file: Path, params: dict[str, Any], training: p
             f"{d}/churn.json",
             "--plots",
             f"{d}/plots/churn",
+            "--drift",
+            f"{d}/drift.parquet",
         ]
     )
     m = json.loads((d / "churn.json").read_text())
@@ -218,6 +222,75 @@ def _check_churn(d: Path, params_file: Path, params: dict[str, Any], training: p
     )
     assert list(example.columns) == card["features"]
     np.testing.assert_allclose(flavour.predict(example), booster.predict(example), rtol=1e-12)
+
+    drift = pd.read_parquet(d / "drift.parquet")
+    assert set(drift["feature"]) == {s.P_CHURN, *card["features"]} and (drift["psi"] >= 0).all()
+    assert m["drift"]["reference_cutoff"] == m["training"]["last_training_cutoff"]
+    _check_score_and_report(d, params_file, params, scored)
+
+
+def _check_score_and_report(d: Path, params_file: Path, params: dict[str, Any], churn: pd.DataFrame) -> None:
+    score_stage.main(
+        [
+            "--params",
+            str(params_file),
+            "--churn",
+            f"{d}/churn.parquet",
+            "--clv",
+            f"{d}/clv.parquet",
+            "--features",
+            f"{d}/f.parquet",
+            "--transactions",
+            f"{d}/tx.parquet",
+            "--scores",
+            f"{d}/scores.parquet",
+            "--segments",
+            f"{d}/segments.csv",
+            "--metrics",
+            f"{d}/score.json",
+        ]
+    )
+    scores = pd.read_parquet(d / "scores.parquet")
+    assert len(scores) == len(churn) and set(scores[s.CUSTOMER_ID]) == set(churn[s.CUSTOMER_ID])
+    assert scores[s.VALUE_AT_RISK].is_monotonic_decreasing
+    np.testing.assert_allclose(scores[s.VALUE_AT_RISK], scores[s.P_CHURN] * scores[s.CLV], rtol=1e-12)
+    assert (scores[s.CLV_NET] == scores[s.CLV] - 5.0).all()
+    assert str(scores[s.AS_OF].iloc[0].date()) == "1998-07-01"
+    high = scores[(scores[s.VALUE_TIER] == "high") & (scores[s.P_CHURN] >= 0.7)]
+    assert (high[s.SEGMENT] == "high value, at risk").all() and len(high) > 0
+    assert (high[s.RECOMMENDED_ACTION] == "priority retention call").all()
+    m = json.loads((d / "score.json").read_text())
+    assert m["week"] == "1998-W27" and m["overall"]["customers"] == len(scores)
+    assert m["overall"]["value_at_risk"] == pytest.approx(scores[s.VALUE_AT_RISK].sum(), rel=1e-6)
+    # retention over the last 90 days from the raw log: who bought in (cutoff - 90, cutoff] among earlier buyers
+    tx = pd.read_parquet(d / "tx.parquet")
+    day = tx[s.TS].dt.tz_convert("UTC").dt.tz_localize(None).dt.normalize()
+    cutoff = pd.Timestamp("1998-06-30")
+    start = cutoff - pd.Timedelta(days=90)
+    before = set(tx.loc[day <= start, s.CUSTOMER_ID])
+    recent = set(tx.loc[(day > start) & (day <= cutoff) & (tx[s.AMOUNT] >= 0), s.CUSTOMER_ID])
+    assert m["overall"]["retention_base"] == len(before)
+    assert m["overall"]["retention_rate"] == pytest.approx(len(before & recent) / len(before), abs=1e-6)
+    revenue = tx.loc[(day > start) & (day <= cutoff), s.AMOUNT].sum()
+    assert m["overall"]["revenue_last_horizon"] == pytest.approx(revenue, rel=1e-6)
+    assert sum(v["customers"] for v in m["segments"].values()) == len(scores)
+
+    paths = ["--scores", f"{d}/scores.parquet", "--drift", f"{d}/drift.parquet", "--weekly", f"{d}/weekly"]
+    report_stage.main(["--params", str(params_file), *paths])
+    folder = d / "weekly" / "1998-W27"
+    listed = pd.read_csv(folder / "churn_risk.csv", encoding="utf-8-sig", dtype=str)
+    assert len(listed) == len(scores) and listed[s.CUSTOMER_ID].tolist() == scores[s.CUSTOMER_ID].tolist()
+    assert (folder / "summary.html").stat().st_size > 20_000
+
+    import mlflow
+
+    (run,) = mlflow.search_runs(
+        experiment_names=[params["base"]["mlflow_experiment"]],
+        filter_string="tags.stage = 'score'",
+        output_format="list",
+    )
+    assert run.data.tags["score.week"] == "1998-W27"
+    assert run.data.metrics["overall/customers"] == len(scores)
 
 
 def test_data_error_is_one_line(tmp_path: Path, params: dict[str, Any]) -> None:

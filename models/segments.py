@@ -1,0 +1,140 @@
+"""Value x risk segments, the retention action each gets, and the CRM KPIs of every segment.
+
+A customer's *value tier* comes from the clv stage (CLV quantiles), the *risk tier* from the calibrated churn
+probability against fixed thresholds: a calibrated 0.7 means about 7 in 10 such customers buy nothing in the
+horizon, so a threshold keeps its meaning from one week to the next (a quantile would call 20% "at risk" in
+every week, however the business is doing). ``value_at_risk`` = ``p_churn`` x ``clv``: the expected profit lost
+if nothing is done.
+
+KPIs follow CRM usage, over the scored population (customers with a purchase within the churn stage's
+lookback):
+
+* repeat-purchase rate: share of customers with more than one purchase day so far;
+* retention rate over the last horizon: of the customers who had bought before the last ``horizon_days``, the
+  share who bought again within them; churn rate = 1 - retention rate;
+* revenue and profit contribution (revenue x ``margin_ratio``) over the last horizon, net of returns;
+* average CLV, total value at risk and expected churners (the sum of ``p_churn``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from features import schemas as s
+
+RISK_TIERS = s.RISK_TIER_VALUES
+ALL = "all customers"
+
+
+def risk_tier(p_churn: np.ndarray, *, high: float, medium: float) -> np.ndarray:
+    """``high`` where ``p_churn >= high``, ``medium`` where it is ``>= medium``, else ``low``."""
+    p = np.asarray(p_churn, dtype=np.float64)
+    if np.isnan(p).any():
+        raise ValueError(f"risk_tier: p_churn has {int(np.isnan(p).sum())} NaN value(s)")
+    return np.where(p >= high, "high", np.where(p >= medium, "medium", "low")).astype(object)
+
+
+def assign(
+    frame: pd.DataFrame, grid: Mapping[tuple[str, str], tuple[str, str]], *, high: float, medium: float
+) -> pd.DataFrame:
+    """``frame`` (with ``value_tier``, ``p_churn`` and ``clv``) plus risk tier, segment, action and value at risk.
+
+    Parameters
+    ----------
+    grid
+        ``(value_tier, risk_tier) -> (segment name, recommended action)`` for all nine cells.
+    high, medium
+        The ``p_churn`` where the high and the medium risk tier start.
+    """
+    missing = [(v, r) for v in s.VALUE_TIERS for r in RISK_TIERS if (v, r) not in grid]
+    if missing:
+        raise ValueError(f"segment grid: no segment for (value tier, risk tier) {missing}")
+    unknown = sorted(set(frame[s.VALUE_TIER]) - set(s.VALUE_TIERS))
+    if unknown:
+        raise ValueError(f"value_tier: unknown tier(s) {unknown}; expected {list(s.VALUE_TIERS)}")
+    out = frame.copy()
+    out[s.RISK_TIER] = risk_tier(out[s.P_CHURN].to_numpy(), high=high, medium=medium)
+    cells = list(zip(out[s.VALUE_TIER], out[s.RISK_TIER], strict=True))
+    out[s.SEGMENT] = [grid[c][0] for c in cells]
+    out[s.RECOMMENDED_ACTION] = [grid[c][1] for c in cells]
+    out[s.VALUE_AT_RISK] = out[s.P_CHURN].to_numpy(np.float64) * out[s.CLV].to_numpy(np.float64)
+    return out
+
+
+def segment_order(grid: Mapping[tuple[str, str], tuple[str, str]]) -> list[str]:
+    """Segment names from the most to the least valuable tier, riskiest first within a tier."""
+    return [grid[(v, r)][0] for v in s.VALUE_TIERS for r in RISK_TIERS]
+
+
+def _kpis(group: pd.DataFrame, margin_ratio: float) -> dict[str, float]:
+    n = len(group)
+    base = group[s.ACTIVE_AT_HORIZON_START].to_numpy(bool)
+    retained = group[s.BOUGHT_IN_LAST_HORIZON].to_numpy(bool) & base
+    revenue = float(group[s.REVENUE_LAST_HORIZON].sum())
+    retention = float(retained.sum() / base.sum()) if base.any() else float("nan")
+    return {
+        "customers": float(n),
+        "repeat_purchase_rate": float((group[s.PURCHASE_DAYS] > 1).mean()) if n else float("nan"),
+        "retention_base": float(base.sum()),
+        "retention_rate": retention,
+        "churn_rate": 1.0 - retention,
+        "revenue_last_horizon": revenue,
+        "profit_last_horizon": revenue * margin_ratio,
+        "avg_clv": float(group[s.CLV].mean()) if n else float("nan"),
+        "total_clv": float(group[s.CLV].sum()),
+        "value_at_risk": float(group[s.VALUE_AT_RISK].sum()),
+        "expected_churners": float(group[s.P_CHURN].sum()),
+        "mean_p_churn": float(group[s.P_CHURN].mean()) if n else float("nan"),
+    }
+
+
+KPI_COLUMNS: tuple[str, ...] = (
+    "customers",
+    "repeat_purchase_rate",
+    "retention_base",
+    "retention_rate",
+    "churn_rate",
+    "revenue_last_horizon",
+    "profit_last_horizon",
+    "avg_clv",
+    "total_clv",
+    "value_at_risk",
+    "expected_churners",
+    "mean_p_churn",
+)
+
+
+def kpi_table(scores: pd.DataFrame, order: list[str], *, margin_ratio: float) -> pd.DataFrame:
+    """One row of KPIs per segment in ``order`` (empty segments included, with zero customers) and a total row.
+
+    ``scores`` needs ``segment``, ``value_tier``, ``risk_tier``, ``purchase_days``, ``active_at_horizon_start``,
+    ``bought_in_last_horizon``, ``revenue_last_horizon``, ``clv``, ``value_at_risk`` and ``p_churn``.
+    """
+    rows = []
+    for name in [*order, ALL]:
+        group = scores if name == ALL else scores[scores[s.SEGMENT] == name]
+        rows.append({s.SEGMENT: name, **_kpis(group, margin_ratio)})
+    table = pd.DataFrame(rows)
+    total = float(len(scores))
+    table.insert(2, "customer_share", table["customers"] / total if total else np.nan)
+    return table
+
+
+def grid_table(scores: pd.DataFrame, value: str) -> pd.DataFrame:
+    """A value tier (rows: high, mid, low) x risk tier (columns: high, medium, low) table of ``value``.
+
+    ``value`` is ``"customers"`` (a count) or a column of ``scores`` to sum (e.g. ``value_at_risk``).
+    """
+    if value == "customers":
+        cells = scores.groupby([s.VALUE_TIER, s.RISK_TIER]).size()
+    else:
+        cells = scores.groupby([s.VALUE_TIER, s.RISK_TIER])[value].sum()
+    return (
+        cells.unstack(s.RISK_TIER)
+        .reindex(index=list(s.VALUE_TIERS), columns=list(RISK_TIERS))
+        .fillna(0.0)
+        .astype(np.float64)
+    )

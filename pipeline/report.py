@@ -1,0 +1,470 @@
+"""Stage ``report``: the weekly churn-risk list marketing opens on Monday, and its one-page summary.
+
+Writes ``<weekly>/<ISO year>-W<week>/`` for the week of ``score.as_of``:
+
+* ``churn_risk.csv`` — every customer of the scored population, ranked by value at risk, in a fixed column
+  order; UTF-8 with a byte-order mark so Excel shows accents correctly, and no cell that Excel or Sheets would run
+  as a formula (a cell starting with ``=``, ``+``, ``-``, ``@``, tab or carriage return gets a leading ``'``; a
+  negative number therefore reads as text, e.g. ``'-12.50``);
+* ``churn_risk.parquet`` — the same list with native types, for analysts;
+* ``segments.csv`` — the KPIs of every value x risk segment;
+* ``summary.html`` — one self-contained page: the segment grid, KPIs, risk distribution, the top of the list,
+  drift warnings and, when an earlier week's folder exists, what changed since then.
+
+Earlier weeks' folders are kept (the DVC output is persistent), so running the pipeline for several past dates
+back-fills several weeks and each summary compares with the latest earlier one.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+from matplotlib.figure import Figure
+
+from features import schemas as s
+from features.errors import InputError
+from models import segments as seg
+from pipeline import cli
+from pipeline import html as h
+from pipeline.config import ClvConfig, FeaturesConfig, ScoreConfig, load_params, section
+from pipeline.io import atomic_path, read_table, write_table
+from pipeline.score import grid, iso_week
+
+log = logging.getLogger("report")
+
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+WEEK_FOLDER = re.compile(r"^\d{4}-W\d{2}$")
+LIST_CSV = "churn_risk.csv"
+LIST_PARQUET = "churn_risk.parquet"
+SEGMENTS_CSV = "segments.csv"
+SUMMARY = "summary.html"
+MODERATE_PSI = 0.1
+
+# Decimals in the CSV: money to the cent, probabilities to 4 places.
+MONEY = (s.VALUE_AT_RISK, s.CLV, s.CLV_P05, s.CLV_P95, s.CLV_NET, s.TOTAL_SPEND, s.REVENUE_LAST_HORIZON)
+PROBABILITIES = (s.P_CHURN, s.P_ALIVE)
+
+
+def neutralise(text: str) -> str:
+    """``text`` made safe to open in a spreadsheet: a leading ``'`` where it would start a formula."""
+    return f"'{text}" if text.startswith(FORMULA_PREFIXES) else text
+
+
+def churn_risk_list(scores: pd.DataFrame) -> pd.DataFrame:
+    """The weekly list: a rank (1 = most value at risk) and ``LIST_COLUMNS``, in the scores' order."""
+    cols = [c for c in s.LIST_COLUMNS if c in scores]
+    out = scores[cols].reset_index(drop=True)
+    out.insert(0, s.RANK, np.arange(1, len(out) + 1, dtype=np.int64))
+    return out
+
+
+def _cell(column: str, value: object) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NaT:
+        return ""
+    if column in MONEY:
+        return f"{float(value):.2f}"  # type: ignore[arg-type]
+    if column in PROBABILITIES:
+        return f"{float(value):.4f}"  # type: ignore[arg-type]
+    if isinstance(value, pd.Timestamp):
+        return value.date().isoformat()
+    return str(value)
+
+
+def csv_text(frame: pd.DataFrame) -> str:
+    """``frame`` as CSV text: formatted, every cell neutralised, quoted where needed, CRLF line ends (RFC 4180)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\r\n")
+    writer.writerow([neutralise(c) for c in frame.columns])
+    columns = list(frame.columns)
+    for row in frame.itertuples(index=False, name=None):
+        writer.writerow([neutralise(_cell(c, v)) for c, v in zip(columns, row, strict=True)])
+    return buf.getvalue()
+
+
+# --- the previous week ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Previous:
+    week: str
+    churn_list: pd.DataFrame
+    kpis: pd.DataFrame
+
+
+def previous_week(weekly: Path, week: str) -> tuple[Previous | None, str | None]:
+    """The latest week folder before ``week`` with a readable list, or why an earlier folder could not be used."""
+    if not weekly.is_dir():
+        return None, None
+    earlier = sorted(p for p in weekly.iterdir() if p.is_dir() and WEEK_FOLDER.match(p.name) and p.name < week)
+    if not earlier:
+        return None, None
+    folder = earlier[-1]
+    try:
+        path = folder / LIST_PARQUET
+        if not path.is_file():
+            raise InputError(f"{path}: file not found")
+        with_net = s.CLV_NET in pq.read_schema(path).names
+        churn_list = read_table(path, s.churn_risk_list_schema(with_net))
+        kpis = pd.read_csv(folder / SEGMENTS_CSV)
+        missing = {s.SEGMENT, "customers", "value_at_risk", "expected_churners"} - set(kpis.columns)
+        if missing:
+            raise InputError(f"{folder / SEGMENTS_CSV}: columns {sorted(missing)} are missing")
+    except (InputError, OSError, ValueError) as exc:  # ValueError: pyarrow and pandas on a damaged file
+        reason = f"the previous week's folder {folder.name} could not be compared: {exc}"
+        log.warning("%s", reason)
+        return None, reason
+    return Previous(folder.name, churn_list, kpis), None
+
+
+# --- the summary page ----------------------------------------------------------------------------------------------
+
+
+def _tiles(items: Sequence[tuple[str, str]]) -> str:
+    cells = "".join(
+        f'<div class="tile"><div class="value">{h.esc(v)}</div><div class="label">{h.esc(k)}</div></div>'
+        for k, v in items
+    )
+    return f'<div class="tiles">{cells}</div>'
+
+
+def _grid_section(scores: pd.DataFrame, cells: dict[tuple[str, str], tuple[str, str]]) -> str:
+    customers = seg.grid_table(scores, "customers")
+    at_risk = seg.grid_table(scores, s.VALUE_AT_RISK)
+    head = "".join(f"<th>{h.esc(r)} risk</th>" for r in seg.RISK_TIERS)
+    rows = []
+    for v in s.VALUE_TIERS:
+        tds = []
+        for r in seg.RISK_TIERS:
+            name, action = cells[(v, r)]
+            tds.append(
+                f'<td class="risk-{r}"><div class="cell-name">{h.esc(name)}</div>'
+                f"<div>{h.count(customers.loc[v, r])} customers · value at risk {h.money(at_risk.loc[v, r])}</div>"
+                f'<div class="muted">{h.esc(action)}</div></td>'
+            )
+        rows.append(f"<tr><th>{h.esc(v)} value</th>{''.join(tds)}</tr>")
+    return f'<table class="grid"><thead><tr><th></th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+KPI_HEADERS = {
+    s.SEGMENT: "segment",
+    "customers": "customers",
+    "customer_share": "share",
+    "repeat_purchase_rate": "repeat-purchase rate",
+    "retention_base": "retention base",
+    "retention_rate": "retention rate",
+    "churn_rate": "churn rate",
+    "revenue_last_horizon": "revenue",
+    "profit_last_horizon": "profit contribution",
+    "avg_clv": "average CLV",
+    "total_clv": "total CLV",
+    "value_at_risk": "value at risk",
+    "expected_churners": "expected churners",
+    "mean_p_churn": "mean p_churn",
+}
+KPI_FORMATS: dict[str, h.Formatter] = {
+    "customers": h.count,
+    "customer_share": h.pct,
+    "repeat_purchase_rate": h.pct,
+    "retention_base": h.count,
+    "retention_rate": h.pct,
+    "churn_rate": h.pct,
+    "revenue_last_horizon": h.money,
+    "profit_last_horizon": h.money,
+    "avg_clv": h.money2,
+    "total_clv": h.money,
+    "value_at_risk": h.money,
+    "expected_churners": h.money,
+    "mean_p_churn": h.prob,
+}
+
+
+def _risk_chart(scores: pd.DataFrame, cfg: ScoreConfig) -> str:
+    fig = Figure(figsize=(6.4, 3.6))
+    ax = fig.add_subplot()
+    edges = np.linspace(0, 1, 21)
+    bottom = np.zeros(20)
+    for tier, colour in zip(s.VALUE_TIERS, ("#1f4e8c", "#5d8fd1", "#b9cde8"), strict=True):
+        counts, _ = np.histogram(scores.loc[scores[s.VALUE_TIER] == tier, s.P_CHURN], bins=edges)
+        ax.bar(edges[:-1], counts, width=0.05, align="edge", bottom=bottom, color=colour, label=f"{tier} value")
+        bottom = bottom + counts
+    for name, x in (("medium", cfg.risk_tier_thresholds.medium), ("high", cfg.risk_tier_thresholds.high)):
+        ax.axvline(x, color="#b3261e", linestyle="--", linewidth=1)
+        ax.text(x, bottom.max() * 0.97, f" {name} risk", color="#b3261e", va="top", fontsize=8)
+    ax.set(xlabel="p_churn (calibrated probability of no purchase in the horizon)", ylabel="customers", xlim=(0, 1))
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    return h.svg(fig, "Risk distribution: customers by p_churn, stacked by value tier")
+
+
+def _value_chart(kpis: pd.DataFrame) -> str:
+    rows = kpis[kpis[s.SEGMENT] != seg.ALL].iloc[::-1]
+    fig = Figure(figsize=(6.4, 3.6))
+    ax = fig.add_subplot()
+    ax.barh(rows[s.SEGMENT], rows["value_at_risk"], color="#b3261e")
+    ax.set(xlabel="value at risk (sum of p_churn x CLV)")
+    ax.grid(alpha=0.3, axis="x")
+    ax.tick_params(axis="y", labelsize=8)
+    return h.svg(fig, "Value at risk by segment")
+
+
+def _top_section(churn_list: pd.DataFrame, n: int) -> str:
+    cols = [s.RANK, s.CUSTOMER_ID, s.SEGMENT, s.RECOMMENDED_ACTION, s.VALUE_AT_RISK, s.P_CHURN, s.CLV, *s.REASONS]
+    formats: dict[str, h.Formatter] = {s.VALUE_AT_RISK: h.money2, s.P_CHURN: h.prob, s.CLV: h.money2}
+    return h.table(
+        churn_list[cols].head(n),
+        formats=formats,
+        numeric=[s.RANK, s.VALUE_AT_RISK, s.P_CHURN, s.CLV],
+        headers={s.RECOMMENDED_ACTION: "action", s.VALUE_AT_RISK: "value at risk"},
+    )
+
+
+def drift_status(psi: float, warning: float) -> str:
+    if psi > warning:
+        return "shift: check before acting"
+    return "moderate" if psi > MODERATE_PSI else "stable"
+
+
+def _drift_section(drift: pd.DataFrame, cfg: ScoreConfig) -> str:
+    if drift.empty:
+        return "<p>No drift figures were written by the churn stage.</p>"
+    ref = pd.Timestamp(drift["reference_cutoff"].iloc[0]).date()
+    view = drift.drop(columns=["reference_cutoff", "scoring_cutoff"]).copy()
+    view.insert(2, "status", [drift_status(p, cfg.drift_warning_psi) for p in view[s.PSI]])
+    fmt = {
+        s.PSI: lambda v: f"{float(v):.3f}",
+        "reference_mean": lambda v: f"{float(v):,.3f}",
+        "scoring_mean": lambda v: f"{float(v):,.3f}",
+        "reference_missing_share": h.pct,
+        "scoring_missing_share": h.pct,
+    }
+    intro = (
+        f"<p>Population stability index (PSI) of the churn model's inputs and of p_churn: the scored customers "
+        f"against the model's last training cutoff {ref}. Below {MODERATE_PSI} is stable; above "
+        f"{cfg.drift_warning_psi} the customers differ from those the model learned from.</p>"
+    )
+    return intro + h.table(
+        view,
+        formats=fmt,
+        numeric=[s.PSI, "reference_mean", "scoring_mean", "reference_missing_share", "scoring_missing_share"],
+        row_class=lambda r: "risk-high" if r[s.PSI] > cfg.drift_warning_psi else "",
+    )
+
+
+def _change_section(prev: Previous, churn_list: pd.DataFrame, kpis: pd.DataFrame, n: int) -> str:
+    before = prev.churn_list.set_index(s.CUSTOMER_ID)
+    now = churn_list.set_index(s.CUSTOMER_ID)
+    common = now.index.intersection(before.index)
+    moved = common[(now.loc[common, s.SEGMENT] != before.loc[common, s.SEGMENT]).to_numpy()]
+    now_high = (now.loc[common, s.RISK_TIER] == "high").to_numpy()
+    into_high = common[now_high & (before.loc[common, s.RISK_TIER] != "high").to_numpy()]
+    tiles = _tiles(
+        [
+            ("new on the list", h.count(len(now.index.difference(before.index)))),
+            ("no longer on the list", h.count(len(before.index.difference(now.index)))),
+            ("changed segment", h.count(len(moved))),
+            ("moved into high risk", h.count(len(into_high))),
+        ]
+    )
+    merged = kpis[[s.SEGMENT, "customers", "value_at_risk", "expected_churners"]].merge(
+        prev.kpis[[s.SEGMENT, "customers", "value_at_risk", "expected_churners"]],
+        on=s.SEGMENT,
+        how="left",
+        suffixes=("", "_before"),
+    )
+    table = pd.DataFrame(
+        {
+            s.SEGMENT: merged[s.SEGMENT],
+            "customers": merged["customers"],
+            "change in customers": merged["customers"] - merged["customers_before"],
+            "value at risk": merged["value_at_risk"],
+            "change in value at risk": merged["value_at_risk"] - merged["value_at_risk_before"],
+        }
+    )
+    seg_table = h.table(
+        table,
+        formats={
+            "customers": h.count,
+            "change in customers": h.signed(h.count),
+            "value at risk": h.money,
+            "change in value at risk": h.signed(h.money),
+        },
+        numeric=["customers", "change in customers", "value at risk", "change in value at risk"],
+        row_class=lambda r: "total" if r[s.SEGMENT] == seg.ALL else "",
+    )
+    risers = pd.DataFrame(
+        {
+            s.CUSTOMER_ID: into_high,
+            "segment before": before.loc[into_high, s.SEGMENT].to_numpy(),
+            s.SEGMENT: now.loc[into_high, s.SEGMENT].to_numpy(),
+            "p_churn before": before.loc[into_high, s.P_CHURN].to_numpy(),
+            s.P_CHURN: now.loc[into_high, s.P_CHURN].to_numpy(),
+            s.VALUE_AT_RISK: now.loc[into_high, s.VALUE_AT_RISK].to_numpy(),
+        }
+    ).sort_values(s.VALUE_AT_RISK, ascending=False)
+    risers_html = (
+        "<p>No customer moved into the high risk tier.</p>"
+        if risers.empty
+        else "<p>Most value at risk among the customers who moved into the high risk tier:</p>"
+        + h.table(
+            risers.head(n),
+            formats={"p_churn before": h.prob, s.P_CHURN: h.prob, s.VALUE_AT_RISK: h.money2},
+            numeric=["p_churn before", s.P_CHURN, s.VALUE_AT_RISK],
+        )
+    )
+    return f"<h2>Change since {h.esc(prev.week)}</h2>{tiles}{seg_table}{risers_html}"
+
+
+def summary_page(
+    scores: pd.DataFrame,
+    churn_list: pd.DataFrame,
+    kpis: pd.DataFrame,
+    drift: pd.DataFrame,
+    cfg: ScoreConfig,
+    *,
+    week: str,
+    horizon_days: int,
+    previous: Previous | None,
+    previous_problem: str | None,
+) -> str:
+    """The summary.html document."""
+    as_of = pd.Timestamp(scores[s.AS_OF].iloc[0]).date() if len(scores) else None
+    total = kpis[kpis[s.SEGMENT] == seg.ALL].iloc[0]
+    cells = grid(cfg)
+    top_name = cells[("high", "high")][0]
+    sections = []
+    drifted = drift[drift[s.PSI] > cfg.drift_warning_psi]
+    if len(drifted):
+        names = ", ".join(drifted["feature"].head(8))
+        sections.append(
+            f'<p class="warning" role="alert"><strong>Drift warning:</strong> {len(drifted)} of the model\'s '
+            f"inputs or its output moved (PSI above {cfg.drift_warning_psi}): {h.esc(names)}. The scores may be "
+            "less reliable this week; see Drift below.</p>"
+        )
+    sections.append(
+        _tiles(
+            [
+                ("customers scored", h.count(total["customers"])),
+                (f"expected to buy nothing in {horizon_days} days", h.money(total["expected_churners"])),
+                ("value at risk (p_churn x CLV)", h.money(total["value_at_risk"])),
+                (f"churn rate over the last {horizon_days} days", h.pct(total["churn_rate"])),
+                (top_name, h.count(kpis.loc[kpis[s.SEGMENT] == top_name, "customers"].iloc[0])),
+            ]
+        )
+    )
+    sections.append("<h2>Segments: value tier x risk tier</h2>" + _grid_section(scores, cells))
+    sections.append(
+        f"<h2>KPIs by segment</h2><p class='muted'>Revenue and profit contribution (revenue x margin) over the last "
+        f"{horizon_days} days, net of returns. Retention: of the customers who had bought before those days, the "
+        "share who bought again in them.</p>"
+        + h.table(
+            kpis,
+            formats=KPI_FORMATS,
+            headers=KPI_HEADERS,
+            numeric=list(KPI_FORMATS),
+            row_class=lambda r: "total" if r[s.SEGMENT] == seg.ALL else "",
+        )
+    )
+    sections.append(f'<h2>Risk and value</h2><div class="charts">{_risk_chart(scores, cfg)}{_value_chart(kpis)}</div>')
+    sections.append(
+        f"<h2>Top {min(cfg.summary_top_customers, len(churn_list))} of the list</h2>"
+        f"<p class='muted'>The whole list, {len(churn_list):,} customers, is in {LIST_CSV} beside this page.</p>"
+        + _top_section(churn_list, cfg.summary_top_customers)
+    )
+    if previous is not None:
+        sections.append(_change_section(previous, churn_list, kpis, cfg.summary_top_customers))
+    else:
+        why = previous_problem or "no earlier week's folder exists yet"
+        sections.append(f"<h2>Change since the previous week</h2><p>Not shown: {h.esc(why)}.</p>")
+    sections.append("<h2>Drift</h2>" + _drift_section(drift, cfg))
+    title = f"Churn-risk list, week {week}"
+    subtitle = (
+        f"Scored as of {as_of} on the history before it; p_churn is the probability of no purchase in the next "
+        f"{horizon_days} days."
+    )
+    return h.page(title, subtitle, sections)
+
+
+# --- the stage -------------------------------------------------------------------------------------------------------
+
+
+def run(
+    fcfg: FeaturesConfig,
+    ccfg: ClvConfig,
+    cfg: ScoreConfig,
+    *,
+    scores_path: Path,
+    drift_path: Path,
+    weekly: Path,
+) -> Path:
+    """Write this week's folder under ``weekly``; returns it."""
+    if not scores_path.is_file():
+        raise InputError(f"{scores_path}: file not found; run the score stage first (`dvc repro`)")
+    with_net = s.CLV_NET in pq.read_schema(scores_path).names
+    scores = read_table(scores_path, s.scores_schema(with_net))
+    drift = read_table(drift_path, s.drift_schema())
+    if scores.empty:
+        raise InputError(f"{scores_path}: no customers to report on")
+    as_of = pd.Timestamp(scores[s.AS_OF].iloc[0]).date()
+    week = iso_week(as_of)
+    folder = weekly / week
+    previous, problem = previous_week(weekly, week)
+
+    churn_list = churn_risk_list(scores)
+    kpis = seg.kpi_table(scores, seg.segment_order(grid(cfg)), margin_ratio=ccfg.margin_ratio)
+    page = summary_page(
+        scores,
+        churn_list,
+        kpis,
+        drift,
+        cfg,
+        week=week,
+        horizon_days=fcfg.horizon_days,
+        previous=previous,
+        previous_problem=problem,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / LIST_CSV) as tmp:
+        tmp.write_text(csv_text(churn_list), encoding="utf-8-sig", newline="")
+    write_table(churn_list, folder / LIST_PARQUET, s.churn_risk_list_schema(with_net))
+    with atomic_path(folder / SEGMENTS_CSV) as tmp:
+        kpis.to_csv(tmp, index=False)
+    with atomic_path(folder / SUMMARY) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    log.info(
+        "week %s: %d customers on the list, %s; %s",
+        week,
+        len(churn_list),
+        f"compared with {previous.week}" if previous else "no earlier week to compare with",
+        folder / SUMMARY,
+    )
+    return folder
+
+
+def main(argv: Sequence[str]) -> None:
+    p = cli.parser(__doc__.splitlines()[0])
+    p.add_argument("--scores", required=True, type=Path)
+    p.add_argument("--drift", required=True, type=Path)
+    p.add_argument("--weekly", required=True, type=Path)
+    args = p.parse_args(argv)
+    params = load_params(args.params)
+    run(
+        section(params, "features", FeaturesConfig),
+        section(params, "clv", ClvConfig),
+        section(params, "score", ScoreConfig),
+        scores_path=args.scores,
+        drift_path=args.drift,
+        weekly=args.weekly,
+    )
+
+
+if __name__ == "__main__":
+    cli.run(main)

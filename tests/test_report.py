@@ -1,0 +1,162 @@
+"""The weekly list and its summary: formula-safe CSV that Excel opens, week folders, and the change since last week."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features import schemas as s
+from models import segments as seg
+from pipeline import report
+from pipeline.config import ClvConfig, FeaturesConfig, ScoreConfig, section
+from pipeline.io import write_table
+from pipeline.score import grid
+
+HOSTILE_IDS = ['=HYPERLINK("http://x")', "+4420", "-12", "@SUM(A1:A9)", "\tTAB", "\rCR", "plain", "Zoë"]
+
+
+def synthetic_scores(params: dict[str, Any], as_of: dt.date, n: int = 400, seed: int = 0) -> pd.DataFrame:
+    """``n`` scored customers as the score stage writes them, with hostile ids and a negative revenue among them."""
+    rng = np.random.default_rng(seed)
+    cfg = section(params, "score", ScoreConfig)
+    ids = [*HOSTILE_IDS, *(f"C{i:05d}" for i in range(n - len(HOSTILE_IDS)))]
+    clv = rng.gamma(1.2, 40.0, n)
+    tiers = np.where(clv >= np.quantile(clv, 0.8), "high", np.where(clv >= np.quantile(clv, 0.5), "mid", "low"))
+    days_since = rng.integers(0, 700, n)
+    cutoff = pd.Timestamp(as_of) - pd.Timedelta(days=1)
+    frame = pd.DataFrame(
+        {
+            s.CUSTOMER_ID: ids,
+            s.AS_OF: pd.Timestamp(as_of),
+            s.P_CHURN: np.clip(days_since / 700 + rng.normal(0, 0.1, n), 0.01, 0.99),
+            s.CLV: clv,
+            s.CLV_P05: clv * 0.6,
+            s.CLV_P95: clv * 1.5,
+            s.VALUE_TIER: tiers,
+            s.P_ALIVE: rng.uniform(0.2, 1.0, n),
+            "reason_1": ["=cmd|' /C calc'!A0", "-no purchase", *(f"no purchase for {d} days" for d in days_since[2:])],
+            "reason_2": "spend in the last 90 days, 12.50 (typical: 30.00)",
+            "reason_3": None,
+            s.DAYS_SINCE_LAST_PURCHASE: days_since,
+            s.LAST_PURCHASE_DATE: cutoff - pd.to_timedelta(days_since, unit="D"),
+            s.PURCHASE_DAYS: rng.integers(1, 12, n),
+            s.TOTAL_SPEND: rng.gamma(2.0, 50.0, n),
+            s.REVENUE_LAST_HORIZON: np.where(days_since < 90, rng.normal(40, 30, n), 0.0),
+            s.ACTIVE_AT_HORIZON_START: rng.uniform(size=n) < 0.9,
+            s.BOUGHT_IN_LAST_HORIZON: days_since < 90,
+        }
+    )
+    t = cfg.risk_tier_thresholds
+    frame = seg.assign(frame, grid(cfg), high=t.high, medium=t.medium)
+    frame = frame.sort_values([s.VALUE_AT_RISK, s.CUSTOMER_ID], ascending=[False, True], ignore_index=True)
+    return frame[list(s.scores_schema(False).columns)]
+
+
+def synthetic_drift(as_of: dt.date, shifted: bool) -> pd.DataFrame:
+    cutoff = pd.Timestamp(as_of) - pd.Timedelta(days=1)
+    return pd.DataFrame(
+        {
+            "feature": [s.P_CHURN, s.DAYS_SINCE_LAST_PURCHASE, s.TOTAL_SPEND],
+            "psi": [0.31 if shifted else 0.02, 0.12, 0.01],
+            "reference_mean": [0.6, 200.0, 80.0],
+            "scoring_mean": [0.7, 230.0, 81.0],
+            "reference_missing_share": [0.0, 0.0, 0.0],
+            "scoring_missing_share": [0.0, 0.0, 0.0],
+            "reference_cutoff": cutoff - pd.Timedelta(days=90),
+            "scoring_cutoff": cutoff,
+        }
+    )
+
+
+def write_week(tmp: Path, params: dict[str, Any], as_of: dt.date, *, seed: int, shifted: bool = False) -> Path:
+    """Run the report stage on synthetic inputs for ``as_of``; returns the week folder."""
+    scores = tmp / f"scores_{as_of}.parquet"
+    drift = tmp / f"drift_{as_of}.parquet"
+    write_table(synthetic_scores(params, as_of, seed=seed), scores, s.scores_schema(False))
+    write_table(synthetic_drift(as_of, shifted), drift, s.drift_schema())
+    return report.run(
+        section(params, "features", FeaturesConfig),
+        section(params, "clv", ClvConfig),
+        section(params, "score", ScoreConfig),
+        scores_path=scores,
+        drift_path=drift,
+        weekly=tmp / "weekly",
+    )
+
+
+def test_neutralise() -> None:
+    assert report.neutralise("=1+1") == "'=1+1"
+    assert report.neutralise("-12.50") == "'-12.50"
+    assert report.neutralise("@x") == "'@x" and report.neutralise("+1") == "'+1"
+    assert report.neutralise("\tx") == "'\tx"
+    assert report.neutralise("12.50") == "12.50" and report.neutralise("a=b") == "a=b" and report.neutralise("") == ""
+
+
+def _cells(path: Path) -> list[list[str]]:
+    raw = path.read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf")  # the UTF-8 byte-order mark Excel needs to read UTF-8
+    return list(csv.reader(io.StringIO(raw.decode("utf-8-sig"), newline="")))
+
+
+def test_weekly_list_has_no_formula_cell(tmp_path: Path, params: dict[str, Any]) -> None:
+    folder = write_week(tmp_path, params, dt.date(1998, 3, 2), seed=1)
+    assert folder.name == "1998-W10"
+    assert {p.name for p in folder.iterdir()} == {
+        "churn_risk.csv",
+        "churn_risk.parquet",
+        "segments.csv",
+        "summary.html",
+    }
+    rows = _cells(folder / "churn_risk.csv")
+    header, body = rows[0], rows[1:]
+    assert header == [s.RANK, *(c for c in s.LIST_COLUMNS if c != s.CLV_NET)]
+    assert len(body) == 400
+    offending = [c for row in rows for c in row if c[:1] in ("=", "+", "-", "@", "\t", "\r")]
+    assert offending == []
+    flat = [c for row in body for c in row]
+    assert '\'=HYPERLINK("http://x")' in flat and "'-12" in flat and "'\rCR" in flat
+    assert "'=cmd|' /C calc'!A0" in flat
+    assert "Zoë" in flat  # accents survive
+    assert any(c.startswith("'-") and c[2:].replace(".", "").isdigit() for c in flat)  # a negative revenue
+    # the Parquet twin keeps native values, unescaped
+    parquet = pd.read_parquet(folder / "churn_risk.parquet")
+    assert list(parquet.columns) == header and len(parquet) == 400
+    assert parquet[s.RANK].tolist() == list(range(1, 401))
+    assert parquet[s.VALUE_AT_RISK].is_monotonic_decreasing
+    assert '=HYPERLINK("http://x")' in set(parquet[s.CUSTOMER_ID])
+
+
+def test_summary_and_change_since_the_previous_week(tmp_path: Path, params: dict[str, Any]) -> None:
+    first = write_week(tmp_path, params, dt.date(1998, 2, 23), seed=1)
+    page = (first / "summary.html").read_text(encoding="utf-8")
+    assert "no earlier week&#x27;s folder exists yet" in page
+    assert "Drift warning" not in page
+    second = write_week(tmp_path, params, dt.date(1998, 3, 2), seed=2, shifted=True)
+    page = (second / "summary.html").read_text(encoding="utf-8")
+    assert "Change since 1998-W09" in page
+    assert "Drift warning" in page and "p_churn" in page
+    assert page.count("<svg") == 2
+    # self-contained: nothing to fetch (XML namespace names in the SVG are identifiers, not requests)
+    assert re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page) is None
+    assert "<script" not in page and "<link" not in page and "@import" not in page
+    kpis = pd.read_csv(second / "segments.csv")
+    assert kpis[s.SEGMENT].iloc[-1] == seg.ALL and kpis["customers"].iloc[-1] == 400
+    # a back-filled older week compares with nothing later than itself
+    older = write_week(tmp_path, params, dt.date(1998, 2, 16), seed=3)
+    assert "no earlier week&#x27;s folder exists yet" in (older / "summary.html").read_text(encoding="utf-8")
+
+
+def test_unreadable_previous_week_is_reported_not_fatal(tmp_path: Path, params: dict[str, Any]) -> None:
+    broken = tmp_path / "weekly" / "1998-W09"
+    broken.mkdir(parents=True)
+    (broken / "churn_risk.parquet").write_text("not parquet")
+    folder = write_week(tmp_path, params, dt.date(1998, 3, 2), seed=1)
+    page = (folder / "summary.html").read_text(encoding="utf-8")
+    assert "the previous week&#x27;s folder 1998-W09 could not be compared" in page
