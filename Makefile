@@ -35,16 +35,14 @@ run: install
 
 # The weekly churn-risk list as of AS_OF (YYYY-MM-DD): every stage reruns on the history before that day and
 # writes reports/weekly/<ISO year>-W<week>/. Several dates back-fill several weeks: AS_OF="1998-02-23 1998-03-02".
-# Without AS_OF: the day after the last purchase. It is a DVC experiment (`dvc exp show` lists them), and
-# params.yaml keeps the last date, as `dvc exp run -S` leaves it.
+# Without AS_OF: the day after the last purchase. Each week is a DVC experiment (`dvc exp show` lists them);
+# params.yaml keeps the last date in score.as_of (only that line changes).
 AS_OF ?=
 weekly: install
 	@for day in $(or $(AS_OF),null); do \
-	  if [ "$$day" != null ] && ! [[ "$$day" =~ ^[0-9]{4}-[0-9]{2}-[0-9]{2}$$ ]]; then \
-	    echo "error: AS_OF must be dates YYYY-MM-DD, got '$$day'" >&2; exit 2; fi; \
-	  value=$$([ "$$day" = null ] && echo null || echo "'$$day'"); \
+	  python -m pipeline.config --set-as-of "$$day"; \
 	  echo "== churn-risk list as of $$day"; \
-	  dvc exp run -S "score.as_of=$$value"; \
+	  dvc exp run; \
 	done
 
 test: lint typecheck pytest

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 import types
 import typing
 from pathlib import Path
@@ -334,6 +335,48 @@ def scoring_as_of(params: dict[str, Any]) -> dt.date | None:
     return typing.cast(dt.date | None, _coerce(raw["as_of"], dt.date | None, "score.as_of"))
 
 
+def set_scoring_as_of(path: str | Path, as_of: dt.date | None) -> None:
+    """Set ``score.as_of`` in ``path`` in place, leaving every other line and comment as it was.
+
+    ``dvc exp run -S`` would rewrite the whole file in its own YAML style; ``make weekly`` changes one value only.
+    """
+    p = Path(path)
+    lines = p.read_text(encoding="utf-8").splitlines(keepends=True)
+    value = "null" if as_of is None else f"'{as_of.isoformat()}'"
+    in_score = False
+    for i, line in enumerate(lines):
+        if re.match(r"^\S", line):
+            in_score = re.match(r"^score:\s*(#.*)?$", line) is not None
+            continue
+        m = re.match(r"^(\s+as_of:)(\s*)([^#\n]*?)(\s*#.*)?(\n?)$", line)
+        if in_score and m:
+            lines[i] = f"{m.group(1)} {value}{m.group(4) or ''}{m.group(5)}"
+            break
+    else:
+        raise ConfigError(f"{p}: no score.as_of line to set; add `as_of: null` under `score:`")
+    text = "".join(lines)
+    if scoring_as_of(yaml.safe_load(text)) != as_of:  # never leave a file that says something else
+        raise ConfigError(f"{p}: could not set score.as_of to {value}")
+    p.write_text(text, encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m pipeline.config --set-as-of YYYY-MM-DD|null``: what ``make weekly`` runs before each week."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="Set score.as_of in params.yaml, keeping the file's layout.")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--set-as-of", required=True, metavar="YYYY-MM-DD|null")
+    args = parser.parse_args(argv)
+    try:
+        day = None if args.set_as_of == "null" else _coerce(args.set_as_of, dt.date, "AS_OF")
+        set_scoring_as_of(args.params, day)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
 SECTIONS: dict[str, type] = {
     "base": BaseConfig,
     "ingest": IngestConfig,
@@ -430,3 +473,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected text, got {value!r}")
         return value
     raise TypeError(f"config type {tp!r} for {key} is not supported")  # a bug in this module, not user input
+
+
+if __name__ == "__main__":
+    main()

@@ -1,11 +1,23 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pipeline.config import BaseConfig, ConfigError, FeaturesConfig, IngestConfig, section
+from pipeline.config import (
+    BaseConfig,
+    ConfigError,
+    FeaturesConfig,
+    IngestConfig,
+    load_params,
+    scoring_as_of,
+    section,
+    set_scoring_as_of,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_project_params_load(params: dict[str, Any]) -> None:
@@ -75,3 +87,24 @@ def test_missing_section(params: dict[str, Any]) -> None:
     del params["base"]
     with pytest.raises(ConfigError, match=r"section 'base' is missing"):
         section(params, "base", BaseConfig)
+
+
+def test_set_scoring_as_of_changes_one_line(tmp_path: Path) -> None:
+    original = (ROOT / "params.yaml").read_text(encoding="utf-8")
+    target = tmp_path / "params.yaml"
+    target.write_text(original, encoding="utf-8")
+    set_scoring_as_of(target, dt.date(1998, 3, 2))
+    changed = target.read_text(encoding="utf-8")
+    diff = [(a, b) for a, b in zip(original.splitlines(), changed.splitlines(), strict=True) if a != b]
+    assert diff == [("  as_of: null", "  as_of: '1998-03-02'")]
+    assert scoring_as_of(load_params(target)) == dt.date(1998, 3, 2)
+    set_scoring_as_of(target, None)
+    assert target.read_text(encoding="utf-8") == original
+
+
+def test_set_scoring_as_of_needs_the_line(tmp_path: Path) -> None:
+    target = tmp_path / "params.yaml"
+    target.write_text("features:\n  as_of: null\nscore:\n  summary_top_customers: 25\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"no score\.as_of line to set"):
+        set_scoring_as_of(target, dt.date(1998, 3, 2))
+    assert "1998" not in target.read_text(encoding="utf-8")  # features.as_of was not touched
