@@ -348,14 +348,18 @@ def set_scoring_as_of(path: str | Path, as_of: dt.date | None) -> None:
         if re.match(r"^\S", line):
             in_score = re.match(r"^score:\s*(#.*)?$", line) is not None
             continue
-        m = re.match(r"^(\s+as_of:)(\s*)([^#\n]*?)(\s*#.*)?(\n?)$", line)
+        m = re.match(r"^([ \t]+as_of:)([ \t]*)([^#\n]*?)([ \t]*#.*)?(\n?)$", line)
         if in_score and m:
             lines[i] = f"{m.group(1)} {value}{m.group(4) or ''}{m.group(5)}"
             break
     else:
         raise ConfigError(f"{p}: no score.as_of line to set; add `as_of: null` under `score:`")
     text = "".join(lines)
-    if scoring_as_of(yaml.safe_load(text)) != as_of:  # never leave a file that says something else
+    try:
+        written = scoring_as_of(yaml.safe_load(text))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: setting score.as_of would break the file ({str(exc).splitlines()[0]})") from exc
+    if written != as_of:  # never leave a file that says something else
         raise ConfigError(f"{p}: could not set score.as_of to {value}")
     p.write_text(text, encoding="utf-8")
 

@@ -147,7 +147,8 @@ def _grid_section(scores: pd.DataFrame, cells: dict[tuple[str, str], tuple[str, 
             name, action = cells[(v, r)]
             tds.append(
                 f'<td class="risk-{r}"><div class="cell-name">{h.esc(name)}</div>'
-                f"<div>{h.count(customers.loc[v, r])} customers · value at risk {h.money(at_risk.loc[v, r])}</div>"
+                f"<div>{h.count(customers.loc[v, r])} customer{'' if customers.loc[v, r] == 1 else 's'} · "
+                f"value at risk {h.money(at_risk.loc[v, r])}</div>"
                 f'<div class="muted">{h.esc(action)}</div></td>'
             )
         rows.append(f"<tr><th>{h.esc(v)} value</th>{''.join(tds)}</tr>")
@@ -343,7 +344,7 @@ def summary_page(
     sections = []
     drifted = drift[drift[s.PSI] > cfg.drift_warning_psi]
     if len(drifted):
-        names = ", ".join(drifted["feature"].head(8))
+        names = ", ".join(drifted["feature"].head(8)) + (", ..." if len(drifted) > 8 else "")
         sections.append(
             f'<p class="warning" role="alert"><strong>Drift warning:</strong> {len(drifted)} of the model\'s '
             f"inputs or its output moved (PSI above {cfg.drift_warning_psi}): {h.esc(names)}. The scores may be "

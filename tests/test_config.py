@@ -108,3 +108,11 @@ def test_set_scoring_as_of_needs_the_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"no score\.as_of line to set"):
         set_scoring_as_of(target, dt.date(1998, 3, 2))
     assert "1998" not in target.read_text(encoding="utf-8")  # features.as_of was not touched
+
+
+def test_set_scoring_as_of_after_dvc_rewrote_the_file(tmp_path: Path) -> None:
+    # `dvc exp run -S` writes a null as an empty value; the next line must stay on its own line
+    target = tmp_path / "params.yaml"
+    target.write_text("score:\n  as_of:\n  summary_top_customers: 25\n", encoding="utf-8")
+    set_scoring_as_of(target, dt.date(2011, 9, 1))
+    assert target.read_text(encoding="utf-8") == "score:\n  as_of: '2011-09-01'\n  summary_top_customers: 25\n"
