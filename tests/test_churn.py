@@ -21,6 +21,7 @@ from pipeline import churn as stage
 from pipeline import features as features_stage
 from pipeline import ingest as ingest_stage
 from pipeline.config import BaseConfig, ChurnConfig, FeaturesConfig, IngestConfig, section
+from tests.conftest import project_params
 
 # --- cutoffs and baselines ----------------------------------------------------------------------------------------
 
@@ -187,9 +188,7 @@ def _build(tmp: Path, params: dict[str, Any], transactions: pd.DataFrame | None 
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from pipeline.config import load_params
-
-    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    params = project_params()
     params["ingest"]["source"] = "cdnow_sample"
     built = _build(tmp_path_factory.mktemp("sample"), params)
     built["params"] = params

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +14,7 @@ from lifetimes.utils import ConvergenceError
 from features import schemas as s
 from models import clv
 from pipeline.reproduce_cdnow import HOLDOUT_DAYS, calibration_snapshot
+from tests.conftest import project_params
 
 NO_REMEDY = (0.0,)
 
@@ -22,9 +22,7 @@ NO_REMEDY = (0.0,)
 @pytest.fixture(scope="module")
 def cdnow(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     """CDNOW_sample at 1997-09-30 in weeks, with 39-week holdout labels, built by the pipeline's ingest + features."""
-    from pipeline.config import load_params
-
-    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    params = project_params()
     return calibration_snapshot(params, tmp_path_factory.mktemp("cdnow"))
 
 
