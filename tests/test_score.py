@@ -1,0 +1,80 @@
+"""The score stage's join: one row per churn-population customer, and one-line errors for inputs out of step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from features import schemas as s
+from features.errors import InputError
+from pipeline.config import ScoreConfig, section
+from pipeline.score import build_scores
+
+CUTOFF = pd.Timestamp("1998-03-01")
+
+
+def _inputs(cutoff_clv: pd.Timestamp = CUTOFF) -> tuple[pd.DataFrame, ...]:
+    churn = pd.DataFrame(
+        {
+            s.CUSTOMER_ID: ["a", "b"],
+            s.CUTOFF: CUTOFF,
+            s.P_CHURN: [0.9, 0.2],
+            s.P_CHURN_RAW: [0.8, 0.3],
+            "reason_1": ["no purchase for 200 days (typical: 40)", None],
+            "reason_2": None,
+            "reason_3": None,
+        }
+    )
+    value = pd.DataFrame(
+        {
+            s.CUSTOMER_ID: ["a", "b", "c"],
+            s.CUTOFF: cutoff_clv,
+            s.CLV: [100.0, 50.0, 1.0],
+            s.CLV_P05: [80.0, 40.0, 0.5],
+            s.CLV_P95: [120.0, 60.0, 2.0],
+            s.VALUE_TIER: ["high", "mid", "low"],
+            s.P_ALIVE: [0.6, 0.95, 0.1],
+        }
+    )
+    snapshot = pd.DataFrame(
+        {
+            s.CUSTOMER_ID: ["a", "b", "c"],
+            s.CUTOFF: CUTOFF,
+            s.DAYS_SINCE_LAST_PURCHASE: [200, 10, 800],
+            s.TENURE_DAYS: [300, 60, 900],
+            s.PURCHASE_DAYS: [3, 2, 1],
+            s.TOTAL_SPEND: [150.0, 40.0, 5.0],
+        }
+    )
+    revenue = pd.DataFrame({s.CUSTOMER_ID: ["b"], s.REVENUE_LAST_HORIZON: [25.0]})
+    return churn, value, snapshot, revenue
+
+
+def test_scores_join_by_hand(params: dict[str, Any]) -> None:
+    cfg = section(params, "score", ScoreConfig)
+    out = build_scores(*_inputs(), cfg, horizon_days=90)
+    assert list(out[s.CUSTOMER_ID]) == ["a", "b"]  # c is not in the churn population
+    a, b = out.iloc[0], out.iloc[1]
+    assert a[s.VALUE_AT_RISK] == pytest.approx(90.0) and b[s.VALUE_AT_RISK] == pytest.approx(10.0)
+    assert a[s.SEGMENT] == "high value, at risk" and b[s.SEGMENT] == "mid value, loyal"
+    assert a[s.LAST_PURCHASE_DATE] == pd.Timestamp("1997-08-13") and a[s.AS_OF] == pd.Timestamp("1998-03-02")
+    assert a[s.REVENUE_LAST_HORIZON] == 0.0 and b[s.REVENUE_LAST_HORIZON] == 25.0
+    # b's first purchase was 60 days ago: inside the last 90, so not in the retention base
+    assert bool(a[s.ACTIVE_AT_HORIZON_START]) and not bool(b[s.ACTIVE_AT_HORIZON_START])
+    assert not bool(a[s.BOUGHT_IN_LAST_HORIZON]) and bool(b[s.BOUGHT_IN_LAST_HORIZON])
+    assert list(out.columns) == list(s.scores_schema(False).columns)
+
+
+def test_inputs_from_different_runs_are_named(params: dict[str, Any]) -> None:
+    cfg = section(params, "score", ScoreConfig)
+    with pytest.raises(InputError, match=r"scored at different cutoffs \(churn: 1998-03-01; clv: 1998-06-30"):
+        build_scores(*_inputs(pd.Timestamp("1998-06-30")), cfg, horizon_days=90)
+
+
+def test_a_customer_without_clv_is_an_error(params: dict[str, Any]) -> None:
+    churn, value, snapshot, revenue = _inputs()
+    cfg = section(params, "score", ScoreConfig)
+    with pytest.raises(InputError, match=r"1 customers of the churn population have no CLV \(e.g. 'b'\)"):
+        build_scores(churn, value[value[s.CUSTOMER_ID] != "b"], snapshot, revenue, cfg, horizon_days=90)
