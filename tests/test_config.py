@@ -117,3 +117,12 @@ def test_set_scoring_as_of_after_dvc_rewrote_the_file(tmp_path: Path) -> None:
     target.write_text("score:\n  as_of:\n  summary_top_customers: 25\n", encoding="utf-8")
     set_scoring_as_of(target, dt.date(2011, 9, 1))
     assert target.read_text(encoding="utf-8") == "score:\n  as_of: '2011-09-01'\n  summary_top_customers: 25\n"
+
+
+def test_bad_scoring_date_is_named(params: dict[str, Any]) -> None:
+    params["score"]["as_of"] = "next monday"
+    with pytest.raises(ConfigError, match=r"score\.as_of: expected a date YYYY-MM-DD, got 'next monday'"):
+        scoring_as_of(params)
+    del params["score"]["as_of"]
+    with pytest.raises(ConfigError, match=r"score\.as_of is missing"):
+        scoring_as_of(params)
