@@ -8,12 +8,20 @@ Reasons are checked in the order of ``schemas.QUARANTINE_REASONS``; a row gets t
 
 1. ``missing_customer_id`` — empty, whitespace or a null marker such as ``NaN``;
 2. ``unparseable_timestamp`` — does not match the configured format;
-3. ``non_numeric_amount`` — amount (or quantity / unit price) missing, not a number, or infinite;
-4. ``duplicate`` — a repeat of an earlier line on every ``duplicate_key`` column (only when a key is set: without
-   an order or line id, two identical lines may be two real purchases);
-5. ``cancellation`` — a return (order id with the cancellation prefix, or a negative amount) when
+3. ``timestamp_out_of_range`` — before 1970-01-01 or more than a day after the moment of ingest (a clock error);
+4. ``non_numeric_amount`` — amount (or quantity / unit price) missing, not a number, or infinite;
+5. ``amount_out_of_range`` — spend beyond +/- ``max_abs_amount`` (a typo, a test order, or an overflow of
+   quantity x unit price);
+6. ``duplicate`` — a repeat of an earlier line on every ``duplicate_key`` column (only when a key is set: without
+   an order or line id, two identical lines may be two real purchases). Values are compared as the pipeline reads
+   them: text trimmed, the customer id cleaned, the timestamp parsed, so "100.0" and "100 " repeat "100";
+7. ``cancellation`` — a return (order id with the cancellation prefix, or a negative amount) when
    ``returns == "drop"``;
-6. ``zero_amount`` — a zero spend when ``zero_amount == "quarantine"``.
+8. ``zero_amount`` — a zero spend when ``zero_amount == "quarantine"``.
+
+Timestamps: with ``%z`` in the format, a value with a UTC offset is converted from it and a value without one is
+read in ``timezone``, so a log mixing zones lands on one UTC clock. Amounts written with a thousands separator
+("1,234.50") are read when ``thousands_separator`` names it, and quarantined as non-numeric otherwise.
 
 Kept returns (``returns == "net"``) carry a negative amount: in the cleaned table a negative amount *is* a return.
 """
@@ -21,6 +29,8 @@ Kept returns (``returns == "net"``) carry a negative amount: in the cleaned tabl
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import difflib
 from collections.abc import Sequence
 from typing import Literal
 
@@ -31,6 +41,7 @@ import pyarrow as pa
 from features import schemas as s
 from features.errors import InputError
 
+WHITESPACE = " \t\r\n\u00a0"
 NULL_MARKERS = ("", "nan", "none", "null", "na", "n/a", "<na>")
 
 
@@ -50,6 +61,8 @@ class CleaningRules:
     cancellation_prefix: str | None
     returns: Literal["net", "drop"]
     zero_amount: Literal["keep", "quarantine"]
+    max_abs_amount: float
+    thousands_separator: str | None
 
     def mapped_columns(self) -> list[str]:
         names = [self.customer_id, self.timestamp, self.amount, self.quantity, self.unit_price, self.order_id]
@@ -83,12 +96,15 @@ def _lit(text: str) -> str:
 
 
 def _text(col: str) -> str:
-    return f"NULLIF(TRIM(CAST({_q(col)} AS VARCHAR)), '')"
+    """The column as text without surrounding whitespace (spaces, tabs, line breaks, no-break spaces); '' is NULL."""
+    return f"NULLIF(TRIM(CAST({_q(col)} AS VARCHAR), {_lit(WHITESPACE)}), '')"
 
 
-def _number(col: str, arrow_type: pa.DataType) -> str:
+def _number(col: str, arrow_type: pa.DataType, thousands_separator: str | None) -> str:
     if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type):
         value = f"CAST({_q(col)} AS DOUBLE)"
+    elif thousands_separator is not None:
+        value = f"TRY_CAST(replace({_text(col)}, {_lit(thousands_separator)}, '') AS DOUBLE)"
     else:
         value = f"TRY_CAST({_text(col)} AS DOUBLE)"
     # TRY_CAST accepts 'inf' and 'nan'; neither is a spend.
@@ -100,9 +116,25 @@ def _timestamp(col: str, arrow_type: pa.DataType, fmt: str, tz: str) -> str:
         return f"CAST({_q(col)} AS TIMESTAMPTZ)"
     if pa.types.is_timestamp(arrow_type) or pa.types.is_date(arrow_type):
         naive = f"CAST({_q(col)} AS TIMESTAMP)"
+    elif "%z" in fmt:
+        # an offset in the value wins; a value without one is local time in ``tz``
+        with_offset = f"TRY_STRPTIME({_text(col)}, {_lit(fmt)})"
+        local = f"timezone({_lit(tz)}, TRY_STRPTIME({_text(col)}, {_lit(fmt.replace('%z', ''))}))"
+        return f"coalesce({with_offset}, {local})"
     else:
         naive = f"TRY_STRPTIME({_text(col)}, {_lit(fmt)})"
     return f"timezone({_lit(tz)}, {naive})"
+
+
+def _squash(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def _did_you_mean(name: str, columns: Sequence[str]) -> str:
+    """', did you mean 'X'?' for a column renamed by case, spacing or punctuation, else ''."""
+    same = [c for c in columns if _squash(c) == _squash(name)]
+    close = same or difflib.get_close_matches(name, list(columns), n=1, cutoff=0.75)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def check_source_columns(columns: Sequence[str], rules: CleaningRules, source: str) -> None:
@@ -114,8 +146,8 @@ def check_source_columns(columns: Sequence[str], rules: CleaningRules, source: s
         name = getattr(rules, key)
         if name is not None and name not in columns:
             raise InputError(
-                f"{source}: column '{name}' (ingest.columns.{key}) not found; the file has "
-                f"{list(columns)}. Set ingest.columns.{key} in params.yaml to one of them"
+                f"{source}: column '{name}' (ingest.columns.{key}) not found{_did_you_mean(name, columns)}; the "
+                f"file has {list(columns)}. Set ingest.columns.{key} in params.yaml to one of them"
             )
     for name in rules.duplicate_key:
         if name not in columns:
@@ -130,7 +162,18 @@ def check_source_columns(columns: Sequence[str], rules: CleaningRules, source: s
             )
 
 
-def clean_transactions(raw: pa.Table, rules: CleaningRules, source: str) -> CleaningResult:
+def _key_value(column: str, rules: CleaningRules) -> str:
+    """A duplicate-key column as the pipeline reads it (``_cid`` and ``_ts`` are the cleaned id and time)."""
+    if column == rules.customer_id:
+        return "_cid"
+    if column == rules.timestamp:
+        return "CAST(_ts AS VARCHAR)"
+    return _text(column)
+
+
+def clean_transactions(
+    raw: pa.Table, rules: CleaningRules, source: str, now: dt.datetime | None = None
+) -> CleaningResult:
     """Split a raw log into clean transactions and quarantined rows.
 
     Parameters
@@ -142,6 +185,8 @@ def clean_transactions(raw: pa.Table, rules: CleaningRules, source: str) -> Clea
         The column mapping and handling rules.
     source
         Name of the input, used in error messages.
+    now
+        The moment of ingest (default: the clock); a timestamp more than a day after it is a clock error.
 
     Returns
     -------
@@ -163,28 +208,34 @@ def clean_transactions(raw: pa.Table, rules: CleaningRules, source: str) -> Clea
         f"ELSE regexp_replace({cid}, '^([0-9]+)\\.0+$', '\\1') END"
     )
     ts = _timestamp(rules.timestamp, types[rules.timestamp], rules.timestamp_format, rules.timezone)
+    sep = rules.thousands_separator
     if rules.amount is not None:
-        amount = _number(rules.amount, types[rules.amount])
+        amount = _number(rules.amount, types[rules.amount], sep)
     else:
         assert rules.quantity is not None and rules.unit_price is not None  # guaranteed by the config
-        amount = (
-            f"({_number(rules.quantity, types[rules.quantity])} * {_number(rules.unit_price, types[rules.unit_price])})"
-        )
+        quantity = _number(rules.quantity, types[rules.quantity], sep)
+        amount = f"({quantity} * {_number(rules.unit_price, types[rules.unit_price], sep)})"
     order = _text(rules.order_id) if rules.order_id is not None else "CAST(NULL AS VARCHAR)"
     cancelled = "FALSE"
     if rules.cancellation_prefix is not None:
         cancelled = f"coalesce(starts_with({order}, {_lit(rules.cancellation_prefix)}), FALSE)"
     if rules.duplicate_key:
-        keys = ", ".join(f"CAST({_q(k)} AS VARCHAR)" for k in rules.duplicate_key)
+        keys = ", ".join(_key_value(k, rules) for k in rules.duplicate_key)
         dup_rank = f"row_number() OVER (PARTITION BY {keys} ORDER BY {s.SOURCE_ROW})"
     else:
         dup_rank = "1"
+    now = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    latest = _lit((now + dt.timedelta(days=1)).strftime("%Y-%m-%d %H:%M:%S+00"))
 
     reason_sql = f"""
         CASE
             WHEN _cid IS NULL THEN {_lit(s.MISSING_CUSTOMER_ID)}
             WHEN _ts IS NULL THEN {_lit(s.UNPARSEABLE_TIMESTAMP)}
+            WHEN _ts < TIMESTAMPTZ '1970-01-01 00:00:00+00' OR _ts > CAST({latest} AS TIMESTAMPTZ)
+                THEN {_lit(s.TIMESTAMP_OUT_OF_RANGE)}
             WHEN _amount IS NULL THEN {_lit(s.NON_NUMERIC_AMOUNT)}
+            WHEN NOT isfinite(_amount) OR abs(_amount) > {float(rules.max_abs_amount)!r}
+                THEN {_lit(s.AMOUNT_OUT_OF_RANGE)}
             WHEN _dup > 1 THEN {_lit(s.DUPLICATE)}
             WHEN {_lit(rules.returns)} = 'drop' AND (_cancelled OR _amount < 0) THEN {_lit(s.CANCELLATION)}
             WHEN {_lit(rules.zero_amount)} = 'quarantine' AND _amount = 0 THEN {_lit(s.ZERO_AMOUNT)}
@@ -198,9 +249,10 @@ def clean_transactions(raw: pa.Table, rules: CleaningRules, source: str) -> Clea
             con.execute(
                 f"""CREATE TEMP TABLE classified AS
                 SELECT *, {reason_sql} AS _reason FROM (
-                    SELECT *, {cid_clean} AS _cid, {ts} AS _ts, {amount} AS _amount, {order} AS _order,
-                           {cancelled} AS _cancelled, {dup_rank} AS _dup
-                    FROM raw)"""
+                    SELECT *, {dup_rank} AS _dup FROM (
+                        SELECT *, {cid_clean} AS _cid, {ts} AS _ts, {amount} AS _amount, {order} AS _order,
+                               {cancelled} AS _cancelled
+                        FROM raw))"""
             )
         except duckdb.InvalidInputException as exc:
             raise InputError(f"{source}: {str(exc).splitlines()[0]}; check ingest.timezone") from exc

@@ -74,8 +74,19 @@ class IngestConfig:
     cancellation_prefix: str | None
     returns: Literal["net", "drop"]
     zero_amount: Literal["keep", "quarantine"]
+    max_abs_amount: float
+    thousands_separator: str | None
 
     def __post_init__(self) -> None:
+        if not self.max_abs_amount > 0:
+            raise ConfigError(f"ingest.max_abs_amount must be > 0, got {self.max_abs_amount}")
+        if self.thousands_separator is not None and (
+            len(self.thousands_separator) != 1 or self.thousands_separator in "0123456789.-+eE"
+        ):
+            raise ConfigError(
+                "ingest.thousands_separator must be one character that cannot be part of a number, such as ',' "
+                f"(amounts use '.' for decimals); got {self.thousands_separator!r}"
+            )
         if self.duplicate_key and self.columns.order_id not in self.duplicate_key:
             # Without an order or line id, two identical lines may be two real purchases (CDNOW has 255).
             raise ConfigError(

@@ -12,6 +12,7 @@ import hashlib
 import importlib.resources
 import io
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -68,8 +69,9 @@ def _sha256(path: Path) -> str:
 def _csv_header(path: Path, delimiter: str, encoding: str) -> list[str]:
     opener: Any = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rt", encoding=encoding, newline="") as fh:
-            header = next(csv.reader(fh, delimiter=delimiter), None)
+        with opener(path, "rb") as fh:
+            first = fh.readline()  # only the header: a bad byte further down is read_source's to report
+        header = next(csv.reader([first.decode(encoding)], delimiter=delimiter), None)
     except UnicodeDecodeError as exc:
         raise InputError(
             f"{path}: header is not valid {encoding} ({exc.reason} at byte {exc.start}); "
@@ -79,8 +81,30 @@ def _csv_header(path: Path, delimiter: str, encoding: str) -> list[str]:
         raise InputError(f"{path}: cannot be read as {'gzip ' if opener is gzip.open else ''}CSV ({exc})") from exc
     if not header or all(not h.strip() for h in header):
         raise InputError(f"{path}: the file is empty (no header line); point ingest.source at a transaction log")
+    if len(header) == 1:
+        found = [d for d in SEPARATORS if d != delimiter and d in header[0]]
+        if found:
+            raise InputError(
+                f"{path}: the header is one column {header[0]!r} with delimiter {delimiter!r}; it looks "
+                f"{found[0]!r}-separated: set ingest.csv_delimiter to {found[0]!r}"
+            )
     # A UTF-8 byte order mark would otherwise stick to the first column name.
     return [h.lstrip("\ufeff").strip() for h in header]
+
+
+SEPARATORS = (",", ";", "\t", "|")
+
+
+def _first_undecodable_line(path: Path, encoding: str) -> str:
+    """Where a file stops being valid ``encoding``: 'line N (bytes ...)', for an error message."""
+    opener: Any = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        for number, line in enumerate(fh, start=1):
+            try:
+                line.decode(encoding)
+            except UnicodeDecodeError as exc:
+                return f"line {number} (bytes {line[max(0, exc.start - 10) : exc.end + 10]!r})"
+    return "an unknown line"
 
 
 def read_source(source: str, delimiter: str, encoding: str) -> tuple[pa.Table, str]:
@@ -96,7 +120,8 @@ def read_source(source: str, delimiter: str, encoding: str) -> tuple[pa.Table, s
         try:
             table = pq.read_table(path)
         except pa.ArrowException as exc:
-            raise InputError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from exc
+            reason = re.sub(r"^Could not open Parquet input source '.*?': ", "", str(exc).splitlines()[0])
+            raise InputError(f"{path}: not a readable Parquet file ({reason})") from exc
         return table, _sha256(path)
     if not (suffixes.endswith(".csv") or suffixes.endswith(".csv.gz")):
         raise InputError(f"{path}: unsupported file type; ingest reads .csv, .csv.gz and .parquet")
@@ -111,6 +136,11 @@ def read_source(source: str, delimiter: str, encoding: str) -> tuple[pa.Table, s
             ),
         )
     except pa.ArrowInvalid as exc:
+        if "invalid UTF8" in str(exc):
+            raise InputError(
+                f"{path}: not valid {encoding} at {_first_undecodable_line(path, encoding)}; set ingest.encoding to "
+                "the file's encoding (often latin-1 or cp1252 for spreadsheet exports)"
+            ) from exc
         raise InputError(
             f"{path}: cannot be parsed as CSV with delimiter {delimiter!r} and encoding {encoding} "
             f"({str(exc).splitlines()[0]}); check ingest.csv_delimiter and ingest.encoding"
@@ -133,6 +163,8 @@ def rules_from(cfg: IngestConfig) -> CleaningRules:
         cancellation_prefix=cfg.cancellation_prefix,
         returns=cfg.returns,
         zero_amount=cfg.zero_amount,
+        max_abs_amount=cfg.max_abs_amount,
+        thousands_separator=cfg.thousands_separator,
     )
 
 

@@ -41,6 +41,8 @@ ONLINE_RETAIL_INGEST: dict[str, Any] = {
     "cancellation_prefix": "C",
     "returns": "net",
     "zero_amount": "quarantine",
+    "max_abs_amount": 1000000,
+    "thousands_separator": None,
 }
 
 

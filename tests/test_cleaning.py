@@ -56,7 +56,9 @@ def test_reason_counts_drop_returns_and_zero(tmp_path: Path, params: dict[str, A
     assert m["quarantined_by_reason"] == {
         s.MISSING_CUSTOMER_ID: 3,  # empty, " NaN", and A8 whose other fields are bad too: first reason wins
         s.UNPARSEABLE_TIMESTAMP: 1,
+        s.TIMESTAMP_OUT_OF_RANGE: 0,
         s.NON_NUMERIC_AMOUNT: 2,  # "x" and "inf"
+        s.AMOUNT_OUT_OF_RANGE: 0,
         s.DUPLICATE: 1,
         s.CANCELLATION: 1,
         s.ZERO_AMOUNT: 1,
