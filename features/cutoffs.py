@@ -30,7 +30,8 @@ def resolve_cutoffs(
 ) -> Cutoffs:
     """Resolve the configured cutoffs against the data.
 
-    The scoring cutoff is the day before ``as_of`` (default: the last transaction day). A training cutoff is
+    The scoring cutoff is the day before ``as_of`` (default: the last transaction day); a date further than one
+    horizon past the data is an error (the log is stale, not the customers). A training cutoff is
     usable only if its whole label horizon lies on or before the scoring cutoff and the last transaction day:
     when back-filling an old week, no later data may train the model. ``count`` generated cutoffs step back
     ``every_days`` from the last usable one; generated cutoffs before the first transaction day are skipped
@@ -41,6 +42,13 @@ def resolve_cutoffs(
         raise InputError(
             f"score.as_of={as_of} is on or before the first transaction day {first_day}: there is no history "
             "to score; set score.as_of to a later date or null"
+        )
+    if scoring > last_day + dt.timedelta(days=horizon_days):
+        # Every customer would look silent for want of data, not of purchases, and be scored as churned.
+        raise InputError(
+            f"score.as_of={as_of} is more than horizon_days {horizon_days} after the last transaction day "
+            f"{last_day}: the log is missing the recent weeks; load a newer export or set score.as_of to "
+            f"{last_day + dt.timedelta(days=1)} or earlier"
         )
     last_usable = min(scoring, last_day) - dt.timedelta(days=horizon_days)
     for c in explicit:

@@ -68,6 +68,11 @@ class ClvFitError(InputError):
     """A model could not be fitted, or it produced a non-finite value, even after every remedy."""
 
 
+# Fewer customers than this cannot pin down a model's 3-4 heterogeneity parameters: the fit may "converge" to a
+# corner and every downstream ranking metric is undefined. Refuse instead of returning a meaningless model.
+MIN_CUSTOMERS_TO_FIT = 20
+
+
 # --- validation -----------------------------------------------------------------------------------------------
 
 
@@ -277,6 +282,11 @@ class PurchaseModel:
         ladder = _check_ladder(self.penalizer_ladder)
         keep = h.weight > 0
         f, r, t, w = (h.values["frequency"][keep], h.values["recency"][keep], h.values["T"][keep], h.weight[keep])
+        if w.sum() < MIN_CUSTOMERS_TO_FIT:
+            raise ClvFitError(
+                f"{self.model} needs the histories of at least {MIN_CUSTOMERS_TO_FIT} customers, got {w.sum():.0f}; "
+                "use a log with more customers or a later cutoff"
+            )
         init = None
         if initial is not None:
             scale = 1.0 / t.max()  # lifetimes fits on time rescaled so that max(T) = 1: start in its coordinates
@@ -514,6 +524,12 @@ class SpendModel:
         ladder = _check_ladder(self.penalizer_ladder)
         keep = h.weight > 0
         f, m, w = h.values["frequency"][keep], h.values["monetary_value"][keep], h.weight[keep]
+        if w.sum() < MIN_CUSTOMERS_TO_FIT:
+            raise ClvFitError(
+                f"Gamma-Gamma needs at least {MIN_CUSTOMERS_TO_FIT} repeat buyers with a positive mean repeat spend, "
+                f"got {w.sum():.0f}: the spend per purchase cannot be modelled from first purchases alone; "
+                "use a longer history or a later clv.calibration_cutoff"
+            )
         init = None if initial is None else np.log([initial[n] for n in PARAM_NAMES["gamma_gamma"]])
         attempts: list[dict[str, Any]] = []
         for pen in ladder:

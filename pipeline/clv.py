@@ -115,6 +115,21 @@ def _arrays(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
     )
 
 
+def _check_enough_history(frame: pd.DataFrame, where: str) -> None:
+    """One-line errors for a snapshot no BTYD model can be fitted on: too few customers, or no repeat buyer."""
+    n = len(frame)
+    if n < clv.MIN_CUSTOMERS_TO_FIT:
+        raise InputError(
+            f"clv: the {where} has {n} customer(s); the BTYD models need at least {clv.MIN_CUSTOMERS_TO_FIT}. "
+            "Use a log with more customers"
+        )
+    if not (frame[s.FREQUENCY] > 0).any():
+        raise InputError(
+            f"clv: at the {where} all {n} customers bought on one day only, so Gamma-Gamma has no repeat spend to "
+            "learn from; use a longer history, or a later clv.calibration_cutoff"
+        )
+
+
 def fit_spend(frame: pd.DataFrame, ladder: Sequence[float]) -> tuple[clv.SpendModel, int]:
     """Gamma-Gamma on the repeat buyers with positive mean spend; also returns how many repeat buyers were left out."""
     f, _, _, m = _arrays(frame)
@@ -283,6 +298,7 @@ def run(
     # 1. calibration: every candidate on the same spend model, judged on the labelled horizon
     cutoff = resolve_calibration(features, cfg)
     cal = read_snapshot(features, scoring=False, cutoff=cutoff)
+    _check_enough_history(cal, f"calibration cutoff {cutoff}")
     spend_cal, spend_left_out_cal = fit_spend(cal, ladder)
     names: tuple[clv.ModelName, ...] = clv.MODEL_NAMES if cfg.model == "auto" else (cfg.model,)
     candidates: dict[str, Candidate] = {}
@@ -307,6 +323,7 @@ def run(
 
     # 2. scoring: refit the chosen model on all history up to the scoring cutoff
     sc = read_snapshot(features, scoring=True)
+    _check_enough_history(sc, "scoring cutoff")
     f, r, t, m = _arrays(sc)
     purchases = clv.PurchaseModel(chosen.model.model, ladder).fit(f, r, t)
     spend, spend_left_out = fit_spend(sc, ladder)
