@@ -1,0 +1,479 @@
+"""The catalogue of bad inputs: each case is a small generated log or a params change, and its expected outcome.
+
+An outcome is either ``Fails`` (a stage exits with status 2 and exactly one line of error text, which is spelled out
+here in full) or ``Quarantines`` (ingest keeps ``kept`` rows, quarantines the rest with the named reasons, and rows
+in = rows kept + rows quarantined). ``Runs`` cases go through every stage up to ``upto`` and check the result.
+
+Logs use the layout ``customer_id,date,amount`` with dates as ``%Y-%m-%d`` unless a case overrides ``ingest``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features import schemas as s
+from tests.conftest import ONLINE_RETAIL_INGEST
+
+STAGES = ("ingest", "features", "clv", "churn")
+HEADER = "customer_id,date,amount"
+
+
+@dataclasses.dataclass(frozen=True)
+class Fails:
+    stage: str
+    message: str  # the whole line after "error: "; {src} stands for the source path
+
+
+@dataclasses.dataclass(frozen=True)
+class Quarantines:
+    kept: int
+    reasons: dict[str, int]  # the reasons with a non-zero count
+    check: Callable[[pd.DataFrame], None] | None = None  # more about the kept transactions
+
+
+@dataclasses.dataclass(frozen=True)
+class Runs:
+    upto: str
+    check: Callable[[dict[str, Any]], None]  # gets the stage outputs read back: {"clv": frame, "churn": frame, ...}
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    data: Callable[[], bytes] | None  # None: the source file does not exist
+    expect: Fails | Quarantines | Runs
+    ingest: dict[str, Any] = dataclasses.field(default_factory=dict)
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)  # dotted keys outside ingest
+    suffix: str = ".csv"
+
+    @property
+    def last_stage(self) -> str:
+        if isinstance(self.expect, Fails):
+            return self.expect.stage
+        if isinstance(self.expect, Runs):
+            return self.expect.upto
+        return "ingest"
+
+
+# --- generators ---------------------------------------------------------------------------------------------------
+
+
+def lines(*rows: str, header: str = HEADER) -> Callable[[], bytes]:
+    text = "\n".join([header, *rows]) + "\n"
+    return lambda: text.encode("utf-8")
+
+
+def raw(data: bytes) -> Callable[[], bytes]:
+    return lambda: data
+
+
+GOOD = ("1,2020-01-05,10.0", "2,2020-01-06,20.0", "1,2020-02-01,15.0")
+
+
+def history(customers: int = 300, seed: int = 7, one_time: bool = False, extra: Sequence[str] = ()) -> bytes:
+    """Two years of purchases: customers start in the first 60 days and buy every ~60 days until they drop out."""
+    rng = np.random.default_rng(seed)
+    start, end = dt.date(2020, 1, 1), dt.date(2021, 12, 31)
+    rows = []
+    for c in range(customers):
+        day = start + dt.timedelta(days=int(rng.integers(0, 60 if not one_time else 700)))
+        rows.append(f"{c},{day},{10 + c % 7}.0")
+        while not one_time:
+            day += dt.timedelta(days=int(rng.exponential(60)) + 1)
+            if day > end or rng.random() < 0.1:
+                break
+            rows.append(f"{c},{day},{rng.gamma(2.0, 10.0):.2f}")
+    return ("\n".join([HEADER, *rows, *extra]) + "\n").encode("utf-8")
+
+
+def parquet_bytes() -> bytes:
+    return b"PAR1 this is not a parquet file"
+
+
+# --- checks on kept rows ------------------------------------------------------------------------------------------
+
+
+def utc_times(*expected: str) -> Callable[[pd.DataFrame], None]:
+    def check(tx: pd.DataFrame) -> None:
+        assert [t.strftime("%Y-%m-%d %H:%M") for t in tx[s.TS]] == list(expected)
+        assert str(tx[s.TS].dt.tz) == "UTC"
+
+    return check
+
+
+def amounts(*expected: float) -> Callable[[pd.DataFrame], None]:
+    def check(tx: pd.DataFrame) -> None:
+        assert tx[s.AMOUNT].tolist() == list(expected)
+
+    return check
+
+
+def customers(*expected: str) -> Callable[[pd.DataFrame], None]:
+    def check(tx: pd.DataFrame) -> None:
+        assert tx[s.CUSTOMER_ID].tolist() == list(expected)
+
+    return check
+
+
+def whale_is_scored(out: dict[str, Any]) -> None:
+    value, risk = out["clv"], out["churn"]
+    whale = value[value[s.CUSTOMER_ID] == "9999"].iloc[0]
+    assert whale[s.FREQUENCY] > 600  # ~700 purchase days: the largest history in the log by far
+    assert np.isfinite(whale[s.CLV]) and whale[s.CLV] == value[s.CLV].max()
+    assert 0 < whale[s.P_ALIVE] <= 1
+    p = risk.loc[risk[s.CUSTOMER_ID] == "9999", s.P_CHURN].iloc[0]
+    assert p < risk[s.P_CHURN].median()  # it bought yesterday and every day before
+
+
+# --- the catalogue ------------------------------------------------------------------------------------------------
+
+OR_LAYOUT = {
+    "columns": dict(ONLINE_RETAIL_INGEST["columns"]),
+    "timestamp_format": "%Y-%m-%d %H:%M:%S",
+    "duplicate_key": ["InvoiceNo", "StockCode", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID"],
+    "cancellation_prefix": "C",
+}
+OR_HEADER = "InvoiceNo,StockCode,Quantity,InvoiceDate,UnitPrice,CustomerID"
+FILE_HAS = "['customer_id', 'date', 'amount']"
+
+CASES: list[Case] = [
+    # --- the file and its header -----------------------------------------------------------------------------
+    Case(
+        "missing_column",
+        lines("1,2020-01-05", header="customer_id,date"),
+        Fails(
+            "ingest",
+            "{src}: column 'amount' (ingest.columns.amount) not found; the file has ['customer_id', 'date']. "
+            "Set ingest.columns.amount in params.yaml to one of them",
+        ),
+    ),
+    Case(
+        "renamed_column",
+        lines(*GOOD, header="Customer ID,date,amount"),
+        Fails(
+            "ingest",
+            "{src}: column 'customer_id' (ingest.columns.customer_id) not found (did you mean 'Customer ID'?); "
+            "the file has ['Customer ID', 'date', 'amount']. Set ingest.columns.customer_id in params.yaml to one "
+            "of them",
+        ),
+    ),
+    Case(
+        "duplicated_column",
+        lines("1,2020-01-05,10.0,11.0", header="customer_id,date,amount,amount"),
+        Fails("ingest", "{src}: column name(s) ['amount'] appear more than once in the header; rename them"),
+    ),
+    Case(
+        "empty_file",
+        raw(b""),
+        Fails("ingest", "{src}: the file is empty (no header line); point ingest.source at a transaction log"),
+    ),
+    Case(
+        "header_only",
+        lines(),
+        Fails("ingest", "{src}: has a header but no data rows; point ingest.source at a non-empty log"),
+    ),
+    Case(
+        "wrong_delimiter",
+        raw(b"customer_id;date;amount\n1;2020-01-05;10.0\n"),
+        Fails(
+            "ingest",
+            "{src}: the header is one column 'customer_id;date;amount' with delimiter ','; it looks ';'-separated: "
+            "set ingest.csv_delimiter to ';'",
+        ),
+    ),
+    Case(
+        "non_utf8_bytes",
+        raw(b"customer_id,date,amount,note\n1,2020-01-05,10.0,ok\n2,2020-01-06,20.0,caf\xe9\n"),
+        Fails(
+            "ingest",
+            "{src}: not valid utf-8 at line 3 (bytes b'6,20.0,caf\\xe9\\n'); set ingest.encoding to the file's "
+            "encoding (often latin-1 or cp1252 for spreadsheet exports)",
+        ),
+    ),
+    Case(
+        "non_utf8_bytes_read_as_latin1",
+        raw(b"customer_id,date,amount,note\n1,2020-01-05,10.0,ok\n2,2020-01-06,20.0,caf\xe9\n"),
+        Quarantines(kept=2, reasons={}, check=customers("1", "2")),
+        ingest={"encoding": "latin-1"},
+    ),
+    Case(
+        "byte_order_mark",
+        raw(b"\xef\xbb\xbf" + "\n".join([HEADER, *GOOD]).encode() + b"\n"),
+        Quarantines(kept=3, reasons={}, check=customers("1", "2", "1")),
+    ),
+    Case(
+        "missing_file",
+        None,
+        Fails("ingest", "{src}: file not found; set ingest.source to an existing file or one of: cdnow, cdnow_sample"),
+    ),
+    Case(
+        "unsupported_file_type",
+        lines(*GOOD),
+        Fails("ingest", "{src}: unsupported file type; ingest reads .csv, .csv.gz and .parquet"),
+        suffix=".xlsx",
+    ),
+    Case(
+        "corrupt_parquet",
+        parquet_bytes,
+        Fails(
+            "ingest",
+            "{src}: not a readable Parquet file (Parquet magic bytes not found in footer. Either the file is "
+            "corrupted or this is not a parquet file.)",
+        ),
+        suffix=".parquet",
+    ),
+    Case(
+        "every_row_bad",
+        lines("1,05/01/2020,10.0", "2,06/01/2020,20.0"),
+        Fails(
+            "ingest",
+            "{src}: all 2 rows were quarantined (mostly 'unparseable_timestamp': 2); check ingest.columns, "
+            "ingest.timestamp_format and the quarantine rules in params.yaml",
+        ),
+    ),
+    # --- timestamps ----------------------------------------------------------------------------------------------
+    Case(
+        "unparseable_timestamps",
+        lines(*GOOD, "3,2020-13-01,5.0", "3,yesterday,5.0", "3,,5.0"),
+        Quarantines(kept=3, reasons={s.UNPARSEABLE_TIMESTAMP: 3}),
+    ),
+    Case(
+        "future_timestamps",
+        lines(*GOOD, "3,2999-01-01,5.0", f"3,{dt.date.today() + dt.timedelta(days=3)},5.0"),
+        Quarantines(kept=3, reasons={s.TIMESTAMP_OUT_OF_RANGE: 2}),
+    ),
+    Case(
+        "pre_1970_timestamps",
+        lines(*GOOD, "3,1969-12-31,5.0", "3,1900-01-01,5.0"),
+        Quarantines(kept=3, reasons={s.TIMESTAMP_OUT_OF_RANGE: 2}),
+    ),
+    Case(
+        "mixed_time_zones",
+        lines(
+            "1,2020-01-05 10:00:00+01:00,10.0",
+            "2,2020-01-05 10:00:00-05:00,10.0",
+            "3,2020-01-05 10:00:00+00:00,10.0",
+            "4,2020-01-05 10:00:00,10.0",  # no offset: read in ingest.timezone
+        ),
+        Quarantines(
+            kept=4,
+            reasons={},
+            check=utc_times("2020-01-05 09:00", "2020-01-05 15:00", "2020-01-05 10:00", "2020-01-05 08:00"),
+        ),
+        ingest={"timestamp_format": "%Y-%m-%d %H:%M:%S%z", "timezone": "Europe/Athens"},
+    ),
+    Case(
+        "offsets_the_format_does_not_expect",
+        lines("1,2020-01-05 10:00:00,10.0", "2,2020-01-05 10:00:00+01:00,10.0"),
+        Quarantines(kept=1, reasons={s.UNPARSEABLE_TIMESTAMP: 1}, check=utc_times("2020-01-05 10:00")),
+        ingest={"timestamp_format": "%Y-%m-%d %H:%M:%S"},
+    ),
+    # --- customer ids --------------------------------------------------------------------------------------------
+    Case(
+        "null_marker_ids",
+        lines(*GOOD, "NaN,2020-01-07,5.0", "nan,2020-01-07,5.0", "None,2020-01-07,5.0", "NULL,2020-01-07,5.0"),
+        Quarantines(kept=3, reasons={s.MISSING_CUSTOMER_ID: 4}),
+    ),
+    Case(
+        "empty_and_whitespace_ids",
+        lines(*GOOD, ",2020-01-07,5.0", "   ,2020-01-07,5.0", '"\t",2020-01-07,5.0'),
+        Quarantines(kept=3, reasons={s.MISSING_CUSTOMER_ID: 3}),
+    ),
+    Case(
+        "ids_written_as_floats",
+        lines("17850,2020-01-05,10.0", "17850.0,2020-01-06,10.0", " 17850 ,2020-01-07,10.0", "A17.0,2020-01-07,1"),
+        Quarantines(kept=4, reasons={}, check=customers("17850", "17850", "17850", "A17.0")),
+    ),
+    # --- amounts -------------------------------------------------------------------------------------------------
+    Case(
+        "negative_amounts_netted",
+        lines(*GOOD, "1,2020-02-02,-15.0"),
+        Quarantines(kept=4, reasons={}, check=amounts(10.0, 20.0, 15.0, -15.0)),
+    ),
+    Case(
+        "negative_amounts_dropped",
+        lines(*GOOD, "1,2020-02-02,-15.0"),
+        Quarantines(kept=3, reasons={s.CANCELLATION: 1}),
+        ingest={"returns": "drop"},
+    ),
+    Case(
+        "zero_amounts_kept",
+        lines(*GOOD, "2,2020-02-02,0", "2,2020-02-03,0.00"),
+        Quarantines(kept=5, reasons={}, check=amounts(10.0, 20.0, 15.0, 0.0, 0.0)),
+    ),
+    Case(
+        "zero_amounts_quarantined",
+        lines(*GOOD, "2,2020-02-02,0", "2,2020-02-03,0.00"),
+        Quarantines(kept=3, reasons={s.ZERO_AMOUNT: 2}),
+        ingest={"zero_amount": "quarantine"},
+    ),
+    Case(
+        "huge_amounts",
+        lines(*GOOD, "2,2020-02-02,1e12", "2,2020-02-03,-50000000", "2,2020-02-04,999999.99"),
+        Quarantines(kept=4, reasons={s.AMOUNT_OUT_OF_RANGE: 2}, check=amounts(10.0, 20.0, 15.0, 999999.99)),
+    ),
+    Case(
+        "non_numeric_amounts",
+        lines(*GOOD, "2,2020-02-02,abc", "2,2020-02-03,", "2,2020-02-04,inf", "2,2020-02-05,NaN", "2,2020-02-06,1e999"),
+        Quarantines(kept=3, reasons={s.NON_NUMERIC_AMOUNT: 5}),
+    ),
+    Case(
+        "thousands_separators_unannounced",
+        lines(*GOOD, '2,2020-02-02,"1,234.50"'),
+        Quarantines(kept=3, reasons={s.NON_NUMERIC_AMOUNT: 1}),
+    ),
+    Case(
+        "thousands_separators_announced",
+        lines(*GOOD, '2,2020-02-02,"1,234.50"'),
+        Quarantines(kept=4, reasons={}, check=amounts(10.0, 20.0, 15.0, 1234.5)),
+        ingest={"thousands_separator": ","},
+    ),
+    Case(
+        "quantity_times_price_overflows",
+        lines("A1,S1,1e200,2020-01-05 10:00:00,1e200,1", "A2,S1,2,2020-01-05 11:00:00,1.5,1", header=OR_HEADER),
+        Quarantines(kept=1, reasons={s.AMOUNT_OUT_OF_RANGE: 1}, check=amounts(3.0)),
+        ingest=OR_LAYOUT,
+    ),
+    # --- orders: cancellations and duplicates ------------------------------------------------------------------
+    Case(
+        "cancellations",
+        lines(
+            "A1,S1,2,2020-01-05 10:00:00,1.5,1",
+            "C2,S1,-2,2020-01-06 10:00:00,1.5,1",
+            "C3,S1,2,2020-01-06 10:00:00,1.5,1",  # a cancellation written with a positive quantity
+            header=OR_HEADER,
+        ),
+        Quarantines(kept=3, reasons={}, check=amounts(3.0, -3.0, -3.0)),
+        ingest=OR_LAYOUT,
+    ),
+    Case(
+        "cancellations_dropped",
+        lines("A1,S1,2,2020-01-05 10:00:00,1.5,1", "C2,S1,-2,2020-01-06 10:00:00,1.5,1", header=OR_HEADER),
+        Quarantines(kept=1, reasons={s.CANCELLATION: 1}),
+        ingest={**OR_LAYOUT, "returns": "drop"},
+    ),
+    Case(
+        "exact_duplicates",
+        lines(*["A1,S1,2,2020-01-05 10:00:00,1.5,1"] * 3, "A1,S2,2,2020-01-05 10:00:00,1.5,1", header=OR_HEADER),
+        Quarantines(kept=2, reasons={s.DUPLICATE: 2}),
+        ingest=OR_LAYOUT,
+    ),
+    Case(
+        "near_duplicates",
+        lines(
+            "A1,S1,2,2020-01-05 10:00:00,1.5,1",
+            "A1 ,S1,2,2020-01-05 10:00:00,1.5,1.0",  # the same line after trimming and the float id
+            "A1,S1,3,2020-01-05 10:00:00,1.5,1",  # another quantity: a second line of the order, kept
+            header=OR_HEADER,
+        ),
+        Quarantines(kept=2, reasons={s.DUPLICATE: 1}, check=amounts(3.0, 4.5)),
+        ingest=OR_LAYOUT,
+    ),
+    Case(
+        "identical_lines_without_an_order_id",
+        lines(*GOOD, "1,2020-02-01,15.0"),  # two real purchases may look the same: without a key both are kept
+        Quarantines(kept=4, reasons={}),
+    ),
+    # --- histories the models cannot or can barely fit ---------------------------------------------------------
+    Case(
+        "one_customer",
+        lines(*[f"1,{dt.date(2020, 1, 1) + dt.timedelta(days=7 * i)},10.0" for i in range(80)]),
+        Fails(
+            "clv",
+            "clv: the calibration cutoff 2021-04-08 has 1 customer(s); the BTYD models need at least 20. "
+            "Use a log with more customers",
+        ),
+    ),
+    Case(
+        "all_one_time_buyers",
+        lambda: history(400, one_time=True),
+        Fails(
+            "clv",
+            "clv: at the calibration cutoff 2021-09-01 all 336 customers bought on one day only, so Gamma-Gamma has "
+            "no repeat spend to learn from; use a longer history, or a later clv.calibration_cutoff",
+        ),
+    ),
+    Case(
+        "a_customer_with_thousands_of_purchases",
+        lambda: history(extra=[f"9999,{dt.date(2020, 1, 1) + dt.timedelta(days=i // 3)},5.0" for i in range(3 * 730)]),
+        Runs("churn", whale_is_scored),
+    ),
+    # --- dates and params ------------------------------------------------------------------------------------------
+    Case(
+        "cutoff_before_the_first_transaction",
+        lambda: history(),
+        Fails(
+            "features",
+            "features.cutoffs: 2019-06-30 is before the first transaction day 2020-01-01; no customer has history",
+        ),
+        params={"features.cutoffs": ["2019-06-30"]},
+    ),
+    Case(
+        "cutoff_after_the_last_transaction",
+        lambda: history(),
+        Fails(
+            "features",
+            "features.cutoffs: 2022-03-01 + horizon_days 90 ends after the last observed day 2021-12-31 (the labels "
+            "would be incomplete); use cutoffs on or before 2021-10-02, or shorten features.horizon_days",
+        ),
+        params={"features.cutoffs": ["2022-03-01"]},
+    ),
+    Case(
+        "horizon_longer_than_the_data",
+        lambda: history(),
+        Fails(
+            "features",
+            "no training cutoff fits the data (2020-01-01 to 2021-12-31) with horizon_days 1000: set "
+            "features.cutoffs or features.cutoff_schedule.count, or shorten features.horizon_days",
+        ),
+        params={"features.horizon_days": 1000},
+    ),
+    Case(
+        "scoring_date_before_the_data",
+        lambda: history(),
+        Fails(
+            "features",
+            "score.as_of=2019-01-01 is on or before the first transaction day 2020-01-01: there is no history to "
+            "score; set score.as_of to a later date or null",
+        ),
+        params={"score.as_of": "2019-01-01"},
+    ),
+    Case(
+        "scoring_date_long_after_the_data",
+        lambda: history(),
+        Fails(
+            "features",
+            "score.as_of=2023-01-01 is more than horizon_days 90 after the last transaction day 2021-12-31: the log "
+            "is missing the recent weeks; load a newer export or set score.as_of to 2022-01-01 or earlier",
+        ),
+        params={"score.as_of": "2023-01-01"},
+    ),
+    Case(
+        "param_of_the_wrong_type",
+        lambda: history(),
+        Fails("features", "features.horizon_days: expected a whole number, got '90 days'"),
+        params={"features.horizon_days": "90 days"},
+    ),
+    Case(
+        "param_outside_its_choices",
+        lines(*GOOD),
+        Fails("ingest", "ingest.returns: must be one of net, drop; got 'keep'"),
+        ingest={"returns": "keep"},
+    ),
+    Case(
+        "thousands_separator_that_is_the_decimal_point",
+        lines(*GOOD),
+        Fails(
+            "ingest",
+            "ingest.thousands_separator must be one character that cannot be part of a number, such as ',' (amounts "
+            "use '.' for decimals); got '.'",
+        ),
+        ingest={"thousands_separator": "."},
+    ),
+]

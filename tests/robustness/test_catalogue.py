@@ -1,0 +1,107 @@
+"""Every case of the bad-input catalogue through the stages' command-line entry points, as DVC runs them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+
+from features import schemas as s
+from pipeline import churn, cli, clv, features, ingest
+from tests.conftest import project_params
+from tests.robustness.catalogue import CASES, STAGES, Case, Fails, Quarantines, Runs
+
+MODULES = {"ingest": ingest, "features": features, "clv": clv, "churn": churn}
+
+
+def stage_args(stage: str, d: Path) -> list[str]:
+    return {
+        "ingest": ["--transactions", f"{d}/tx.parquet", "--quarantine", f"{d}/q.parquet", "--metrics", f"{d}/i.json"],
+        "features": ["--transactions", f"{d}/tx.parquet", "--features", f"{d}/f.parquet", "--metrics", f"{d}/f.json"],
+        "clv": [
+            *("--transactions", f"{d}/tx.parquet", "--features", f"{d}/f.parquet", "--clv", f"{d}/clv.parquet"),
+            *("--artifacts", f"{d}/artifacts/clv", "--metrics", f"{d}/clv.json", "--plots", f"{d}/plots/clv"),
+        ],
+        "churn": [
+            *("--features", f"{d}/f.parquet", "--churn", f"{d}/churn.parquet", "--artifacts", f"{d}/artifacts/churn"),
+            *("--metrics", f"{d}/churn.json", "--plots", f"{d}/plots/churn", "--drift", f"{d}/drift.parquet"),
+        ],
+    }[stage]
+
+
+def case_params(case: Case, source: Path) -> dict[str, Any]:
+    params = project_params()
+    params["ingest"].update(
+        source=str(source),
+        columns={
+            "customer_id": "customer_id",
+            "timestamp": "date",
+            "amount": "amount",
+            "quantity": None,
+            "unit_price": None,
+            "order_id": None,
+        },
+        timestamp_format="%Y-%m-%d",
+    )
+    params["ingest"].update(case.ingest)
+    params["features"]["cutoffs"] = []
+    params["clv"].update(calibration_cutoff=None, bootstrap_samples=5)
+    for dotted, value in case.params.items():
+        section, *path, key = dotted.split(".")
+        target = params[section]
+        for part in path:
+            target = target[part]
+        target[key] = value
+    return params
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_catalogue_case(
+    case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / f"source{case.suffix}"
+    if case.data is not None:
+        source.write_bytes(case.data())
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(case_params(case, source)))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+
+    last = STAGES.index(case.last_stage)
+    for stage in STAGES[: last + 1]:
+        capsys.readouterr()
+        args = ["--params", str(params_file), *stage_args(stage, tmp_path)]
+        failing = isinstance(case.expect, Fails) and stage == case.expect.stage
+        if failing:
+            with pytest.raises(SystemExit) as stopped:
+                cli.run(MODULES[stage].main, args)
+            assert stopped.value.code == 2
+            err = capsys.readouterr().err
+            assert err.strip().splitlines() == ["error: " + case.expect.message.format(src=source)], err
+            return
+        cli.run(MODULES[stage].main, args)
+        if stage == "ingest":
+            check_nothing_lost(tmp_path, case)
+
+    if isinstance(case.expect, Runs):
+        ran = STAGES[: last + 1]
+        outputs = {name: pd.read_parquet(tmp_path / f"{name}.parquet") for name in ("clv", "churn") if name in ran}
+        case.expect.check(outputs)
+
+
+def check_nothing_lost(d: Path, case: Case) -> None:
+    """Rows in = rows kept + rows quarantined, in the metrics and in the two files; reasons as the case expects."""
+    metrics = json.loads((d / "i.json").read_text())
+    tx, q = pd.read_parquet(d / "tx.parquet"), pd.read_parquet(d / "q.parquet")
+    assert metrics["rows_in"] == metrics["rows_kept"] + metrics["rows_quarantined"]
+    assert (metrics["rows_kept"], metrics["rows_quarantined"]) == (len(tx), len(q))
+    assert q[s.REASON].value_counts().to_dict() == {k: v for k, v in metrics["quarantined_by_reason"].items() if v}
+    if isinstance(case.expect, Quarantines):
+        assert metrics["rows_kept"] == case.expect.kept
+        assert {k: v for k, v in metrics["quarantined_by_reason"].items() if v} == case.expect.reasons
+        if case.expect.check is not None:
+            case.expect.check(tx)
