@@ -7,6 +7,7 @@ so a stage killed mid-write leaves the previous output intact.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import math
 import os
@@ -15,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 import pyarrow as pa_arrow
@@ -30,12 +32,37 @@ def _umask() -> int:
     return mask
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: Path) -> list[Path]:
+    """Delete temporaries of ``target`` left by writers that were killed (their process no longer exists)."""
+    removed = []
+    for tmp in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        pid = tmp.name[len(target.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The temporary is named ``.<name>.<pid>.<random>.tmp``. A writer killed before the rename (SIGKILL, power loss)
+    leaves ``path`` as it was plus that hidden file; the next successful write of ``path`` deletes it.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     # mkstemp creates the file for its owner only; an output should get the permissions any new file gets
@@ -43,6 +70,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, target)
+        remove_stale_temporaries(target)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -79,6 +107,47 @@ def write_batches(batches: Iterable[pa_arrow.RecordBatch], path: str | Path, sch
             if writer is not None:
                 writer.close()
     return rows
+
+
+# A cell starting with one of these is run as a formula by spreadsheet programs (CSV injection).
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise(text: str) -> str:
+    """``text`` made safe to open in a spreadsheet: a leading ``'`` where it would start a formula."""
+    return f"'{text}" if text.startswith(FORMULA_PREFIXES) else text
+
+
+def check_finite(frame: pd.DataFrame, where: str, undefined_allowed: Iterable[str] = ()) -> None:
+    """Raise ``InputError`` if a numeric column holds an infinity, or a NaN outside ``undefined_allowed``."""
+    allowed = set(undefined_allowed)
+    for column in frame.columns:
+        values = frame[column]
+        if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            continue
+        numbers = values.to_numpy(dtype="float64", na_value=np.nan)
+        bad = np.isinf(numbers) if column in allowed else ~np.isfinite(numbers)
+        if bad.any():
+            raise InputError(
+                f"{where}: column {column!r} has {int(bad.sum())} non-finite value(s) (first at row "
+                f"{int(np.argmax(bad))}: {numbers[bad][0]}); this is a bug in the stage, please report it"
+            )
+
+
+def write_csv(frame: pd.DataFrame, path: str | Path, undefined_allowed: Iterable[str] = ()) -> None:
+    """Write ``frame`` as CSV atomically: finite numbers only, and text cells that cannot start a formula.
+
+    ``undefined_allowed`` names columns where a missing value means "undefined" (a rate over no customers); it is
+    written as an empty cell.
+    """
+    check_finite(frame, f"writing {path}", undefined_allowed)
+    safe = frame.copy()
+    safe.columns = [neutralise(str(c)) for c in frame.columns]
+    for column in safe.columns:
+        if not pd.api.types.is_numeric_dtype(safe[column]):
+            safe[column] = safe[column].map(lambda v: neutralise(v) if isinstance(v, str) else v)
+    with atomic_path(path) as tmp:
+        safe.to_csv(tmp, index=False)
 
 
 def read_table(path: str | Path, schema: pa.DataFrameSchema) -> pd.DataFrame:

@@ -1,0 +1,131 @@
+"""The pipeline under `dvc repro` in a throw-away copy of the project: forced reruns and a stage killed mid-write.
+
+The copy holds the project's code, dvc.yaml and params.yaml (on the 2,357-customer CDNOW sample, with fewer
+cutoffs and bootstrap refits so a run takes well under a minute).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from features import schemas as s
+from pipeline.config import FeaturesConfig, section
+from pipeline.io import read_table
+from tests.conftest import ROOT, project_params
+
+pytestmark = pytest.mark.slow
+
+OUTPUT_SUFFIXES = (".parquet", ".csv")
+
+
+def _env(project: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # the stages' `python`
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{project}/mlflow.db"
+    env.pop("CHURN_CLV_DEBUG", None)
+    return env
+
+
+def dvc(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=project, env=_env(project), capture_output=True, text=True
+    )
+
+
+def outputs(project: Path) -> dict[str, str]:
+    """sha256 of every Parquet and CSV file the pipeline wrote, by path relative to the project."""
+    found = {}
+    for folder in ("data", "reports", "plots"):
+        for path in sorted((project / folder).rglob("*")):
+            if path.suffix in OUTPUT_SUFFIXES and not path.name.startswith("."):
+                found[str(path.relative_to(project))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A copy of the project that has been through one `dvc repro`."""
+    d = tmp_path_factory.mktemp("project")
+    for package in ("pipeline", "features", "models"):
+        shutil.copytree(ROOT / package, d / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", d / "dvc.yaml")
+    params = project_params()
+    params["ingest"]["source"] = "cdnow_sample"
+    params["features"]["cutoff_schedule"]["count"] = 6
+    params["clv"]["bootstrap_samples"] = 5
+    (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert dvc(d, "init", "--no-scm", "-q").returncode == 0
+    first = dvc(d, "repro")
+    assert first.returncode == 0, first.stderr[-2000:]
+    yield d
+
+
+def test_forced_rerun_is_byte_identical(project: Path) -> None:
+    before = outputs(project)
+    assert len(before) >= 10 and any(p.startswith("reports/weekly/") for p in before)
+    again = dvc(project, "repro", "--force")
+    assert again.returncode == 0, again.stderr[-2000:]
+    after = outputs(project)
+    changed = sorted(p for p in before if after.get(p) != before[p])
+    assert after.keys() == before.keys()
+    assert changed == []
+
+
+# The features stage run as DVC runs it, except that its Parquet writer stops halfway: it writes half of the first
+# batch's rows to the temporary file, then the process kills itself with SIGKILL (no cleanup handler runs).
+KILL_MID_WRITE = textwrap.dedent(
+    """
+    import os, signal, sys
+    import pyarrow.parquet as pq
+
+    class WriterThatDies(pq.ParquetWriter):
+        def write_table(self, table, *args, **kwargs):
+            super().write_table(table.slice(0, table.num_rows // 2), *args, **kwargs)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    pq.ParquetWriter = WriterThatDies
+    from pipeline import cli, features
+    cli.run(features.main, sys.argv[1:])
+    """
+)
+
+
+def test_stage_killed_mid_write_leaves_outputs_intact(project: Path) -> None:
+    target = project / "data" / "features.parquet"
+    before = target.read_bytes()
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["features"]["horizon_days"] = 60  # the features stage now has something new to write
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    args = ["--transactions", "data/transactions.parquet", "--features", "data/features.parquet"]
+    args += ["--metrics", "metrics/features.json"]
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_MID_WRITE, *args], cwd=project, env=_env(project), capture_output=True, text=True
+    )
+    assert killed.returncode == -signal.SIGKILL
+    assert target.read_bytes() == before  # the previous output, untouched
+    (leftover,) = target.parent.glob(".features.parquet.*.tmp")  # the half-written file, beside it
+    assert leftover.stat().st_size > 0
+
+    status = dvc(project, "status")
+    assert "features" in status.stdout  # DVC sees the new params, not a broken output
+    redo = dvc(project, "repro")
+    assert redo.returncode == 0, redo.stderr[-2000:]
+    fcfg = section(params, "features", FeaturesConfig)
+    table = read_table(target, s.feature_schema(fcfg.windows_days, fcfg.trend_window_days))
+    labelled = table[~table[s.IS_SCORING]]
+    assert pd.Timestamp(labelled[s.CUTOFF].max()) == pd.Timestamp("1998-06-30") - pd.Timedelta(days=60)
+    assert not leftover.exists()  # removed by the next successful write
+    assert "up to date" in dvc(project, "status").stdout
