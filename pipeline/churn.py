@@ -37,7 +37,7 @@ from models import clv, monitoring
 from models.evaluation import calibration_table, churn_metrics, lift_table, pr_points, roc_points, round_metrics
 from pipeline import cli, plots, tracking
 from pipeline.config import AttributeTable, BaseConfig, ChurnConfig, FeaturesConfig, load_params, section
-from pipeline.io import atomic_path, finite_json, write_json, write_table
+from pipeline.io import atomic_path, finite_json, write_csv, write_json, write_table
 
 log = logging.getLogger("churn")
 
@@ -313,8 +313,7 @@ def run(
         model.booster_.save_model(str(tmp), num_iteration=model.best_iteration_)
     with atomic_path(out.artifacts / "calibrator.joblib") as tmp:
         joblib.dump(model.calibrator_, tmp)
-    with atomic_path(out.artifacts / "importance.csv") as tmp:
-        importance.to_csv(tmp, index=False)
+    write_csv(importance, out.artifacts / "importance.csv")
     card = {
         "features": X_cols,
         "feature_medians_at_scoring": medians,
@@ -413,8 +412,7 @@ def _plots(out: Outputs, y: np.ndarray, probs: dict[str, np.ndarray], cutoff: pd
     lift = lift_table(y, model)
     out.plots.mkdir(parents=True, exist_ok=True)
     for name, frame in (("roc", roc), ("pr", pr), ("calibration", cal), ("lift", lift)):
-        with atomic_path(out.plots / f"{name}.csv") as tmp:
-            frame.to_csv(tmp, index=False)
+        write_csv(frame, out.plots / f"{name}.csv")
     day = cutoff.date()
     plots.curves(
         {n: roc_points(y, p) for n, p in probs.items()},

@@ -31,7 +31,7 @@ from models.evaluation import better, decile_table, holdout_metrics, round_metri
 from pipeline import cli, plots, tracking
 from pipeline.config import BaseConfig, ClvConfig, FeaturesConfig, load_params, section
 from pipeline.features import connect, open_transactions
-from pipeline.io import finite_json, write_json, write_table
+from pipeline.io import finite_json, write_csv, write_json, write_table
 
 log = logging.getLogger("clv")
 
@@ -431,9 +431,9 @@ def run(
     cumulative = cumulative_tracking(transactions, base, cutoff, fcfg.horizon_days, chosen.model, cal)
     deciles = decile_table(chosen.clv, chosen.expected_spend, cal[s.FUTURE_SPEND].to_numpy(np.float64))
     out.plots.mkdir(parents=True, exist_ok=True)
-    freq_table.to_csv(out.plots / "by_frequency.csv", index=False)
-    cumulative.to_csv(out.plots / "cumulative.csv", index=False)
-    deciles.to_csv(out.plots / "deciles.csv", index=False)
+    write_csv(freq_table, out.plots / "by_frequency.csv")
+    write_csv(cumulative, out.plots / "cumulative.csv")
+    write_csv(deciles, out.plots / "deciles.csv")
     _render(out.figures, freq_table, cumulative, deciles, p_alive_grid(purchases, sc), cutoff, chosen.name, unit)
 
     if track:

@@ -36,12 +36,11 @@ from models import segments as seg
 from pipeline import cli
 from pipeline import html as h
 from pipeline.config import ClvConfig, FeaturesConfig, ScoreConfig, load_params, section
-from pipeline.io import atomic_path, read_table, write_table
+from pipeline.io import atomic_path, check_finite, neutralise, read_table, write_csv, write_table
 from pipeline.score import grid, iso_week
 
 log = logging.getLogger("report")
 
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 WEEK_FOLDER = re.compile(r"^\d{4}-W\d{2}$")
 LIST_CSV = "churn_risk.csv"
 LIST_PARQUET = "churn_risk.parquet"
@@ -52,11 +51,6 @@ MODERATE_PSI = 0.1
 # Decimals in the CSV: money to the cent, probabilities to 4 places.
 MONEY = (s.VALUE_AT_RISK, s.CLV, s.CLV_P05, s.CLV_P95, s.CLV_NET, s.TOTAL_SPEND, s.REVENUE_LAST_HORIZON)
 PROBABILITIES = (s.P_CHURN, s.P_ALIVE)
-
-
-def neutralise(text: str) -> str:
-    """``text`` made safe to open in a spreadsheet: a leading ``'`` where it would start a formula."""
-    return f"'{text}" if text.startswith(FORMULA_PREFIXES) else text
 
 
 def churn_risk_list(scores: pd.DataFrame) -> pd.DataFrame:
@@ -433,11 +427,11 @@ def run(
         previous_problem=problem,
     )
     folder.mkdir(parents=True, exist_ok=True)
+    check_finite(churn_list, f"writing {folder / LIST_CSV}")
     with atomic_path(folder / LIST_CSV) as tmp:
         tmp.write_text(csv_text(churn_list), encoding="utf-8-sig", newline="")
     write_table(churn_list, folder / LIST_PARQUET, s.churn_risk_list_schema(with_net))
-    with atomic_path(folder / SEGMENTS_CSV) as tmp:
-        kpis.to_csv(tmp, index=False)
+    write_csv(kpis, folder / SEGMENTS_CSV, undefined_allowed=seg.KPI_COLUMNS)
     with atomic_path(folder / SUMMARY) as tmp:
         tmp.write_text(page, encoding="utf-8")
     log.info(

@@ -27,7 +27,7 @@ from models.evaluation import round_metrics
 from pipeline import cli, tracking
 from pipeline.config import BaseConfig, ClvConfig, FeaturesConfig, ScoreConfig, load_params, section
 from pipeline.features import connect, open_transactions
-from pipeline.io import atomic_path, finite_json, read_table, write_json, write_table
+from pipeline.io import finite_json, read_table, write_csv, write_json, write_table
 
 log = logging.getLogger("score")
 
@@ -151,8 +151,7 @@ def run(
     write_table(scores, out.scores, s.scores_schema(s.CLV_NET in scores))
     order = seg.segment_order(grid(cfg))
     kpis = seg.kpi_table(scores, order, margin_ratio=ccfg.margin_ratio)
-    with atomic_path(out.segments) as tmp:
-        kpis.to_csv(tmp, index=False)
+    write_csv(kpis, out.segments, undefined_allowed=seg.KPI_COLUMNS)
 
     as_of = (cutoff + pd.Timedelta(days=1)).date()
     overall = kpis[kpis[s.SEGMENT] == seg.ALL].iloc[0]

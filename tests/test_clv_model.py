@@ -190,8 +190,15 @@ def test_every_remedy_failing_names_the_penalizer_to_try(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(BetaGeoFitter, "_fit", never)
     with pytest.raises(clv.ClvFitError, match=r"penalizer_coef in \[0\.0, 0\.01\].*try 0\.1\)") as info:
-        clv.PurchaseModel("bgnbd", (0.0, 0.01)).fit([1, 2], [1.0, 2.0], [3.0, 3.0])
+        clv.PurchaseModel("bgnbd", (0.0, 0.01)).fit([1, 2] * 10, [1.0, 2.0] * 10, [3.0, 3.0] * 10)
     assert "penalizer_coef" in str(info.value)
+
+
+def test_too_few_customers_is_an_error_not_a_corner_fit() -> None:
+    with pytest.raises(clv.ClvFitError, match=r"bgnbd needs the histories of at least 20 customers, got 19"):
+        clv.PurchaseModel("bgnbd", NO_REMEDY).fit([1] * 19, [1.0] * 19, [3.0] * 19)
+    with pytest.raises(clv.ClvFitError, match=r"Gamma-Gamma needs at least 20 repeat buyers .* got 3"):
+        clv.SpendModel(NO_REMEDY).fit([1, 2, 3], [10.0, 20.0, 30.0])
 
 
 def test_overflowing_prediction_is_an_error_not_nan(cdnow: pd.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:

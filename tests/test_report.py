@@ -16,7 +16,7 @@ from features import schemas as s
 from models import segments as seg
 from pipeline import report
 from pipeline.config import ClvConfig, FeaturesConfig, ScoreConfig, section
-from pipeline.io import write_table
+from pipeline.io import neutralise, write_table
 from pipeline.score import grid
 
 HOSTILE_IDS = ['=HYPERLINK("http://x")', "+4420", "-12", "@SUM(A1:A9)", "\tTAB", "\rCR", "plain", "Zoë"]
@@ -92,11 +92,11 @@ def write_week(tmp: Path, params: dict[str, Any], as_of: dt.date, *, seed: int, 
 
 
 def test_neutralise() -> None:
-    assert report.neutralise("=1+1") == "'=1+1"
-    assert report.neutralise("-12.50") == "'-12.50"
-    assert report.neutralise("@x") == "'@x" and report.neutralise("+1") == "'+1"
-    assert report.neutralise("\tx") == "'\tx"
-    assert report.neutralise("12.50") == "12.50" and report.neutralise("a=b") == "a=b" and report.neutralise("") == ""
+    assert neutralise("=1+1") == "'=1+1"
+    assert neutralise("-12.50") == "'-12.50"
+    assert neutralise("@x") == "'@x" and neutralise("+1") == "'+1"
+    assert neutralise("\tx") == "'\tx"
+    assert neutralise("12.50") == "12.50" and neutralise("a=b") == "a=b" and neutralise("") == ""
 
 
 def _cells(path: Path) -> list[list[str]]:
