@@ -330,6 +330,7 @@ class ScoreConfig:
     segments: SegmentGrid
     summary_top_customers: int
     drift_warning_psi: float
+    pseudonymise_ids: bool
 
     def __post_init__(self) -> None:
         if self.summary_top_customers < 1:

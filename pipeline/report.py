@@ -11,6 +11,9 @@ Writes ``<weekly>/<ISO year>-W<week>/`` for the week of ``score.as_of``:
 * ``summary.html`` — one self-contained page: the segment grid, KPIs, risk distribution, the top of the list,
   drift warnings and, when an earlier week's folder exists, what changed since then.
 
+With ``score.pseudonymise_ids`` every customer id in these four files is a keyed hash (``features.privacy``), the
+key taken from the environment variable ``CHURN_CLV_ID_KEY`` and never stored.
+
 Earlier weeks' folders are kept (the DVC output is persistent), so running the pipeline for several past dates
 back-fills several weeks and each summary compares with the latest earlier one.
 """
@@ -21,6 +24,7 @@ import csv
 import dataclasses
 import io
 import logging
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +36,7 @@ from matplotlib.figure import Figure
 
 from features import schemas as s
 from features.errors import InputError
+from features.privacy import MIN_KEY_CHARS, pseudonymise
 from models import segments as seg
 from pipeline import cli
 from pipeline import html as h
@@ -46,6 +51,7 @@ LIST_CSV = "churn_risk.csv"
 LIST_PARQUET = "churn_risk.parquet"
 SEGMENTS_CSV = "segments.csv"
 SUMMARY = "summary.html"
+ID_KEY_ENV = "CHURN_CLV_ID_KEY"  # the pseudonymisation key (score.pseudonymise_ids)
 MODERATE_PSI = 0.1
 
 # Decimals in the CSV: money to the cent, probabilities to 4 places.
@@ -391,6 +397,17 @@ def summary_page(
 # --- the stage -------------------------------------------------------------------------------------------------------
 
 
+def id_key() -> str:
+    """The pseudonymisation key from the environment (it is never read from or written to a file)."""
+    key = os.environ.get(ID_KEY_ENV, "")
+    if not key:
+        raise InputError(
+            f"score.pseudonymise_ids is true but {ID_KEY_ENV} is not set; export a secret of {MIN_KEY_CHARS}+ "
+            "characters in it (the same one each week, so lists can be compared)"
+        )
+    return key
+
+
 def run(
     fcfg: FeaturesConfig,
     ccfg: ClvConfig,
@@ -408,6 +425,8 @@ def run(
     drift = read_table(drift_path, s.drift_schema())
     if scores.empty:
         raise InputError(f"{scores_path}: no customers to report on")
+    if cfg.pseudonymise_ids:
+        scores[s.CUSTOMER_ID] = pseudonymise(scores[s.CUSTOMER_ID], id_key())
     as_of = pd.Timestamp(scores[s.AS_OF].iloc[0]).date()
     week = iso_week(as_of)
     folder = weekly / week

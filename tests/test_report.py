@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import hashlib
+import hmac
 import io
 import re
 from pathlib import Path
@@ -11,8 +13,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from features import schemas as s
+from features.errors import InputError
 from models import segments as seg
 from pipeline import report
 from pipeline.config import ClvConfig, FeaturesConfig, ScoreConfig, section
@@ -160,3 +164,31 @@ def test_unreadable_previous_week_is_reported_not_fatal(tmp_path: Path, params: 
     folder = write_week(tmp_path, params, dt.date(1998, 3, 2), seed=1)
     page = (folder / "summary.html").read_text(encoding="utf-8")
     assert "the previous week&#x27;s folder 1998-W09 could not be compared" in page
+
+
+def test_pseudonymised_ids_leave_no_real_id_and_no_key_behind(
+    tmp_path: Path, params: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = "a-long-secret-only-crm-holds-42"
+    params["score"]["pseudonymise_ids"] = True
+    monkeypatch.delenv(report.ID_KEY_ENV, raising=False)
+    with pytest.raises(InputError, match=r"^score.pseudonymise_ids is true but CHURN_CLV_ID_KEY is not set"):
+        write_week(tmp_path, params, dt.date(2021, 3, 1), seed=1)
+    monkeypatch.setenv(report.ID_KEY_ENV, "short")
+    with pytest.raises(InputError, match=r"key must have at least 16 characters, got 5"):
+        write_week(tmp_path, params, dt.date(2021, 3, 1), seed=1)
+
+    monkeypatch.setenv(report.ID_KEY_ENV, key)
+    folder = write_week(tmp_path, params, dt.date(2021, 3, 1), seed=1)
+    listed = pd.read_parquet(folder / report.LIST_PARQUET)
+    real = synthetic_scores(params, dt.date(2021, 3, 1), seed=1)[s.CUSTOMER_ID]
+    # whoever holds the key maps CRM ids to the list's: HMAC-SHA256, first 24 hex digits
+    expected = {"p_" + hmac.new(key.encode(), i.encode(), hashlib.sha256).hexdigest()[:24] for i in real}
+    assert set(listed[s.CUSTOMER_ID]) == expected and listed[s.CUSTOMER_ID].is_unique
+    for path in folder.iterdir():
+        text = path.read_bytes()
+        assert key.encode() not in text
+        assert not any(f"C{i:05d}".encode() in text for i in range(0, 390, 37)), path.name
+    # the same key gives the same pseudonyms next week, so weeks compare
+    later = write_week(tmp_path, params, dt.date(2021, 3, 8), seed=1)
+    assert set(pd.read_parquet(later / report.LIST_PARQUET)[s.CUSTOMER_ID]) == expected
