@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install run weekly test lint typecheck pytest bench bench-clv bench-churn reproduce-cdnow lock clean
+.PHONY: install run weekly audit test lint typecheck pytest bench bench-clv bench-churn reproduce-cdnow lock clean
 
 install: $(STAMP)
 
@@ -30,14 +30,19 @@ run: install
 	@echo "  churn risk, reasons  data/churn.parquet  (model: artifacts/churn/; metrics/churn.json)"
 	@echo "  scores and segments  data/scores.parquet  (KPIs: data/segments.csv; metrics/score.json)"
 	@echo "  weekly list, summary reports/weekly/<year>-W<week>/  (churn_risk.csv, summary.html)"
-	@echo "  MLflow runs          mlflow ui --backend-store-uri sqlite:///mlflow.db"
+	@echo "  MLflow runs          mlflow ui --host 127.0.0.1 --backend-store-uri sqlite:///mlflow.db"
 	@echo "  metrics              metrics/*.json   (dvc metrics show)"
+	@echo "  every row accounted  make audit"
 
 # The weekly churn-risk list as of AS_OF (YYYY-MM-DD): every stage reruns on the history before that day and
 # writes reports/weekly/<ISO year>-W<week>/. Several dates back-fill several weeks: AS_OF="1998-02-23 1998-03-02".
 # Without AS_OF: the day after the last purchase. Each week is a DVC experiment (`dvc exp show` lists them);
 # params.yaml keeps the last date in score.as_of (only that line changes).
 AS_OF ?=
+# Every row from the raw log to the weekly list accounted for, and no NaN or infinity in any output; exit 1 if not.
+audit: install
+	python -m pipeline.audit
+
 weekly: install
 	@for day in $(or $(AS_OF),null); do \
 	  python -m pipeline.config --set-as-of "$$day"; \

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from features import schemas as s
+from pipeline.audit import audit
 from pipeline.config import FeaturesConfig, section
 from pipeline.io import read_table
 from tests.conftest import ROOT, project_params
@@ -81,6 +82,14 @@ def test_forced_rerun_is_byte_identical(project: Path) -> None:
     changed = sorted(p for p in before if after.get(p) != before[p])
     assert after.keys() == before.keys()
     assert changed == []
+
+
+def test_audit_accounts_for_every_row(project: Path) -> None:
+    checks = audit(project, project / "params.yaml")
+    assert [c.name for c in checks if not c.ok] == []
+    names = {c.name for c in checks}
+    assert "ingest: rows in = kept + quarantined" in names and "finite: data/features.parquet" in names
+    assert sum(c.name.startswith("finite: ") for c in checks) >= 15
 
 
 # The features stage run as DVC runs it, except that its Parquet writer stops halfway: it writes half of the first
