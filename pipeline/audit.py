@@ -18,6 +18,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pandas as pd
@@ -62,28 +63,45 @@ def ingest_checks(root: Path) -> list[Check]:
     ]
 
 
+def _one(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[Any, ...]:
+    row = con.execute(sql).fetchone()
+    assert row is not None  # an aggregate always returns a row
+    return row
+
+
 def population_checks(root: Path, lookback_days: int) -> list[Check]:
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     tx, feats = root / "data/transactions.parquet", root / "data/features.parquet"
-    cutoff, scored = con.execute(
-        f"SELECT max({s.CUTOFF}), count(*) FROM read_parquet('{feats}') WHERE {s.IS_SCORING}"
-    ).fetchone()
-    buyers = con.execute(
+    cutoff, scored = _one(con, f"SELECT max({s.CUTOFF}), count(*) FROM read_parquet('{feats}') WHERE {s.IS_SCORING}")
+    buyers = _one(
+        con,
         f"SELECT count(DISTINCT {s.CUSTOMER_ID}) FROM read_parquet('{tx}') "
-        f"WHERE {s.AMOUNT} >= 0 AND CAST({s.TS} AS DATE) <= DATE '{cutoff}'"
-    ).fetchone()[0]
-    active = con.execute(
+        f"WHERE {s.AMOUNT} >= 0 AND CAST({s.TS} AS DATE) <= DATE '{cutoff}'",
+    )[0]
+    active = _one(
+        con,
         f"SELECT count(*) FROM read_parquet('{feats}') WHERE {s.IS_SCORING} "
-        f"AND {s.DAYS_SINCE_LAST_PURCHASE} <= {lookback_days}"
-    ).fetchone()[0]
+        f"AND {s.DAYS_SINCE_LAST_PURCHASE} <= {lookback_days}",
+    )[0]
+    returns_only = _one(
+        con,
+        f"SELECT count(DISTINCT {s.CUSTOMER_ID}) FROM read_parquet('{tx}') "
+        f"WHERE CAST({s.TS} AS DATE) <= DATE '{cutoff}' AND {s.CUSTOMER_ID} NOT IN "
+        f"(SELECT {s.CUSTOMER_ID} FROM read_parquet('{tx}') WHERE {s.AMOUNT} >= 0)",
+    )[0]
     clv_rows = _rows(root / "data/clv.parquet")
     churn_rows = _rows(root / "data/churn.parquet")
     scores = pd.read_parquet(root / "data/scores.parquet", columns=[s.AS_OF])
     listed = root / "reports/weekly" / iso_week(pd.Timestamp(scores[s.AS_OF].iloc[0]).date()) / "churn_risk.parquet"
     list_rows = _rows(listed) if listed.is_file() else -1
     return [
-        Check("features: a scoring row per buyer before the cutoff", scored == buyers, f"{scored:,} of {buyers:,}"),
+        Check(
+            "features: a scoring row per buyer before the cutoff",
+            scored == buyers,
+            f"{scored:,} of {buyers:,}"
+            + (f" ({returns_only:,} customers with only returns have no purchase)" if returns_only else ""),
+        ),
         Check("clv: a value per scoring-snapshot customer", clv_rows == scored, f"{clv_rows:,} of {scored:,}"),
         Check(
             f"churn: a risk per customer active within {lookback_days} days",

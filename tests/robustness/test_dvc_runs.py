@@ -7,6 +7,7 @@ cutoffs and bootstrap refits so a run takes well under a minute).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -138,3 +139,17 @@ def test_stage_killed_mid_write_leaves_outputs_intact(project: Path) -> None:
     assert pd.Timestamp(labelled[s.CUTOFF].max()) == pd.Timestamp("1998-06-30") - pd.Timedelta(days=60)
     assert not leftover.exists()  # removed by the next successful write
     assert "up to date" in dvc(project, "status").stdout
+
+
+def test_audit_fails_on_a_lost_row_and_an_infinity(project: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(project, copy, ignore=shutil.ignore_patterns(".dvc", "mlflow.db", "mlartifacts"))
+    metrics = json.loads((copy / "metrics/ingest.json").read_text())
+    metrics["rows_in"] += 1  # a row that is neither kept nor quarantined
+    (copy / "metrics/ingest.json").write_text(json.dumps(metrics))
+    (copy / "plots/clv/deciles.csv").write_text("decile,clv\n1,inf\n2,3.5\n")
+    failed = {c.name: c.detail for c in audit(copy, copy / "params.yaml") if not c.ok}
+    assert failed == {
+        "ingest: rows in = kept + quarantined": f"{metrics['rows_in']:,} = 6,919 + 0",
+        "finite: plots/clv/deciles.csv": "1 NaN/inf cells",
+    }
