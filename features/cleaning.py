@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import difflib
+import re
 from collections.abc import Sequence
 from typing import Literal
 
@@ -41,6 +42,8 @@ import pyarrow as pa
 from features import schemas as s
 from features.errors import InputError
 
+# Names the validation query gives its own columns; a source column may not be called so.
+INTERNAL_COLUMNS = ("_cid", "_ts", "_amount", "_order", "_cancelled", "_early", "_valid", "_dup", "_reason")
 WHITESPACE = " \t\r\n\u00a0"
 NULL_MARKERS = ("", "nan", "none", "null", "na", "n/a", "<na>")
 
@@ -104,7 +107,15 @@ def _number(col: str, arrow_type: pa.DataType, thousands_separator: str | None) 
     if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type):
         value = f"CAST({_q(col)} AS DOUBLE)"
     elif thousands_separator is not None:
-        value = f"TRY_CAST(replace({_text(col)}, {_lit(thousands_separator)}, '') AS DOUBLE)"
+        # only digits grouped in threes lose their separator: "12,34" (a decimal comma?) stays unreadable
+        sep = re.escape(thousands_separator)
+        grouped = _lit(rf"^[+-]?\d{{1,3}}({sep}\d{{3}})+(\.\d*)?$")
+        text = _text(col)
+        value = (
+            f"(CASE WHEN NOT contains({text}, {_lit(thousands_separator)}) THEN TRY_CAST({text} AS DOUBLE) "
+            f"WHEN regexp_full_match({text}, {grouped}) "
+            f"THEN TRY_CAST(replace({text}, {_lit(thousands_separator)}, '') AS DOUBLE) END)"
+        )
     else:
         value = f"TRY_CAST({_text(col)} AS DOUBLE)"
     # TRY_CAST accepts 'inf' and 'nan'; neither is a spend.
@@ -118,8 +129,9 @@ def _timestamp(col: str, arrow_type: pa.DataType, fmt: str, tz: str) -> str:
         naive = f"CAST({_q(col)} AS TIMESTAMP)"
     elif "%z" in fmt:
         # an offset in the value wins; a value without one is local time in ``tz``
-        with_offset = f"TRY_STRPTIME({_text(col)}, {_lit(fmt)})"
-        local = f"timezone({_lit(tz)}, TRY_STRPTIME({_text(col)}, {_lit(fmt.replace('%z', ''))}))"
+        text = f"regexp_replace({_text(col)}, '(\\d)Z$', '\\1+00:00')"  # ISO 8601's Z is the offset +00:00
+        with_offset = f"TRY_STRPTIME({text}, {_lit(fmt)})"
+        local = f"timezone({_lit(tz)}, TRY_STRPTIME({_text(col)}, {_lit(fmt.replace('%z', '').strip())}))"
         return f"coalesce({with_offset}, {local})"
     else:
         naive = f"TRY_STRPTIME({_text(col)}, {_lit(fmt)})"
@@ -154,20 +166,26 @@ def check_source_columns(columns: Sequence[str], rules: CleaningRules, source: s
             raise InputError(
                 f"{source}: ingest.duplicate_key names '{name}', which is not a column; the file has {list(columns)}"
             )
-    for reserved in (s.SOURCE_ROW, s.REASON):
+    empty = [i + 1 for i, c in enumerate(columns) if not c.strip()]
+    if empty:
+        raise InputError(
+            f"{source}: header column(s) {empty} have no name (a trailing or doubled delimiter?); name or remove them"
+        )
+    for reserved in (s.SOURCE_ROW, s.REASON, *INTERNAL_COLUMNS):
         if reserved in columns:
             raise InputError(
-                f"{source}: has a column named '{reserved}', which the quarantine table uses itself; "
-                "rename it before ingesting"
+                f"{source}: has a column named '{reserved}', which ingest uses itself; rename it before ingesting"
             )
 
 
-def _key_value(column: str, rules: CleaningRules) -> str:
-    """A duplicate-key column as the pipeline reads it (``_cid`` and ``_ts`` are the cleaned id and time)."""
+def _key_value(column: str, rules: CleaningRules, arrow_type: pa.DataType) -> str:
+    """A duplicate-key column as the pipeline reads it: cleaned id, parsed time, parsed number, trimmed text."""
     if column == rules.customer_id:
         return "_cid"
     if column == rules.timestamp:
         return "CAST(_ts AS VARCHAR)"
+    if column in (rules.amount, rules.quantity, rules.unit_price):
+        return f"CAST({_number(column, arrow_type, rules.thousands_separator)} AS VARCHAR)"
     return _text(column)
 
 
@@ -220,22 +238,27 @@ def clean_transactions(
     if rules.cancellation_prefix is not None:
         cancelled = f"coalesce(starts_with({order}, {_lit(rules.cancellation_prefix)}), FALSE)"
     if rules.duplicate_key:
-        keys = ", ".join(_key_value(k, rules) for k in rules.duplicate_key)
-        dup_rank = f"row_number() OVER (PARTITION BY {keys} ORDER BY {s.SOURCE_ROW})"
+        keys = ", ".join(_key_value(k, rules, types[k]) for k in rules.duplicate_key)
+        # only rows that pass the earlier checks compete: a bad line does not make its good twin a duplicate
+        dup_rank = f"row_number() OVER (PARTITION BY _valid, {keys} ORDER BY {s.SOURCE_ROW})"
     else:
         dup_rank = "1"
     now = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
     latest = _lit((now + dt.timedelta(days=1)).strftime("%Y-%m-%d %H:%M:%S+00"))
 
-    reason_sql = f"""
+    early_sql = f"""
         CASE
             WHEN _cid IS NULL THEN {_lit(s.MISSING_CUSTOMER_ID)}
             WHEN _ts IS NULL THEN {_lit(s.UNPARSEABLE_TIMESTAMP)}
             WHEN _ts < TIMESTAMPTZ '1970-01-01 00:00:00+00' OR _ts > CAST({latest} AS TIMESTAMPTZ)
                 THEN {_lit(s.TIMESTAMP_OUT_OF_RANGE)}
             WHEN _amount IS NULL THEN {_lit(s.NON_NUMERIC_AMOUNT)}
-            WHEN NOT isfinite(_amount) OR abs(_amount) > {float(rules.max_abs_amount)!r}
+            WHEN NOT isfinite(_amount) OR abs(_amount) > CAST({_lit(repr(float(rules.max_abs_amount)))} AS DOUBLE)
                 THEN {_lit(s.AMOUNT_OUT_OF_RANGE)}
+        END"""
+    reason_sql = f"""
+        CASE
+            WHEN _early IS NOT NULL THEN _early
             WHEN _dup > 1 THEN {_lit(s.DUPLICATE)}
             WHEN {_lit(rules.returns)} = 'drop' AND (_cancelled OR _amount < 0) THEN {_lit(s.CANCELLATION)}
             WHEN {_lit(rules.zero_amount)} = 'quarantine' AND _amount = 0 THEN {_lit(s.ZERO_AMOUNT)}
@@ -250,11 +273,13 @@ def clean_transactions(
                 f"""CREATE TEMP TABLE classified AS
                 SELECT *, {reason_sql} AS _reason FROM (
                     SELECT *, {dup_rank} AS _dup FROM (
-                        SELECT *, {cid_clean} AS _cid, {ts} AS _ts, {amount} AS _amount, {order} AS _order,
-                               {cancelled} AS _cancelled
-                        FROM raw))"""
+                        SELECT *, _early IS NULL AS _valid FROM (
+                            SELECT *, {early_sql} AS _early FROM (
+                                SELECT *, {cid_clean} AS _cid, {ts} AS _ts, {amount} AS _amount,
+                                       {order} AS _order, {cancelled} AS _cancelled
+                                FROM raw))))"""
             )
-        except duckdb.InvalidInputException as exc:
+        except (duckdb.InvalidInputException, duckdb.NotImplementedException) as exc:
             raise InputError(f"{source}: {str(exc).splitlines()[0]}; check ingest.timezone") from exc
         kept = con.sql(
             f"""SELECT _cid AS {s.CUSTOMER_ID}, _ts AS {s.TS},

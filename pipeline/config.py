@@ -7,11 +7,14 @@ A stage loads exactly the sections it declares under ``params:`` in dvc.yaml, so
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import datetime as dt
+import difflib
 import re
 import types
 import typing
+import zoneinfo
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -78,8 +81,8 @@ class IngestConfig:
     thousands_separator: str | None
 
     def __post_init__(self) -> None:
-        if not self.max_abs_amount > 0:
-            raise ConfigError(f"ingest.max_abs_amount must be > 0, got {self.max_abs_amount}")
+        if not 0 < self.max_abs_amount < float("inf"):
+            raise ConfigError(f"ingest.max_abs_amount must be a finite number > 0, got {self.max_abs_amount}")
         if self.thousands_separator is not None and (
             len(self.thousands_separator) != 1 or self.thousands_separator in "0123456789.-+eE"
         ):
@@ -97,6 +100,19 @@ class IngestConfig:
             raise ConfigError(
                 f"ingest.cancellation_prefix={self.cancellation_prefix!r} needs ingest.columns.order_id to be set"
             )
+        known_zones = zoneinfo.available_timezones()  # empty if the system has no time zone database
+        if known_zones and self.timezone not in known_zones:
+            close = difflib.get_close_matches(self.timezone, sorted(known_zones), n=1)
+            raise ConfigError(
+                f"ingest.timezone {self.timezone!r} is not an IANA time zone"
+                + (f" (did you mean {close[0]!r}?)" if close else "; e.g. UTC, Europe/London, America/New_York")
+            )
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ConfigError(
+                f"ingest.encoding {self.encoding!r} is not an encoding Python knows; e.g. utf-8, latin-1, cp1252"
+            ) from None
         if len(self.csv_delimiter) != 1:
             raise ConfigError(f"ingest.csv_delimiter must be one character, got {self.csv_delimiter!r}")
 

@@ -6,6 +6,7 @@ logs that ship inside the lifetimes wheel (``cdnow``: 23,570 customers; ``cdnow_
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import hashlib
@@ -69,9 +70,13 @@ def _sha256(path: Path) -> str:
 def _csv_header(path: Path, delimiter: str, encoding: str) -> list[str]:
     opener: Any = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rb") as fh:
-            first = fh.readline()  # only the header: a bad byte further down is read_source's to report
-        header = next(csv.reader([first.decode(encoding)], delimiter=delimiter), None)
+        if codecs.lookup(encoding).name.startswith(("utf-16", "utf-32")):  # a line break is several bytes
+            with opener(path, "rt", encoding=encoding, newline="") as fh:
+                first_line = fh.readline()
+        else:  # only the header's bytes: a bad byte further down is read_source's to report, with its line
+            with opener(path, "rb") as fh:
+                first_line = fh.readline().decode(encoding)
+        header = next(csv.reader([first_line], delimiter=delimiter), None)
     except UnicodeDecodeError as exc:
         raise InputError(
             f"{path}: header is not valid {encoding} ({exc.reason} at byte {exc.start}); "
@@ -135,6 +140,8 @@ def read_source(source: str, delimiter: str, encoding: str) -> tuple[pa.Table, s
                 column_types=dict.fromkeys(header, pa.string()), strings_can_be_null=False
             ),
         )
+    except (OSError, EOFError) as exc:  # e.g. a truncated .gz
+        raise InputError(f"{path}: cannot be read to the end ({exc}); the file looks truncated or damaged") from exc
     except pa.ArrowInvalid as exc:
         if "invalid UTF8" in str(exc):
             raise InputError(
