@@ -63,6 +63,11 @@ def ingest_checks(root: Path) -> list[Check]:
     ]
 
 
+def _path(path: Path) -> str:
+    """``path`` as a DuckDB string literal."""
+    return "'" + str(path).replace("'", "''") + "'"
+
+
 def _one(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[Any, ...]:
     row = con.execute(sql).fetchone()
     assert row is not None  # an aggregate always returns a row
@@ -73,22 +78,24 @@ def population_checks(root: Path, lookback_days: int) -> list[Check]:
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     tx, feats = root / "data/transactions.parquet", root / "data/features.parquet"
-    cutoff, scored = _one(con, f"SELECT max({s.CUTOFF}), count(*) FROM read_parquet('{feats}') WHERE {s.IS_SCORING}")
+    cutoff, scored = _one(
+        con, f"SELECT max({s.CUTOFF}), count(*) FROM read_parquet({_path(feats)}) WHERE {s.IS_SCORING}"
+    )
     buyers = _one(
         con,
-        f"SELECT count(DISTINCT {s.CUSTOMER_ID}) FROM read_parquet('{tx}') "
+        f"SELECT count(DISTINCT {s.CUSTOMER_ID}) FROM read_parquet({_path(tx)}) "
         f"WHERE {s.AMOUNT} >= 0 AND CAST({s.TS} AS DATE) <= DATE '{cutoff}'",
     )[0]
     active = _one(
         con,
-        f"SELECT count(*) FROM read_parquet('{feats}') WHERE {s.IS_SCORING} "
+        f"SELECT count(*) FROM read_parquet({_path(feats)}) WHERE {s.IS_SCORING} "
         f"AND {s.DAYS_SINCE_LAST_PURCHASE} <= {lookback_days}",
     )[0]
     returns_only = _one(
         con,
-        f"SELECT count(DISTINCT {s.CUSTOMER_ID}) FROM read_parquet('{tx}') "
+        f"SELECT count(DISTINCT {s.CUSTOMER_ID}) FROM read_parquet({_path(tx)}) "
         f"WHERE CAST({s.TS} AS DATE) <= DATE '{cutoff}' AND {s.CUSTOMER_ID} NOT IN "
-        f"(SELECT {s.CUSTOMER_ID} FROM read_parquet('{tx}') WHERE {s.AMOUNT} >= 0)",
+        f"(SELECT {s.CUSTOMER_ID} FROM read_parquet({_path(tx)}) WHERE {s.AMOUNT} >= 0)",
     )[0]
     clv_rows = _rows(root / "data/clv.parquet")
     churn_rows = _rows(root / "data/churn.parquet")

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import math
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -42,13 +45,26 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _writer_tag() -> str:
+    """``<pid>@<host hash>``: which process on which machine owns a temporary file."""
+    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    return f"{os.getpid()}@{host}"
+
+
 def remove_stale_temporaries(target: Path) -> list[Path]:
-    """Delete temporaries of ``target`` left by writers that were killed (their process no longer exists)."""
+    """Delete temporaries of ``target`` left by killed writers: on this machine, and their process is gone.
+
+    A temporary from another machine sharing the folder is left alone (its pid means nothing here).
+    """
     removed = []
-    for tmp in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
-        pid = tmp.name[len(target.name) + 2 :].split(".", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            tmp.unlink(missing_ok=True)
+    host = _writer_tag().split("@")[1]
+    for tmp in target.parent.glob(f".{glob.escape(target.name)}.*@*.tmp"):
+        pid, _, tag = tmp.name[len(target.name) + 2 :].split(".", 1)[0].partition("@")
+        if tag == host and pid.isdigit() and not _alive(int(pid)):
+            try:
+                tmp.unlink()
+            except OSError:  # already gone, or not ours to delete: the write itself succeeded
+                continue
             removed.append(tmp)
     return removed
 
@@ -57,12 +73,13 @@ def remove_stale_temporaries(target: Path) -> list[Path]:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
-    The temporary is named ``.<name>.<pid>.<random>.tmp``. A writer killed before the rename (SIGKILL, power loss)
-    leaves ``path`` as it was plus that hidden file; the next successful write of ``path`` deletes it.
+    The temporary is named ``.<name>.<pid>@<host>.<random>.tmp``. A writer killed before the rename (SIGKILL,
+    power loss) leaves ``path`` as it was plus that hidden file; the next successful write of ``path`` on the same
+    machine deletes it.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{_writer_tag()}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     # mkstemp creates the file for its owner only; an output should get the permissions any new file gets
@@ -113,19 +130,33 @@ def write_batches(batches: Iterable[pa_arrow.RecordBatch], path: str | Path, sch
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
+PLAIN_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
 def neutralise(text: str) -> str:
-    """``text`` made safe to open in a spreadsheet: a leading ``'`` where it would start a formula."""
-    return f"'{text}" if text.startswith(FORMULA_PREFIXES) else text
+    """``text`` made safe to open in a spreadsheet: a leading ``'`` where it would start a formula.
+
+    A plain number such as ``-12.50`` is left as it is: a spreadsheet reads it as that number and runs nothing.
+    """
+    if text.startswith(FORMULA_PREFIXES) and not PLAIN_NUMBER.match(text):
+        return f"'{text}"
+    return text
 
 
 def check_finite(frame: pd.DataFrame, where: str, undefined_allowed: Iterable[str] = ()) -> None:
     """Raise ``InputError`` if a numeric column holds an infinity, or a NaN outside ``undefined_allowed``."""
     allowed = set(undefined_allowed)
-    for column in frame.columns:
-        values = frame[column]
-        if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+    for i, column in enumerate(frame.columns):
+        values = frame.iloc[:, i]
+        if pd.api.types.is_bool_dtype(values) or not (
+            pd.api.types.is_numeric_dtype(values) or pd.api.types.is_object_dtype(values)
+        ):
             continue
-        numbers = values.to_numpy(dtype="float64", na_value=np.nan)
+        if pd.api.types.is_object_dtype(values):  # text with a stray number in it: only an infinity is wrong
+            floats = values.map(lambda v: isinstance(v, float) and math.isinf(v)).to_numpy(dtype=bool)
+            numbers = np.where(floats, np.inf, 0.0)
+        else:
+            numbers = values.to_numpy(dtype="float64", na_value=np.nan)
         bad = np.isinf(numbers) if column in allowed else ~np.isfinite(numbers)
         if bad.any():
             raise InputError(

@@ -4,8 +4,8 @@ Writes ``<weekly>/<ISO year>-W<week>/`` for the week of ``score.as_of``:
 
 * ``churn_risk.csv`` — every customer of the scored population, ranked by value at risk, in a fixed column
   order; UTF-8 with a byte-order mark so Excel shows accents correctly, and no cell that Excel or Sheets would run
-  as a formula (a cell starting with ``=``, ``+``, ``-``, ``@``, tab or carriage return gets a leading ``'``; a
-  negative number therefore reads as text, e.g. ``'-12.50``);
+  as a formula (a cell starting with ``=``, ``+``, ``-``, ``@``, tab or carriage return gets a leading ``'``,
+  unless it is a plain number such as ``-12.50``, which stays a number);
 * ``churn_risk.parquet`` — the same list with native types, for analysts;
 * ``segments.csv`` — the KPIs of every value x risk segment;
 * ``summary.html`` — one self-contained page: the segment grid, KPIs, risk distribution, the top of the list,
@@ -431,6 +431,14 @@ def run(
     week = iso_week(as_of)
     folder = weekly / week
     previous, problem = previous_week(weekly, week)
+    if previous is not None and not set(previous.churn_list[s.CUSTOMER_ID]) & set(scores[s.CUSTOMER_ID]):
+        # ids switched between real and pseudonymised, or the key changed: every customer would look new
+        problem = (
+            f"the previous week's list {previous.week} has no customer id in common with this one (was "
+            f"score.pseudonymise_ids or {ID_KEY_ENV} changed?); no comparison is shown"
+        )
+        log.warning("%s", problem)
+        previous = None
 
     churn_list = churn_risk_list(scores)
     kpis = seg.kpi_table(scores, seg.segment_order(grid(cfg)), margin_ratio=ccfg.margin_ratio)

@@ -23,6 +23,7 @@ from pipeline.config import ClvConfig, FeaturesConfig, ScoreConfig, section
 from pipeline.io import neutralise, write_table
 from pipeline.score import grid
 
+PLAIN = re.compile(r"^[+-]?\d+(\.\d+)?$")
 HOSTILE_IDS = ['=HYPERLINK("http://x")', "+4420", "-12", "@SUM(A1:A9)", "\tTAB", "\rCR", "plain", "Zoë"]
 
 
@@ -96,10 +97,15 @@ def write_week(tmp: Path, params: dict[str, Any], as_of: dt.date, *, seed: int, 
 
 
 def test_neutralise() -> None:
-    assert neutralise("=1+1") == "'=1+1"
-    assert neutralise("-12.50") == "'-12.50"
-    assert neutralise("@x") == "'@x" and neutralise("+1") == "'+1"
-    assert neutralise("\tx") == "'\tx"
+    assert (
+        neutralise("=1+1") == "'=1+1"
+        and neutralise("-1+1") == "'-1+1"
+        and neutralise("+cmd|' /C calc'") == ("'+cmd|' /C calc'")
+    )
+    assert neutralise("@x") == "'@x" and neutralise("-") == "'-"
+    assert neutralise("\tx") == "'\tx" and neutralise("\r1") == "'\r1"
+    # a plain number runs nothing: it stays a number in the spreadsheet
+    assert neutralise("-12.50") == "-12.50" and neutralise("+1") == "+1" and neutralise("-1e-3") == "-1e-3"
     assert neutralise("12.50") == "12.50" and neutralise("a=b") == "a=b" and neutralise("") == ""
 
 
@@ -122,13 +128,13 @@ def test_weekly_list_has_no_formula_cell(tmp_path: Path, params: dict[str, Any])
     header, body = rows[0], rows[1:]
     assert header == [s.RANK, *(c for c in s.LIST_COLUMNS if c != s.CLV_NET)]
     assert len(body) == 400
-    offending = [c for row in rows for c in row if c[:1] in ("=", "+", "-", "@", "\t", "\r")]
+    offending = [c for row in rows for c in row if c[:1] in ("=", "+", "-", "@", "\t", "\r") and not PLAIN.match(c)]
     assert offending == []
     flat = [c for row in body for c in row]
-    assert '\'=HYPERLINK("http://x")' in flat and "'-12" in flat and "'\rCR" in flat
+    assert '\'=HYPERLINK("http://x")' in flat and "'\rCR" in flat and "'@SUM(A1:A9)" in flat
     assert "'=cmd|' /C calc'!A0" in flat
     assert "Zoë" in flat  # accents survive
-    assert any(c.startswith("'-") and c[2:].replace(".", "").isdigit() for c in flat)  # a negative revenue
+    assert any(c.startswith("-") and PLAIN.match(c) for c in flat)  # a negative revenue, still a number
     # the Parquet twin keeps native values, unescaped
     parquet = pd.read_parquet(folder / "churn_risk.parquet")
     assert list(parquet.columns) == header and len(parquet) == 400
@@ -192,3 +198,8 @@ def test_pseudonymised_ids_leave_no_real_id_and_no_key_behind(
     # the same key gives the same pseudonyms next week, so weeks compare
     later = write_week(tmp_path, params, dt.date(2021, 3, 8), seed=1)
     assert set(pd.read_parquet(later / report.LIST_PARQUET)[s.CUSTOMER_ID]) == expected
+    assert "no customer id in common" not in (later / report.SUMMARY).read_text()
+    # another key: no id in common, and the page says so instead of calling every customer new
+    monkeypatch.setenv(report.ID_KEY_ENV, key + "-rotated")
+    rotated = write_week(tmp_path, params, dt.date(2021, 3, 15), seed=1)
+    assert "has no customer id in common with this one" in (rotated / report.SUMMARY).read_text()
