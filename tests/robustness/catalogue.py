@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import gzip
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -213,6 +214,45 @@ CASES: list[Case] = [
         Fails("ingest", "{src}: file not found; set ingest.source to an existing file or one of: cdnow, cdnow_sample"),
     ),
     Case(
+        "truncated_gzip",
+        lambda: gzip.compress(history())[:2000],
+        Fails(
+            "ingest",
+            "{src}: cannot be read to the end (Truncated compressed stream); the file looks truncated or damaged",
+        ),
+        suffix=".csv.gz",
+    ),
+    Case(
+        "utf16_export",
+        lambda: "\n".join([HEADER, *GOOD]).encode("utf-16"),
+        Quarantines(kept=3, reasons={}, check=customers("1", "2", "1")),
+        ingest={"encoding": "utf-16"},
+    ),
+    Case(
+        "unknown_encoding",
+        lines(*GOOD),
+        Fails("ingest", "ingest.encoding 'utf-9' is not an encoding Python knows; e.g. utf-8, latin-1, cp1252"),
+        ingest={"encoding": "utf-9"},
+    ),
+    Case(
+        "trailing_delimiter_in_header",
+        lines("1,2020-01-05,10.0,", header="customer_id,date,amount,"),
+        Fails(
+            "ingest", "{src}: header column(s) [4] have no name (a trailing or doubled delimiter?); name or remove them"
+        ),
+    ),
+    Case(
+        "column_named_like_an_internal_one",
+        lines("1,2020-01-05,10.0,x", header="customer_id,date,amount,_cid"),
+        Fails("ingest", "{src}: has a column named '_cid', which ingest uses itself; rename it before ingesting"),
+    ),
+    Case(
+        "unknown_time_zone",
+        lines(*GOOD),
+        Fails("ingest", "ingest.timezone 'Europe/Atens' is not an IANA time zone (did you mean 'Europe/Athens'?)"),
+        ingest={"timezone": "Europe/Atens"},
+    ),
+    Case(
         "unsupported_file_type",
         lines(*GOOD),
         Fails("ingest", "{src}: unsupported file type; ingest reads .csv, .csv.gz and .parquet"),
@@ -267,6 +307,12 @@ CASES: list[Case] = [
             check=utc_times("2020-01-05 09:00", "2020-01-05 15:00", "2020-01-05 10:00", "2020-01-05 08:00"),
         ),
         ingest={"timestamp_format": "%Y-%m-%d %H:%M:%S%z", "timezone": "Europe/Athens"},
+    ),
+    Case(
+        "iso_8601_with_z",
+        lines("1,2020-01-05T10:00:00Z,10.0", "2,2020-01-05T10:00:00+02:00,10.0", "3,2020-01-05T10:00:00,10.0"),
+        Quarantines(kept=3, reasons={}, check=utc_times("2020-01-05 10:00", "2020-01-05 08:00", "2020-01-05 10:00")),
+        ingest={"timestamp_format": "%Y-%m-%dT%H:%M:%S%z"},
     ),
     Case(
         "offsets_the_format_does_not_expect",
@@ -335,6 +381,12 @@ CASES: list[Case] = [
         ingest={"thousands_separator": ","},
     ),
     Case(
+        "decimal_commas_are_not_thousands",
+        lines(*GOOD, '2,2020-02-02,"12,34"', '2,2020-02-03,"1,2,3"', '2,2020-02-04,"-2,500"'),
+        Quarantines(kept=4, reasons={s.NON_NUMERIC_AMOUNT: 2}, check=amounts(10.0, 20.0, 15.0, -2500.0)),
+        ingest={"thousands_separator": ","},
+    ),
+    Case(
         "quantity_times_price_overflows",
         lines("A1,S1,1e200,2020-01-05 10:00:00,1e200,1", "A2,S1,2,2020-01-05 11:00:00,1.5,1", header=OR_HEADER),
         Quarantines(kept=1, reasons={s.AMOUNT_OUT_OF_RANGE: 1}, check=amounts(3.0)),
@@ -374,6 +426,19 @@ CASES: list[Case] = [
         ),
         Quarantines(kept=2, reasons={s.DUPLICATE: 1}, check=amounts(3.0, 4.5)),
         ingest=OR_LAYOUT,
+    ),
+    Case(
+        "duplicates_differing_in_number_format",
+        lines("A1,S1,2,2020-01-05 10:00:00,1.5,1", "A1,S1,2.0,2020-01-05 10:00:00,1.50,1", header=OR_HEADER),
+        Quarantines(kept=1, reasons={s.DUPLICATE: 1}),
+        ingest=OR_LAYOUT,
+    ),
+    Case(
+        "a_bad_line_and_its_good_twin",
+        # the export wrote the quantity badly, then again correctly: the correct line is the purchase
+        lines("A1,S1,x,2020-01-05 10:00:00,1.5,1", "A1,S1,2,2020-01-05 10:00:00,1.5,1", header=OR_HEADER),
+        Quarantines(kept=1, reasons={s.NON_NUMERIC_AMOUNT: 1}, check=amounts(3.0)),
+        ingest={**OR_LAYOUT, "duplicate_key": ["InvoiceNo", "StockCode", "InvoiceDate", "CustomerID"]},
     ),
     Case(
         "identical_lines_without_an_order_id",
