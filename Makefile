@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install run weekly audit test lint typecheck pytest bench bench-clv bench-churn reproduce-cdnow lock clean
+.PHONY: install run weekly audit compare ui test lint typecheck pytest bench bench-clv bench-churn reproduce-cdnow lock clean
 
 install: $(STAMP)
 
@@ -39,6 +39,15 @@ run: install
 # Without AS_OF: the day after the last purchase. Each week is a DVC experiment (`dvc exp show` lists them);
 # params.yaml keeps the last date in score.as_of (only that line changes).
 AS_OF ?=
+# The last LAST runs of the clv and churn stages side by side: changed params, holdout metrics, best in bold.
+# Also written to reports/compare.md.
+compare: install
+	python -m pipeline.compare --last $(or $(LAST),5)
+
+# The MLflow UI on this machine only (127.0.0.1), against the project's store.
+ui: install
+	mlflow ui --host 127.0.0.1 --port $(or $(PORT),5000) --backend-store-uri sqlite:///mlflow.db
+
 # Every row from the raw log to the weekly list accounted for, and no NaN or infinity in any output; exit 1 if not.
 audit: install
 	python -m pipeline.audit

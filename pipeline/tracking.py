@@ -8,6 +8,7 @@ stage, the git commit and a fingerprint of the data it read, so a reviewer can t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -80,13 +81,58 @@ def flatten(values: Mapping[str, Any], prefix: str = "", sep: str = "/") -> dict
     return out
 
 
+def experiment_tags() -> dict[str, str]:
+    """``dvc.experiment`` and ``dvc.baseline`` when the stage runs under `dvc exp run` (DVC sets both variables)."""
+    tags = {}
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.experiment"] = os.environ["DVC_EXP_NAME"]
+    if os.environ.get("DVC_EXP_BASELINE_REV"):
+        tags["dvc.baseline"] = os.environ["DVC_EXP_BASELINE_REV"]
+    return tags
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    """One stage run as a reviewer compares it: when, which code, which experiment, its params and metrics."""
+
+    run_id: str
+    started: str
+    git_commit: str
+    experiment: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+
+
+def recent_stage_runs(experiment: str, stage: str, last: int) -> list[RunSummary]:
+    """The ``last`` finished runs of ``stage`` in ``experiment``, newest first (none if the experiment is absent)."""
+    mlflow.set_tracking_uri(tracking_uri())
+    runs = mlflow.search_runs(
+        experiment_names=[experiment],
+        filter_string=f"tags.stage = '{stage}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=last,
+        output_format="list",
+    )
+    return [
+        RunSummary(
+            run_id=r.info.run_id,
+            started=pd.Timestamp(r.info.start_time, unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M"),
+            git_commit=r.data.tags.get("git_commit", "unknown"),
+            experiment=r.data.tags.get("dvc.experiment", ""),
+            params=dict(r.data.params),
+            metrics=dict(r.data.metrics),
+        )
+        for r in runs
+    ]
+
+
 @contextlib.contextmanager
 def stage_run(experiment: str, stage: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> Iterator[str]:
     """An MLflow run for one execution of a stage, with its params section logged; yields the run id."""
     mlflow.set_tracking_uri(tracking_uri())
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=stage) as run:
-        mlflow.set_tags({"stage": stage, "git_commit": git_commit(), **tags})
+        mlflow.set_tags({"stage": stage, "git_commit": git_commit(), **experiment_tags(), **tags})
         mlflow.log_params({k: json.dumps(v) if isinstance(v, list | tuple) else v for k, v in flatten(params).items()})
         yield run.info.run_id
     log.info("MLflow run %s in experiment '%s' at %s", run.info.run_id, experiment, tracking_uri())

@@ -1,0 +1,130 @@
+"""Compare the latest training runs side by side without the MLflow UI: what changed, and which run did best.
+
+``python -m pipeline.compare`` (or ``make compare LAST=5``) reads the last ``--last`` finished runs of each model stage
+(``clv`` and ``churn``) from the project's MLflow store and prints, per stage, one markdown table whose columns are
+the runs (newest first) and whose rows are
+
+* the run: start time, git commit (``-dirty`` when the tree had changes), and the DVC experiment name when the run
+  came from ``dvc exp run``;
+* every param whose value differs between those runs (params they share are left out: they explain nothing);
+* the stage's holdout metrics, the best value of each row in bold (lower is better for errors and losses, nearer 0
+  for a signed error); a row where every run scored the same has no bold.
+
+The same text is written to ``--out`` (default ``reports/compare.md``) for a review ticket.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+from pipeline import cli, tracking
+from pipeline.config import BaseConfig, load_params, section
+from pipeline.io import atomic_path
+
+log = logging.getLogger("compare")
+
+Better = Literal["higher", "lower", "nearer 0"]
+
+# The holdout metrics a reviewer signs off on, per stage, and which direction is better.
+KEY_METRICS: dict[str, tuple[tuple[str, Better], ...]] = {
+    "clv": (
+        ("model/purchases_rmse", "lower"),
+        ("model/purchases_mae", "lower"),
+        ("model/purchases_pct_error", "nearer 0"),
+        ("model/spend_mae", "lower"),
+        ("model/spearman", "higher"),
+        ("model/gini", "higher"),
+        ("model/top_decile_capture", "higher"),
+    ),
+    "churn": (
+        ("model/roc_auc", "higher"),
+        ("model/pr_auc", "higher"),
+        ("model/brier", "lower"),
+        ("model/log_loss", "lower"),
+        ("model/ece", "lower"),
+        ("model/top_decile_lift", "higher"),
+        ("model/precision_at_k", "higher"),
+        ("model/recall_at_k", "higher"),
+    ),
+}
+
+
+def changed_params(runs: Sequence[tracking.RunSummary]) -> list[str]:
+    """Names of the params whose value is not the same in every run (missing counts as a value)."""
+    names = sorted({name for r in runs for name in r.params})
+    return [n for n in names if len({r.params.get(n) for r in runs}) > 1]
+
+
+def best_indices(values: Sequence[float | None], better: Better) -> set[int]:
+    """Indices of the runs with the best value (all of them on a tie); none when the runs do not differ."""
+    present = {i: v for i, v in enumerate(values) if v is not None}
+    if len(set(present.values())) < 2:
+        return set()
+    score = {i: (v if better == "higher" else -abs(v) if better == "nearer 0" else -v) for i, v in present.items()}
+    top = max(score.values())
+    return {i for i, sc in score.items() if sc == top}
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _number(value: float) -> str:
+    return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.1f}"
+
+
+def stage_table(stage: str, runs: Sequence[tracking.RunSummary]) -> str:
+    """The markdown table of one stage's runs (see the module docstring)."""
+    if not runs:
+        return f"## {stage}\n\nNo finished `{stage}` runs in this store yet: run the pipeline (`make run`).\n"
+    header = ["", *(f"`{r.run_id[:8]}`" for r in runs)]
+    rows = [
+        ["started (UTC)", *(r.started for r in runs)],
+        ["git commit", *(r.git_commit[:7] + ("-dirty" if r.git_commit.endswith("-dirty") else "") for r in runs)],
+        ["experiment", *(r.experiment or "-" for r in runs)],
+    ]
+    params = changed_params(runs)
+    rows += [[f"param `{p}`", *(r.params.get(p, "-") for r in runs)] for p in params]
+    for name, better in KEY_METRICS[stage]:
+        values = [r.metrics.get(name) for r in runs]
+        best = best_indices(values, better)
+        cells = ["-" if v is None else (f"**{_number(v)}**" if i in best else _number(v)) for i, v in enumerate(values)]
+        rows.append([f"{name} ({better} is better)", *cells])
+    lines = [
+        "| " + " | ".join(_cell(c) for c in header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(_cell(str(c)) for c in row) + " |" for row in rows),
+    ]
+    note = "" if params else "\nNo param differs between these runs.\n"
+    return f"## {stage}: the last {len(runs)} runs, newest first\n\n" + "\n".join(lines) + "\n" + note
+
+
+def report(experiment: str, last: int, stages: Sequence[str]) -> str:
+    """The whole comparison as markdown: one table per stage."""
+    parts = [f"# MLflow experiment `{experiment}` at {tracking.tracking_uri()}\n"]
+    for stage in stages:
+        parts.append(stage_table(stage, tracking.recent_stage_runs(experiment, stage, last)))
+    return "\n".join(parts)
+
+
+def main(argv: Sequence[str]) -> None:
+    p = cli.parser(__doc__.splitlines()[0])
+    p.add_argument("--last", type=int, default=5, help="how many of the latest runs per stage (default: 5)")
+    p.add_argument("--stage", choices=sorted(KEY_METRICS), action="append", help="only this stage (repeatable)")
+    p.add_argument("--out", type=Path, default=Path("reports/compare.md"), help="markdown file to write")
+    args = p.parse_args(argv)
+    if args.last < 1:
+        p.error("--last must be at least 1")
+    base = section(load_params(args.params), "base", BaseConfig)
+    text = report(base.mlflow_experiment, args.last, args.stage or sorted(KEY_METRICS))
+    print(text)
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    log.info("written to %s", args.out)
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,60 @@
+"""make compare: runs side by side, only the params that differ, the best holdout figure in bold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipeline import compare, tracking
+
+
+def log_churn_run(experiment: str, num_leaves: int, roc_auc: float, ece: float) -> str:
+    params = {"churn": {"lightgbm": {"num_leaves": num_leaves, "learning_rate": 0.03}}, "base": {"seed": 42}}
+    with tracking.stage_run(experiment, "churn", params, {}) as run_id:
+        tracking.log_metrics({"model": {"roc_auc": roc_auc, "pr_auc": 0.9, "ece": ece}})
+    return run_id
+
+
+def test_compare_shows_changed_params_and_marks_the_best(
+    tmp_path: Path, params: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = params["base"]["mlflow_experiment"]
+    first = log_churn_run(experiment, 15, 0.8403, 0.0045)
+    monkeypatch.setenv("DVC_EXP_NAME", "wider-trees")  # what `dvc exp run` sets for its stages
+    second = log_churn_run(experiment, 31, 0.8407, 0.0052)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    out = tmp_path / "compare.md"
+
+    compare.main(["--params", str(params_file), "--stage", "churn", "--last", "5", "--out", str(out)])
+
+    text = out.read_text()
+    assert text.strip() in capsys.readouterr().out  # printed and written alike
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    header = next(line for line in text.splitlines() if line.startswith("|  |"))
+    assert header.index(second[:8]) < header.index(first[:8])  # newest first
+    assert "experiment" in rows and "wider-trees" in rows["experiment"]
+    # only the param that differs, with each run's value
+    assert [r for r in rows if r.startswith("param ")] == ["param `churn/lightgbm/num_leaves`"]
+    assert rows["param `churn/lightgbm/num_leaves`"].endswith("| 31 | 15 |")
+    # the best of each metric in bold: higher ROC-AUC, lower ECE; no bold where the runs agree
+    assert rows["model/roc_auc (higher is better)"].endswith("| **0.8407** | 0.8403 |")
+    assert rows["model/ece (lower is better)"].endswith("| 0.0052 | **0.0045** |")
+    assert rows["model/pr_auc (higher is better)"].endswith("| 0.9000 | 0.9000 |")
+    assert rows["model/brier (lower is better)"].endswith("| - | - |")
+
+
+def test_best_indices() -> None:
+    assert compare.best_indices([0.1, 0.3, 0.3], "higher") == {1, 2}
+    assert compare.best_indices([-13.7, 2.0, None], "nearer 0") == {1}
+    assert compare.best_indices([0.5, 0.5], "lower") == set()
+    assert compare.best_indices([None, None], "lower") == set()
+
+
+def test_no_runs_yet_is_said(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    assert "No finished `clv` runs in this store yet" in compare.report("nothing-here", 5, ["clv"])
