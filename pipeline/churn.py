@@ -475,7 +475,7 @@ def _track(
         "churn.validation_cutoff": str(metrics["training"]["validation_cutoff"]),
     }
     numeric = {k: v for k, v in metrics.items() if k not in ("importance", "attributes")}
-    with tracking.stage_run(base.mlflow_experiment, "churn", params, tags):
+    with tracking.stage_run(base.mlflow_experiment, "churn", params, tags, inputs=[features]):
         tracking.log_metrics(numeric)
         tracking.log_metrics({"importance": metrics["importance"]})
         tracking.log_artifacts(

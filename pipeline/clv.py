@@ -437,7 +437,7 @@ def run(
     _render(out.figures, freq_table, cumulative, deciles, p_alive_grid(purchases, sc), cutoff, chosen.name, unit)
 
     if track:
-        _track(base, fcfg, cfg, transactions, out, metrics, table)
+        _track(base, fcfg, cfg, transactions, features, out, metrics, table)
     log.info(
         "%d customers scored with %s: CLV total %.0f (tiers %s); holdout %s purchases actual %.0f vs predicted %.0f",
         len(table),
@@ -505,6 +505,7 @@ def _track(
     fcfg: FeaturesConfig,
     cfg: ClvConfig,
     transactions: Path,
+    features: Path,
     out: Outputs,
     metrics: dict[str, Any],
     table: pd.DataFrame,
@@ -515,7 +516,7 @@ def _track(
         "features": {"horizon_days": fcfg.horizon_days},
     }
     tags = {**tracking.data_fingerprint(transactions), "clv.chosen_model": str(metrics["chosen_model"])}
-    with tracking.stage_run(base.mlflow_experiment, "clv", params, tags):
+    with tracking.stage_run(base.mlflow_experiment, "clv", params, tags, inputs=[transactions, features]):
         tracking.log_metrics({k: v for k, v in metrics.items() if k != "chosen_model"})
         tracking.log_artifacts({"clv": out.params_json, "plots": out.figures, "plot_data": out.plots})
         example = table[[s.FREQUENCY, s.RECENCY, s.T, s.MONETARY_VALUE]].head(20).astype("float64")

@@ -176,7 +176,7 @@ def run(
     metrics = finite_json(round_metrics(metrics))
     write_json(metrics, out.metrics)
     if track:
-        _track(base, cfg, transactions, out, metrics)
+        _track(base, cfg, [churn, value, features, transactions], out, metrics)
     top = scores.iloc[0] if len(scores) else None
     log.info(
         "%d customers scored as of %s (%s): value at risk %.0f, %d in the high risk tier%s",
@@ -190,10 +190,11 @@ def run(
     return metrics
 
 
-def _track(base: BaseConfig, cfg: ScoreConfig, transactions: Path, out: Outputs, metrics: dict[str, Any]) -> None:
+def _track(base: BaseConfig, cfg: ScoreConfig, inputs: list[Path], out: Outputs, metrics: dict[str, Any]) -> None:
+    transactions = inputs[-1]
     tags = {**tracking.data_fingerprint(transactions), "score.as_of": metrics["as_of"], "score.week": metrics["week"]}
     params = {"score": dataclasses.asdict(cfg)}
-    with tracking.stage_run(base.mlflow_experiment, "score", params, tags):
+    with tracking.stage_run(base.mlflow_experiment, "score", params, tags, inputs=inputs):
         tracking.log_metrics({k: v for k, v in metrics.items() if k in ("overall", "risk_tiers", "segments")})
         tracking.log_artifacts({"score": out.segments})
 

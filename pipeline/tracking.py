@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ import mlflow.lightgbm
 import mlflow.pyfunc
 import pandas as pd
 import pyarrow.parquet as pq
+import yaml
 from mlflow.models import infer_signature
 from mlflow.pyfunc import PythonModel
 
@@ -126,13 +127,111 @@ def recent_stage_runs(experiment: str, stage: str, last: int) -> list[RunSummary
     ]
 
 
+def dvc_invocation() -> str | None:
+    """``<pid>.<start time>`` of the `dvc repro` / `dvc exp run` process running this stage; None when run by hand.
+
+    Every stage of one `dvc repro` is a child process of the same dvc process, so this names the pipeline run.
+    Linux only (it reads /proc); elsewhere stages log stand-alone runs.
+    """
+    pid = os.getppid()
+    for _ in range(10):  # dvc -> shell -> python: a few levels at most
+        if pid <= 1:
+            return None
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        fields = stat.rsplit(")", 1)[1].split()
+        if any(Path(a.decode(errors="replace")).name == "dvc" for a in args[:3]):
+            return f"{pid}.{fields[19]}"
+        pid = int(fields[1])
+    return None
+
+
+def lock_hashes(root: Path = ROOT) -> dict[str, str]:
+    """``dvc.lock``'s md5 of every file or folder an already-finished stage produced, by path."""
+    lock = root / "dvc.lock"
+    if not lock.is_file():
+        return {}
+    try:
+        stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
+    except yaml.YAMLError:
+        return {}
+    return {o["path"]: o.get("md5", "") for entry in stages.values() for o in entry.get("outs", []) if "path" in o}
+
+
+def input_tags(inputs: Sequence[Path]) -> dict[str, str]:
+    """``dvc.lock.<path>`` = the md5 dvc.lock recorded for each input this stage read (when DVC produced it)."""
+    hashes = lock_hashes()
+    tags = {}
+    for path in inputs:
+        try:
+            key = str(Path(path).resolve().relative_to(ROOT))
+        except ValueError:
+            continue
+        if key in hashes:
+            tags[f"dvc.lock.{key}"] = hashes[key]
+    return tags
+
+
+def pipeline_parent(experiment_id: str, invocation: str) -> str:
+    """The parent run of this `dvc repro` (created by its first tracked stage): one parent, a child per stage."""
+    client = mlflow.MlflowClient()
+    found = client.search_runs(
+        [experiment_id], filter_string=f"tags.`pipeline.invocation` = '{invocation}'", max_results=1
+    )
+    if found:
+        return str(found[0].info.run_id)
+    commit = git_commit()
+    exp = experiment_tags()
+    run = client.create_run(
+        experiment_id,
+        run_name=exp.get("dvc.experiment", "dvc repro"),
+        tags={
+            "stage": "pipeline",
+            "pipeline.invocation": invocation,
+            "git_commit": commit,
+            "git_dirty": str(commit.endswith("-dirty")).lower(),
+            **exp,
+        },
+    )
+    params_file = ROOT / "params.yaml"
+    if params_file.is_file():
+        client.log_artifact(run.info.run_id, str(params_file))
+    client.set_terminated(run.info.run_id)  # it holds no work of its own; the stages are its children
+    return str(run.info.run_id)
+
+
 @contextlib.contextmanager
-def stage_run(experiment: str, stage: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> Iterator[str]:
-    """An MLflow run for one execution of a stage, with its params section logged; yields the run id."""
+def stage_run(
+    experiment: str,
+    stage: str,
+    params: Mapping[str, Any],
+    tags: Mapping[str, str],
+    inputs: Sequence[Path] = (),
+) -> Iterator[str]:
+    """An MLflow run for one execution of a stage, with its params section logged; yields the run id.
+
+    Under `dvc repro` the run is a child of the pipeline's parent run. Tags: stage, git commit and dirty flag, the
+    DVC experiment name, and the dvc.lock hash of each of ``inputs``.
+    """
     mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=stage) as run:
-        mlflow.set_tags({"stage": stage, "git_commit": git_commit(), **experiment_tags(), **tags})
+    experiment_id = mlflow.set_experiment(experiment).experiment_id
+    invocation = dvc_invocation()
+    parent = {"mlflow.parentRunId": pipeline_parent(experiment_id, invocation)} if invocation else {}
+    with mlflow.start_run(run_name=stage, tags=parent) as run:
+        commit = git_commit()
+        mlflow.set_tags(
+            {
+                "stage": stage,
+                "git_commit": commit,
+                "git_dirty": str(commit.endswith("-dirty")).lower(),
+                **experiment_tags(),
+                **input_tags(inputs),
+                **tags,
+            }
+        )
         mlflow.log_params({k: json.dumps(v) if isinstance(v, list | tuple) else v for k, v in flatten(params).items()})
         yield run.info.run_id
     log.info("MLflow run %s in experiment '%s' at %s", run.info.run_id, experiment, tracking_uri())

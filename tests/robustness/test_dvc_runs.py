@@ -85,6 +85,24 @@ def test_forced_rerun_is_byte_identical(project: Path) -> None:
     assert changed == []
 
 
+def test_each_repro_is_a_parent_run_with_a_child_per_stage(project: Path) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project}/mlflow.db")
+    (experiment,) = [e for e in client.search_experiments() if e.name == project_params()["base"]["mlflow_experiment"]]
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("stage") == "pipeline"]
+    assert len(parents) >= 2  # the fixture's repro and at least the forced one
+    for parent in parents:
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert sorted(r.data.tags["stage"] for r in children) == ["churn", "clv", "score"]
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    features_md5 = next(o["md5"] for o in lock["features"]["outs"] if o["path"] == "data/features.parquet")
+    latest_churn = max((r for r in runs if r.data.tags.get("stage") == "churn"), key=lambda r: r.info.start_time)
+    assert latest_churn.data.tags["dvc.lock.data/features.parquet"] == features_md5
+    assert latest_churn.data.tags["git_dirty"] in ("true", "false")
+
+
 def test_audit_accounts_for_every_row(project: Path) -> None:
     checks = audit(project, project / "params.yaml")
     assert [c.name for c in checks if not c.ok] == []
