@@ -72,8 +72,17 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _number(value: float) -> str:
-    return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.1f}"
+def decimals(values: Sequence[float | None]) -> int:
+    """4 decimals, or up to 7 when fewer would print two different values alike."""
+    present = [v for v in values if v is not None]
+    for d in range(4, 8):
+        if len({round(v, d) for v in present}) == len(set(present)):
+            return d
+    return 7
+
+
+def _number(value: float, places: int) -> str:
+    return f"{value:.{places}f}" if abs(value) < 1000 else f"{value:,.1f}"
 
 
 def stage_table(stage: str, runs: Sequence[tracking.RunSummary]) -> str:
@@ -90,8 +99,11 @@ def stage_table(stage: str, runs: Sequence[tracking.RunSummary]) -> str:
     rows += [[f"param `{p}`", *(r.params.get(p, "-") for r in runs)] for p in params]
     for name, better in KEY_METRICS[stage]:
         values = [r.metrics.get(name) for r in runs]
-        best = best_indices(values, better)
-        cells = ["-" if v is None else (f"**{_number(v)}**" if i in best else _number(v)) for i, v in enumerate(values)]
+        best, places = best_indices(values, better), decimals(values)
+        cells = [
+            "-" if v is None else (f"**{_number(v, places)}**" if i in best else _number(v, places))
+            for i, v in enumerate(values)
+        ]
         rows.append([f"{name} ({better} is better)", *cells])
     lines = [
         "| " + " | ".join(_cell(c) for c in header) + " |",
@@ -99,7 +111,8 @@ def stage_table(stage: str, runs: Sequence[tracking.RunSummary]) -> str:
         *("| " + " | ".join(_cell(str(c)) for c in row) + " |" for row in rows),
     ]
     note = "" if params else "\nNo param differs between these runs.\n"
-    return f"## {stage}: the last {len(runs)} runs, newest first\n\n" + "\n".join(lines) + "\n" + note
+    title = "the latest run" if len(runs) == 1 else f"the last {len(runs)} runs, newest first"
+    return f"## {stage}: {title}\n\n" + "\n".join(lines) + "\n" + note
 
 
 def report(experiment: str, last: int, stages: Sequence[str]) -> str:

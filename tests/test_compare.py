@@ -55,6 +55,12 @@ def test_best_indices() -> None:
     assert compare.best_indices([None, None], "lower") == set()
 
 
+def test_decimals_grow_until_different_values_print_differently() -> None:
+    assert compare.decimals([0.0880, 0.0890]) == 4 and compare.decimals([0.08805, 0.08814]) == 5
+    assert compare.decimals([0.088052, 0.088054, None]) == 6
+    assert compare.decimals([0.5, 0.5]) == 4
+
+
 def test_no_runs_yet_is_said(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     assert "No finished `clv` runs in this store yet" in compare.report("nothing-here", 5, ["clv"])
