@@ -317,6 +317,22 @@ class ChurnModel:
         self.calibrator_ = Calibrator(method).fit(raw, y_va)
         return self
 
+    @classmethod
+    def restore(cls, booster: lgb.Booster, calibrator: Calibrator) -> ChurnModel:
+        """A fitted model from its saved parts (e.g. a registered version): it scores and explains, never refits.
+
+        The booster must hold only the early-stopped trees, as saved models do.
+        """
+        if not hasattr(calibrator, "model_"):
+            raise InputError("churn: the saved calibrator is not fitted")
+        model = cls.__new__(cls)
+        model.booster_ = booster
+        model.best_iteration_ = int(booster.current_iteration())
+        model.features_ = list(booster.feature_name())
+        model.calibrator_ = calibrator
+        model.calibration_method_ = calibrator.method
+        return model
+
     def _check(self, X: pd.DataFrame) -> None:
         if not hasattr(self, "booster_"):
             raise RuntimeError("this ChurnModel is not fitted yet; call fit() first")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from features import schemas as s
 from features.behaviour import DAYS_PER_UNIT
 from features.errors import InputError
 from models import churn as cm
-from models import clv, monitoring
+from models import clv, gate, monitoring
 from models.evaluation import calibration_table, churn_metrics, lift_table, pr_points, roc_points, round_metrics
 from pipeline import cli, plots, tracking
 from pipeline.config import AttributeTable, BaseConfig, ChurnConfig, FeaturesConfig, load_params, section
@@ -180,6 +181,130 @@ def modelling_table(
     return cm.add_derived(table), fits
 
 
+# --- registry: the champion gate and the model that scores ----------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Serving:
+    """The gate's decision for this run's model, and the model that scores the customers this week.
+
+    ``version_tags`` go on this run's registered version, so a later run can judge this one on its own holdout
+    without loading it (same holdout fingerprint) or re-score it (different rows).
+    """
+
+    decision: gate.Decision | None
+    model: cm.ChurnModel
+    scored_with: dict[str, Any]
+    version_tags: dict[str, str]
+
+
+def load_version(version: tracking.RegisteredVersion) -> cm.ChurnModel:
+    """A registered churn model ready to score: its booster, and the calibrator logged by its source run."""
+    booster = tracking.load_lightgbm(version.name, version.version)
+    with tempfile.TemporaryDirectory(prefix="churn-calibrator-") as tmp:
+        calibrator = joblib.load(tracking.run_artifact(version.run_id, "churn/calibrator.joblib", Path(tmp)))
+    return cm.ChurnModel.restore(booster, calibrator)
+
+
+def unusable(
+    version: tracking.RegisteredVersion, model: cm.ChurnModel, columns: Sequence[str], scoring: pd.Timestamp
+) -> str | None:
+    """Why ``version`` cannot score this run's customers (None if it can)."""
+    missing = [c for c in model.features_ if c not in columns]
+    if missing:
+        return f"it needs feature(s) {missing[:5]} that this run's features table lacks"
+    seen = version.tags.get("scoring_cutoff")
+    if seen and pd.Timestamp(seen) > scoring:
+        return f"it was trained on history up to {seen}, after this run's scoring cutoff {scoring.date()}"
+    return None
+
+
+def champion_figure(
+    version: tracking.RegisteredVersion,
+    metric: str,
+    valid: pd.DataFrame,
+    y_valid: np.ndarray,
+    validation: pd.Timestamp,
+    holdout_sha: str,
+    k: int,
+) -> tuple[gate.ChampionFigure, cm.ChurnModel | None]:
+    """The champion's ``metric`` on this run's validation rows, and the champion loaded (when it was needed).
+
+    Same rows and labels (equal holdout fingerprints): its logged figure. Otherwise it is re-scored on these rows,
+    unless it was validated on a later cutoff (its labels then reach into this holdout) or lacks features.
+    """
+    logged = version.tags.get(f"holdout.{metric}")
+    if version.tags.get("holdout.sha") == holdout_sha and logged is not None:
+        return gate.ChampionFigure(version.version, float(logged), how="same holdout, its logged figure"), None
+    its_cutoff = version.tags.get("holdout.cutoff")
+    if its_cutoff and pd.Timestamp(its_cutoff) > validation:
+        why = f"it was validated on {its_cutoff}, after this holdout's cutoff {validation.date()}"
+        return gate.ChampionFigure(version.version, None, why_not=why), None
+    champion = load_version(version)
+    missing = [c for c in champion.features_ if c not in valid.columns]
+    if missing:
+        why = f"it needs feature(s) {missing[:5]} that this run's features table lacks"
+        return gate.ChampionFigure(version.version, None, why_not=why), champion
+    raw = champion.raw_probability(valid)
+    value = churn_metrics(y_valid, raw, None, k)[metric]
+    return gate.ChampionFigure(version.version, value, how="re-scored on these rows"), champion
+
+
+def serving(
+    cfg: ChurnConfig,
+    model: cm.ChurnModel,
+    new_figures: dict[str, float],
+    valid: pd.DataFrame,
+    y_valid: np.ndarray,
+    validation: pd.Timestamp,
+    scoring: pd.Timestamp,
+    columns: Sequence[str],
+) -> Serving:
+    """Judge this run's model against the registered champion and pick the model that scores this week.
+
+    The new model scores when it becomes champion. Otherwise the champion scores, unless it cannot (features
+    missing, or trained on history after this run's scoring date, as in a back-fill): then this run's model
+    does, with a warning. ``churn.registry.score_version`` pins a version instead, and fails if it cannot score.
+    """
+    reg = cfg.registry
+    holdout_sha = gate.holdout_fingerprint(validation, valid[s.CUSTOMER_ID], {s.CHURNED: y_valid})
+    tags = {
+        "holdout.sha": holdout_sha,
+        "holdout.cutoff": str(validation.date()),
+        "scoring_cutoff": str(scoring.date()),
+        **{f"holdout.{m}": repr(float(new_figures[m])) for m in gate.CHURN_GATE_METRICS},
+    }
+    current = tracking.registered_version(reg.model_name, alias=gate.CHAMPION)
+    figure, loaded = (
+        champion_figure(current, reg.metric, valid, y_valid, validation, holdout_sha, cfg.campaign_list_size)
+        if current
+        else (None, None)
+    )
+    decision = gate.decide(reg.metric, reg.min_improvement, new_figures[reg.metric], figure)
+    log.info("registry %s: this run's model becomes %s: %s", reg.model_name, decision.alias, decision.reason)
+
+    if reg.score_version is not None:
+        pinned = tracking.registered_version(reg.model_name, version=reg.score_version)
+        if pinned is None:
+            raise InputError(
+                f"churn.registry.score_version={reg.score_version}: {reg.model_name} has no such version; "
+                "set null to score with the champion"
+            )
+        chosen = load_version(pinned)
+        why = unusable(pinned, chosen, columns, scoring)
+        if why:
+            raise InputError(f"churn.registry.score_version={reg.score_version} cannot score this run: {why}")
+        return Serving(decision, chosen, {"source": "pinned", "version": pinned.version}, tags)
+    if decision.alias == gate.CHAMPION or current is None:
+        return Serving(decision, model, {"source": "this run", "version": None}, tags)
+    chosen = loaded or load_version(current)
+    why = unusable(current, chosen, columns, scoring)
+    if why:
+        log.warning("champion v%s cannot score this run (%s); this run's model scores instead", current.version, why)
+        return Serving(decision, model, {"source": "this run", "version": None, "champion_unusable": why}, tags)
+    return Serving(decision, chosen, {"source": "champion", "version": current.version}, tags)
+
+
 # --- the stage ----------------------------------------------------------------------------------------------------
 
 
@@ -276,16 +401,21 @@ def run(
     )
     importance = model.importance(valid[X_cols])
 
-    # 2. scoring and reasons
+    # 2. scoring and reasons, by the champion unless this run's model replaces it
     if score.empty:
         raise InputError(
             f"churn: no customer bought within {cfg.population_lookback_days} days of the scoring cutoff "
             f"{scoring.date()}; raise churn.population_lookback_days"
         )
-    raw = model.raw_probability(score[X_cols])
-    p_churn = model.calibrator_.transform(raw)
+    if track:
+        serve = serving(cfg, model, evaluation["model"], valid, y_valid, split.validation, scoring, X_cols)
+    else:
+        serve = Serving(None, model, {"source": "this run", "version": None}, {})
+    scorer = serve.model
+    raw = scorer.raw_probability(score[X_cols])
+    p_churn = scorer.calibrator_.transform(raw)
     medians = score[X_cols].median(numeric_only=True).to_dict()
-    reasons = cm.top_reasons(model.contributions(score[X_cols]), score[X_cols], medians)
+    reasons = cm.top_reasons(scorer.contributions(score[X_cols]), score[X_cols], medians)
     scored = pd.concat(
         [
             pd.DataFrame(
@@ -302,7 +432,7 @@ def run(
     ).sort_values([s.P_CHURN, s.CUSTOMER_ID], ascending=[False, True], ignore_index=True)
     write_table(scored, out.churn, s.churn_schema())
     reference_cutoff = split.training[-1]
-    drift = drift_frame(model, table[table[s.CUTOFF] == reference_cutoff], score, X_cols, p_churn, cfg.drift_bins)
+    drift = drift_frame(scorer, table[table[s.CUTOFF] == reference_cutoff], score, X_cols, p_churn, cfg.drift_bins)
     drift["reference_cutoff"] = reference_cutoff
     drift["scoring_cutoff"] = scoring
     write_table(drift, out.drift, s.drift_schema())
@@ -358,6 +488,11 @@ def run(
             "customers_at_p_churn_0_5_or_more": int((p_churn >= 0.5).sum()),
         },
         "attributes": attribute_counts,
+        "registry": {
+            "model_name": cfg.registry.model_name,
+            **(serve.decision.as_dict() if serve.decision else {"alias": None, "reason": "not tracked: no registry"}),
+        },
+        "scored_with": serve.scored_with,
         "drift": {
             "reference_cutoff": str(reference_cutoff.date()),
             "p_churn_psi": float(drift.loc[drift[s.DRIFT_FEATURE] == s.P_CHURN, s.PSI].iloc[0]),
@@ -370,7 +505,7 @@ def run(
     # 5. plots
     _plots(out, y_valid, probs, split.validation)
     if track:
-        _track(base, fcfg, cfg, features, out, metrics, model, valid[X_cols])
+        _track(base, fcfg, cfg, features, out, metrics, model, valid[X_cols], serve)
     m, bl = metrics["model"], metrics["baselines"]
     log.info(
         "validation %s: ROC-AUC %.4f (btyd %s, recency %.4f, rfm %.4f), ECE %.4f with %s calibration; "
@@ -463,6 +598,7 @@ def _track(
     metrics: dict[str, Any],
     model: cm.ChurnModel,
     example: pd.DataFrame,
+    serve: Serving,
 ) -> None:
     params = {
         "churn": dataclasses.asdict(cfg),
@@ -474,7 +610,7 @@ def _track(
         "churn.calibration": model.calibration_method_,
         "churn.validation_cutoff": str(metrics["training"]["validation_cutoff"]),
     }
-    numeric = {k: v for k, v in metrics.items() if k not in ("importance", "attributes")}
+    numeric = {k: v for k, v in metrics.items() if k not in ("importance", "attributes", "scored_with")}
     with tracking.stage_run(base.mlflow_experiment, "churn", params, tags, inputs=[features]):
         tracking.log_metrics(numeric)
         tracking.log_metrics({"importance": metrics["importance"]})
@@ -487,7 +623,11 @@ def _track(
         )
         tracking.log_artifacts({"churn": out.artifacts / "importance.csv"})
         tracking.log_artifacts({"churn": out.artifacts / "calibrator.joblib"})
-        tracking.log_churn_model(model.booster_, model.best_iteration_, example.head(20))
+        uri = tracking.log_churn_model(model.booster_, model.best_iteration_, example.head(20))
+        if serve.decision is not None:
+            tracking.register_decision(
+                cfg.registry.model_name, uri, serve.decision, serve.version_tags, serve.scored_with["version"]
+            )
 
 
 def main(argv: Sequence[str]) -> None:

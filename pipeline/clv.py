@@ -7,13 +7,20 @@
 2. The chosen model is refitted on all history up to the scoring cutoff and scores every customer: P(alive),
    expected purchases over the horizon, expected order value, CLV (discounted profit over
    ``clv.clv_horizon_months``) with bootstrap 5th-95th percentiles, and a value tier.
+3. Registry: every tracked run registers its model (``clv.registry.model_name``). The alias ``champion`` moves to
+   it only if its ``clv.registry.metric`` beats the champion's on the same calibration holdout by
+   ``min_improvement``; otherwise it is ``challenger`` and the champion's stored scoring parameters score the
+   customers. The bootstrap band is then still this run's refit's (the parameter uncertainty of a fit on this
+   history), widened to hold the champion's point value.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import logging
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +33,7 @@ import pyarrow.parquet as pq
 from features import schemas as s
 from features.behaviour import DAYS_PER_UNIT, daily_repeat_purchases, purchase_days
 from features.errors import InputError
-from models import clv
+from models import clv, gate
 from models.evaluation import better, decile_table, holdout_metrics, round_metrics
 from pipeline import cli, plots, tracking
 from pipeline.config import BaseConfig, ClvConfig, FeaturesConfig, load_params, section
@@ -205,6 +212,130 @@ def choose(candidates: dict[str, Candidate], metric: str) -> Candidate:
     return best
 
 
+# --- registry: the champion gate and the parameters that score -------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Serving:
+    """The gate's decision for this run's CLV model, and the stored parameters that score instead (if any).
+
+    ``spec`` is None when this run's refit scores; otherwise the ``scoring`` section of the champion's (or the
+    pinned version's) params.json. ``version_tags`` go on this run's registered version.
+    """
+
+    decision: gate.Decision | None
+    spec: dict[str, Any] | None
+    scored_with: dict[str, Any]
+    version_tags: dict[str, str]
+
+
+def version_params(version: tracking.RegisteredVersion) -> dict[str, Any]:
+    """The params.json a registered CLV version was logged with (its calibration and scoring fits)."""
+    with tempfile.TemporaryDirectory(prefix="clv-params-") as tmp:
+        path = tracking.run_artifact(version.run_id, "clv/params.json", Path(tmp))
+        doc: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return doc
+
+
+def rescore_calibration(doc: dict[str, Any], cal: pd.DataFrame, settings: clv.ValueSettings) -> dict[str, Any]:
+    """A stored model's holdout metrics on this run's calibration rows: its calibration-period fit, no refit."""
+    name = doc["scoring"]["model"]
+    purchases = clv.purchase_model_from_params(name, doc["calibration"]["candidates"][name]["params"])
+    f, r, t, m = _arrays(cal)
+    scored = clv.score(purchases, doc["calibration"]["gamma_gamma"]["params"], f, r, t, m, settings)
+    return holdout_metrics(
+        scored["expected_purchases"],
+        cal[s.FUTURE_PURCHASES].to_numpy(np.float64),
+        scored["expected_purchases"] * scored["expected_order_value"],
+        cal[s.FUTURE_SPEND].to_numpy(np.float64),
+        scored["clv"],
+    )
+
+
+def champion_figure(
+    version: tracking.RegisteredVersion,
+    metric: str,
+    cal: pd.DataFrame,
+    cutoff: dt.date,
+    holdout_sha: str,
+    settings: clv.ValueSettings,
+) -> tuple[gate.ChampionFigure, dict[str, Any] | None]:
+    """The champion's ``metric`` on this run's calibration holdout, and its params.json when it was fetched.
+
+    Same rows and outcomes (equal fingerprints): its logged figure. Otherwise its calibration-period fit is applied
+    to these rows, unless it was calibrated on a later cutoff (its fit then saw part of this holdout).
+    """
+    logged = version.tags.get(f"holdout.{metric}")
+    if version.tags.get("holdout.sha") == holdout_sha and logged is not None:
+        return gate.ChampionFigure(version.version, float(logged), how="same holdout, its logged figure"), None
+    its_cutoff = version.tags.get("holdout.cutoff")
+    if its_cutoff and dt.date.fromisoformat(its_cutoff) > cutoff:
+        why = f"it was calibrated on {its_cutoff}, after this holdout's cutoff {cutoff}"
+        return gate.ChampionFigure(version.version, None, why_not=why), None
+    doc = version_params(version)
+    value = float(rescore_calibration(doc, cal, settings)[metric])
+    return gate.ChampionFigure(version.version, value, how="its calibration fit on these rows"), doc
+
+
+def serving(
+    cfg: ClvConfig,
+    chosen: Candidate,
+    cal: pd.DataFrame,
+    cutoff: dt.date,
+    scoring: dt.date,
+    settings: clv.ValueSettings,
+) -> Serving:
+    """Judge this run's model against the registered champion; pick the parameters that score this week.
+
+    This run's refit scores when it becomes champion. Otherwise the champion's stored scoring parameters do,
+    unless they were fitted on history after this run's scoring date (a back-fill): then this run's refit scores,
+    with a warning. ``clv.registry.score_version`` pins a version instead.
+    """
+    reg = cfg.registry
+    holdout_sha = gate.holdout_fingerprint(
+        cutoff,
+        cal[s.CUSTOMER_ID],
+        {s.FUTURE_PURCHASES: cal[s.FUTURE_PURCHASES], s.FUTURE_SPEND: cal[s.FUTURE_SPEND]},
+    )
+    tags = {
+        "holdout.sha": holdout_sha,
+        "holdout.cutoff": str(cutoff),
+        "scoring_cutoff": str(scoring),
+        **{f"holdout.{k}": repr(float(v)) for k, v in chosen.metrics.items() if isinstance(v, int | float)},
+    }
+    current = tracking.registered_version(reg.model_name, alias=gate.CHAMPION)
+    figure, doc = champion_figure(current, reg.metric, cal, cutoff, holdout_sha, settings) if current else (None, None)
+    decision = gate.decide(reg.metric, reg.min_improvement, float(chosen.metrics[reg.metric]), figure)
+    log.info("registry %s: this run's model becomes %s: %s", reg.model_name, decision.alias, decision.reason)
+
+    def too_late(version: tracking.RegisteredVersion) -> str | None:
+        seen = version.tags.get("scoring_cutoff")
+        if seen and dt.date.fromisoformat(seen) > scoring:
+            return f"it was fitted on history up to {seen}, after this run's scoring cutoff {scoring}"
+        return None
+
+    if reg.score_version is not None:
+        pinned = tracking.registered_version(reg.model_name, version=reg.score_version)
+        if pinned is None:
+            raise InputError(
+                f"clv.registry.score_version={reg.score_version}: {reg.model_name} has no such version; "
+                "set null to score with the champion"
+            )
+        why = too_late(pinned)
+        if why:
+            raise InputError(f"clv.registry.score_version={reg.score_version} cannot score this run: {why}")
+        spec = version_params(pinned)["scoring"]
+        return Serving(decision, spec, {"source": "pinned", "version": pinned.version}, tags)
+    if decision.alias == gate.CHAMPION or current is None:
+        return Serving(decision, None, {"source": "this run", "version": None}, tags)
+    why = too_late(current)
+    if why:
+        log.warning("champion v%s cannot score this run (%s); this run's refit scores instead", current.version, why)
+        return Serving(decision, None, {"source": "this run", "version": None, "champion_unusable": why}, tags)
+    spec = (doc or version_params(current))["scoring"]
+    return Serving(decision, spec, {"source": "champion", "version": current.version}, tags)
+
+
 # --- plots ----------------------------------------------------------------------------------------------------
 
 
@@ -321,13 +452,23 @@ def run(
         ", ".join(f"{n} {c.metrics[cfg.selection_metric]:.4g}" for n, c in candidates.items()),
     )
 
-    # 2. scoring: refit the chosen model on all history up to the scoring cutoff
+    # 2. scoring: refit the chosen model on all history up to the scoring cutoff; the champion's stored
+    #    parameters score instead when this run's model did not replace it
     sc = read_snapshot(features, scoring=True)
     _check_enough_history(sc, "scoring cutoff")
     f, r, t, m = _arrays(sc)
     purchases = clv.PurchaseModel(chosen.model.model, ladder).fit(f, r, t)
     spend, spend_left_out = fit_spend(sc, ladder)
-    scored = clv.score(purchases, spend.params_, f, r, t, m, settings)
+    scoring_cutoff = pd.Timestamp(sc[s.CUTOFF].iloc[0]).date()
+    if track:
+        serve = serving(cfg, chosen, cal, cutoff, scoring_cutoff, settings)
+    else:
+        serve = Serving(None, None, {"source": "this run", "version": None}, {})
+    if serve.spec is None:
+        scored = clv.score(purchases, spend.params_, f, r, t, m, settings)
+    else:
+        stored = clv.purchase_model_from_params(serve.spec["model"], serve.spec["purchases"]["params"])
+        scored = clv.score(stored, serve.spec["gamma_gamma"]["params"], f, r, t, m, settings)
     log.info("bootstrap: refitting on %d resamples of the customers for CLV intervals", cfg.bootstrap_samples)
     boot = clv.bootstrap_clv(
         purchases,
@@ -372,6 +513,7 @@ def run(
     boot_params = pd.DataFrame(boot.params)
     params_doc = {
         "time_unit": unit,
+        "scored_with": serve.scored_with,
         "calibration": {
             "cutoff": str(cutoff),
             "horizon_days": fcfg.horizon_days,
@@ -404,6 +546,11 @@ def run(
         "model": chosen.metrics,
         "candidates": {n: c.metrics for n, c in candidates.items()},
         "baselines": {BASELINE: baseline_metrics(cal, settings)},
+        "registry": {
+            "model_name": cfg.registry.model_name,
+            **(serve.decision.as_dict() if serve.decision else {"alias": None, "reason": "not tracked: no registry"}),
+        },
+        "scored_with": serve.scored_with,
         "scoring": {
             "customers": len(table),
             "clv_total": float(table[s.CLV].sum()),
@@ -437,7 +584,7 @@ def run(
     _render(out.figures, freq_table, cumulative, deciles, p_alive_grid(purchases, sc), cutoff, chosen.name, unit)
 
     if track:
-        _track(base, fcfg, cfg, transactions, features, out, metrics, table)
+        _track(base, fcfg, cfg, transactions, features, out, metrics, table, serve)
     log.info(
         "%d customers scored with %s: CLV total %.0f (tiers %s); holdout %s purchases actual %.0f vs predicted %.0f",
         len(table),
@@ -509,6 +656,7 @@ def _track(
     out: Outputs,
     metrics: dict[str, Any],
     table: pd.DataFrame,
+    serve: Serving,
 ) -> None:
     params = {
         "clv": dataclasses.asdict(cfg),
@@ -517,10 +665,14 @@ def _track(
     }
     tags = {**tracking.data_fingerprint(transactions), "clv.chosen_model": str(metrics["chosen_model"])}
     with tracking.stage_run(base.mlflow_experiment, "clv", params, tags, inputs=[transactions, features]):
-        tracking.log_metrics({k: v for k, v in metrics.items() if k != "chosen_model"})
+        tracking.log_metrics({k: v for k, v in metrics.items() if k not in ("chosen_model", "scored_with")})
         tracking.log_artifacts({"clv": out.params_json, "plots": out.figures, "plot_data": out.plots})
         example = table[[s.FREQUENCY, s.RECENCY, s.T, s.MONETARY_VALUE]].head(20).astype("float64")
-        tracking.log_clv_model(out.params_json, example)
+        uri = tracking.log_clv_model(out.params_json, example)
+        if serve.decision is not None:
+            tracking.register_decision(
+                cfg.registry.model_name, uri, serve.decision, serve.version_tags, serve.scored_with["version"]
+            )
 
 
 def main(argv: Sequence[str]) -> None:

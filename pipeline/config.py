@@ -21,6 +21,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from features.errors import InputError
+from models.gate import CHURN_GATE_METRICS
 
 
 class ConfigError(InputError):
@@ -167,6 +168,31 @@ SelectionMetric = Literal[
 
 
 @dataclasses.dataclass(frozen=True)
+class RegistryConfig:
+    """How a training stage registers its model and when the new version takes the alias ``champion``.
+
+    ``metric`` is judged on the stage's holdout; the new version must beat the champion's figure on the same
+    holdout by at least ``min_improvement`` (in the metric's units). ``score_version`` null scores with whichever
+    version holds ``champion``; a number pins that registered version.
+    """
+
+    model_name: str
+    metric: str
+    min_improvement: float
+    score_version: int | None
+
+    def check(self, where: str, metrics: tuple[str, ...]) -> None:
+        if not self.model_name.strip():
+            raise ConfigError(f"{where}.model_name must not be empty")
+        if self.metric not in metrics:
+            raise ConfigError(f"{where}.metric must be one of {', '.join(metrics)}; got {self.metric!r}")
+        if self.min_improvement < 0:
+            raise ConfigError(f"{where}.min_improvement must be >= 0, got {self.min_improvement}")
+        if self.score_version is not None and self.score_version < 1:
+            raise ConfigError(f"{where}.score_version must be a registered version (1, 2, ...) or null")
+
+
+@dataclasses.dataclass(frozen=True)
 class ClvConfig:
     model: Literal["auto", "bgnbd", "mbgnbd", "pareto_nbd"]
     selection_metric: SelectionMetric
@@ -178,8 +204,10 @@ class ClvConfig:
     acquisition_cost: float | None
     value_tier_quantiles: ValueTierQuantiles
     bootstrap_samples: int
+    registry: RegistryConfig
 
     def __post_init__(self) -> None:
+        self.registry.check("clv.registry", typing.get_args(SelectionMetric))
         ladder = list(self.penalizer_ladder)
         if not ladder or min(ladder) < 0 or ladder != sorted(set(ladder)):
             raise ConfigError(f"clv.penalizer_ladder must be distinct increasing values >= 0, got {ladder}")
@@ -271,8 +299,10 @@ class ChurnConfig:
     lightgbm: LightgbmConfig
     attributes: tuple[AttributeTable, ...]
     drift_bins: int
+    registry: RegistryConfig
 
     def __post_init__(self) -> None:
+        self.registry.check("churn.registry", CHURN_GATE_METRICS)
         if not 2 <= self.drift_bins <= 100:
             raise ConfigError(f"churn.drift_bins must be in [2, 100], got {self.drift_bins}")
         if self.population_lookback_days < 1:

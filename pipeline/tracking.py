@@ -26,8 +26,12 @@ import mlflow.pyfunc
 import pandas as pd
 import pyarrow.parquet as pq
 import yaml
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.pyfunc import PythonModel
+
+from models.gate import Decision
 
 log = logging.getLogger("tracking")
 
@@ -323,3 +327,105 @@ def log_churn_model(booster: lgb.Booster, best_iteration: int, example: pd.DataF
         input_example=example.head(5),
     )
     return str(info.model_uri)
+
+
+# --- the model registry ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RegisteredVersion:
+    """One version of a registered model: its number, the run that logged it, its tags and aliases."""
+
+    name: str
+    version: str
+    run_id: str
+    tags: dict[str, str]
+    aliases: tuple[str, ...]
+
+
+def _missing(exc: MlflowException) -> bool:
+    return exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
+
+
+def registered_version(name: str, *, alias: str | None = None, version: int | None = None) -> RegisteredVersion | None:
+    """The version of ``name`` holding ``alias``, or version number ``version``; None if there is none (yet)."""
+    mlflow.set_tracking_uri(tracking_uri())
+    client = mlflow.MlflowClient()
+    try:
+        if alias is not None:
+            mv = client.get_model_version_by_alias(name, alias)
+        else:
+            mv = client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        if _missing(exc):
+            return None
+        raise
+    return RegisteredVersion(
+        name=mv.name,
+        version=str(mv.version),
+        run_id=str(mv.run_id or mv.tags.get("run_id", "")),
+        tags=dict(mv.tags),
+        aliases=tuple(mv.aliases),
+    )
+
+
+def register(model_uri: str, name: str, alias: str, tags: Mapping[str, str]) -> str:
+    """Register ``model_uri`` as a new version of ``name``, give it ``alias`` and ``tags``; returns the version.
+
+    Aliases are unique per model: moving ``champion`` (or ``challenger``) to this version takes it from the last.
+    """
+    mlflow.set_tracking_uri(tracking_uri())
+    client = mlflow.MlflowClient()
+    with contextlib.suppress(MlflowException):  # already registered by an earlier run: that is fine
+        client.create_registered_model(name, description="Registered by the churn-clv pipeline; see its README.")
+    mv = mlflow.register_model(model_uri, name, tags=dict(tags))
+    client.set_registered_model_alias(name, alias, mv.version)
+    return str(mv.version)
+
+
+def decision_tags(name: str, decision: Decision) -> dict[str, str]:
+    """The gate's decision as tags: ``registry.alias``, ``registry.metric``, both figures and the reason."""
+    return {
+        "registry.model_name": name,
+        "registry.alias": decision.alias,
+        "registry.metric": decision.metric,
+        "registry.min_improvement": repr(decision.min_improvement),
+        "registry.new_value": repr(decision.new_value),
+        "registry.champion_version": decision.champion_version or "",
+        "registry.champion_value": "" if decision.champion_value is None else repr(decision.champion_value),
+        "registry.reason": decision.reason,
+    }
+
+
+def register_decision(
+    name: str, model_uri: str, decision: Decision, version_tags: Mapping[str, str], scored_version: str | None
+) -> str:
+    """Register the active run's model with the gate's alias; tag the run and the version with the decision.
+
+    ``scored_version`` is the version that scored this run's customers (None: this run's own model).
+    """
+    tags = decision_tags(name, decision)
+    version = register(model_uri, name, decision.alias, {**version_tags, **tags, "run_id": _active_run_id()})
+    scored = scored_version or version
+    mlflow.set_tags({**tags, "registry.version": version, "registry.scored_with_version": scored})
+    log.info("registered %s v%s as %s; customers scored with v%s", name, version, decision.alias, scored)
+    return version
+
+
+def _active_run_id() -> str:
+    run = mlflow.active_run()
+    return run.info.run_id if run else ""
+
+
+def load_lightgbm(name: str, version: str) -> lgb.Booster:
+    """The booster of a registered version of a churn model (MLflow's LightGBM flavour)."""
+    mlflow.set_tracking_uri(tracking_uri())
+    return mlflow.lightgbm.load_model(f"models:/{name}/{version}")
+
+
+def run_artifact(run_id: str, path: str, dst: Path) -> Path:
+    """Download one artifact of a run (e.g. ``churn/calibrator.joblib``) into ``dst``; returns the local file."""
+    mlflow.set_tracking_uri(tracking_uri())
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a progress bar per file is noise in logs
+    dst.mkdir(parents=True, exist_ok=True)
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst)))

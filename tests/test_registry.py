@@ -1,0 +1,233 @@
+"""The champion gate: by-hand decisions, and the churn and clv stages against a real MLflow registry."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+
+from features.errors import InputError
+from models import gate
+from pipeline import churn as churn_stage
+from pipeline import clv as clv_stage
+from pipeline import features as features_stage
+from pipeline import ingest as ingest_stage
+from tests.conftest import project_params
+
+# --- the decision, by hand ------------------------------------------------------------------------------------
+
+
+def test_first_version_becomes_champion() -> None:
+    d = gate.decide("roc_auc", 0.002, 0.80, None)
+    assert d.alias == "champion" and d.champion_version is None and "no champion yet" in d.reason
+
+
+@pytest.mark.parametrize(
+    ("metric", "new", "champion", "alias", "words"),
+    [
+        ("roc_auc", 0.8030, 0.8000, "champion", "better by 0.003"),  # +0.003 >= 0.002
+        ("roc_auc", 0.8015, 0.8000, "challenger", "better by only 0.0015"),
+        ("roc_auc", 0.8000, 0.8000, "challenger", "no better"),  # a tie never moves the alias
+        ("roc_auc", 0.7000, 0.8000, "challenger", "worse by 0.1"),
+        ("purchases_rmse", 0.7000, 0.7100, "champion", "better by 0.01"),  # lower is better
+        ("purchases_rmse", 0.7100, 0.7000, "challenger", "worse by 0.01"),
+    ],
+)
+def test_gate_needs_the_minimum_improvement(metric: str, new: float, champion: float, alias: str, words: str) -> None:
+    d = gate.decide(metric, 0.002, new, gate.ChampionFigure("3", champion, how="same holdout"))
+    assert d.alias == alias
+    assert words in d.reason and "v3" in d.reason
+    assert (d.new_value, d.champion_value, d.champion_version) == (new, champion, "3")
+
+
+def test_a_champion_that_cannot_be_compared_is_kept() -> None:
+    figure = gate.ChampionFigure("2", None, why_not="it was validated on 1998-05-01")
+    d = gate.decide("roc_auc", 0.0, 0.99, figure)
+    assert d.alias == "challenger" and "cannot be compared" in d.reason and "1998-05-01" in d.reason
+    assert gate.decide("roc_auc", 0.0, math.nan, None).alias == "challenger"
+    with pytest.raises(ValueError, match="does not know metric 'accuracy'"):
+        gate.decide("accuracy", 0.0, 0.9, None)
+    with pytest.raises(ValueError, match="min_improvement must be >= 0"):
+        gate.decide("roc_auc", -0.1, 0.9, None)
+
+
+def test_holdout_fingerprint_ignores_row_order_and_sees_every_answer() -> None:
+    ids = pd.Series(["a", "b", "c"])
+    base = gate.holdout_fingerprint("1998-04-01", ids, {"churned": [1, 0, 1]})
+    assert gate.holdout_fingerprint("1998-04-01", ids[::-1].reset_index(drop=True), {"churned": [1, 0, 1]}) == base
+    assert gate.holdout_fingerprint("1998-04-01", ids, {"churned": [1, 1, 1]}) != base
+    assert gate.holdout_fingerprint("1998-04-08", ids, {"churned": [1, 0, 1]}) != base
+    assert gate.holdout_fingerprint("1998-04-01", pd.Series(["a", "b", "d"]), {"churned": [1, 0, 1]}) != base
+
+
+# --- the stages against a registry ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Transactions and features of the CDNOW sample, built once for the module."""
+    d = tmp_path_factory.mktemp("registry")
+    params = project_params()
+    params["ingest"]["source"] = "cdnow_sample"
+    file = d / "params.yaml"
+    file.write_text(yaml.safe_dump(params))
+    ingest_stage.main(
+        ["--params", str(file), "--transactions", f"{d}/tx.parquet", "--quarantine", f"{d}/q.parquet"]
+        + ["--metrics", f"{d}/ingest.json"]
+    )
+    features_stage.main(
+        ["--params", str(file), "--transactions", f"{d}/tx.parquet", "--features", f"{d}/f.parquet"]
+        + ["--metrics", f"{d}/features.json"]
+    )
+    return d
+
+
+Runner = Callable[..., dict[str, Any]]
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An empty MLflow store (tracking and registry) for one test."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+@pytest.fixture
+def run_churn(sample: Path, tmp_path: Path, store: str) -> Runner:
+    """Runs the churn stage through its DVC entry point with params changed by ``edit``; returns its metrics."""
+
+    def run(edit: Callable[[dict[str, Any]], None] = lambda p: None) -> dict[str, Any]:
+        params = project_params()
+        params["ingest"]["source"] = "cdnow_sample"
+        edit(params)
+        file = tmp_path / "params.yaml"
+        file.write_text(yaml.safe_dump(params))
+        churn_stage.main(
+            ["--params", str(file), "--features", f"{sample}/f.parquet", "--churn", f"{tmp_path}/churn.parquet"]
+            + ["--artifacts", f"{tmp_path}/art", "--metrics", f"{tmp_path}/churn.json", "--plots", f"{tmp_path}/pl"]
+            + ["--drift", f"{tmp_path}/drift.parquet"]
+        )
+        out: dict[str, Any] = json.loads((tmp_path / "churn.json").read_text())
+        out["p_churn"] = pd.read_parquet(tmp_path / "churn.parquet").set_index("customer_id")["p_churn"].sort_index()
+        return out
+
+    return run
+
+
+def weakened(params: dict[str, Any]) -> None:
+    """Two-leaf trees and three rounds: a churn model that must lose to the default one."""
+    params["churn"]["lightgbm"].update(num_leaves=2, max_rounds=3, early_stopping_rounds=3)
+
+
+def champion_of(name: str) -> str:
+    return str(mlflow.MlflowClient().get_model_version_by_alias(name, "champion").version)
+
+
+def run_tags(version: str, name: str) -> dict[str, str]:
+    mv = mlflow.MlflowClient().get_model_version(name, version)
+    return dict(mlflow.MlflowClient().get_run(mv.run_id).data.tags)
+
+
+@pytest.mark.slow
+def test_a_weaker_churn_model_leaves_the_champion_where_it_was(run_churn: Runner) -> None:
+    name = project_params()["churn"]["registry"]["model_name"]
+    first = run_churn()
+    assert first["registry"]["alias"] == "champion" and first["scored_with"] == {"source": "this run", "version": None}
+    assert champion_of(name) == "1"
+
+    weak = run_churn(weakened)
+    reg = weak["registry"]
+    assert weak["model"]["roc_auc"] < first["model"]["roc_auc"] - 0.01
+    assert reg["alias"] == "challenger" and reg["champion_version"] == "1"
+    assert reg["champion_value"] == pytest.approx(first["model"]["roc_auc"], abs=1e-6)  # the same holdout's figure
+    assert "same holdout" in reg["reason"] and "champion kept" in reg["reason"]
+    assert champion_of(name) == "1"
+    # the customers were scored by the champion, not by the weak model
+    assert weak["scored_with"] == {"source": "champion", "version": "1"}
+    pd.testing.assert_series_equal(weak["p_churn"], first["p_churn"])
+    tags = run_tags("2", name)
+    assert tags["registry.alias"] == "challenger" and tags["registry.scored_with_version"] == "1"
+    assert float(tags["registry.champion_value"]) == pytest.approx(first["model"]["roc_auc"], abs=1e-6)
+
+    # pinning the weak version scores with it; the gate still judges the new run on its own
+    pinned = run_churn(lambda p: p["churn"]["registry"].update(score_version=2))
+    assert pinned["scored_with"] == {"source": "pinned", "version": "2"}
+    assert not pinned["p_churn"].equals(first["p_churn"])
+    assert pinned["registry"]["alias"] == "challenger" and "no better" in pinned["registry"]["reason"]
+    assert champion_of(name) == "1"
+
+    with pytest.raises(InputError, match=r"score_version=9: churn-clv-churn has no such version"):
+        run_churn(lambda p: p["churn"]["registry"].update(score_version=9))
+
+
+@pytest.mark.slow
+def test_a_better_churn_model_takes_the_alias(run_churn: Runner) -> None:
+    name = project_params()["churn"]["registry"]["model_name"]
+    weak = run_churn(weakened)
+    assert weak["registry"]["alias"] == "champion"
+    better = run_churn()
+    assert better["registry"]["alias"] == "champion" and better["registry"]["champion_version"] == "1"
+    assert "better by" in better["registry"]["reason"]
+    assert champion_of(name) == "2" and better["scored_with"]["source"] == "this run"
+
+
+@pytest.mark.slow
+def test_a_different_holdout_rescores_the_champion_and_a_later_one_is_not_used(run_churn: Runner) -> None:
+    name = project_params()["churn"]["registry"]["model_name"]
+    first = run_churn()
+    # a smaller population: other validation rows, so the champion's logged figure does not apply
+    other = run_churn(lambda p: p["churn"].update(population_lookback_days=120))
+    reg = other["registry"]
+    assert "re-scored on these rows" in reg["reason"]
+    assert reg["champion_value"] != pytest.approx(first["model"]["roc_auc"], abs=1e-6)
+    assert 0.5 < reg["champion_value"] < 1.0
+
+    # a champion trained on history after this run's dates (a back-fill) neither judges nor scores it
+    client = mlflow.MlflowClient()
+    champ = champion_of(name)
+    client.set_model_version_tag(name, champ, "holdout.cutoff", "1999-01-01")
+    client.set_model_version_tag(name, champ, "holdout.sha", "another holdout")
+    client.set_model_version_tag(name, champ, "scoring_cutoff", "1999-04-01")
+    late = run_churn()
+    assert "cannot be compared" in late["registry"]["reason"] and late["registry"]["alias"] == "challenger"
+    assert late["scored_with"]["source"] == "this run"
+    assert "after this run's scoring cutoff" in late["scored_with"]["champion_unusable"]
+    assert champion_of(name) == champ
+
+
+@pytest.mark.slow
+def test_clv_gate_and_scoring_with_the_champion(sample: Path, tmp_path: Path, store: str) -> None:
+    def run(edit: Callable[[dict[str, Any]], None] = lambda p: None) -> tuple[dict[str, Any], pd.Series]:
+        params = project_params()
+        params["ingest"]["source"] = "cdnow_sample"
+        params["clv"]["bootstrap_samples"] = 4
+        edit(params)
+        file = tmp_path / "params.yaml"
+        file.write_text(yaml.safe_dump(params))
+        clv_stage.main(
+            ["--params", str(file), "--transactions", f"{sample}/tx.parquet", "--features", f"{sample}/f.parquet"]
+            + ["--clv", f"{tmp_path}/clv.parquet", "--artifacts", f"{tmp_path}/art", "--metrics", f"{tmp_path}/m.json"]
+            + ["--plots", f"{tmp_path}/pl"]
+        )
+        clv = pd.read_parquet(tmp_path / "clv.parquet").set_index("customer_id")["clv"].sort_index()
+        return json.loads((tmp_path / "m.json").read_text()), clv
+
+    name = project_params()["clv"]["registry"]["model_name"]
+    # Pareto/NBD alone first: then auto (which picks by the same metric) can only match or beat it
+    first, first_clv = run(lambda p: p["clv"].update(model="pareto_nbd"))
+    assert first["registry"]["alias"] == "champion" and champion_of(name) == "1"
+    second, second_clv = run(lambda p: p["clv"]["registry"].update(min_improvement=1.0))
+    reg = second["registry"]
+    assert reg["alias"] == "challenger" and reg["champion_version"] == "1" and "same holdout" in reg["reason"]
+    assert reg["champion_value"] == pytest.approx(first["model"]["purchases_rmse"], abs=1e-6)
+    assert second["scored_with"] == {"source": "champion", "version": "1"}
+    pd.testing.assert_series_equal(second_clv, first_clv, rtol=1e-9)  # the champion's stored parameters scored
+    assert champion_of(name) == "1"
