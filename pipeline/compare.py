@@ -4,8 +4,8 @@
 (``clv`` and ``churn``) from the project's MLflow store and prints, per stage, one markdown table whose columns are
 the runs (newest first) and whose rows are
 
-* the run: start time, git commit (``-dirty`` when the tree had changes), and the DVC experiment name when the run
-  came from ``dvc exp run``;
+* the run: start time, git commit (``-dirty`` when the tree had changes), the DVC experiment name when the run
+  came from ``dvc exp run``, and the registered version with the alias the champion gate gave it;
 * every param whose value differs between those runs (params they share are left out: they explain nothing);
 * the stage's holdout metrics, the best value of each row in bold (lower is better for errors and losses, nearer 0
   for a signed error); a row where every run scored the same has no bold.
@@ -19,6 +19,9 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
+
+import numpy as np
+import pandas as pd
 
 from pipeline import cli, tracking
 from pipeline.config import BaseConfig, load_params, section
@@ -94,6 +97,7 @@ def stage_table(stage: str, runs: Sequence[tracking.RunSummary]) -> str:
         ["started (UTC)", *(r.started for r in runs)],
         ["git commit", *(r.git_commit[:7] + ("-dirty" if r.git_commit.endswith("-dirty") else "") for r in runs)],
         ["experiment", *(r.experiment or "-" for r in runs)],
+        ["registered as", *(r.registry or "-" for r in runs)],
     ]
     params = changed_params(runs)
     rows += [[f"param `{p}`", *(r.params.get(p, "-") for r in runs)] for p in params]
@@ -113,6 +117,32 @@ def stage_table(stage: str, runs: Sequence[tracking.RunSummary]) -> str:
     note = "" if params else "\nNo param differs between these runs.\n"
     title = "the latest run" if len(runs) == 1 else f"the last {len(runs)} runs, newest first"
     return f"## {stage}: {title}\n\n" + "\n".join(lines) + "\n" + note
+
+
+# The groups of figures a stage logs on the same holdout as its model: ``<group>/<name>/<metric>``.
+_PEERS = {"baselines": "baseline", "candidates": "candidate"}
+
+
+def against_baselines(stage: str, run: tracking.RunSummary) -> pd.DataFrame:
+    """One run's holdout metrics next to its baselines' (and, for clv, every candidate model's) on the same rows.
+
+    Rows are the stage's ``KEY_METRICS`` without the ``model/`` prefix; columns are ``better`` (the direction),
+    ``model``, then ``baseline <name>`` and ``candidate <name>`` for each one the run logged, in name order. A figure
+    the run did not log is NaN. What a reviewer asks first: does the model beat the naive rule it replaces?
+    """
+    names = [key.split("/", 1)[1] for key, _ in KEY_METRICS[stage]]
+    columns = {"model": "model"}
+    for key in sorted(run.metrics):
+        group, _, rest = key.partition("/")
+        peer, _, _ = rest.partition("/")
+        if group in _PEERS and peer:
+            columns.setdefault(f"{_PEERS[group]} {peer}", f"{group}/{peer}")
+    table = pd.DataFrame(
+        {col: [run.metrics.get(f"{prefix}/{n}", np.nan) for n in names] for col, prefix in columns.items()},
+        index=pd.Index(names, name="metric"),
+    )
+    table.insert(0, "better", [better for _, better in KEY_METRICS[stage]])
+    return table
 
 
 def report(experiment: str, last: int, stages: Sequence[str]) -> str:

@@ -106,6 +106,7 @@ class RunSummary:
     experiment: str
     params: dict[str, str]
     metrics: dict[str, float]
+    registry: str = ""  # "v3 champion": the version this run registered and the alias the gate gave it
 
 
 def recent_stage_runs(experiment: str, stage: str, last: int) -> list[RunSummary]:
@@ -126,6 +127,11 @@ def recent_stage_runs(experiment: str, stage: str, last: int) -> list[RunSummary
             experiment=r.data.tags.get("dvc.experiment", ""),
             params=dict(r.data.params),
             metrics=dict(r.data.metrics),
+            registry=(
+                f"v{r.data.tags['registry.version']} {r.data.tags.get('registry.alias', '')}".strip()
+                if "registry.version" in r.data.tags
+                else ""
+            ),
         )
         for r in runs
     ]

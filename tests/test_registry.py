@@ -17,6 +17,7 @@ from features.errors import InputError
 from models import gate
 from pipeline import churn as churn_stage
 from pipeline import clv as clv_stage
+from pipeline import compare, tracking
 from pipeline import features as features_stage
 from pipeline import ingest as ingest_stage
 from tests.conftest import project_params
@@ -70,6 +71,11 @@ def test_holdout_fingerprint_ignores_row_order_and_sees_every_answer() -> None:
 # --- the stages against a registry ------------------------------------------------------------------------------
 
 
+def argv(**paths: Path) -> list[str]:
+    """A stage's command line, as dvc.yaml writes it: ``--name path`` for each argument."""
+    return [part for name, path in paths.items() for part in (f"--{name}", str(path))]
+
+
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Transactions and features of the CDNOW sample, built once for the module."""
@@ -79,12 +85,10 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
     file = d / "params.yaml"
     file.write_text(yaml.safe_dump(params))
     ingest_stage.main(
-        ["--params", str(file), "--transactions", f"{d}/tx.parquet", "--quarantine", f"{d}/q.parquet"]
-        + ["--metrics", f"{d}/ingest.json"]
+        argv(params=file, transactions=d / "tx.parquet", quarantine=d / "q.parquet", metrics=d / "ingest.json")
     )
     features_stage.main(
-        ["--params", str(file), "--transactions", f"{d}/tx.parquet", "--features", f"{d}/f.parquet"]
-        + ["--metrics", f"{d}/features.json"]
+        argv(params=file, transactions=d / "tx.parquet", features=d / "f.parquet", metrics=d / "features.json")
     )
     return d
 
@@ -111,9 +115,15 @@ def run_churn(sample: Path, tmp_path: Path, store: str) -> Runner:
         file = tmp_path / "params.yaml"
         file.write_text(yaml.safe_dump(params))
         churn_stage.main(
-            ["--params", str(file), "--features", f"{sample}/f.parquet", "--churn", f"{tmp_path}/churn.parquet"]
-            + ["--artifacts", f"{tmp_path}/art", "--metrics", f"{tmp_path}/churn.json", "--plots", f"{tmp_path}/pl"]
-            + ["--drift", f"{tmp_path}/drift.parquet"]
+            argv(
+                params=file,
+                features=sample / "f.parquet",
+                churn=tmp_path / "churn.parquet",
+                artifacts=tmp_path / "art",
+                metrics=tmp_path / "churn.json",
+                plots=tmp_path / "pl",
+                drift=tmp_path / "drift.parquet",
+            )
         )
         out: dict[str, Any] = json.loads((tmp_path / "churn.json").read_text())
         out["p_churn"] = pd.read_parquet(tmp_path / "churn.parquet").set_index("customer_id")["p_churn"].sort_index()
@@ -155,6 +165,11 @@ def test_a_weaker_churn_model_leaves_the_champion_where_it_was(run_churn: Runner
     pd.testing.assert_series_equal(weak["p_churn"], first["p_churn"])
     tags = run_tags("2", name)
     assert tags["registry.alias"] == "challenger" and tags["registry.scored_with_version"] == "1"
+    table = compare.stage_table(
+        "churn", tracking.recent_stage_runs(project_params()["base"]["mlflow_experiment"], "churn", 5)
+    )
+    registered = next(line for line in table.splitlines() if line.startswith("| registered as"))
+    assert registered == "| registered as | v2 challenger | v1 champion |"
     assert float(tags["registry.champion_value"]) == pytest.approx(first["model"]["roc_auc"], abs=1e-6)
 
     # pinning the weak version scores with it; the gate still judges the new run on its own
@@ -213,9 +228,15 @@ def test_clv_gate_and_scoring_with_the_champion(sample: Path, tmp_path: Path, st
         file = tmp_path / "params.yaml"
         file.write_text(yaml.safe_dump(params))
         clv_stage.main(
-            ["--params", str(file), "--transactions", f"{sample}/tx.parquet", "--features", f"{sample}/f.parquet"]
-            + ["--clv", f"{tmp_path}/clv.parquet", "--artifacts", f"{tmp_path}/art", "--metrics", f"{tmp_path}/m.json"]
-            + ["--plots", f"{tmp_path}/pl"]
+            argv(
+                params=file,
+                transactions=sample / "tx.parquet",
+                features=sample / "f.parquet",
+                clv=tmp_path / "clv.parquet",
+                artifacts=tmp_path / "art",
+                metrics=tmp_path / "m.json",
+                plots=tmp_path / "pl",
+            )
         )
         clv = pd.read_parquet(tmp_path / "clv.parquet").set_index("customer_id")["clv"].sort_index()
         return json.loads((tmp_path / "m.json").read_text()), clv
