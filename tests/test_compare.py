@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -64,3 +65,34 @@ def test_decimals_grow_until_different_values_print_differently() -> None:
 def test_no_runs_yet_is_said(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     assert "No finished `clv` runs in this store yet" in compare.report("nothing-here", 5, ["clv"])
+
+
+def test_against_baselines_puts_the_model_beside_each_baseline_and_candidate() -> None:
+    run = tracking.RunSummary(
+        run_id="r1",
+        started="2026-01-01 00:00",
+        git_commit="abc",
+        experiment="",
+        params={},
+        metrics={
+            "model/purchases_rmse": 0.74,
+            "model/spearman": 0.38,
+            "baselines/historical_rate/purchases_rmse": 0.91,
+            "candidates/pareto_nbd/purchases_rmse": 0.75,
+            "candidates/bgnbd/spearman": 0.37,
+            "scoring/clv_mean": 12.0,  # not a holdout figure: left out
+        },
+    )
+    table = compare.against_baselines("clv", run)
+    assert list(table.columns) == [
+        "better",
+        "model",
+        "baseline historical_rate",
+        "candidate bgnbd",
+        "candidate pareto_nbd",
+    ]
+    assert list(table.index) == [name.split("/", 1)[1] for name, _ in compare.KEY_METRICS["clv"]]
+    assert table.loc["purchases_rmse", "better"] == "lower"
+    assert table.loc["purchases_rmse"].tolist()[1:3] == [0.74, 0.91]
+    assert table.loc["spearman", "candidate bgnbd"] == 0.37
+    assert math.isnan(table.loc["spearman", "baseline historical_rate"])  # not logged
