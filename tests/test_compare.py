@@ -23,6 +23,7 @@ def test_compare_shows_changed_params_and_marks_the_best(
     tmp_path: Path, params: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(tmp_path)  # MLflow writes run artifacts under ./mlruns
     experiment = params["base"]["mlflow_experiment"]
     first = log_churn_run(experiment, 15, 0.8403, 0.0045)
     monkeypatch.setenv("DVC_EXP_NAME", "wider-trees")  # what `dvc exp run` sets for its stages
@@ -64,6 +65,7 @@ def test_decimals_grow_until_different_values_print_differently() -> None:
 
 def test_no_runs_yet_is_said(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(tmp_path)  # MLflow writes run artifacts under ./mlruns
     assert "No finished `clv` runs in this store yet" in compare.report("nothing-here", 5, ["clv"])
 
 

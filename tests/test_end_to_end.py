@@ -41,6 +41,7 @@ def test_stages_in_dag_order(tmp_path: Path, params: dict[str, Any], monkeypatch
         }
     ]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(tmp_path)  # MLflow writes run artifacts under ./mlruns
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
     d = tmp_path

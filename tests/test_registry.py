@@ -101,6 +101,7 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """An empty MLflow store (tracking and registry) for one test."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # MLflow writes run artifacts under ./mlruns: keep them out of the repository
     return uri
 
 

@@ -69,6 +69,7 @@ def test_catalogue_case(
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(case_params(case, source)))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(tmp_path)  # MLflow writes run artifacts under ./mlruns
     monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
 
     last = STAGES.index(case.last_stage)
