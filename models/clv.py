@@ -28,15 +28,16 @@ from typing import Any, Literal, Self, cast
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from lifetimes import BetaGeoFitter, GammaGammaFitter, ModifiedBetaGeoFitter, ParetoNBDFitter
+from lifetimes import ModifiedBetaGeoFitter, ParetoNBDFitter
 from lifetimes.utils import ConvergenceError
 
 from features.errors import InputError
+from models.likelihoods import AnalyticBetaGeoFitter, AnalyticGammaGammaFitter
 
 ModelName = Literal["bgnbd", "mbgnbd", "pareto_nbd"]
 MODEL_NAMES: tuple[ModelName, ...] = ("bgnbd", "mbgnbd", "pareto_nbd")
 _FITTERS: dict[str, Any] = {
-    "bgnbd": BetaGeoFitter,
+    "bgnbd": AnalyticBetaGeoFitter,  # lifetimes' fitter, its gradient written out (models.likelihoods)
     "mbgnbd": ModifiedBetaGeoFitter,
     "pareto_nbd": ParetoNBDFitter,
 }
@@ -534,7 +535,7 @@ class SpendModel:
         attempts: list[dict[str, Any]] = []
         for pen in ladder:
             for constrained in (False, True):
-                fitter = GammaGammaFitter(penalizer_coef=pen)
+                fitter = AnalyticGammaGammaFitter(penalizer_coef=pen)
                 try:
                     _quiet_fit(fitter, f.astype(np.int64), m, weights=w, initial_params=init, q_constraint=constrained)
                     params = np.array([float(fitter.params_[n]) for n in PARAM_NAMES["gamma_gamma"]])
