@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install run weekly audit compare ui test lint typecheck pytest bench bench-clv bench-churn reproduce-cdnow lock clean
+.PHONY: install run weekly audit compare ui test lint typecheck pytest bench bench-features bench-clv bench-churn reproduce-cdnow lock clean
 
 install: $(STAMP)
 
@@ -71,14 +71,17 @@ typecheck: install
 pytest: install
 	pytest -q
 
-# Speed and memory against plain lifetimes on one synthetic log of N customers, each step in its own process:
-# the features stage vs lifetimes' pandas summary, then CLV fit + scoring vs lifetimes' unweighted fit.
+# Speed and memory on one seeded synthetic log of N customers (BG/NBD process), in one run: every pipeline stage as
+# dvc.yaml runs it, then the CLV path (RFM summary, BG/NBD, Gamma-Gamma, 12-month CLV) against plain lifetimes.
+# Writes reports/bench/<N>.json. SKIP_NAIVE=1 leaves lifetimes out (sizes where it does not fit in memory).
 N ?= 1000000
 CHURN_N ?= 100000
 bench: install
+	python -m bench.pipeline --customers $(N) $(if $(SKIP_NAIVE),--skip-naive)
+
+# One part at a time: the features stage vs lifetimes' summary; CLV fits vs lifetimes; churn training vs sklearn.
+bench-features: install
 	python -m bench.features --customers $(N)
-	python -m bench.clv --customers $(N)
-	python -m bench.churn --customers $(CHURN_N)
 
 bench-clv: install
 	python -m bench.clv --customers $(N)
