@@ -28,17 +28,17 @@ from typing import Any, Literal, Self, cast
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from lifetimes import ModifiedBetaGeoFitter, ParetoNBDFitter
+from lifetimes import ParetoNBDFitter
 from lifetimes.utils import ConvergenceError
 
 from features.errors import InputError
-from models.likelihoods import AnalyticBetaGeoFitter, AnalyticGammaGammaFitter
+from models.likelihoods import AnalyticBetaGeoFitter, AnalyticGammaGammaFitter, AnalyticModifiedBetaGeoFitter
 
 ModelName = Literal["bgnbd", "mbgnbd", "pareto_nbd"]
 MODEL_NAMES: tuple[ModelName, ...] = ("bgnbd", "mbgnbd", "pareto_nbd")
 _FITTERS: dict[str, Any] = {
     "bgnbd": AnalyticBetaGeoFitter,  # lifetimes' fitter, its gradient written out (models.likelihoods)
-    "mbgnbd": ModifiedBetaGeoFitter,
+    "mbgnbd": AnalyticModifiedBetaGeoFitter,
     "pareto_nbd": ParetoNBDFitter,
 }
 PARAM_NAMES: dict[str, tuple[str, ...]] = {

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from importlib import resources
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 from autograd import value_and_grad
-from lifetimes import BetaGeoFitter, GammaGammaFitter
+from lifetimes import BetaGeoFitter, GammaGammaFitter, ModifiedBetaGeoFitter
 
 from models import likelihoods as lk
 
@@ -22,15 +23,22 @@ def cdnow() -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("penalizer", [0.0, 0.05])
-def test_bgnbd_objective_and_gradient_equal_lifetimes(cdnow: pd.DataFrame, penalizer: float) -> None:
+@pytest.mark.parametrize(
+    ("objective", "fitter"),
+    [(lk.bgnbd_objective, BetaGeoFitter), (lk.mbgnbd_objective, ModifiedBetaGeoFitter)],
+    ids=["bgnbd", "mbgnbd"],
+)
+def test_purchase_objectives_and_gradients_equal_lifetimes(
+    cdnow: pd.DataFrame, penalizer: float, objective: Any, fitter: Any
+) -> None:
     scale = 1.0 / cdnow["T"].max()  # lifetimes fits on time rescaled to max(T) = 1
     f, r, t, w = (cdnow[c].to_numpy(float) for c in ("frequency", "recency", "T", "weight"))
     args = (f, r * scale, t * scale, w, penalizer)
-    ours = lk.bgnbd_objective(*args)
+    ours = objective(*args)
     rng = np.random.default_rng(1)
     for _ in range(5):
         theta = np.log([0.24, 4.4 * scale, 0.79, 2.43]) + rng.normal(0, 0.5, 4)
-        value, grad = value_and_grad(BetaGeoFitter._negative_log_likelihood)(theta, *args)
+        value, grad = value_and_grad(fitter._negative_log_likelihood)(theta, *args)
         v, g = ours(theta)
         assert v == pytest.approx(value, rel=1e-12)
         np.testing.assert_allclose(g, grad, rtol=1e-9, atol=1e-12)
@@ -52,11 +60,15 @@ def test_gamma_gamma_objective_and_gradient_equal_lifetimes(cdnow: pd.DataFrame,
 
 def test_fits_and_standard_errors_equal_lifetimes(cdnow: pd.DataFrame) -> None:
     f, r, t, w = (cdnow[c].to_numpy() for c in ("frequency", "recency", "T", "weight"))
-    theirs = BetaGeoFitter().fit(f, r, t, weights=w)
-    ours = lk.AnalyticBetaGeoFitter().fit(f, r, t, weights=w)
-    np.testing.assert_allclose(ours.params_.to_numpy(), theirs.params_.to_numpy(), rtol=1e-8)
-    np.testing.assert_allclose(ours.standard_errors_.to_numpy(), theirs.standard_errors_.to_numpy(), rtol=1e-6)
-    assert ours._negative_log_likelihood_ == pytest.approx(theirs._negative_log_likelihood_, rel=1e-12)
+    for plain, analytic in (
+        (BetaGeoFitter, lk.AnalyticBetaGeoFitter),
+        (ModifiedBetaGeoFitter, lk.AnalyticModifiedBetaGeoFitter),
+    ):
+        theirs = plain().fit(f, r, t, weights=w)
+        ours = analytic().fit(f, r, t, weights=w)
+        np.testing.assert_allclose(ours.params_.to_numpy(), theirs.params_.to_numpy(), rtol=1e-7)
+        np.testing.assert_allclose(ours.standard_errors_.to_numpy(), theirs.standard_errors_.to_numpy(), rtol=1e-5)
+        assert ours._negative_log_likelihood_ == pytest.approx(theirs._negative_log_likelihood_, rel=1e-12)
     repeat = f > 0
     m = cdnow["spend"].to_numpy()
     theirs_gg = GammaGammaFitter().fit(f[repeat], m[repeat], weights=w[repeat])
