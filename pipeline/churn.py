@@ -399,7 +399,8 @@ def run(
     evaluation["model"].update(
         n_train=float(len(train)), n_valid=float(len(valid)), positive_rate=float(y_valid.mean())
     )
-    importance = model.importance(valid[X_cols])
+    sample = valid.sample(n=min(len(valid), cfg.importance_rows), random_state=base.seed)
+    importance = model.importance(sample[X_cols])
 
     # 2. scoring and reasons, by the champion unless this run's model replaces it
     if score.empty:

@@ -299,12 +299,15 @@ class ChurnConfig:
     lightgbm: LightgbmConfig
     attributes: tuple[AttributeTable, ...]
     drift_bins: int
+    importance_rows: int
     registry: RegistryConfig
 
     def __post_init__(self) -> None:
         self.registry.check("churn.registry", CHURN_GATE_METRICS)
         if not 2 <= self.drift_bins <= 100:
             raise ConfigError(f"churn.drift_bins must be in [2, 100], got {self.drift_bins}")
+        if self.importance_rows < 100:
+            raise ConfigError(f"churn.importance_rows must be >= 100, got {self.importance_rows}")
         if self.population_lookback_days < 1:
             raise ConfigError(f"churn.population_lookback_days must be >= 1, got {self.population_lookback_days}")
         if self.campaign_list_size < 1:
