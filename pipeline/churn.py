@@ -37,7 +37,7 @@ from models import churn as cm
 from models import clv, gate, monitoring
 from models.evaluation import calibration_table, churn_metrics, lift_table, pr_points, roc_points, round_metrics
 from pipeline import cli, plots, tracking
-from pipeline.config import AttributeTable, BaseConfig, ChurnConfig, FeaturesConfig, load_params, section
+from pipeline.config import AttributeTable, BaseConfig, ChurnConfig, FeaturesConfig, ingest_source, load_params, section
 from pipeline.io import atomic_path, finite_json, write_csv, write_json, write_table
 
 log = logging.getLogger("churn")
@@ -192,6 +192,7 @@ class Serving:
     without loading it (same holdout fingerprint) or re-score it (different rows).
     """
 
+    model_name: str  # the registered model: ``<stage>.registry.model_name`` for this data source
     decision: gate.Decision | None
     model: cm.ChurnModel
     scored_with: dict[str, Any]
@@ -259,6 +260,7 @@ def serving(
     validation: pd.Timestamp,
     scoring: pd.Timestamp,
     columns: Sequence[str],
+    source: str,
 ) -> Serving:
     """Judge this run's model against the registered champion and pick the model that scores this week.
 
@@ -267,6 +269,7 @@ def serving(
     does, with a warning. ``churn.registry.score_version`` pins a version instead, and fails if it cannot score.
     """
     reg = cfg.registry
+    name = tracking.registered_name(reg.model_name, source)
     holdout_sha = gate.holdout_fingerprint(validation, valid[s.CUSTOMER_ID], {s.CHURNED: y_valid})
     tags = {
         "holdout.sha": holdout_sha,
@@ -274,35 +277,35 @@ def serving(
         "scoring_cutoff": str(scoring.date()),
         **{f"holdout.{m}": repr(float(new_figures[m])) for m in gate.CHURN_GATE_METRICS},
     }
-    current = tracking.registered_version(reg.model_name, alias=gate.CHAMPION)
+    current = tracking.registered_version(name, alias=gate.CHAMPION)
     figure, loaded = (
         champion_figure(current, reg.metric, valid, y_valid, validation, holdout_sha, cfg.campaign_list_size)
         if current
         else (None, None)
     )
     decision = gate.decide(reg.metric, reg.min_improvement, new_figures[reg.metric], figure)
-    log.info("registry %s: this run's model becomes %s: %s", reg.model_name, decision.alias, decision.reason)
+    log.info("registry %s: this run's model becomes %s: %s", name, decision.alias, decision.reason)
 
     if reg.score_version is not None:
-        pinned = tracking.registered_version(reg.model_name, version=reg.score_version)
+        pinned = tracking.registered_version(name, version=reg.score_version)
         if pinned is None:
             raise InputError(
-                f"churn.registry.score_version={reg.score_version}: {reg.model_name} has no such version; "
+                f"churn.registry.score_version={reg.score_version}: {name} has no such version; "
                 "set null to score with the champion"
             )
         chosen = load_version(pinned)
         why = unusable(pinned, chosen, columns, scoring)
         if why:
             raise InputError(f"churn.registry.score_version={reg.score_version} cannot score this run: {why}")
-        return Serving(decision, chosen, {"source": "pinned", "version": pinned.version}, tags)
+        return Serving(name, decision, chosen, {"source": "pinned", "version": pinned.version}, tags)
     if decision.alias == gate.CHAMPION or current is None:
-        return Serving(decision, model, {"source": "this run", "version": None}, tags)
+        return Serving(name, decision, model, {"source": "this run", "version": None}, tags)
     chosen = loaded or load_version(current)
     why = unusable(current, chosen, columns, scoring)
     if why:
         log.warning("champion v%s cannot score this run (%s); this run's model scores instead", current.version, why)
-        return Serving(decision, model, {"source": "this run", "version": None, "champion_unusable": why}, tags)
-    return Serving(decision, chosen, {"source": "champion", "version": current.version}, tags)
+        return Serving(name, decision, model, {"source": "this run", "version": None, "champion_unusable": why}, tags)
+    return Serving(name, decision, chosen, {"source": "champion", "version": current.version}, tags)
 
 
 # --- the stage ----------------------------------------------------------------------------------------------------
@@ -349,6 +352,7 @@ def run(
     features: Path,
     out: Outputs,
     *,
+    source: str,
     track: bool = True,
 ) -> dict[str, Any]:
     """Train, evaluate, score and explain; write every output. Returns the metrics."""
@@ -409,9 +413,10 @@ def run(
             f"{scoring.date()}; raise churn.population_lookback_days"
         )
     if track:
-        serve = serving(cfg, model, evaluation["model"], valid, y_valid, split.validation, scoring, X_cols)
+        serve = serving(cfg, model, evaluation["model"], valid, y_valid, split.validation, scoring, X_cols, source)
     else:
-        serve = Serving(None, model, {"source": "this run", "version": None}, {})
+        name = tracking.registered_name(cfg.registry.model_name, source)
+        serve = Serving(name, None, model, {"source": "this run", "version": None}, {})
     scorer = serve.model
     raw = scorer.raw_probability(score[X_cols])
     p_churn = scorer.calibrator_.transform(raw)
@@ -490,7 +495,7 @@ def run(
         },
         "attributes": attribute_counts,
         "registry": {
-            "model_name": cfg.registry.model_name,
+            "model_name": serve.model_name,
             **(serve.decision.as_dict() if serve.decision else {"alias": None, "reason": "not tracked: no registry"}),
         },
         "scored_with": serve.scored_with,
@@ -627,7 +632,7 @@ def _track(
         uri = tracking.log_churn_model(model.booster_, model.best_iteration_, example.head(20))
         if serve.decision is not None:
             tracking.register_decision(
-                cfg.registry.model_name, uri, serve.decision, serve.version_tags, serve.scored_with["version"]
+                serve.model_name, uri, serve.decision, serve.version_tags, serve.scored_with["version"]
             )
 
 
@@ -647,6 +652,7 @@ def main(argv: Sequence[str]) -> None:
         section(params, "churn", ChurnConfig),
         args.features,
         Outputs(churn=args.churn, artifacts=args.artifacts, metrics=args.metrics, plots=args.plots, drift=args.drift),
+        source=ingest_source(params),
     )
 
 

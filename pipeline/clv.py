@@ -36,7 +36,7 @@ from features.errors import InputError
 from models import clv, gate
 from models.evaluation import better, decile_table, holdout_metrics, round_metrics
 from pipeline import cli, plots, tracking
-from pipeline.config import BaseConfig, ClvConfig, FeaturesConfig, load_params, section
+from pipeline.config import BaseConfig, ClvConfig, FeaturesConfig, ingest_source, load_params, section
 from pipeline.features import connect, open_transactions
 from pipeline.io import finite_json, write_csv, write_json, write_table
 
@@ -223,6 +223,7 @@ class Serving:
     pinned version's) params.json. ``version_tags`` go on this run's registered version.
     """
 
+    model_name: str  # the registered model: ``<stage>.registry.model_name`` for this data source
     decision: gate.Decision | None
     spec: dict[str, Any] | None
     scored_with: dict[str, Any]
@@ -284,6 +285,7 @@ def serving(
     cutoff: dt.date,
     scoring: dt.date,
     settings: clv.ValueSettings,
+    source: str,
 ) -> Serving:
     """Judge this run's model against the registered champion; pick the parameters that score this week.
 
@@ -292,6 +294,7 @@ def serving(
     with a warning. ``clv.registry.score_version`` pins a version instead.
     """
     reg = cfg.registry
+    name = tracking.registered_name(reg.model_name, source)
     holdout_sha = gate.holdout_fingerprint(
         cutoff,
         cal[s.CUSTOMER_ID],
@@ -303,10 +306,10 @@ def serving(
         "scoring_cutoff": str(scoring),
         **{f"holdout.{k}": repr(float(v)) for k, v in chosen.metrics.items() if isinstance(v, int | float)},
     }
-    current = tracking.registered_version(reg.model_name, alias=gate.CHAMPION)
+    current = tracking.registered_version(name, alias=gate.CHAMPION)
     figure, doc = champion_figure(current, reg.metric, cal, cutoff, holdout_sha, settings) if current else (None, None)
     decision = gate.decide(reg.metric, reg.min_improvement, float(chosen.metrics[reg.metric]), figure)
-    log.info("registry %s: this run's model becomes %s: %s", reg.model_name, decision.alias, decision.reason)
+    log.info("registry %s: this run's model becomes %s: %s", name, decision.alias, decision.reason)
 
     def too_late(version: tracking.RegisteredVersion) -> str | None:
         seen = version.tags.get("scoring_cutoff")
@@ -315,25 +318,25 @@ def serving(
         return None
 
     if reg.score_version is not None:
-        pinned = tracking.registered_version(reg.model_name, version=reg.score_version)
+        pinned = tracking.registered_version(name, version=reg.score_version)
         if pinned is None:
             raise InputError(
-                f"clv.registry.score_version={reg.score_version}: {reg.model_name} has no such version; "
+                f"clv.registry.score_version={reg.score_version}: {name} has no such version; "
                 "set null to score with the champion"
             )
         why = too_late(pinned)
         if why:
             raise InputError(f"clv.registry.score_version={reg.score_version} cannot score this run: {why}")
         spec = version_params(pinned)["scoring"]
-        return Serving(decision, spec, {"source": "pinned", "version": pinned.version}, tags)
+        return Serving(name, decision, spec, {"source": "pinned", "version": pinned.version}, tags)
     if decision.alias == gate.CHAMPION or current is None:
-        return Serving(decision, None, {"source": "this run", "version": None}, tags)
+        return Serving(name, decision, None, {"source": "this run", "version": None}, tags)
     why = too_late(current)
     if why:
         log.warning("champion v%s cannot score this run (%s); this run's refit scores instead", current.version, why)
-        return Serving(decision, None, {"source": "this run", "version": None, "champion_unusable": why}, tags)
+        return Serving(name, decision, None, {"source": "this run", "version": None, "champion_unusable": why}, tags)
     spec = (doc or version_params(current))["scoring"]
-    return Serving(decision, spec, {"source": "champion", "version": current.version}, tags)
+    return Serving(name, decision, spec, {"source": "champion", "version": current.version}, tags)
 
 
 # --- plots ----------------------------------------------------------------------------------------------------
@@ -418,6 +421,7 @@ def run(
     features: Path,
     out: Outputs,
     *,
+    source: str,
     track: bool = True,
 ) -> dict[str, Any]:
     """Fit, evaluate, choose, refit and score; write the table, parameters, metrics and plots; log to MLflow."""
@@ -461,9 +465,10 @@ def run(
     spend, spend_left_out = fit_spend(sc, ladder)
     scoring_cutoff = pd.Timestamp(sc[s.CUTOFF].iloc[0]).date()
     if track:
-        serve = serving(cfg, chosen, cal, cutoff, scoring_cutoff, settings)
+        serve = serving(cfg, chosen, cal, cutoff, scoring_cutoff, settings, source)
     else:
-        serve = Serving(None, None, {"source": "this run", "version": None}, {})
+        registered = tracking.registered_name(cfg.registry.model_name, source)
+        serve = Serving(registered, None, None, {"source": "this run", "version": None}, {})
     if serve.spec is None:
         scored = clv.score(purchases, spend.params_, f, r, t, m, settings)
     else:
@@ -547,7 +552,7 @@ def run(
         "candidates": {n: c.metrics for n, c in candidates.items()},
         "baselines": {BASELINE: baseline_metrics(cal, settings)},
         "registry": {
-            "model_name": cfg.registry.model_name,
+            "model_name": serve.model_name,
             **(serve.decision.as_dict() if serve.decision else {"alias": None, "reason": "not tracked: no registry"}),
         },
         "scored_with": serve.scored_with,
@@ -671,7 +676,7 @@ def _track(
         uri = tracking.log_clv_model(out.params_json, example)
         if serve.decision is not None:
             tracking.register_decision(
-                cfg.registry.model_name, uri, serve.decision, serve.version_tags, serve.scored_with["version"]
+                serve.model_name, uri, serve.decision, serve.version_tags, serve.scored_with["version"]
             )
 
 
@@ -692,6 +697,7 @@ def main(argv: Sequence[str]) -> None:
         args.transactions,
         args.features,
         Outputs(clv=args.clv, artifacts=args.artifacts, metrics=args.metrics, plots=args.plots),
+        source=ingest_source(params),
     )
 
 

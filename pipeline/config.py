@@ -388,6 +388,14 @@ class ScoreConfig:
             raise ConfigError(f"score.drift_warning_psi must be > 0, got {self.drift_warning_psi}")
 
 
+def ingest_source(params: dict[str, Any]) -> str:
+    """``ingest.source`` alone, for the stages that name their registered models after the data they learn from."""
+    source = params.get("ingest", {}).get("source") if isinstance(params.get("ingest"), dict) else None
+    if not isinstance(source, str) or not source.strip():
+        raise ConfigError(f"ingest.source: expected a path or a builtin log name, got {source!r}")
+    return source
+
+
 def scoring_as_of(params: dict[str, Any]) -> dt.date | None:
     """``score.as_of`` alone: the features stage needs the scoring date but none of the other score settings."""
     raw = params.get("score")

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
@@ -347,6 +348,20 @@ class RegisteredVersion:
     run_id: str
     tags: dict[str, str]
     aliases: tuple[str, ...]
+
+
+def registered_name(model_name: str, source: str) -> str:
+    """The registered model for ``model_name`` trained on ``source`` (``ingest.source``): one champion per data source.
+
+    A champion is only ever judged against models of the same log: ``churn-clv-churn`` on the builtin CDNOW log is
+    ``churn-clv-churn-cdnow``; on ``data/online_retail_2011.csv.gz`` it is ``churn-clv-churn-online_retail_2011``.
+    """
+    stem = Path(source).name
+    for suffix in (".csv.gz", ".csv", ".parquet"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    return f"{model_name}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', stem) or 'log'}"
 
 
 def _missing(exc: MlflowException) -> bool:

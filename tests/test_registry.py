@@ -59,6 +59,13 @@ def test_a_champion_that_cannot_be_compared_is_kept() -> None:
         gate.decide("roc_auc", -0.1, 0.9, None)
 
 
+def test_one_registered_model_per_data_source() -> None:
+    assert tracking.registered_name("churn-clv-churn", "cdnow") == "churn-clv-churn-cdnow"
+    path = "../shared/data/online_retail/online_retail_2010-12-01_2011-12-09.csv.gz"
+    assert tracking.registered_name("churn-clv-churn", path) == "churn-clv-churn-online_retail_2010-12-01_2011-12-09"
+    assert tracking.registered_name("m", "/data/my log (v2).parquet") == "m-my_log_v2_"
+
+
 def test_holdout_fingerprint_ignores_row_order_and_sees_every_answer() -> None:
     ids = pd.Series(["a", "b", "c"])
     base = gate.holdout_fingerprint("1998-04-01", ids, {"churned": [1, 0, 1]})
@@ -149,7 +156,7 @@ def run_tags(version: str, name: str) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_a_weaker_churn_model_leaves_the_champion_where_it_was(run_churn: Runner) -> None:
-    name = project_params()["churn"]["registry"]["model_name"]
+    name = project_params()["churn"]["registry"]["model_name"] + "-cdnow_sample"
     first = run_churn()
     assert first["registry"]["alias"] == "champion" and first["scored_with"] == {"source": "this run", "version": None}
     assert champion_of(name) == "1"
@@ -180,13 +187,13 @@ def test_a_weaker_churn_model_leaves_the_champion_where_it_was(run_churn: Runner
     assert pinned["registry"]["alias"] == "challenger" and "no better" in pinned["registry"]["reason"]
     assert champion_of(name) == "1"
 
-    with pytest.raises(InputError, match=r"score_version=9: churn-clv-churn has no such version"):
+    with pytest.raises(InputError, match=r"score_version=9: churn-clv-churn-cdnow_sample has no such version"):
         run_churn(lambda p: p["churn"]["registry"].update(score_version=9))
 
 
 @pytest.mark.slow
 def test_a_better_churn_model_takes_the_alias(run_churn: Runner) -> None:
-    name = project_params()["churn"]["registry"]["model_name"]
+    name = project_params()["churn"]["registry"]["model_name"] + "-cdnow_sample"
     weak = run_churn(weakened)
     assert weak["registry"]["alias"] == "champion"
     better = run_churn()
@@ -197,7 +204,7 @@ def test_a_better_churn_model_takes_the_alias(run_churn: Runner) -> None:
 
 @pytest.mark.slow
 def test_a_different_holdout_rescores_the_champion_and_a_later_one_is_not_used(run_churn: Runner) -> None:
-    name = project_params()["churn"]["registry"]["model_name"]
+    name = project_params()["churn"]["registry"]["model_name"] + "-cdnow_sample"
     first = run_churn()
     # a smaller population: other validation rows, so the champion's logged figure does not apply
     other = run_churn(lambda p: p["churn"].update(population_lookback_days=120))
@@ -242,7 +249,7 @@ def test_clv_gate_and_scoring_with_the_champion(sample: Path, tmp_path: Path, st
         clv = pd.read_parquet(tmp_path / "clv.parquet").set_index("customer_id")["clv"].sort_index()
         return json.loads((tmp_path / "m.json").read_text()), clv
 
-    name = project_params()["clv"]["registry"]["model_name"]
+    name = project_params()["clv"]["registry"]["model_name"] + "-cdnow_sample"
     # Pareto/NBD alone first: then auto (which picks by the same metric) can only match or beat it
     first, first_clv = run(lambda p: p["clv"].update(model="pareto_nbd"))
     assert first["registry"]["alias"] == "champion" and champion_of(name) == "1"
@@ -253,3 +260,13 @@ def test_clv_gate_and_scoring_with_the_champion(sample: Path, tmp_path: Path, st
     assert second["scored_with"] == {"source": "champion", "version": "1"}
     pd.testing.assert_series_equal(second_clv, first_clv, rtol=1e-9)  # the champion's stored parameters scored
     assert champion_of(name) == "1"
+
+
+@pytest.mark.slow
+def test_a_model_of_another_data_source_is_not_judged_against_this_champion(run_churn: Runner) -> None:
+    first = run_churn()
+    other = run_churn(lambda p: p["ingest"].update(source="exports/other_shop.csv.gz"))
+    assert first["registry"]["model_name"] == "churn-clv-churn-cdnow_sample"
+    assert other["registry"]["model_name"] == "churn-clv-churn-other_shop"
+    assert other["registry"]["alias"] == "champion" and "no champion yet" in other["registry"]["reason"]
+    assert champion_of("churn-clv-churn-cdnow_sample") == "1" and champion_of("churn-clv-churn-other_shop") == "1"
