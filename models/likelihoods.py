@@ -197,55 +197,38 @@ def _minimise(
     return np.asarray(output.x, dtype=np.float64), float(output.fun), hessian(fun, np.asarray(output.x))
 
 
-class AnalyticBetaGeoFitter(BetaGeoFitter):
+class _AnalyticFit:
+    """Mixin for a lifetimes fitter: its ``_fit`` minimises ``objective`` (value and gradient) instead of autograd's."""
+
+    objective: Callable[..., Objective]
+
+    def _fit(
+        self,
+        minimizing_function_args: tuple[Any, ...],
+        initial_params: Any,
+        params_size: int,
+        disp: bool,
+        tol: float = 1e-7,
+        bounds: Any = None,
+        **kwargs: Any,
+    ) -> tuple[Array, float, Array]:
+        fun = type(self).objective(*minimizing_function_args)
+        return _minimise(fun, initial_params, params_size, disp, tol, bounds, **kwargs)
+
+
+class AnalyticBetaGeoFitter(_AnalyticFit, BetaGeoFitter):
     """lifetimes' ``BetaGeoFitter`` whose fit uses the analytic gradient (identical objective and optimum)."""
 
-    def _fit(
-        self,
-        minimizing_function_args: tuple[Any, ...],
-        initial_params: Any,
-        params_size: int,
-        disp: bool,
-        tol: float = 1e-7,
-        bounds: Any = None,
-        **kwargs: Any,
-    ) -> tuple[Array, float, Array]:
-        return _minimise(
-            bgnbd_objective(*minimizing_function_args), initial_params, params_size, disp, tol, bounds, **kwargs
-        )
+    objective = staticmethod(bgnbd_objective)
 
 
-class AnalyticModifiedBetaGeoFitter(ModifiedBetaGeoFitter):
+class AnalyticModifiedBetaGeoFitter(_AnalyticFit, ModifiedBetaGeoFitter):
     """lifetimes' ``ModifiedBetaGeoFitter`` whose fit uses the analytic gradient (identical objective and optimum)."""
 
-    def _fit(
-        self,
-        minimizing_function_args: tuple[Any, ...],
-        initial_params: Any,
-        params_size: int,
-        disp: bool,
-        tol: float = 1e-7,
-        bounds: Any = None,
-        **kwargs: Any,
-    ) -> tuple[Array, float, Array]:
-        return _minimise(
-            mbgnbd_objective(*minimizing_function_args), initial_params, params_size, disp, tol, bounds, **kwargs
-        )
+    objective = staticmethod(mbgnbd_objective)
 
 
-class AnalyticGammaGammaFitter(GammaGammaFitter):
+class AnalyticGammaGammaFitter(_AnalyticFit, GammaGammaFitter):
     """lifetimes' ``GammaGammaFitter`` whose fit uses the analytic gradient (identical objective and optimum)."""
 
-    def _fit(
-        self,
-        minimizing_function_args: tuple[Any, ...],
-        initial_params: Any,
-        params_size: int,
-        disp: bool,
-        tol: float = 1e-7,
-        bounds: Any = None,
-        **kwargs: Any,
-    ) -> tuple[Array, float, Array]:
-        return _minimise(
-            gamma_gamma_objective(*minimizing_function_args), initial_params, params_size, disp, tol, bounds, **kwargs
-        )
+    objective = staticmethod(gamma_gamma_objective)

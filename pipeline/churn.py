@@ -287,12 +287,7 @@ def serving(
     log.info("registry %s: this run's model becomes %s: %s", name, decision.alias, decision.reason)
 
     if reg.score_version is not None:
-        pinned = tracking.registered_version(name, version=reg.score_version)
-        if pinned is None:
-            raise InputError(
-                f"churn.registry.score_version={reg.score_version}: {name} has no such version; "
-                "set null to score with the champion"
-            )
+        pinned = tracking.pinned_version(name, reg.score_version, "churn.registry.score_version")
         chosen = load_version(pinned)
         why = unusable(pinned, chosen, columns, scoring)
         if why:

@@ -318,12 +318,7 @@ def serving(
         return None
 
     if reg.score_version is not None:
-        pinned = tracking.registered_version(name, version=reg.score_version)
-        if pinned is None:
-            raise InputError(
-                f"clv.registry.score_version={reg.score_version}: {name} has no such version; "
-                "set null to score with the champion"
-            )
+        pinned = tracking.pinned_version(name, reg.score_version, "clv.registry.score_version")
         why = too_late(pinned)
         if why:
             raise InputError(f"clv.registry.score_version={reg.score_version} cannot score this run: {why}")

@@ -32,6 +32,7 @@ from mlflow.models import infer_signature
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.pyfunc import PythonModel
 
+from features.errors import InputError
 from models.gate import Decision
 
 log = logging.getLogger("tracking")
@@ -388,6 +389,14 @@ def registered_version(name: str, *, alias: str | None = None, version: int | No
         tags=dict(mv.tags),
         aliases=tuple(mv.aliases),
     )
+
+
+def pinned_version(name: str, version: int, key: str) -> RegisteredVersion:
+    """The registered version that ``key`` (e.g. ``churn.registry.score_version``) pins; a one-line error if absent."""
+    found = registered_version(name, version=version)
+    if found is None:
+        raise InputError(f"{key}={version}: {name} has no such version; set null to score with the champion")
+    return found
 
 
 def register(model_uri: str, name: str, alias: str, tags: Mapping[str, str]) -> str:
