@@ -20,7 +20,7 @@ import dataclasses
 import datetime as dt
 import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +63,8 @@ class Outputs:
 # --- inputs -------------------------------------------------------------------------------------------------------
 
 
-def read_features(path: Path, fcfg: FeaturesConfig) -> pd.DataFrame:
-    """The stacked features table, checked against the features schema's columns."""
+def check_features(path: Path, fcfg: FeaturesConfig) -> None:
+    """One-line errors for a missing features table or one built with other features params."""
     if not path.is_file():
         raise InputError(f"{path}: file not found; run the features stage first (`dvc repro`)")
     expected = list(s.feature_schema(fcfg.windows_days, fcfg.trend_window_days).columns)
@@ -75,9 +75,37 @@ def read_features(path: Path, fcfg: FeaturesConfig) -> pd.DataFrame:
             f"{path}: columns do not match the features schema (missing {missing}); rebuild it with the features "
             "stage and the same features params"
         )
+
+
+def read_features(path: Path, fcfg: FeaturesConfig) -> pd.DataFrame:
+    """The whole stacked features table, checked against the features schema's columns."""
+    check_features(path, fcfg)
     frame = pd.read_parquet(path)
     frame[s.CUTOFF] = frame[s.CUTOFF].astype("datetime64[us]")
     return frame
+
+
+def read_cutoffs(path: Path) -> tuple[list[pd.Timestamp], list[pd.Timestamp]]:
+    """The labelled cutoffs and the scoring cutoff(s) of the features table, reading two columns only."""
+    marks = pd.read_parquet(path, columns=[s.CUTOFF, s.IS_SCORING]).drop_duplicates()
+    labelled = sorted(pd.Timestamp(c) for c in marks.loc[~marks[s.IS_SCORING], s.CUTOFF].unique())
+    scoring = sorted(pd.Timestamp(c) for c in marks.loc[marks[s.IS_SCORING], s.CUTOFF].unique())
+    return labelled, scoring
+
+
+def snapshots(
+    features: pd.DataFrame | Path, cutoffs: Sequence[pd.Timestamp]
+) -> Iterator[tuple[pd.Timestamp, pd.DataFrame]]:
+    """Each cutoff's rows in date order: from a loaded table, or read from the Parquet file one cutoff at a time
+    (so the whole stack of cutoffs is never in memory at once)."""
+    for cutoff in sorted(pd.Timestamp(c) for c in cutoffs):
+        if isinstance(features, Path):
+            snapshot = pd.read_parquet(features, filters=[(s.CUTOFF, "=", cutoff)])
+            snapshot[s.CUTOFF] = snapshot[s.CUTOFF].astype("datetime64[us]")
+        else:
+            snapshot = features[features[s.CUTOFF] == cutoff]
+        if not snapshot.empty:
+            yield cutoff, snapshot.reset_index(drop=True)
 
 
 def read_attribute_table(spec: AttributeTable) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -144,31 +172,46 @@ def btyd_columns(snapshot: pd.DataFrame, horizon_units: float, ladder: Sequence[
 
 
 def modelling_table(
-    frame: pd.DataFrame,
+    features: pd.DataFrame | Path,
     cutoffs: Sequence[pd.Timestamp],
     base: BaseConfig,
     fcfg: FeaturesConfig,
     cfg: ChurnConfig,
     attribute_tables: dict[str, pd.DataFrame],
+    *,
+    training: Sequence[pd.Timestamp] = (),
 ) -> tuple[pd.DataFrame, list[BtydFit]]:
     """The rows of ``cutoffs`` in the population, with BTYD, attribute and derived features added.
 
     BTYD models are fitted on every customer at a cutoff (the population filter comes after), so each fit sees
-    the whole customer base's history up to that cutoff and nothing later.
+    the whole customer base's history up to that cutoff and nothing later. The ``training`` cutoffs together keep
+    at most ``churn.max_training_rows`` rows: each keeps an equal share, drawn at random with a seed of
+    ``base.seed`` and the cutoff, so memory stays bounded however many customers there are.
     """
-    frame = frame[frame[s.CUTOFF].isin(list(cutoffs))]
     parts = []
     fits: list[BtydFit] = []
     horizon_units = fcfg.horizon_days / DAYS_PER_UNIT[base.time_unit]
-    groups = frame.groupby(s.CUTOFF, sort=True)
-    for i, (cutoff, snapshot) in enumerate(groups, start=1):
+    train_cutoffs = {pd.Timestamp(c) for c in training}
+    per_cutoff = -(-cfg.max_training_rows // len(train_cutoffs)) if train_cutoffs else 0
+    for i, (cutoff, snapshot) in enumerate(snapshots(features, cutoffs), start=1):
         if cfg.btyd_features:
-            log.info("BG/NBD features at cutoff %s (%d of %d)", pd.Timestamp(cutoff).date(), i, groups.ngroups)
+            log.info("BG/NBD features at cutoff %s (%d of %d)", cutoff.date(), i, len(cutoffs))
             cols, fit = btyd_columns(snapshot, horizon_units, cfg.penalizer_ladder)
             snapshot = pd.concat([snapshot, cols], axis=1)
             fits.append(fit)
-        parts.append(snapshot[cm.in_population(snapshot, cfg.population_lookback_days)])
+        kept = snapshot[cm.in_population(snapshot, cfg.population_lookback_days)]
+        if cutoff in train_cutoffs and len(kept) > per_cutoff:
+            seed = (base.seed, int(cutoff.strftime("%Y%m%d")))
+            kept = kept.sample(n=per_cutoff, random_state=np.random.default_rng(seed)).sort_index()
+            log.info(
+                "cutoff %s: %d of %d customers kept for training (churn.max_training_rows)",
+                cutoff.date(),
+                per_cutoff,
+                len(snapshot),
+            )
+        parts.append(kept)
     table = pd.concat(parts, ignore_index=True)
+    del parts
     for spec in cfg.attributes:
         feats = attr.as_of_features(
             attribute_tables[spec.name], cutoffs, name=spec.name, window_days=spec.window_days, pairs=spec.pairs()
@@ -351,21 +394,19 @@ def run(
     track: bool = True,
 ) -> dict[str, Any]:
     """Train, evaluate, score and explain; write every output. Returns the metrics."""
-    frame = read_features(features, fcfg)
-    labelled = sorted(frame.loc[~frame[s.IS_SCORING], s.CUTOFF].unique())
+    check_features(features, fcfg)
+    labelled, scoring_cutoffs = read_cutoffs(features)
     split = cm.split_cutoffs(labelled, fcfg.horizon_days)
-    scoring_cutoffs = frame.loc[frame[s.IS_SCORING], s.CUTOFF].unique()
     if len(scoring_cutoffs) != 1:
         raise InputError(f"{features}: expected one scoring cutoff, found {len(scoring_cutoffs)}; rebuild features")
-    scoring = pd.Timestamp(scoring_cutoffs[0])
+    scoring = scoring_cutoffs[0]
 
     tables: dict[str, pd.DataFrame] = {}
     attribute_counts: dict[str, Any] = {}
     for spec in cfg.attributes:
         tables[spec.name], attribute_counts[spec.name] = read_attribute_table(spec)
     used = [*split.training, split.validation, scoring]
-    table, fits = modelling_table(frame, used, base, fcfg, cfg, tables)
-    del frame
+    table, fits = modelling_table(features, used, base, fcfg, cfg, tables, training=split.training)
 
     X_cols = cm.feature_columns(table)
     is_train = table[s.CUTOFF].isin(list(split.training)).to_numpy()
