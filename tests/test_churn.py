@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 from pathlib import Path
@@ -263,3 +264,29 @@ def test_contributions_add_up_and_reasons_point_up(sample: dict[str, Any]) -> No
     assert importance["share"].sum() == pytest.approx(1.0)
     with pytest.raises(RuntimeError, match="not fitted"):
         cm.ChurnModel(model.settings).predict_proba(X)
+
+
+def test_training_rows_are_capped_per_cutoff_and_the_file_reads_like_the_table(sample: dict[str, Any]) -> None:
+    split, base = sample["split"], sample["base"]
+    features = sample["tx"].parent / "f.parquet"
+    fcfg = section(sample["params"], "features", FeaturesConfig)
+    used = [*split.training, split.validation]
+    # read from the Parquet file one cutoff at a time, nothing capped: the same table as from the loaded frame
+    whole, _ = stage.modelling_table(features, used, base, fcfg, sample["cfg"], {}, training=split.training)
+    pd.testing.assert_frame_equal(whole, sample["table"])
+
+    params = copy.deepcopy(sample["params"])
+    params["churn"]["max_training_rows"] = 5000
+    capped_cfg = section(params, "churn", ChurnConfig)
+    capped, _ = stage.modelling_table(features, used, base, fcfg, capped_cfg, {}, training=split.training)
+    per_cutoff = -(-5000 // len(split.training))  # 10 training cutoffs: 500 customers each
+    counts = capped.groupby(s.CUTOFF).size()
+    assert all(counts[c] == per_cutoff for c in split.training)
+    assert counts[split.validation] == (whole[s.CUTOFF] == split.validation).sum()  # validation is never cut
+    # the kept customers are a seeded draw: the same twice, and each one's row is its uncapped row
+    again, _ = stage.modelling_table(features, used, base, fcfg, capped_cfg, {}, training=split.training)
+    pd.testing.assert_frame_equal(capped, again)
+    keys = [s.CUTOFF, s.CUSTOMER_ID]
+    joined = capped.merge(whole, on=keys, suffixes=("", "_whole"))
+    assert len(joined) == len(capped)
+    np.testing.assert_array_equal(joined[s.DAYS_SINCE_LAST_PURCHASE], joined[f"{s.DAYS_SINCE_LAST_PURCHASE}_whole"])
