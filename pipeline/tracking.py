@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
-from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.pyfunc import PythonModel
 
 from features.errors import InputError
@@ -406,8 +406,11 @@ def register(model_uri: str, name: str, alias: str, tags: Mapping[str, str]) -> 
     """
     mlflow.set_tracking_uri(tracking_uri())
     client = mlflow.MlflowClient()
-    with contextlib.suppress(MlflowException):  # already registered by an earlier run: that is fine
+    try:
         client.create_registered_model(name, description="Registered by the churn-clv pipeline; see its README.")
+    except MlflowException as exc:
+        if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):  # an earlier run registered it: fine
+            raise
     mv = mlflow.register_model(model_uri, name, tags=dict(tags))
     client.set_registered_model_alias(name, alias, mv.version)
     return str(mv.version)

@@ -202,6 +202,7 @@ def test_a_failed_bfgs_is_retried_bounded(monkeypatch: pytest.MonkeyPatch) -> No
     assert model.penalizer_coef_ == 0.0
     assert model.params_["r"] == pytest.approx(0.7, abs=0.05)
     assert model.params_["alpha"] == pytest.approx(10.0, rel=0.1)
+    assert model.params_["a"] < 1e-2  # no dropout found
 
 
 def test_every_remedy_failing_names_the_penalizer_to_try(monkeypatch: pytest.MonkeyPatch) -> None:
