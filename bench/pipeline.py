@@ -12,10 +12,10 @@ child it waited for):
 - **pipeline**: every DVC stage (ingest from Parquet, features, clv, churn, score, report), run with the command
   line dvc.yaml gives it, in a scratch project folder holding the project's params.yaml with only the source and
   the dates adapted to the synthetic log. MLflow logs to a scratch store there.
-- **CLV path, project**: the features stage at one cutoff (it also builds that cutoff's labels, ~25 feature
-  columns and the scoring snapshot, so it does more than an RFM summary), then ``models.clv`` as the clv stage
-  uses it: BG/NBD and Gamma-Gamma on weighted unique histories, and P(alive), expected purchases, expected order
-  value and 12-month CLV for every customer.
+- **CLV path, project**: what the clv stage does to score every customer, step by step: its BTYD snapshot from
+  the clean transactions (``pipeline.clv.btyd_snapshot``: two DuckDB group-bys, ordered by customer id), then
+  ``models.clv``: BG/NBD and Gamma-Gamma on weighted unique histories, and P(alive), expected purchases, expected
+  order value and 12-month CLV for every customer.
 - **CLV path, naive**: lifetimes as its documentation shows it: ``summary_data_from_transaction_data``,
   ``BetaGeoFitter.fit``, ``GammaGammaFitter.fit`` on the repeat buyers, ``customer_lifetime_value`` over 12
   months, one row per customer, at the same cutoff.
@@ -110,32 +110,20 @@ def generate_step(n_customers: int, seed: int, out: Path) -> dict[str, Any]:
 
 
 def project_clv_step(transactions: Path, out: Path) -> dict[str, Any]:
-    """The project's CLV path at ``CUTOFF``: features stage, then fits and scoring from ``models.clv``."""
+    """The clv stage's scoring path at ``CUTOFF``: its BTYD snapshot, fits and scoring (``pipeline.clv``)."""
     import numpy as np
-    import pandas as pd
 
     from models import clv
-    from pipeline import features
-    from pipeline.config import BaseConfig, CutoffSchedule, FeaturesConfig
+    from pipeline.clv import btyd_snapshot
+    from pipeline.config import BaseConfig
 
     base = BaseConfig(seed=0, time_unit="days", mlflow_experiment="bench", duckdb_memory_limit_mb=1024)
-    cfg = FeaturesConfig(
-        cutoffs=(dt.date.fromisoformat(CUTOFF),),
-        cutoff_schedule=CutoffSchedule(every_days=28, count=0),
-        horizon_days=90,
-        windows_days=(30, 90, 180, 365),
-        trend_window_days=90,
-    )
     lap = Laps()
-    features.run(base, cfg, transactions, out / "features.parquet", out / "features.json")
-    frame = pd.read_parquet(
-        out / "features.parquet",
-        columns=["frequency", "recency", "T", "monetary_value"],
-        filters=[("is_scoring", "=", False)],
-    )
+    frame = btyd_snapshot(transactions, base, dt.date.fromisoformat(CUTOFF))
     f, r, T, m = (frame[c].to_numpy(np.float64) for c in ("frequency", "recency", "T", "monetary_value"))
     lap("rfm_summary")
-    purchases = clv.PurchaseModel("bgnbd", PENALIZER_LADDER).fit(f, r, T)
+    hist = clv.histories(f, r, T)
+    purchases = clv.PurchaseModel("bgnbd", PENALIZER_LADDER).fit_histories(hist)
     lap("bgnbd_fit")
     ok = clv.usable_spend(f, m)
     spend = clv.SpendModel(PENALIZER_LADDER).fit(f[ok], m[ok])
@@ -147,7 +135,7 @@ def project_clv_step(transactions: Path, out: Path) -> dict[str, Any]:
         discount_rate_monthly=DISCOUNT_MONTHLY,
         margin_ratio=1.0,
     )
-    scored = clv.score(purchases, spend.params_, f, r, T, m, settings)
+    scored = clv.score(purchases, spend.params_, f, r, T, m, settings, customer_histories=hist)
     lap("clv_12_months")
     return {
         "steps": lap.steps,

@@ -84,7 +84,7 @@ def _numeric(name: str, values: Any) -> Array:
         raise InputError(f"{name}: expected a one-dimensional column, got shape {arr.shape}")
     if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise InputError(f"{name}: expected numbers, got dtype {arr.dtype}")
-    return arr.astype(np.float64)
+    return arr.astype(np.float64, copy=False)
 
 
 def _fail_where(name: str, bad: npt.NDArray[np.bool_], values: Array, what: str, hint: str) -> None:
@@ -158,12 +158,52 @@ class Histories:
 
 
 def unique_histories(**columns: Array) -> Histories:
-    """Collapse customers with identical values in ``columns`` into one weighted row (a hash group-by)."""
-    frame = pd.DataFrame(columns)
-    codes = frame.groupby(list(columns), sort=False).ngroup().to_numpy(np.int64)
-    first = np.unique(codes, return_index=True)[1]  # codes follow first appearance, so this is in code order
-    values = {k: v[first] for k, v in columns.items()}
-    return Histories(values=values, weight=np.bincount(codes).astype(np.int64), inverse=codes)
+    """Collapse customers with identical values in ``columns`` into one weighted row (a hash group-by).
+
+    Each column is factorised on its own and the codes are packed into one integer key, factorised again: under a
+    second for 10M customers and three columns, a fraction of a grouped DataFrame. The rows come sorted by the
+    columns' values, in the order given, so fits on them do not depend on the order of the customers.
+    """
+    codes: list[npt.NDArray[np.int64]] = []
+    uniques: list[Array] = []
+    for column in columns.values():
+        c, u = pd.factorize(column, sort=True)
+        codes.append(c.astype(np.int64, copy=False))
+        uniques.append(np.asarray(u))
+    sizes = [len(u) for u in uniques]
+    if float(np.prod(np.asarray(sizes, dtype=np.float64))) >= 2.0**62:  # the packed key would overflow
+        frame = pd.DataFrame(columns)
+        inverse = frame.groupby(list(columns), sort=True).ngroup().to_numpy(np.int64)
+        first = np.unique(inverse, return_index=True)[1]
+        return Histories(
+            values={k: v[first] for k, v in columns.items()},
+            weight=np.bincount(inverse).astype(np.int64),
+            inverse=inverse,
+        )
+    key = codes[0]  # packed in place: at 10M customers every extra array costs its first touch of 80 MB
+    for c, size in zip(codes[1:], sizes[1:], strict=True):
+        key *= size
+        key += c
+    inverse, keys = pd.factorize(key, sort=True)
+    inverse = inverse.astype(np.int64, copy=False)
+    parts: list[npt.NDArray[np.int64]] = []
+    rest = np.asarray(keys, dtype=np.int64)
+    for size in reversed(sizes[1:]):
+        rest, part = np.divmod(rest, size)
+        parts.append(part)
+    parts.append(rest)
+    rows = {k: u[part] for (k, u), part in zip(zip(columns, uniques, strict=True), reversed(parts), strict=True)}
+    return Histories(values=rows, weight=np.bincount(inverse, minlength=len(keys)).astype(np.int64), inverse=inverse)
+
+
+def histories(frequency: Any, recency: Any, T: Any) -> Histories:
+    """Validated customer histories (see ``check_histories``) collapsed to weighted unique rows.
+
+    Fitting and scoring both work on these: build them once and pass them to ``PurchaseModel.fit_histories`` and
+    ``score`` when the same customers are fitted and scored.
+    """
+    f, r, t = check_histories(frequency, recency, T)
+    return unique_histories(frequency=f, recency=r, T=t)
 
 
 # --- fitted parameters ----------------------------------------------------------------------------------------
@@ -272,9 +312,7 @@ class PurchaseModel:
 
     def fit(self, frequency: Any, recency: Any, T: Any) -> Self:
         """Fit on customer histories (one row per customer, in ``base.time_unit``)."""
-        f, r, t = check_histories(frequency, recency, T)
-        h = unique_histories(frequency=f, recency=r, T=t)
-        return self.fit_histories(h)
+        return self.fit_histories(histories(frequency, recency, T))
 
     def fit_histories(self, h: Histories, initial: dict[str, float] | None = None) -> Self:
         """Fit on already-collapsed histories (``weight`` customers per row); ``initial`` seeds the optimiser."""
@@ -385,30 +423,41 @@ class PurchaseModel:
             float(fitter.params_[n]) * (fitter._scale if n in _TIME_SCALED else 1.0) for n in PARAM_NAMES[self.model]
         ]
 
-    def _per_history(self, fn: str, *args: Any, frequency: Any, recency: Any, T: Any) -> Array:
+    def _checked(self, what: str, values: Array) -> Array:
+        return _finite(values, what, self.model, self.penalizer_coef_, self.penalizer_ladder)
+
+    def p_alive_histories(self, h: Histories) -> Array:
+        """P(alive) of each unique history in ``h`` (Fader, Hardie & Lee 2005a, eq. 12)."""
         fitter = self._fitted()
-        f, r, t = check_histories(frequency, recency, T)
-        h = unique_histories(frequency=f, recency=r, T=t)
         uf, ur, ut = h.values["frequency"], h.values["recency"], h.values["T"]
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=RuntimeWarning)
-            out = np.asarray(getattr(fitter, fn)(*args, uf, ur, ut), dtype=np.float64)
-        return _finite(out, fn.replace("_", " "), self.model, self.penalizer_coef_, self.penalizer_ladder)[h.inverse]
+            out = np.asarray(fitter.conditional_probability_alive(uf, ur, ut), dtype=np.float64)
+        return np.clip(self._checked("conditional probability alive", out), 0, 1)
+
+    def expected_purchases_histories(self, t: float, h: Histories) -> Array:
+        """Expected repeat purchases in the next ``t`` time units for each unique history in ``h``."""
+        uf, ur, ut = h.values["frequency"], h.values["recency"], h.values["T"]
+        return self._checked("expected purchases", _conditional_expected(self._fitted(), self.model, t, uf, ur, ut))
+
+    def discounted_purchases_histories(
+        self, h: Histories, *, months: int, discount_rate_monthly: float, units_per_month: float
+    ) -> Array:
+        """Sum over months i = 1..``months`` of expected purchases in month i, discounted by (1 + d)^i."""
+        total = _discounted(self._fitted(), h, months, discount_rate_monthly, units_per_month)
+        return self._checked("discounted purchases", total)
 
     def expected_purchases(self, t: float, frequency: Any, recency: Any, T: Any) -> Array:
         """Expected repeat purchases in the next ``t`` time units (Fader, Hardie & Lee 2005a, eq. 10 for BG/NBD)."""
-        fitter = self._fitted()
-        f, r, tt = check_histories(frequency, recency, T)
-        h = unique_histories(frequency=f, recency=r, T=tt)
-        uf, ur, ut = h.values["frequency"], h.values["recency"], h.values["T"]
-        out = _conditional_expected(fitter, self.model, t, uf, ur, ut)
-        return _finite(out, "expected purchases", self.model, self.penalizer_coef_, self.penalizer_ladder)[h.inverse]
+        self._fitted()
+        h = histories(frequency, recency, T)
+        return self.expected_purchases_histories(t, h)[h.inverse]
 
     def p_alive(self, frequency: Any, recency: Any, T: Any) -> Array:
         """Probability that each customer is still active at the cutoff (Fader, Hardie & Lee 2005a, eq. 12)."""
-        return np.clip(
-            self._per_history("conditional_probability_alive", frequency=frequency, recency=recency, T=T), 0, 1
-        )
+        self._fitted()
+        h = histories(frequency, recency, T)
+        return self.p_alive_histories(h)[h.inverse]
 
     def discounted_purchases(
         self,
@@ -421,13 +470,12 @@ class PurchaseModel:
         units_per_month: float,
     ) -> Array:
         """Sum over months i = 1..``months`` of expected purchases in month i, discounted by (1 + d)^i."""
-        fitter = self._fitted()
-        f, r, t = check_histories(frequency, recency, T)
-        h = unique_histories(frequency=f, recency=r, T=t)
-        total = _discounted(fitter, h, months, discount_rate_monthly, units_per_month)
-        return _finite(total, "discounted purchases", self.model, self.penalizer_coef_, self.penalizer_ladder)[
-            h.inverse
-        ]
+        self._fitted()
+        h = histories(frequency, recency, T)
+        total = self.discounted_purchases_histories(
+            h, months=months, discount_rate_monthly=discount_rate_monthly, units_per_month=units_per_month
+        )
+        return total[h.inverse]
 
 
 def _hyp2f1_series(a: Array, b: Array, c: Array, z: Array, *, max_terms: int = 200_000) -> Array:
@@ -669,22 +717,30 @@ def bootstrap_clv(
     units_per_month: float,
     margin_ratio: float,
     percentiles: tuple[float, float] = (5.0, 95.0),
-    chunk_customers: int = 50_000,
+    chunk_rows: int = 50_000,
 ) -> BootstrapResult:
     """Each customer's CLV percentiles over ``samples`` refits of both models on customers drawn with replacement.
 
-    Customers are drawn with replacement and the draw is summed into the weights of the unique histories, so a
-    replicate costs a fit on distinct histories, not on customers. Replicates start from the full-data estimates
-    and use the remedy the full fit needed; a replicate that still fails is counted in ``failed`` and left out.
-    ``spend_ok`` marks the repeat buyers with usable spend (those the spend model was fitted on).
+    Drawing the n customers with replacement and counting how often each distinct record (frequency, recency, T,
+    monetary value, usable spend) comes up is one multinomial draw over those records, weighted by how many
+    customers share each. That is how a replicate is drawn: its cost grows with distinct records, not customers,
+    and the result does not depend on the order of the rows. The counts are summed into the weights of the
+    unique purchase and spend histories, and both models are refitted on them. Replicates start from the full-data
+    estimates and use the remedy the full fit needed; a replicate that still fails is counted in ``failed`` and
+    left out. ``spend_ok`` marks the repeat buyers with usable spend (those the spend model was fitted on).
     """
     if samples < 1:
         raise InputError(f"bootstrap samples must be >= 1, got {samples}")
     rng = np.random.default_rng(seed)
-    h = unique_histories(frequency=frequency, recency=recency, T=T)
-    repeat = np.flatnonzero(spend_ok)
-    hs = unique_histories(frequency=frequency[repeat], monetary_value=monetary_value[repeat])
-    n = h.n_customers
+    records = unique_histories(
+        frequency=frequency, recency=recency, T=T, monetary_value=monetary_value, ok=spend_ok.astype(np.float64)
+    )
+    rf, rr, rt, rm = (records.values[k] for k in ("frequency", "recency", "T", "monetary_value"))
+    repeat = np.flatnonzero(records.values["ok"] > 0)
+    h = unique_histories(frequency=rf, recency=rr, T=rt)  # h.inverse: record -> purchase history
+    hs = unique_histories(frequency=rf[repeat], monetary_value=rm[repeat])  # repeat record -> spend history
+    n = records.n_customers
+    share = records.weight / n
     ladder = [p for p in purchases.penalizer_ladder if p >= purchases.penalizer_coef_]
     s_ladder = [p for p in spend.penalizer_ladder if p >= spend.penalizer_coef_]
     discounted: list[npt.NDArray[np.float32]] = []
@@ -692,9 +748,7 @@ def bootstrap_clv(
     reps: list[dict[str, float]] = []
     failed = 0
     for _ in range(samples):
-        # A customer's purchase and spend histories are drawn together: customer-level counts, then summed per
-        # unique history, so each replicate still fits on distinct histories only.
-        drawn = np.bincount(rng.integers(0, n, size=n), minlength=n)
+        drawn = rng.multinomial(n, share)
         draw = np.bincount(h.inverse, weights=drawn, minlength=len(h)).astype(np.int64)
         counts = np.bincount(hs.inverse, weights=drawn[repeat], minlength=len(hs)).astype(np.int64)
         try:
@@ -720,16 +774,16 @@ def bootstrap_clv(
             f"bootstrap: {failed} of {samples} replicates failed to fit; add a larger penalizer_coef to the ladder "
             f"(try {_next_penalizer(purchases.penalizer_ladder)})"
         )
-    dp_all = np.stack(discounted)  # replicates x unique histories
-    low = np.empty(n)
-    high = np.empty(n)
-    f_spend = np.where(spend_ok, frequency, 0.0)
-    for start in range(0, n, chunk_customers):
-        sl = slice(start, min(start + chunk_customers, n))
-        aov = np.stack([expected_order_value(sp, f_spend[sl], monetary_value[sl]) for sp in spend_params])
+    dp_all = np.stack(discounted)  # replicates x unique purchase histories
+    low = np.empty(len(records))
+    high = np.empty(len(records))
+    f_spend = np.where(records.values["ok"] > 0, rf, 0.0)
+    for start in range(0, len(records), chunk_rows):
+        sl = slice(start, min(start + chunk_rows, len(records)))
+        aov = np.stack([expected_order_value(sp, f_spend[sl], rm[sl]) for sp in spend_params])
         values = margin_ratio * aov * dp_all[:, h.inverse[sl]]
         low[sl], high[sl] = np.percentile(values, percentiles, axis=0)
-    return BootstrapResult(clv_low=low, clv_high=high, params=reps, failed=failed)
+    return BootstrapResult(clv_low=low[records.inverse], clv_high=high[records.inverse], params=reps, failed=failed)
 
 
 # --- scoring --------------------------------------------------------------------------------------------------
@@ -763,23 +817,30 @@ def score(
     T: Array,
     monetary_value: Array,
     settings: ValueSettings,
+    *,
+    customer_histories: Histories | None = None,
 ) -> dict[str, Array]:
-    """P(alive), expected purchases over the horizon, expected order value and CLV for each customer."""
+    """P(alive), expected purchases over the horizon, expected order value and CLV for each customer.
+
+    The purchase model is evaluated once per unique (frequency, recency, T) history; ``customer_histories``, if
+    given, must be ``histories(frequency, recency, T)`` (e.g. the ones the model was just fitted on).
+    """
+    h = customer_histories if customer_histories is not None else histories(frequency, recency, T)
+    if h.n_customers != len(frequency):
+        raise InputError(f"customer_histories describe {h.n_customers} customers, not {len(frequency)}")
     ok = usable_spend(frequency, monetary_value)
     aov = expected_order_value(spend_params, np.where(ok, frequency, 0.0), monetary_value)
-    dp = purchases.discounted_purchases(
-        frequency,
-        recency,
-        T,
+    dp = purchases.discounted_purchases_histories(
+        h,
         months=settings.months,
         discount_rate_monthly=settings.discount_rate_monthly,
         units_per_month=settings.units_per_month,
     )
     return {
-        "p_alive": purchases.p_alive(frequency, recency, T),
-        "expected_purchases": purchases.expected_purchases(settings.horizon_units, frequency, recency, T),
+        "p_alive": purchases.p_alive_histories(h)[h.inverse],
+        "expected_purchases": purchases.expected_purchases_histories(settings.horizon_units, h)[h.inverse],
         "expected_order_value": aov,
-        "clv": lifetime_value(dp, aov, margin_ratio=settings.margin_ratio),
+        "clv": lifetime_value(dp[h.inverse], aov, margin_ratio=settings.margin_ratio),
     }
 
 

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features import schemas as s
-from features.behaviour import DAYS_PER_UNIT, daily_repeat_purchases, purchase_days
+from features.behaviour import DAYS_PER_UNIT, btyd_summary, daily_repeat_purchases, purchase_days
 from features.errors import InputError
 from models import clv, gate
 from models.evaluation import better, decile_table, holdout_metrics, round_metrics
@@ -86,6 +86,28 @@ def read_snapshot(path: Path, *, scoring: bool, cutoff: dt.date | None = None) -
         what = "scoring rows" if scoring else f"training rows at cutoff {cutoff}"
         raise InputError(f"{path}: no {what}; rebuild it with the features stage")
     return frame.reset_index(drop=True)
+
+
+def scoring_cutoff(path: Path) -> dt.date:
+    """The features table's scoring cutoff (the last day of history before ``score.as_of``)."""
+    values = pc.unique(pq.read_table(path, columns=[s.CUTOFF], filters=[(s.IS_SCORING, "=", True)])[s.CUTOFF])
+    if len(values) != 1:
+        raise InputError(f"{path}: {len(values)} scoring cutoffs, expected one; rebuild it with the features stage")
+    return pd.Timestamp(values[0].as_py()).date()
+
+
+def btyd_snapshot(transactions: Path, base: BaseConfig, cutoff: dt.date) -> pd.DataFrame:
+    """``customer_id``, ``cutoff`` and the BTYD columns of every customer who bought on or before ``cutoff``.
+
+    Computed from the clean transactions by ``features.behaviour.btyd_summary`` (the features table's definitions
+    of these columns, without the other features). The rows come in the engine's order: everything downstream
+    (unique histories, the bootstrap, the sorted output) is independent of it.
+    """
+    con = connect(base.duckdb_memory_limit_mb)
+    expr = btyd_summary(open_transactions(con, transactions), cutoff, time_unit=base.time_unit)
+    frame = expr.to_pyarrow().to_pandas()
+    frame.insert(1, s.CUTOFF, pd.Timestamp(cutoff))
+    return frame
 
 
 def resolve_calibration(path: Path, cfg: ClvConfig) -> dt.date:
@@ -453,22 +475,24 @@ def run(
 
     # 2. scoring: refit the chosen model on all history up to the scoring cutoff; the champion's stored
     #    parameters score instead when this run's model did not replace it
-    sc = read_snapshot(features, scoring=True)
+    #    (the BTYD columns alone, straight from the transactions: the fast path for tens of millions of customers)
+    sc_cutoff = scoring_cutoff(features)
+    sc = btyd_snapshot(transactions, base, sc_cutoff)
     _check_enough_history(sc, "scoring cutoff")
     f, r, t, m = _arrays(sc)
-    purchases = clv.PurchaseModel(chosen.model.model, ladder).fit(f, r, t)
+    hist = clv.histories(f, r, t)
+    purchases = clv.PurchaseModel(chosen.model.model, ladder).fit_histories(hist)
     spend, spend_left_out = fit_spend(sc, ladder)
-    scoring_cutoff = pd.Timestamp(sc[s.CUTOFF].iloc[0]).date()
     if track:
-        serve = serving(cfg, chosen, cal, cutoff, scoring_cutoff, settings, source)
+        serve = serving(cfg, chosen, cal, cutoff, sc_cutoff, settings, source)
     else:
         registered = tracking.registered_name(cfg.registry.model_name, source)
         serve = Serving(registered, None, None, {"source": "this run", "version": None}, {})
     if serve.spec is None:
-        scored = clv.score(purchases, spend.params_, f, r, t, m, settings)
+        scored = clv.score(purchases, spend.params_, f, r, t, m, settings, customer_histories=hist)
     else:
         stored = clv.purchase_model_from_params(serve.spec["model"], serve.spec["purchases"]["params"])
-        scored = clv.score(stored, serve.spec["gamma_gamma"]["params"], f, r, t, m, settings)
+        scored = clv.score(stored, serve.spec["gamma_gamma"]["params"], f, r, t, m, settings, customer_histories=hist)
     log.info("bootstrap: refitting on %d resamples of the customers for CLV intervals", cfg.bootstrap_samples)
     boot = clv.bootstrap_clv(
         purchases,
@@ -506,7 +530,8 @@ def run(
         table[s.CLV_NET] = table[s.CLV] - cfg.acquisition_cost
     q = cfg.value_tier_quantiles
     table[s.VALUE_TIER] = clv.value_tiers(table[s.CLV].to_numpy(), high=q.high, mid=q.mid)
-    table = table.sort_values(s.CLV, ascending=False, kind="stable").reset_index(drop=True)
+    # highest value first, ties by customer id: the same table whatever order the engine returned the rows in
+    table = table.sort_values([s.CLV, s.CUSTOMER_ID], ascending=[False, True], kind="stable").reset_index(drop=True)
     write_table(table, out.clv, s.clv_schema(with_net=cfg.acquisition_cost is not None))
 
     # 3. parameters with uncertainty, for reviewers and for the pyfunc
@@ -522,7 +547,7 @@ def run(
             "gamma_gamma": spend_cal.report().to_dict(),
         },
         "scoring": {
-            "cutoff": str(pd.Timestamp(sc[s.CUTOFF].iloc[0]).date()),
+            "cutoff": str(sc_cutoff),
             "model": purchases.model,
             "purchases": purchases.report().to_dict(),
             "gamma_gamma": spend.report().to_dict(),

@@ -45,7 +45,11 @@ def connect(memory_limit_mb: int | None = None) -> ibis.BaseBackend:
 
 
 def open_transactions(con: ibis.BaseBackend, path: Path) -> ir.Table:
-    """Open the clean transactions Parquet lazily, after checking its columns match the schema."""
+    """Open the clean transactions Parquet lazily, after checking its columns match the schema.
+
+    ``ts`` arrives as a timestamp without zone holding UTC wall-clock time: the feature definitions only take its
+    date in UTC.
+    """
     if not path.is_file():
         raise InputError(f"{path}: file not found; run the ingest stage first (`dvc repro`)")
     schema = pq.read_schema(path)
@@ -55,7 +59,11 @@ def open_transactions(con: ibis.BaseBackend, path: Path) -> ir.Table:
     ts_type = schema.field(s.TS).type
     if str(ts_type) != "timestamp[us, tz=UTC]":
         raise InputError(f"{path}: column '{s.TS}' is {ts_type}, expected timestamp[us, tz=UTC]; write it with ingest")
-    return con.read_parquet(path)
+    # DuckDB turns a time-zone-aware timestamp into a date through its ICU calendar code, about 1.6 s per 25M rows.
+    # The same instants as plain (UTC wall-clock) timestamps become the same dates in a fraction of that.
+    quoted = str(path).replace("'", "''")
+    columns = ", ".join(f"make_timestamp(epoch_us({c})) AS {c}" if c == s.TS else c for c in expected)
+    return con.sql(f"SELECT {columns} FROM read_parquet('{quoted}')")
 
 
 def build_features(

@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 
 from features import schemas as s
-from features.behaviour import feature_table, purchase_days, return_days
+from features.behaviour import btyd_summary, feature_table, purchase_days, return_days
 from pipeline import ingest
 from pipeline.config import IngestConfig, section
-from pipeline.features import connect
+from pipeline.features import connect, open_transactions
 
 CUTOFF = dt.date(2020, 1, 31)
 WINDOWS = (30, 90)
@@ -156,3 +156,31 @@ def test_cdnow_sample_summary_matches_lifetimes(tmp_path: Path, params: dict[str
     np.testing.assert_allclose(m[s.RECENCY], m["t_x"], atol=0.005 + 1e-9)
     np.testing.assert_allclose(m[s.T], m["T_ref"], atol=0.005 + 1e-9)
     np.testing.assert_allclose(m[s.MONETARY_VALUE], m["zbar"], atol=0.005 + 1e-9)
+
+
+def test_btyd_summary_equals_the_feature_table_columns(tmp_path: Path, params: dict[str, Any]) -> None:
+    """The CLV path's two group-bys give the features table's BTYD columns, from the Parquet the stages read."""
+    params["ingest"]["source"] = "cdnow_sample"
+    ingest.run(
+        section(params, "ingest", IngestConfig), tmp_path / "tx.parquet", tmp_path / "q.parquet", tmp_path / "m.json"
+    )
+    cols = [s.FREQUENCY, s.RECENCY, s.T, s.MONETARY_VALUE]
+    for cutoff, unit in [(dt.date(1997, 9, 30), "weeks"), (dt.date(1998, 3, 1), "days")]:
+        con = connect()
+        tx = open_transactions(con, tmp_path / "tx.parquet")
+        lean = btyd_summary(tx, cutoff, time_unit=unit).to_pyarrow().to_pandas()  # type: ignore[arg-type]
+        lean = lean.set_index(s.CUSTOMER_ID).sort_index()
+        full = compute(pd.read_parquet(tmp_path / "tx.parquet"), [cutoff], time_unit=unit)[cols].sort_index()
+        assert list(lean.columns) == cols and list(lean.index) == list(full.index)
+        assert (lean[s.FREQUENCY] == full[s.FREQUENCY]).all()
+        np.testing.assert_allclose(lean[cols].to_numpy(float), full.to_numpy(float), rtol=1e-12, atol=1e-9)
+    assert len(lean) == 2357 and (lean[s.FREQUENCY] > 0).sum() > 1000
+
+
+def test_btyd_summary_hand_computed() -> None:
+    con = connect()
+    tx = con.create_table("tx", tx_frame(LOG), overwrite=True)
+    out = btyd_summary(tx, CUTOFF, time_unit="days").to_pyarrow().to_pandas().set_index(s.CUSTOMER_ID).sort_index()
+    assert list(out.index) == ["a", "b"]
+    assert out.loc["a"].tolist() == [2, 30.0, 30.0, 25.0]  # Jan 1 (15), Jan 11 (20), Jan 31 (30): (20 + 30) / 2
+    assert out.loc["b"].tolist() == [0, 0.0, 0.0, 0.0]

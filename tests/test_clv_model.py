@@ -297,3 +297,53 @@ def test_bootstrap_is_seeded_and_brackets_the_estimate(cdnow: pd.DataFrame) -> N
 def test_value_tiers_follow_quantiles() -> None:
     tiers = clv.value_tiers(np.arange(100, dtype=float), high=0.8, mid=0.5)
     assert (tiers == "high").sum() == 20 and (tiers == "mid").sum() == 30 and (tiers == "low").sum() == 50
+
+
+def test_unique_histories_are_sorted_weighted_and_invert() -> None:
+    f = np.array([2.0, 0.0, 2.0, 1.0, 0.0, 2.0])
+    r = np.array([5.0, 0.0, 5.0, 3.0, 0.0, 4.0])
+    h = clv.unique_histories(frequency=f, recency=r)
+    assert h.values["frequency"].tolist() == [0.0, 1.0, 2.0, 2.0]
+    assert h.values["recency"].tolist() == [0.0, 3.0, 4.0, 5.0]
+    assert h.weight.tolist() == [2, 1, 1, 2]
+    np.testing.assert_array_equal(h.values["frequency"][h.inverse], f)
+    np.testing.assert_array_equal(h.values["recency"][h.inverse], r)
+
+
+def test_unique_histories_beyond_a_packed_key_fall_back_to_grouping() -> None:
+    rng = np.random.default_rng(3)
+    cols = {f"c{i}": rng.random(3000) for i in range(6)}  # 3000^6 > 2^62
+    cols["c0"][1000:] = cols["c0"][:2000]
+    for k in cols:
+        cols[k][2000:] = cols[k][:1000]  # rows 2000.. repeat rows 0..999
+    h = clv.unique_histories(**cols)
+    assert len(h) == 2000 and h.weight.sum() == 3000 and h.weight.max() == 2
+    for k, v in cols.items():
+        np.testing.assert_array_equal(h.values[k][h.inverse], v)
+    assert np.all(np.diff(h.values["c0"]) >= 0)
+
+
+def test_scores_and_bootstrap_do_not_depend_on_row_order(cdnow: pd.DataFrame) -> None:
+    """An engine may return the customers in any order: every per-customer figure must come out the same."""
+    f, r, t = _frt(cdnow)
+    m = cdnow[s.MONETARY_VALUE].to_numpy(float)
+    perm = np.random.default_rng(11).permutation(len(f))
+    settings = clv.ValueSettings(39, 12, 4.348, 0.01, 0.3)
+    kwargs: dict[str, Any] = dict(
+        samples=8, seed=5, months=12, discount_rate_monthly=0.01, units_per_month=4.348, margin_ratio=0.3
+    )
+    out = []
+    for order in (np.arange(len(f)), perm):
+        ff, rr, tt, mm = f[order], r[order], t[order], m[order]
+        purchases = clv.PurchaseModel("bgnbd", NO_REMEDY).fit(ff, rr, tt)
+        ok = clv.usable_spend(ff, mm)
+        spend = clv.SpendModel(NO_REMEDY).fit(ff[ok], mm[ok])
+        scored = clv.score(purchases, spend.params_, ff, rr, tt, mm, settings)
+        boot = clv.bootstrap_clv(purchases, spend, ff, rr, tt, mm, ok, **kwargs)
+        back = np.argsort(order)
+        out.append((purchases.params_, spend.params_, scored["clv"][back], boot.clv_low[back], boot.clv_high[back]))
+    (p1, s1, c1, l1, h1), (p2, s2, c2, l2, h2) = out
+    assert p1 == p2 and s1 == s2
+    np.testing.assert_array_equal(c1, c2)
+    np.testing.assert_array_equal(l1, l2)
+    np.testing.assert_array_equal(h1, h2)
