@@ -105,14 +105,13 @@ def prepare(n_customers: int, seed: int, d: Path) -> dict[str, Any]:
     from models import churn as cm
     from pipeline import features
     from pipeline.churn import read_features
-    from pipeline.config import BaseConfig
     from pipeline.io import write_table
 
     log = generate(n_customers, seed)
     write_table(log, d / "transactions.parquet", TRANSACTIONS)
     n_tx = len(log)
     del log
-    base = BaseConfig(seed=0, time_unit="days", mlflow_experiment="bench", duckdb_memory_limit_mb=1024)
+    base = harness.bench_base()
     fcfg = _features_config(13)
     features.run(base, fcfg, d / "transactions.parquet", d / "features.parquet", d / "features.json")
     frame = read_features(d / "features.parquet", fcfg)

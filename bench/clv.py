@@ -146,7 +146,7 @@ def prepare(n_customers: int, seed: int, d: Path) -> dict[str, Any]:
     from bench.synthetic import generate
     from features.schemas import TRANSACTIONS
     from pipeline import features
-    from pipeline.config import BaseConfig, CutoffSchedule, FeaturesConfig
+    from pipeline.config import CutoffSchedule, FeaturesConfig
     from pipeline.io import write_table
 
     log = generate(n_customers, seed)
@@ -154,7 +154,7 @@ def prepare(n_customers: int, seed: int, d: Path) -> dict[str, Any]:
     n_tx = len(log)
     del log
     parent_after_log = harness.ru_maxrss_mb()
-    base = BaseConfig(seed=0, time_unit="days", mlflow_experiment="bench", duckdb_memory_limit_mb=1024)
+    base = harness.bench_base()
     cfg = FeaturesConfig(
         cutoffs=(dt.date.fromisoformat(CUTOFF),),
         cutoff_schedule=CutoffSchedule(every_days=28, count=0),

@@ -34,10 +34,9 @@ def step(name: str, data: Path, out: Path) -> dict[str, float]:
     """Run one measured step in this process; return its wall time and this process's peak RSS."""
     if name.startswith("project_features"):
         from pipeline import features
-        from pipeline.config import BaseConfig
 
         cutoffs = int(name.rsplit("_", 1)[1])
-        base = BaseConfig(seed=0, time_unit="days", mlflow_experiment="bench", duckdb_memory_limit_mb=1024)
+        base = harness.bench_base()
         t0 = time.perf_counter()
         features.run(base, _features_config(cutoffs), data, out / "features.parquet", out / "features.json")
     elif name == "naive_lifetimes_summary":

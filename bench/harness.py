@@ -53,3 +53,13 @@ def parse_args(description: str, naive_help: str) -> argparse.Namespace:
     p.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     return p.parse_args()
+
+
+def bench_base() -> Any:
+    """The ``base`` section the benches run with: DuckDB with the project's default memory limit, days."""
+    from pipeline.config import BaseConfig, SparkConfig
+
+    spark = SparkConfig(master="local[2]", shuffle_partitions=8, driver_memory_mb=4096)
+    return BaseConfig(
+        seed=0, time_unit="days", mlflow_experiment="bench", duckdb_memory_limit_mb=1024, engine="duckdb", spark=spark
+    )

@@ -115,9 +115,8 @@ def project_clv_step(transactions: Path, out: Path) -> dict[str, Any]:
 
     from models import clv
     from pipeline.clv import btyd_snapshot
-    from pipeline.config import BaseConfig
 
-    base = BaseConfig(seed=0, time_unit="days", mlflow_experiment="bench", duckdb_memory_limit_mb=1024)
+    base = harness.bench_base()
     lap = Laps()
     frame = btyd_snapshot(transactions, base, dt.date.fromisoformat(CUTOFF))
     f, r, T, m = (frame[c].to_numpy(np.float64) for c in ("frequency", "recency", "T", "monetary_value"))

@@ -460,3 +460,24 @@ def top_reasons(
             feature = str(names[j])
             out[f"reason_{i + 1}"].append(reason_text(feature, float(xs[row, j]), float(medians[feature])))
     return pd.DataFrame(out, index=contributions.index)
+
+
+def score_customers(model: ChurnModel, frame: pd.DataFrame, medians: Mapping[str, float]) -> pd.DataFrame:
+    """``customer_id``, ``cutoff``, ``p_churn``, ``p_churn_raw`` and the reasons for each row of ``frame``.
+
+    ``frame`` holds the model's feature columns and the two ids. Every value depends on its own row only (the
+    ``medians`` the reasons compare with are computed once over all scored customers), so any slice of the
+    customers, such as a Spark partition, gets the values it would get in one piece.
+    """
+    X = frame[model.features_]
+    raw = model.raw_probability(X)
+    out = pd.DataFrame(
+        {
+            s.CUSTOMER_ID: frame[s.CUSTOMER_ID].to_numpy(),
+            s.CUTOFF: frame[s.CUTOFF].to_numpy(),
+            s.P_CHURN: model.calibrator_.transform(raw),
+            s.P_CHURN_RAW: raw,
+        }
+    )
+    reasons = top_reasons(model.contributions(X), X, medians).reset_index(drop=True)
+    return pd.concat([out, reasons], axis=1)

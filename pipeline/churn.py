@@ -36,7 +36,7 @@ from features.errors import InputError
 from models import churn as cm
 from models import clv, gate, monitoring
 from models.evaluation import calibration_table, churn_metrics, lift_table, pr_points, roc_points, round_metrics
-from pipeline import cli, plots, tracking
+from pipeline import cli, plots, spark, tracking
 from pipeline.config import AttributeTable, BaseConfig, ChurnConfig, FeaturesConfig, ingest_source, load_params, section
 from pipeline.io import atomic_path, finite_json, write_csv, write_json, write_table
 
@@ -454,25 +454,20 @@ def run(
         name = tracking.registered_name(cfg.registry.model_name, source)
         serve = Serving(name, None, model, {"source": "this run", "version": None}, {})
     scorer = serve.model
-    raw = scorer.raw_probability(score[X_cols])
-    p_churn = scorer.calibrator_.transform(raw)
     medians = score[X_cols].median(numeric_only=True).to_dict()
-    reasons = cm.top_reasons(scorer.contributions(score[X_cols]), score[X_cols], medians)
-    scored = pd.concat(
-        [
-            pd.DataFrame(
-                {
-                    s.CUSTOMER_ID: score[s.CUSTOMER_ID],
-                    s.CUTOFF: score[s.CUTOFF],
-                    s.P_CHURN: p_churn,
-                    s.P_CHURN_RAW: raw,
-                }
-            ),
-            reasons,
-        ],
-        axis=1,
-    ).sort_values([s.P_CHURN, s.CUSTOMER_ID], ascending=[False, True], ignore_index=True)
+    needed = [s.CUSTOMER_ID, s.CUTOFF, *scorer.features_]
+    if base.engine == "spark":  # TreeSHAP reasons are most of the stage's time: spread them over the executors
+        scored = spark.score_churn(base.spark, score[needed], scorer, medians)
+    else:
+        scored = cm.score_customers(scorer, score[needed], medians)
+    scored = scored.sort_values([s.P_CHURN, s.CUSTOMER_ID], ascending=[False, True], ignore_index=True)
     write_table(scored, out.churn, s.churn_schema())
+    # the drift table pairs p_churn with the scoring rows in their order
+    p_churn = (
+        score[[s.CUSTOMER_ID]]
+        .merge(scored[[s.CUSTOMER_ID, s.P_CHURN]], on=s.CUSTOMER_ID, how="left")[s.P_CHURN]
+        .to_numpy(np.float64)
+    )
     reference_cutoff = split.training[-1]
     drift = drift_frame(scorer, table[table[s.CUTOFF] == reference_cutoff], score, X_cols, p_churn, cfg.drift_bins)
     drift["reference_cutoff"] = reference_cutoff

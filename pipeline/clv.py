@@ -37,7 +37,7 @@ from models import clv, gate
 from models.evaluation import better, decile_table, holdout_metrics, round_metrics
 from pipeline import cli, plots, tracking
 from pipeline.config import BaseConfig, ClvConfig, FeaturesConfig, ingest_source, load_params, section
-from pipeline.features import connect, open_transactions
+from pipeline.engine import backend, open_transactions
 from pipeline.io import finite_json, write_csv, write_json, write_table
 
 log = logging.getLogger("clv")
@@ -103,7 +103,7 @@ def btyd_snapshot(transactions: Path, base: BaseConfig, cutoff: dt.date) -> pd.D
     of these columns, without the other features). The rows come in the engine's order: everything downstream
     (unique histories, the bootstrap, the sorted output) is independent of it.
     """
-    con = connect(base.duckdb_memory_limit_mb)
+    con = backend(base)
     expr = btyd_summary(open_transactions(con, transactions), cutoff, time_unit=base.time_unit)
     frame = expr.to_pyarrow().to_pandas()
     frame.insert(1, s.CUTOFF, pd.Timestamp(cutoff))
@@ -382,7 +382,7 @@ def cumulative_tracking(
     cal: pd.DataFrame,
 ) -> pd.DataFrame:
     """Cumulative repeat purchases by the calibration customers over the holdout, actual vs predicted, by week."""
-    con = connect(base.duckdb_memory_limit_mb)
+    con = backend(base)
     days = purchase_days(open_transactions(con, transactions))
     daily = daily_repeat_purchases(days, cutoff, horizon_days=horizon_days).to_pandas()
     offset = (pd.to_datetime(daily["day"]) - pd.Timestamp(cutoff)).dt.days.to_numpy()

@@ -29,11 +29,30 @@ class ConfigError(InputError):
 
 
 @dataclasses.dataclass(frozen=True)
+class SparkConfig:
+    """Where Spark runs when ``base.engine`` is ``spark``."""
+
+    master: str
+    shuffle_partitions: int
+    driver_memory_mb: int
+
+    def __post_init__(self) -> None:
+        if not self.master.strip():
+            raise ConfigError("base.spark.master must name a master, e.g. local[2] or spark://host:7077")
+        if self.shuffle_partitions < 1:
+            raise ConfigError(f"base.spark.shuffle_partitions must be >= 1, got {self.shuffle_partitions}")
+        if self.driver_memory_mb < 512:
+            raise ConfigError(f"base.spark.driver_memory_mb must be >= 512, got {self.driver_memory_mb}")
+
+
+@dataclasses.dataclass(frozen=True)
 class BaseConfig:
     seed: int
     time_unit: Literal["days", "weeks"]
     mlflow_experiment: str
     duckdb_memory_limit_mb: int
+    engine: Literal["duckdb", "spark"]
+    spark: SparkConfig
 
     def __post_init__(self) -> None:
         if self.duckdb_memory_limit_mb < 256:

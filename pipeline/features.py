@@ -1,4 +1,7 @@
-"""Stage ``features``: per-customer features and labels at every cutoff, computed by DuckDB from the Parquet.
+"""Stage ``features``: per-customer features and labels at every cutoff, computed from the clean Parquet.
+
+The engine is ``base.engine``: DuckDB in process, or Spark for logs beyond one machine; the definitions in
+``features/`` are the same Ibis expressions for both.
 
 Training rows (one snapshot per training cutoff, with labels) and scoring rows (as of ``score.as_of``, no
 labels) are stacked in one table with a ``cutoff`` and an ``is_scoring`` column.
@@ -12,10 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import ibis
 import ibis.expr.types as ir
 import pandas as pd
-import pyarrow.parquet as pq
 
 from features import schemas as s
 from features.behaviour import feature_table, purchase_days, return_days
@@ -23,47 +24,13 @@ from features.cutoffs import Cutoffs, resolve_cutoffs
 from features.errors import InputError
 from pipeline import cli
 from pipeline.config import BaseConfig, FeaturesConfig, load_params, scoring_as_of, section
+from pipeline.engine import backend, duckdb_backend, open_transactions
 from pipeline.io import write_batches, write_json
 
 log = logging.getLogger("features")
 
-# Rows per batch between DuckDB and the Parquet writer: bounds memory whatever the number of customers.
+# Rows per batch between the engine and the Parquet writer: bounds memory whatever the number of customers.
 BATCH_ROWS = 500_000
-
-
-def connect(memory_limit_mb: int | None = None) -> ibis.BaseBackend:
-    """An in-process DuckDB backend whose session time zone is UTC (dates are taken in UTC).
-
-    With ``memory_limit_mb``, DuckDB spills sorts and joins to a temporary folder instead of growing past it.
-    """
-    con = ibis.duckdb.connect()
-    con.raw_sql("SET TimeZone = 'UTC'")
-    if memory_limit_mb is not None:
-        con.raw_sql(f"SET memory_limit = '{int(memory_limit_mb)}MB'")
-        con.raw_sql("SET preserve_insertion_order = false")  # the result is explicitly ordered
-    return con
-
-
-def open_transactions(con: ibis.BaseBackend, path: Path) -> ir.Table:
-    """Open the clean transactions Parquet lazily, after checking its columns match the schema.
-
-    ``ts`` arrives as a timestamp without zone holding UTC wall-clock time: the feature definitions only take its
-    date in UTC.
-    """
-    if not path.is_file():
-        raise InputError(f"{path}: file not found; run the ingest stage first (`dvc repro`)")
-    schema = pq.read_schema(path)
-    expected = list(s.TRANSACTIONS.columns)
-    if schema.names != expected:
-        raise InputError(f"{path}: columns {schema.names} do not match the transactions schema {expected}")
-    ts_type = schema.field(s.TS).type
-    if str(ts_type) != "timestamp[us, tz=UTC]":
-        raise InputError(f"{path}: column '{s.TS}' is {ts_type}, expected timestamp[us, tz=UTC]; write it with ingest")
-    # DuckDB turns a time-zone-aware timestamp into a date through its ICU calendar code, about 1.6 s per 25M rows.
-    # The same instants as plain (UTC wall-clock) timestamps become the same dates in a fraction of that.
-    quoted = str(path).replace("'", "''")
-    columns = ", ".join(f"make_timestamp(epoch_us({c})) AS {c}" if c == s.TS else c for c in expected)
-    return con.sql(f"SELECT {columns} FROM read_parquet('{quoted}')")
 
 
 def build_features(
@@ -129,12 +96,12 @@ def run(
     as_of: dt.date | None = None,
 ) -> dict[str, Any]:
     """Featurise ``transactions`` at every cutoff and write the table and its metrics."""
-    con = connect(base.duckdb_memory_limit_mb)
+    con = backend(base)
     tx = open_transactions(con, transactions)
     expr, cut = build_features(tx, base, cfg, as_of)
     schema = s.feature_schema(cfg.windows_days, cfg.trend_window_days)
     write_batches(expr.to_pyarrow_batches(chunk_size=BATCH_ROWS), features, schema)
-    written = con.read_parquet(features)
+    written = duckdb_backend(base.duckdb_memory_limit_mb).read_parquet(features)  # the local file just written
     by_cutoff = (
         written.group_by([written[s.CUTOFF].date().name(s.CUTOFF), written[s.IS_SCORING].name("scoring")])
         .aggregate(

@@ -26,7 +26,7 @@ from models import segments as seg
 from models.evaluation import round_metrics
 from pipeline import cli, tracking
 from pipeline.config import BaseConfig, ClvConfig, FeaturesConfig, ScoreConfig, load_params, section
-from pipeline.features import connect, open_transactions
+from pipeline.engine import backend, open_transactions
 from pipeline.io import finite_json, read_table, write_csv, write_json, write_table
 
 log = logging.getLogger("score")
@@ -143,7 +143,7 @@ def run(
     valued = read_value(value)
     snapshot = read_snapshot(features)
     cutoff = _one_cutoff({"churn": churned, "clv": valued, "features": snapshot})
-    con = connect(base.duckdb_memory_limit_mb)
+    con = backend(base)
     start = cutoff.date() - dt.timedelta(days=fcfg.horizon_days)
     revenue = net_revenue(open_transactions(con, transactions), start, cutoff.date()).to_pandas()
 

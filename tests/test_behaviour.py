@@ -16,7 +16,7 @@ from features import schemas as s
 from features.behaviour import btyd_summary, feature_table, purchase_days, return_days
 from pipeline import ingest
 from pipeline.config import IngestConfig, section
-from pipeline.features import connect, open_transactions
+from pipeline.engine import duckdb_backend, open_transactions
 
 CUTOFF = dt.date(2020, 1, 31)
 WINDOWS = (30, 90)
@@ -52,7 +52,7 @@ LOG = [
 def compute(
     rows: pd.DataFrame, cutoffs: Sequence[dt.date], time_unit: str = "days", horizon_days: int = 10
 ) -> pd.DataFrame:
-    con = connect()
+    con = duckdb_backend()
     tx = con.create_table("tx", rows, overwrite=True)
     expr = feature_table(
         purchase_days(tx),
@@ -166,7 +166,7 @@ def test_btyd_summary_equals_the_feature_table_columns(tmp_path: Path, params: d
     )
     cols = [s.FREQUENCY, s.RECENCY, s.T, s.MONETARY_VALUE]
     for cutoff, unit in [(dt.date(1997, 9, 30), "weeks"), (dt.date(1998, 3, 1), "days")]:
-        con = connect()
+        con = duckdb_backend()
         tx = open_transactions(con, tmp_path / "tx.parquet")
         lean = btyd_summary(tx, cutoff, time_unit=unit).to_pyarrow().to_pandas()  # type: ignore[arg-type]
         lean = lean.set_index(s.CUSTOMER_ID).sort_index()
@@ -178,7 +178,7 @@ def test_btyd_summary_equals_the_feature_table_columns(tmp_path: Path, params: d
 
 
 def test_btyd_summary_hand_computed() -> None:
-    con = connect()
+    con = duckdb_backend()
     tx = con.create_table("tx", tx_frame(LOG), overwrite=True)
     out = btyd_summary(tx, CUTOFF, time_unit="days").to_pyarrow().to_pandas().set_index(s.CUSTOMER_ID).sort_index()
     assert list(out.index) == ["a", "b"]

@@ -1,0 +1,120 @@
+"""Conformance: the pipeline on Spark (local[2]) gives the features and scores it gives on DuckDB, on CDNOW.
+
+Both engines run ingest, features, clv, churn and score through the stages' entry points. With ``spark`` the
+features and the clv stage's BTYD summary are Spark SQL compiled from the same Ibis definitions, and the churn
+scores and reasons are computed on the executors. Floating-point sums may add up in another order on the two
+engines, so real numbers are compared to 1e-12 relative; everything else must be equal.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from features import schemas as s
+from pipeline import churn as churn_stage
+from pipeline import clv as clv_stage
+from pipeline import features as features_stage
+from pipeline import ingest as ingest_stage
+from pipeline import score as score_stage
+
+pytest.importorskip("pyspark", reason="pyspark is installed by `make install` (the project's spark extra)")
+
+JAVA = shutil.which("java") or (Path(os.environ.get("JAVA_HOME", "/nonexistent")) / "bin" / "java").is_file()
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not JAVA, reason="no Java runtime: `make install` installs one with apt-get where it can"),
+]
+
+
+def run_stages(folder: Path, params: dict[str, Any], transactions: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """features, clv, churn and score in ``folder``, from ``transactions``; returns the folder.
+
+    Each engine gets its own MLflow store: in a shared registry the second engine's models would tie with the
+    first's, stay challengers, and be scored by the first engine's champion, hiding any difference.
+    """
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder}/mlflow.db")
+    params_file = folder / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    common = ["--params", str(params_file)]
+    d = folder
+    features_stage.main(
+        [*common, "--transactions", str(transactions), "--features", f"{d}/f.parquet", "--metrics", f"{d}/f.json"]
+    )
+    clv_stage.main(
+        [
+            *common,
+            *("--transactions", str(transactions), "--features", f"{d}/f.parquet", "--clv", f"{d}/clv.parquet"),
+            *("--artifacts", f"{d}/artifacts/clv", "--metrics", f"{d}/clv.json", "--plots", f"{d}/plots/clv"),
+        ]
+    )
+    churn_stage.main(
+        [
+            *common,
+            *("--features", f"{d}/f.parquet", "--churn", f"{d}/churn.parquet", "--drift", f"{d}/drift.parquet"),
+            *("--artifacts", f"{d}/artifacts/churn", "--metrics", f"{d}/churn.json", "--plots", f"{d}/plots/churn"),
+        ]
+    )
+    score_stage.main(
+        [
+            *common,
+            *("--churn", f"{d}/churn.parquet", "--clv", f"{d}/clv.parquet", "--features", f"{d}/f.parquet"),
+            *("--transactions", str(transactions), "--scores", f"{d}/scores.parquet"),
+            *("--segments", f"{d}/segments.csv", "--metrics", f"{d}/score.json"),
+        ]
+    )
+    return folder
+
+
+def assert_same(spark: pd.DataFrame, duck: pd.DataFrame, keys: list[str], what: str) -> None:
+    assert list(spark.columns) == list(duck.columns), what
+    assert len(spark) == len(duck) > 0, what
+    a = spark.sort_values(keys, ignore_index=True)
+    b = duck.sort_values(keys, ignore_index=True)
+    for column in a.columns:
+        x, y = a[column], b[column]
+        if x.dtype.kind == "f" or y.dtype.kind == "f":
+            np.testing.assert_allclose(
+                x.to_numpy(np.float64), y.to_numpy(np.float64), rtol=1e-12, atol=1e-12, err_msg=f"{what}.{column}"
+            )
+        else:
+            assert x.astype(str).tolist() == y.astype(str).tolist(), f"{what}.{column}"
+
+
+def test_duckdb_and_spark_give_the_same_features_and_scores(
+    tmp_path: Path, params: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SPARK_MASTER", raising=False)
+    params["clv"]["bootstrap_samples"] = 10
+    ingest_cfg = tmp_path / "params.yaml"
+    ingest_cfg.write_text(yaml.safe_dump(params))
+    tx = tmp_path / "tx.parquet"
+    ingest_stage.main(
+        [
+            *("--params", str(ingest_cfg), "--transactions", str(tx)),
+            *("--quarantine", f"{tmp_path}/q.parquet", "--metrics", f"{tmp_path}/ingest.json"),
+        ]
+    )
+    duck = run_stages(tmp_path / "duckdb", params, tx, monkeypatch)
+    params["base"]["engine"] = "spark"
+    params["base"]["spark"]["master"] = "local[2]"
+    spark = run_stages(tmp_path / "spark", params, tx, monkeypatch)
+
+    features = pd.read_parquet(spark / "f.parquet")
+    assert features[s.CUSTOMER_ID].nunique() == 23570 and features[s.CUTOFF].nunique() == 15
+    assert_same(features, pd.read_parquet(duck / "f.parquet"), [s.CUTOFF, s.CUSTOMER_ID], "features")
+    for name in ("clv", "churn", "scores"):
+        table = pd.read_parquet(spark / f"{name}.parquet")
+        assert_same(table, pd.read_parquet(duck / f"{name}.parquet"), [s.CUSTOMER_ID], name)
+    assert_same(pd.read_parquet(spark / "drift.parquet"), pd.read_parquet(duck / "drift.parquet"), ["feature"], "drift")
+    assert pd.read_csv(spark / "segments.csv").equals(pd.read_csv(duck / "segments.csv"))
