@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install run weekly audit compare ui test lint typecheck pytest bench bench-features bench-clv bench-churn reproduce-cdnow lock clean
+.PHONY: install java run weekly audit compare ui test lint typecheck pytest bench bench-features bench-clv bench-churn reproduce-cdnow lock clean
 
 install: $(STAMP)
 
@@ -17,8 +17,18 @@ $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed; set PYTHON=python3.11")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev,spark]'
+	@$(MAKE) --no-print-directory java
 	@touch $(STAMP)
+
+# Spark (base.engine: spark, and its conformance test) needs a Java 17 runtime: found on PATH, or installed from
+# Debian's packages when this is root on a Debian-like machine; otherwise the Spark test says why it skips.
+java:
+	@if command -v java >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing a Java 17 runtime for Spark (openjdk-17-jre-headless)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null; \
+	else echo "note: no java on PATH; install a Java 17 runtime to use base.engine: spark"; fi
 
 run: install
 	dvc repro
