@@ -19,7 +19,7 @@ own label. The calibrator that is shipped is then refitted on every validation r
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, Self
 
 import lightgbm as lgb
@@ -287,8 +287,18 @@ class ChurnModel:
         self.settings = settings
         self.calibration = calibration
 
-    def fit(self, X_train: pd.DataFrame, y_train: Any, X_valid: pd.DataFrame, y_valid: Any) -> Self:
-        """Grow trees on the training cutoffs, stop early on the validation cutoff, calibrate on it."""
+    def fit(
+        self,
+        X_train: pd.DataFrame,
+        y_train: Any,
+        X_valid: pd.DataFrame,
+        y_valid: Any,
+        on_round: Callable[[], None] | None = None,
+    ) -> Self:
+        """Grow trees on the training cutoffs, stop early on the validation cutoff, calibrate on it.
+
+        ``on_round`` is called after each boosting round (e.g. to show progress).
+        """
         y_tr = np.asarray(y_train, dtype=np.int64)
         y_va = np.asarray(y_valid, dtype=np.int64)
         for name, y in (("training", y_tr), ("validation", y_va)):
@@ -303,7 +313,10 @@ class ChurnModel:
             train,
             num_boost_round=self.settings.max_rounds,
             valid_sets=[valid],
-            callbacks=[lgb.early_stopping(self.settings.early_stopping_rounds, verbose=False)],
+            callbacks=[
+                lgb.early_stopping(self.settings.early_stopping_rounds, verbose=False),
+                *([] if on_round is None else [lambda _env: on_round()]),
+            ],
         )
         self.best_iteration_ = int(self.booster_.best_iteration or self.settings.max_rounds)
         self.features_ = list(X_train.columns)

@@ -22,7 +22,7 @@ import contextlib
 import dataclasses
 import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, Self, cast
 
 import numpy as np
@@ -718,6 +718,7 @@ def bootstrap_clv(
     margin_ratio: float,
     percentiles: tuple[float, float] = (5.0, 95.0),
     chunk_rows: int = 50_000,
+    on_replicate: Callable[[], None] | None = None,
 ) -> BootstrapResult:
     """Each customer's CLV percentiles over ``samples`` refits of both models on customers drawn with replacement.
 
@@ -728,6 +729,7 @@ def bootstrap_clv(
     unique purchase and spend histories, and both models are refitted on them. Replicates start from the full-data
     estimates and use the remedy the full fit needed; a replicate that still fails is counted in ``failed`` and
     left out. ``spend_ok`` marks the repeat buyers with usable spend (those the spend model was fitted on).
+    ``on_replicate`` is called after each replicate (e.g. to show progress).
     """
     if samples < 1:
         raise InputError(f"bootstrap samples must be >= 1, got {samples}")
@@ -766,6 +768,9 @@ def bootstrap_clv(
         except ClvFitError:
             failed += 1
             continue
+        finally:
+            if on_replicate is not None:
+                on_replicate()
         discounted.append(dp.astype(np.float32))
         spend_params.append(sm.params_)
         reps.append({**pm.params_, **sm.params_})

@@ -39,8 +39,12 @@ from models.evaluation import calibration_table, churn_metrics, lift_table, pr_p
 from pipeline import cli, plots, spark, tracking
 from pipeline.config import AttributeTable, BaseConfig, ChurnConfig, FeaturesConfig, ingest_source, load_params, section
 from pipeline.io import atomic_path, finite_json, write_csv, write_json, write_table
+from pipeline.progress import Progress
 
 log = logging.getLogger("churn")
+
+# Customers scored and explained per call: TreeSHAP's working memory stays bounded, and progress can be shown.
+SCORE_CHUNK_ROWS = 100_000
 
 BASELINES = ("btyd", "recency", "rfm")
 
@@ -424,7 +428,10 @@ def run(
         **{f.name: getattr(cfg.lightgbm, f.name) for f in dataclasses.fields(cfg.lightgbm)}, seed=base.seed
     )
     log.info("LightGBM on %d training rows, early stopping on %d validation rows", len(train), len(valid))
-    model = cm.ChurnModel(settings, cfg.calibration).fit(train[X_cols], y_train, valid[X_cols], y_valid)
+    with Progress("churn: boosting rounds", total=settings.max_rounds, unit="rounds") as shown:
+        model = cm.ChurnModel(settings, cfg.calibration).fit(
+            train[X_cols], y_train, valid[X_cols], y_valid, on_round=shown.advance
+        )
     log.info(
         "%d trees (early-stopped) on %d rows from %d cutoffs; validated on %d rows at %s",
         model.best_iteration_,
@@ -459,7 +466,14 @@ def run(
     if base.engine == "spark":  # TreeSHAP reasons are most of the stage's time: spread them over the executors
         scored = spark.score_churn(base.spark, score[needed], scorer, medians)
     else:
-        scored = cm.score_customers(scorer, score[needed], medians)
+        with Progress("churn: customers scored and explained", total=len(score), unit="rows") as shown:
+            parts = [
+                cm.score_customers(scorer, score.iloc[i : i + SCORE_CHUNK_ROWS][needed], medians)
+                for i in shown.each(
+                    range(0, len(score), SCORE_CHUNK_ROWS), lambda i: min(SCORE_CHUNK_ROWS, len(score) - i)
+                )
+            ]
+        scored = pd.concat(parts, ignore_index=True)
     scored = scored.sort_values([s.P_CHURN, s.CUSTOMER_ID], ascending=[False, True], ignore_index=True)
     write_table(scored, out.churn, s.churn_schema())
     # the drift table pairs p_churn with the scoring rows in their order

@@ -39,6 +39,7 @@ from pipeline import cli, plots, tracking
 from pipeline.config import BaseConfig, ClvConfig, FeaturesConfig, ingest_source, load_params, section
 from pipeline.engine import backend, open_transactions
 from pipeline.io import finite_json, write_csv, write_json, write_table
+from pipeline.progress import Progress
 
 log = logging.getLogger("clv")
 
@@ -494,21 +495,23 @@ def run(
         stored = clv.purchase_model_from_params(serve.spec["model"], serve.spec["purchases"]["params"])
         scored = clv.score(stored, serve.spec["gamma_gamma"]["params"], f, r, t, m, settings, customer_histories=hist)
     log.info("bootstrap: refitting on %d resamples of the customers for CLV intervals", cfg.bootstrap_samples)
-    boot = clv.bootstrap_clv(
-        purchases,
-        spend,
-        f,
-        r,
-        t,
-        m,
-        clv.usable_spend(f, m),
-        samples=cfg.bootstrap_samples,
-        seed=base.seed,
-        months=settings.months,
-        discount_rate_monthly=settings.discount_rate_monthly,
-        units_per_month=settings.units_per_month,
-        margin_ratio=settings.margin_ratio,
-    )
+    with Progress("clv: bootstrap refits", total=cfg.bootstrap_samples, unit="refits") as shown:
+        boot = clv.bootstrap_clv(
+            purchases,
+            spend,
+            f,
+            r,
+            t,
+            m,
+            clv.usable_spend(f, m),
+            samples=cfg.bootstrap_samples,
+            seed=base.seed,
+            months=settings.months,
+            discount_rate_monthly=settings.discount_rate_monthly,
+            units_per_month=settings.units_per_month,
+            margin_ratio=settings.margin_ratio,
+            on_replicate=shown.advance,
+        )
     table = pd.DataFrame(
         {
             s.CUSTOMER_ID: sc[s.CUSTOMER_ID],

@@ -26,6 +26,7 @@ from pipeline import cli
 from pipeline.config import BaseConfig, FeaturesConfig, load_params, scoring_as_of, section
 from pipeline.engine import backend, duckdb_backend, open_transactions
 from pipeline.io import write_batches, write_json
+from pipeline.progress import Progress
 
 log = logging.getLogger("features")
 
@@ -100,7 +101,8 @@ def run(
     tx = open_transactions(con, transactions)
     expr, cut = build_features(tx, base, cfg, as_of)
     schema = s.feature_schema(cfg.windows_days, cfg.trend_window_days)
-    write_batches(expr.to_pyarrow_batches(chunk_size=BATCH_ROWS), features, schema)
+    with Progress("features: rows written", unit="rows") as shown:
+        write_batches(shown.batches(expr.to_pyarrow_batches(chunk_size=BATCH_ROWS)), features, schema)
     written = duckdb_backend(base.duckdb_memory_limit_mb).read_parquet(features)  # the local file just written
     by_cutoff = (
         written.group_by([written[s.CUTOFF].date().name(s.CUTOFF), written[s.IS_SCORING].name("scoring")])

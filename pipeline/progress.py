@@ -9,8 +9,11 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import TextIO
+from typing import Any, TextIO, TypeVar
+
+T = TypeVar("T")
 
 MIN_INTERVAL_S = 0.5
 
@@ -58,7 +61,17 @@ class Progress:
             self._drawn = now
             self._draw(now, end="")
 
-    def line(self, now: float) -> str:
+    def each(self, items: Iterable[T], size: Callable[[T], int] | None = None) -> Iterator[T]:
+        """Yield ``items``, advancing by ``size(item)`` (default 1) after each."""
+        for item in items:
+            yield item
+            self.advance(size(item) if size is not None else 1)
+
+    def batches(self, batches: Iterable[Any]) -> Iterator[Any]:
+        """Yield Arrow record batches (or tables), advancing by their rows."""
+        return self.each(batches, lambda b: int(b.num_rows))
+
+    def line(self, now: float, *, final: bool = False) -> str:
         elapsed = max(now - self._start, 1e-9)
         rate = self.done / elapsed
         text = f"{self.label}: {self.done:,}"
@@ -67,7 +80,7 @@ class Progress:
         else:
             text += f" {self.unit}"
         text += f", {rate:,.0f} {self.unit}/s"
-        if self.total and rate > 0 and self.done < self.total:
+        if self.total and rate > 0 and self.done < self.total and not final:
             text += f", {(self.total - self.done) / rate:.0f} s left"
         return text
 
@@ -78,5 +91,5 @@ class Progress:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if self.show and self.done:
             now = time.perf_counter()
-            self.stream.write("\r\x1b[2K" + self.line(now) + f" in {now - self._start:.1f} s\n")
+            self.stream.write("\r\x1b[2K" + self.line(now, final=True) + f" in {now - self._start:.1f} s\n")
             self.stream.flush()
