@@ -184,13 +184,15 @@ def modelling_table(
     attribute_tables: dict[str, pd.DataFrame],
     *,
     training: Sequence[pd.Timestamp] = (),
+    validation: pd.Timestamp | None = None,
 ) -> tuple[pd.DataFrame, list[BtydFit]]:
     """The rows of ``cutoffs`` in the population, with BTYD, attribute and derived features added.
 
     BTYD models are fitted on every customer at a cutoff (the population filter comes after), so each fit sees
     the whole customer base's history up to that cutoff and nothing later. The ``training`` cutoffs together keep
     at most ``churn.max_training_rows`` rows: each keeps an equal share, drawn at random with a seed of
-    ``base.seed`` and the cutoff, so memory stays bounded however many customers there are.
+    ``base.seed`` and the cutoff, and the ``validation`` cutoff at most ``churn.max_validation_rows``, drawn the
+    same way, so memory stays bounded however many customers there are. Other cutoffs (scoring) keep every row.
     """
     parts = []
     fits: list[BtydFit] = []
@@ -204,15 +206,15 @@ def modelling_table(
             snapshot = pd.concat([snapshot, cols], axis=1)
             fits.append(fit)
         kept = snapshot[cm.in_population(snapshot, cfg.population_lookback_days)]
-        if cutoff in train_cutoffs and len(kept) > per_cutoff:
+        cap, what = None, ""
+        if cutoff in train_cutoffs:
+            cap, what = per_cutoff, "for training (churn.max_training_rows)"
+        elif validation is not None and cutoff == pd.Timestamp(validation):
+            cap, what = cfg.max_validation_rows, "for validation (churn.max_validation_rows)"
+        if cap is not None and len(kept) > cap:
             seed = (base.seed, int(cutoff.strftime("%Y%m%d")))
-            kept = kept.sample(n=per_cutoff, random_state=np.random.default_rng(seed)).sort_index()
-            log.info(
-                "cutoff %s: %d of %d customers kept for training (churn.max_training_rows)",
-                cutoff.date(),
-                per_cutoff,
-                len(snapshot),
-            )
+            kept = kept.sample(n=cap, random_state=np.random.default_rng(seed)).sort_index()
+            log.info("cutoff %s: %d of %d customers kept %s", cutoff.date(), cap, len(snapshot), what)
         parts.append(kept)
     table = pd.concat(parts, ignore_index=True)
     del parts
@@ -410,7 +412,9 @@ def run(
     for spec in cfg.attributes:
         tables[spec.name], attribute_counts[spec.name] = read_attribute_table(spec)
     used = [*split.training, split.validation, scoring]
-    table, fits = modelling_table(features, used, base, fcfg, cfg, tables, training=split.training)
+    table, fits = modelling_table(
+        features, used, base, fcfg, cfg, tables, training=split.training, validation=split.validation
+    )
 
     X_cols = cm.feature_columns(table)
     is_train = table[s.CUTOFF].isin(list(split.training)).to_numpy()

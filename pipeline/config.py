@@ -320,6 +320,7 @@ class ChurnConfig:
     drift_bins: int
     importance_rows: int
     max_training_rows: int
+    max_validation_rows: int
     registry: RegistryConfig
 
     def __post_init__(self) -> None:
@@ -328,6 +329,8 @@ class ChurnConfig:
             raise ConfigError(f"churn.drift_bins must be in [2, 100], got {self.drift_bins}")
         if self.max_training_rows < 1000:
             raise ConfigError(f"churn.max_training_rows must be >= 1000, got {self.max_training_rows}")
+        if self.max_validation_rows < 1000:
+            raise ConfigError(f"churn.max_validation_rows must be >= 1000, got {self.max_validation_rows}")
         if self.importance_rows < 100:
             raise ConfigError(f"churn.importance_rows must be >= 100, got {self.importance_rows}")
         if self.population_lookback_days < 1:

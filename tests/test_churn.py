@@ -282,7 +282,13 @@ def test_training_rows_are_capped_per_cutoff_and_the_file_reads_like_the_table(s
     per_cutoff = -(-5000 // len(split.training))  # 10 training cutoffs: 500 customers each
     counts = capped.groupby(s.CUTOFF).size()
     assert all(counts[c] == per_cutoff for c in split.training)
-    assert counts[split.validation] == (whole[s.CUTOFF] == split.validation).sum()  # validation is never cut
+    assert counts[split.validation] == (whole[s.CUTOFF] == split.validation).sum()  # validation: its own cap
+    params["churn"]["max_validation_rows"] = 1000
+    both = section(params, "churn", ChurnConfig)
+    kw: dict[str, Any] = {"training": split.training, "validation": split.validation}
+    cut_both, _ = stage.modelling_table(features, used, base, fcfg, both, {}, **kw)
+    assert (cut_both[s.CUTOFF] == split.validation).sum() == 1000
+    assert cut_both.groupby(s.CUTOFF).size()[split.training].eq(per_cutoff).all()
     # the kept customers are a seeded draw: the same twice, and each one's row is its uncapped row
     again, _ = stage.modelling_table(features, used, base, fcfg, capped_cfg, {}, training=split.training)
     pd.testing.assert_frame_equal(capped, again)
