@@ -41,7 +41,16 @@ from models import segments as seg
 from pipeline import cli
 from pipeline import html as h
 from pipeline.config import ClvConfig, FeaturesConfig, ScoreConfig, load_params, section
-from pipeline.io import atomic_path, check_finite, neutralise, read_table, write_csv, write_table
+from pipeline.io import (
+    FORMULA_PREFIXES,
+    PLAIN_NUMBER,
+    atomic_path,
+    check_finite,
+    neutralise,
+    read_table,
+    write_csv,
+    write_table,
+)
 from pipeline.score import grid, iso_week
 
 log = logging.getLogger("report")
@@ -67,16 +76,27 @@ def churn_risk_list(scores: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _cell(column: str, value: object) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NaT:
-        return ""
-    if column in MONEY:
-        return f"{float(value):.2f}"  # type: ignore[arg-type]
-    if column in PROBABILITIES:
-        return f"{float(value):.4f}"  # type: ignore[arg-type]
-    if isinstance(value, pd.Timestamp):
-        return value.date().isoformat()
-    return str(value)
+def column_text(column: str, values: pd.Series) -> list[str]:
+    """One column's cells as the list shows them: money to the cent, probabilities to 4 decimals, dates as
+    YYYY-MM-DD, a missing value as an empty cell, and any text that would start a spreadsheet formula neutralised.
+
+    Column at a time (not cell by cell): at 10M customers the list is written in seconds.
+    """
+    missing = values.isna().to_numpy()
+    if column in MONEY or column in PROBABILITIES:
+        fmt = "%.2f" if column in MONEY else "%.4f"
+        cells = [fmt % v for v in values.to_numpy(np.float64, na_value=np.nan).tolist()]
+    elif pd.api.types.is_integer_dtype(values) and not missing.any():
+        return values.to_numpy().astype(str).tolist()  # digits and a minus sign: never a formula
+    elif pd.api.types.is_datetime64_any_dtype(values):
+        cells = values.dt.strftime("%Y-%m-%d").tolist()
+    else:
+        cells = [str(v) for v in values.tolist()]
+    text = pd.Series(cells, dtype=object).where(~missing, "")
+    if column in MONEY or column in PROBABILITIES:
+        return text.tolist()  # a number, maybe negative: PLAIN_NUMBER, never a formula
+    risky = text.str.startswith(FORMULA_PREFIXES) & ~text.str.match(PLAIN_NUMBER.pattern)
+    return text.where(~risky, "'" + text).tolist()
 
 
 def csv_text(frame: pd.DataFrame) -> str:
@@ -84,9 +104,7 @@ def csv_text(frame: pd.DataFrame) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\r\n")
     writer.writerow([neutralise(c) for c in frame.columns])
-    columns = list(frame.columns)
-    for row in frame.itertuples(index=False, name=None):
-        writer.writerow([neutralise(_cell(c, v)) for c, v in zip(columns, row, strict=True)])
+    writer.writerows(zip(*(column_text(c, frame[c]) for c in frame.columns), strict=True))
     return buf.getvalue()
 
 
