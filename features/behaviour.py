@@ -25,6 +25,7 @@ from typing import Literal
 
 import ibis
 import ibis.expr.types as ir
+import pyarrow as pa
 
 from features import schemas as s
 
@@ -37,7 +38,7 @@ _GAP = "gap"
 
 def cutoff_table(cutoffs: Sequence[dt.date]) -> ir.Table:
     """An in-memory table of cutoff dates, the left side of every per-cutoff aggregation."""
-    return ibis.memtable({s.CUTOFF: list(cutoffs)}, schema={s.CUTOFF: "date"})
+    return ibis.memtable(pa.table({s.CUTOFF: pa.array(list(cutoffs), type=pa.date32())}))  # typed even when empty
 
 
 def purchase_days(tx: ir.Table) -> ir.Table:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import ibis.expr.types as ir
 import pandas as pd
+import pyarrow as pa
 
 from features import schemas as s
 from features.behaviour import feature_table, purchase_days, return_days
@@ -36,8 +38,13 @@ BATCH_ROWS = 500_000
 
 def build_features(
     tx: ir.Table, base: BaseConfig, cfg: FeaturesConfig, as_of: dt.date | None
-) -> tuple[ir.Table, Cutoffs]:
-    """The stacked feature + label expression for ``tx`` and the cutoffs it was built for."""
+) -> tuple[list[ir.Table], Cutoffs]:
+    """The feature + label expressions for ``tx``, one per cutoff in date order, and the cutoffs they are for.
+
+    Stacked in this order they are the table ``feature_table`` describes for all cutoffs at once (each is sorted
+    by customer id). One cutoff at a time keeps the engine's working set to one snapshot: at 10M customers the
+    all-cutoffs join outgrows a 1 GB DuckDB memory limit, a single cutoff does not.
+    """
     day = tx[s.TS].date()
     bounds = tx.aggregate(first=day.min(), last=day.max()).to_pyarrow().to_pylist()[0]
     if bounds["first"] is None:
@@ -53,17 +60,22 @@ def build_features(
     )
     # Every snapshot and the labels read the purchase days: materialise them once in the engine.
     days = purchase_days(tx).cache()
-    expr = feature_table(
-        days,
-        return_days(tx),
-        cut.training,
-        cut.scoring,
-        time_unit=base.time_unit,
-        windows_days=cfg.windows_days,
-        trend_window_days=cfg.trend_window_days,
-        horizon_days=cfg.horizon_days,
-    )
-    return expr, cut
+    returns = return_days(tx)
+    options: dict[str, Any] = {
+        "time_unit": base.time_unit,
+        "windows_days": cfg.windows_days,
+        "trend_window_days": cfg.trend_window_days,
+        "horizon_days": cfg.horizon_days,
+    }
+    exprs = [feature_table(days, returns, [c], None, **options) for c in cut.training]
+    if cut.scoring is not None:
+        exprs.append(feature_table(days, returns, [], cut.scoring, **options))
+    return exprs, cut
+
+
+def _batches(exprs: Sequence[ir.Table]) -> Iterator[pa.RecordBatch]:
+    for expr in exprs:
+        yield from expr.to_pyarrow_batches(chunk_size=BATCH_ROWS)
 
 
 def feature_metrics(by_cutoff: pd.DataFrame, cut: Cutoffs) -> dict[str, Any]:
@@ -99,10 +111,16 @@ def run(
     """Featurise ``transactions`` at every cutoff and write the table and its metrics."""
     con = backend(base)
     tx = open_transactions(con, transactions)
-    expr, cut = build_features(tx, base, cfg, as_of)
+    exprs, cut = build_features(tx, base, cfg, as_of)
     schema = s.feature_schema(cfg.windows_days, cfg.trend_window_days)
-    with Progress("features: rows written", unit="rows") as shown:
-        write_batches(shown.batches(expr.to_pyarrow_batches(chunk_size=BATCH_ROWS)), features, schema)
+    try:
+        with Progress("features: rows written", unit="rows") as shown:
+            write_batches(shown.batches(_batches(exprs)), features, schema)
+    except duckdb.OutOfMemoryException as exc:
+        raise InputError(
+            f"features: DuckDB needed more than base.duckdb_memory_limit_mb = {base.duckdb_memory_limit_mb} MB "
+            f"({str(exc).splitlines()[0]}); raise it"
+        ) from exc
     written = duckdb_backend(base.duckdb_memory_limit_mb).read_parquet(features)  # the local file just written
     by_cutoff = (
         written.group_by([written[s.CUTOFF].date().name(s.CUTOFF), written[s.IS_SCORING].name("scoring")])
