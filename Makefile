@@ -24,11 +24,12 @@ $(STAMP): pyproject.toml requirements.lock
 # Spark (base.engine: spark, and its conformance test) needs a Java 17 runtime: found on PATH, or installed from
 # Debian's packages when this is root on a Debian-like machine; otherwise the Spark test says why it skips.
 java:
-	@if command -v java >/dev/null 2>&1; then :; \
+	@found="$$(java -version 2>&1 || true)"; \
+	if printf '%s' "$$found" | grep -Eq 'version "(1[7-9]|[2-9][0-9])'; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  echo "installing a Java 17 runtime for Spark (openjdk-17-jre-headless)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null; \
-	else echo "note: no java on PATH; install a Java 17 runtime to use base.engine: spark"; fi
+	else echo "note: no Java 17+ on PATH; install one to use base.engine: spark"; fi
 
 run: install
 	dvc repro

@@ -13,7 +13,7 @@ child it waited for):
   line dvc.yaml gives it, in a scratch project folder holding the project's params.yaml with only the source and
   the dates adapted to the synthetic log. MLflow logs to a scratch store there.
 - **CLV path, project**: what the clv stage does to score every customer, step by step: its BTYD snapshot from
-  the clean transactions (``pipeline.clv.btyd_snapshot``: two DuckDB group-bys, ordered by customer id), then
+  the clean transactions (``pipeline.clv.btyd_snapshot``: two DuckDB group-bys, rows in the engine's order), then
   ``models.clv``: BG/NBD and Gamma-Gamma on weighted unique histories, and P(alive), expected purchases, expected
   order value and 12-month CLV for every customer.
 - **CLV path, naive**: lifetimes as its documentation shows it: ``summary_data_from_transaction_data``,

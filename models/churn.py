@@ -13,7 +13,8 @@ construction (the features stage only labels cutoffs whose horizon is observed),
 Calibration is fitted on the validation cutoff's rows, which the trees never saw. The metrics of the calibrated
 probabilities are *cross-fitted*: the validation customers are split in two folds by a seeded draw, each fold's
 probabilities come from a calibrator fitted on the other fold, so no row is judged by a calibrator that saw its
-own label. The calibrator that is shipped is then refitted on every validation row.
+own label. The calibrator that is shipped is then refitted on all of them (the validation cutoff's rows, a seeded
+draw of ``churn.max_validation_rows`` beyond that many).
 """
 
 from __future__ import annotations

@@ -432,7 +432,7 @@ def run(
         **{f.name: getattr(cfg.lightgbm, f.name) for f in dataclasses.fields(cfg.lightgbm)}, seed=base.seed
     )
     log.info("LightGBM on %d training rows, early stopping on %d validation rows", len(train), len(valid))
-    with Progress("churn: boosting rounds", total=settings.max_rounds, unit="rounds") as shown:
+    with Progress("churn: boosting rounds (until early stopping)", unit="rounds") as shown:
         model = cm.ChurnModel(settings, cfg.calibration).fit(
             train[X_cols], y_train, valid[X_cols], y_valid, on_round=shown.advance
         )

@@ -62,7 +62,7 @@ def spark_session(cfg: SparkConfig) -> Any:
     try:
         spark = builder.getOrCreate()
     except Exception as exc:  # py4j/JVM start-up failures carry pages of Java text
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise InputError(f"Spark at master {master!r} could not start: {first}; is Java 17 installed?") from exc
     spark.sparkContext.setLogLevel("ERROR")
     logging.getLogger("py4j").setLevel(logging.WARNING)

@@ -60,7 +60,7 @@ def build_features(
     )
     # Every snapshot and the labels read the purchase days: materialise them once in the engine.
     days = purchase_days(tx).cache()
-    returns = return_days(tx)
+    returns = return_days(tx).cache()  # read once per cutoff too
     options: dict[str, Any] = {
         "time_unit": base.time_unit,
         "windows_days": cfg.windows_days,
@@ -111,15 +111,16 @@ def run(
     """Featurise ``transactions`` at every cutoff and write the table and its metrics."""
     con = backend(base)
     tx = open_transactions(con, transactions)
-    exprs, cut = build_features(tx, base, cfg, as_of)
     schema = s.feature_schema(cfg.windows_days, cfg.trend_window_days)
     try:
+        exprs, cut = build_features(tx, base, cfg, as_of)
         with Progress("features: rows written", unit="rows") as shown:
             write_batches(shown.batches(_batches(exprs)), features, schema)
     except duckdb.OutOfMemoryException as exc:
+        first = (str(exc).strip().splitlines() or ["out of memory"])[0]
         raise InputError(
             f"features: DuckDB needed more than base.duckdb_memory_limit_mb = {base.duckdb_memory_limit_mb} MB "
-            f"({str(exc).splitlines()[0]}); raise it"
+            f"({first}); raise it"
         ) from exc
     written = duckdb_backend(base.duckdb_memory_limit_mb).read_parquet(features)  # the local file just written
     by_cutoff = (

@@ -89,7 +89,7 @@ class Progress:
         self.stream.flush()
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if self.show and self.done:
+        if self.show and self.done and kind is None:
             now = time.perf_counter()
             self.stream.write("\r\x1b[2K" + self.line(now, final=True) + f" in {now - self._start:.1f} s\n")
             self.stream.flush()

@@ -12,6 +12,7 @@ from lifetimes import BetaGeoFitter, GammaGammaFitter, ParetoNBDFitter
 from lifetimes.utils import ConvergenceError
 
 from features import schemas as s
+from features.errors import InputError
 from models import clv
 from models.likelihoods import AnalyticBetaGeoFitter
 from pipeline.reproduce_cdnow import HOLDOUT_DAYS, calibration_snapshot
@@ -310,7 +311,7 @@ def test_unique_histories_are_sorted_weighted_and_invert() -> None:
     np.testing.assert_array_equal(h.values["recency"][h.inverse], r)
 
 
-def test_unique_histories_beyond_a_packed_key_fall_back_to_grouping() -> None:
+def test_unique_histories_renumber_before_the_packed_key_would_overflow() -> None:
     rng = np.random.default_rng(3)
     cols = {f"c{i}": rng.random(3000) for i in range(6)}  # 3000^6 > 2^62
     cols["c0"][1000:] = cols["c0"][:2000]
@@ -347,3 +348,8 @@ def test_scores_and_bootstrap_do_not_depend_on_row_order(cdnow: pd.DataFrame) ->
     np.testing.assert_array_equal(c1, c2)
     np.testing.assert_array_equal(l1, l2)
     np.testing.assert_array_equal(h1, h2)
+
+
+def test_unique_histories_refuse_a_missing_value() -> None:
+    with pytest.raises(InputError, match="monetary_value: 1 missing value"):
+        clv.unique_histories(frequency=np.array([1.0, 2.0]), monetary_value=np.array([np.nan, 3.0]))

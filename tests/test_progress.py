@@ -41,3 +41,13 @@ def test_lines_count_rows_and_rate(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "churn: scored: 100 / 400 rows (25%), 50 rows/s, 6 s left" in text
     assert "churn: scored: 200 / 400 rows (50%), 50 rows/s, 4 s left" in text
     assert text.endswith(" in 4.0 s\n")
+
+
+def test_a_failing_step_leaves_no_closing_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter([0.0, 0.0, 1.0])
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    out = Terminal()
+    with pytest.raises(RuntimeError), progress.Progress("clv: refits", stream=out) as shown:
+        shown.advance(3)
+        raise RuntimeError("fit failed")
+    assert " in " not in out.getvalue() and "clv: refits: 3 rows" in out.getvalue()

@@ -9,7 +9,9 @@ engines, so real numbers are compared to 1e-12 relative; everything else must be
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +29,23 @@ from pipeline import score as score_stage
 
 pytest.importorskip("pyspark", reason="pyspark is installed by `make install` (the project's spark extra)")
 
-JAVA = shutil.which("java") or (Path(os.environ.get("JAVA_HOME", "/nonexistent")) / "bin" / "java").is_file()
+
+def java_major() -> int | None:
+    """The major version of the Java runtime Spark would start (JAVA_HOME's, else the one on PATH), or None."""
+    home = Path(os.environ.get("JAVA_HOME", "/nonexistent")) / "bin" / "java"
+    java = str(home) if home.is_file() else shutil.which("java")
+    if java is None:
+        return None
+    shown = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=120)
+    found = re.search(r'version "(?:1\.)?(\d+)', shown.stderr + shown.stdout)
+    return int(found.group(1)) if found else None
+
+
+JAVA = java_major()
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not JAVA, reason="no Java runtime: `make install` installs one with apt-get where it can"),
+    pytest.mark.skipif(JAVA is None, reason="no Java runtime: `make install` installs one with apt-get where it can"),
+    pytest.mark.skipif(JAVA is not None and JAVA < 17, reason=f"Java {JAVA} found; Spark 4 needs Java 17 or later"),
 ]
 
 
