@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import logging
 import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import pandas as pd
@@ -99,13 +99,17 @@ def column_text(column: str, values: pd.Series) -> list[str]:
     return text.where(~risky, "'" + text).tolist()
 
 
-def csv_text(frame: pd.DataFrame) -> str:
-    """``frame`` as CSV text: formatted, every cell neutralised, quoted where needed, CRLF line ends (RFC 4180)."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\r\n")
+# Rows formatted at a time when writing the list: Python strings for a whole 10M-row list would take ~12 GB.
+CSV_CHUNK_ROWS = 100_000
+
+
+def write_list_csv(frame: pd.DataFrame, out: TextIO) -> None:
+    """``frame`` as CSV: formatted, every cell neutralised, quoted where needed, CRLF line ends (RFC 4180)."""
+    writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow([neutralise(c) for c in frame.columns])
-    writer.writerows(zip(*(column_text(c, frame[c]) for c in frame.columns), strict=True))
-    return buf.getvalue()
+    for start in range(0, len(frame), CSV_CHUNK_ROWS):
+        chunk = frame.iloc[start : start + CSV_CHUNK_ROWS]
+        writer.writerows(zip(*(column_text(c, chunk[c]) for c in chunk.columns), strict=True))
 
 
 # --- the previous week ---------------------------------------------------------------------------------------------
@@ -473,8 +477,8 @@ def run(
     )
     folder.mkdir(parents=True, exist_ok=True)
     check_finite(churn_list, f"writing {folder / LIST_CSV}")
-    with atomic_path(folder / LIST_CSV) as tmp:
-        tmp.write_text(csv_text(churn_list), encoding="utf-8-sig", newline="")
+    with atomic_path(folder / LIST_CSV) as tmp, tmp.open("w", encoding="utf-8-sig", newline="") as out:
+        write_list_csv(churn_list, out)
     write_table(churn_list, folder / LIST_PARQUET, s.churn_risk_list_schema(with_net))
     write_csv(kpis, folder / SEGMENTS_CSV, undefined_allowed=seg.KPI_COLUMNS)
     with atomic_path(folder / SUMMARY) as tmp:

@@ -203,3 +203,18 @@ def test_pseudonymised_ids_leave_no_real_id_and_no_key_behind(
     monkeypatch.setenv(report.ID_KEY_ENV, key + "-rotated")
     rotated = write_week(tmp_path, params, dt.date(2021, 3, 15), seed=1)
     assert "has no customer id in common with this one" in (rotated / report.SUMMARY).read_text()
+
+
+def test_the_list_is_written_in_chunks_with_the_same_bytes(
+    params: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CSV is formatted a chunk of rows at a time (memory); the chunk size must not show in the file."""
+    churn_list = report.churn_risk_list(synthetic_scores(params, dt.date(2024, 3, 4)))
+    whole = io.StringIO()
+    report.write_list_csv(churn_list, whole)
+    monkeypatch.setattr(report, "CSV_CHUNK_ROWS", 7)  # 400 rows: 57 full chunks and a last one of 1
+    chunked = io.StringIO()
+    report.write_list_csv(churn_list, chunked)
+    assert chunked.getvalue() == whole.getvalue()
+    rows = list(csv.reader(io.StringIO(whole.getvalue())))
+    assert len(rows) == 401 and "'" + HOSTILE_IDS[0] in {row[1] for row in rows}
