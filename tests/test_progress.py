@@ -34,7 +34,7 @@ def test_lines_count_rows_and_rate(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = iter([100.0, 100.0, 102.0, 104.0, 104.0])
     monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
     out = Terminal()
-    with progress.Progress("churn: scored", total=400, unit="rows", stream=out) as shown:
+    with progress.Progress("churn: scored", total=400, unit="rows", stream=out, show=True) as shown:
         shown.advance(100)  # t = 102: 100 rows in 2 s
         shown.advance(100)  # t = 104: drawn again (0.5 s passed), 200 rows in 4 s
     text = out.getvalue()
@@ -47,7 +47,7 @@ def test_a_failing_step_leaves_no_closing_line(monkeypatch: pytest.MonkeyPatch) 
     clock = iter([0.0, 0.0, 1.0])
     monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
     out = Terminal()
-    with pytest.raises(RuntimeError), progress.Progress("clv: refits", stream=out) as shown:
+    with pytest.raises(RuntimeError), progress.Progress("clv: refits", stream=out, show=True) as shown:
         shown.advance(3)
         raise RuntimeError("fit failed")
     assert " in " not in out.getvalue() and "clv: refits: 3 rows" in out.getvalue()
