@@ -35,10 +35,6 @@ from bench import harness
 from bench.features import CUTOFF
 
 PENALIZER_LADDER = (0.0, 0.001, 0.01, 0.1)
-HORIZON_DAYS = 90.0
-MONTHS = 12
-DISCOUNT_MONTHLY = 0.01
-DAYS_PER_MONTH = 30.0  # lifetimes' customer_lifetime_value counts a month as 30 days with freq="D"
 SUMMARY_COLUMNS = ["frequency", "recency", "T", "monetary_value"]
 OUTPUTS = ["p_alive", "expected_purchases", "expected_order_value", "clv"]
 BGNBD = ("r", "alpha", "a", "b")
@@ -59,13 +55,7 @@ def _project(data: Path, out: Path) -> dict[str, Any]:
     pm = clv.PurchaseModel("bgnbd", PENALIZER_LADDER).fit(f, r, T)
     ok = clv.usable_spend(f, m)
     sm = clv.SpendModel(PENALIZER_LADDER).fit(f[ok], m[ok])
-    settings = clv.ValueSettings(
-        horizon_units=HORIZON_DAYS,
-        months=MONTHS,
-        units_per_month=DAYS_PER_MONTH,
-        discount_rate_monthly=DISCOUNT_MONTHLY,
-        margin_ratio=1.0,
-    )
+    settings = harness.clv_settings()
     scored = clv.score(pm, sm.params_, f, r, T, m, settings)
     wall = time.perf_counter() - t0
     peak = harness.peak()
@@ -107,10 +97,12 @@ def _naive(data: Path, out: Path) -> dict[str, Any]:
             # (weight p x / (p x + q - 1) = 0) and gives the population mean, as the project does.
             outputs = {
                 "p_alive": bgf.conditional_probability_alive(f, r, T),
-                "expected_purchases": bgf.conditional_expected_number_of_purchases_up_to_time(HORIZON_DAYS, f, r, T),
+                "expected_purchases": bgf.conditional_expected_number_of_purchases_up_to_time(
+                    harness.HORIZON_DAYS, f, r, T
+                ),
                 "expected_order_value": ggf.conditional_expected_average_profit(f, m),
                 "clv": ggf.customer_lifetime_value(
-                    bgf, f, r, T, m, time=MONTHS, discount_rate=DISCOUNT_MONTHLY, freq="D"
+                    bgf, f, r, T, m, time=harness.MONTHS, discount_rate=harness.DISCOUNT_MONTHLY, freq="D"
                 ),
             }
         except (ConvergenceError, ValueError) as exc:

@@ -63,3 +63,23 @@ def bench_base() -> Any:
     return BaseConfig(
         seed=0, time_unit="days", mlflow_experiment="bench", duckdb_memory_limit_mb=1024, engine="duckdb", spark=spark
     )
+
+
+# The CLV path both sides compute: a 90-day horizon, 12 months discounted at 1% a month, in days.
+HORIZON_DAYS = 90.0
+MONTHS = 12
+DISCOUNT_MONTHLY = 0.01
+DAYS_PER_MONTH = 30.0  # lifetimes' customer_lifetime_value counts a month as 30 days with freq="D"
+
+
+def clv_settings() -> Any:
+    """The project's ``ValueSettings`` for that path (revenue, not profit: lifetimes has no margin)."""
+    from models import clv
+
+    return clv.ValueSettings(
+        horizon_units=HORIZON_DAYS,
+        months=MONTHS,
+        units_per_month=DAYS_PER_MONTH,
+        discount_rate_monthly=DISCOUNT_MONTHLY,
+        margin_ratio=1.0,
+    )

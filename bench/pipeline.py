@@ -47,10 +47,6 @@ from bench import harness
 
 ROOT = Path(__file__).resolve().parent.parent
 CUTOFF = "2021-03-31"  # the CLV path's cutoff: 90 days before the synthetic log ends
-MONTHS = 12
-DISCOUNT_MONTHLY = 0.01
-HORIZON_DAYS = 90.0
-DAYS_PER_MONTH = 30.0  # lifetimes' customer_lifetime_value counts a month as 30 days with freq="D"
 PENALIZER_LADDER = (0.0, 0.001, 0.01, 0.1)
 STAGES = ("ingest", "features", "clv", "churn", "score", "report")
 CLV_STEPS = ("rfm_summary", "bgnbd_fit", "gamma_gamma_fit", "clv_12_months")
@@ -127,13 +123,7 @@ def project_clv_step(transactions: Path, out: Path) -> dict[str, Any]:
     ok = clv.usable_spend(f, m)
     spend = clv.SpendModel(PENALIZER_LADDER).fit(f[ok], m[ok])
     lap("gamma_gamma_fit")
-    settings = clv.ValueSettings(
-        horizon_units=HORIZON_DAYS,
-        months=MONTHS,
-        units_per_month=DAYS_PER_MONTH,
-        discount_rate_monthly=DISCOUNT_MONTHLY,
-        margin_ratio=1.0,
-    )
+    settings = harness.clv_settings()
     scored = clv.score(purchases, spend.params_, f, r, T, m, settings, customer_histories=hist)
     lap("clv_12_months")
     return {
@@ -165,7 +155,9 @@ def naive_clv_step(transactions: Path) -> dict[str, Any]:
     repeat = (f > 0) & (m > 0)
     ggf = GammaGammaFitter().fit(f[repeat], m[repeat])
     lap("gamma_gamma_fit")
-    value = ggf.customer_lifetime_value(bgf, f, r, T, m, time=MONTHS, discount_rate=DISCOUNT_MONTHLY, freq="D")
+    value = ggf.customer_lifetime_value(
+        bgf, f, r, T, m, time=harness.MONTHS, discount_rate=harness.DISCOUNT_MONTHLY, freq="D"
+    )
     lap("clv_12_months")
     return {
         "steps": lap.steps,

@@ -471,12 +471,8 @@ def run(
         scored = spark.score_churn(base.spark, score[needed], scorer, medians)
     else:
         with Progress("churn: customers scored and explained", total=len(score), unit="rows") as shown:
-            parts = [
-                cm.score_customers(scorer, score.iloc[i : i + SCORE_CHUNK_ROWS][needed], medians)
-                for i in shown.each(
-                    range(0, len(score), SCORE_CHUNK_ROWS), lambda i: min(SCORE_CHUNK_ROWS, len(score) - i)
-                )
-            ]
+            chunks = (score.iloc[i : i + SCORE_CHUNK_ROWS][needed] for i in range(0, len(score), SCORE_CHUNK_ROWS))
+            parts = [cm.score_customers(scorer, chunk, medians) for chunk in shown.each(chunks, len)]
         scored = pd.concat(parts, ignore_index=True)
     scored = scored.sort_values([s.P_CHURN, s.CUSTOMER_ID], ascending=[False, True], ignore_index=True)
     write_table(scored, out.churn, s.churn_schema())
