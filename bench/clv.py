@@ -153,6 +153,7 @@ def prepare(n_customers: int, seed: int, d: Path) -> dict[str, Any]:
         horizon_days=90,
         windows_days=(30, 90, 180, 365),
         trend_window_days=90,
+        max_customers_per_training_cutoff=2**62,  # every customer: the snapshot is compared with lifetimes' summary
     )
     features.run(base, cfg, d / "transactions.parquet", d / "features.parquet", d / "features.json")
     summary = pd.read_parquet(d / "features.parquet", columns=SUMMARY_COLUMNS, filters=[("is_scoring", "=", False)])

@@ -34,6 +34,7 @@ DAYS_PER_UNIT = {"days": 1.0, "weeks": 7.0}
 _DAY = "day"
 _SPEND = "spend"
 _GAP = "gap"
+FIRST_DAY = "first_day"
 
 
 def cutoff_table(cutoffs: Sequence[dt.date]) -> ir.Table:
@@ -275,14 +276,19 @@ def feature_table(
     return table.mutate(**{s.IS_SCORING: is_scoring}).select(order).order_by([s.CUTOFF, s.CUSTOMER_ID])
 
 
+def first_purchase_days(days: ir.Table) -> ir.Table:
+    """Each customer's first purchase day (``customer_id``, ``first_day``) from ``purchase_days``."""
+    return days.group_by(s.CUSTOMER_ID).aggregate(**{FIRST_DAY: days[_DAY].min()})
+
+
 def daily_repeat_purchases(days: ir.Table, cutoff: dt.date, *, horizon_days: int) -> ir.Table:
     """Purchase days per calendar day in ``(cutoff, cutoff + horizon_days]`` by customers who bought by ``cutoff``.
 
     Summed over the horizon this equals the ``future_purchases`` label summed over the cutoff's snapshot; day by
     day it is the actual curve a BTYD model's cumulative forecast is tracked against.
     """
-    first = days.group_by(s.CUSTOMER_ID).aggregate(first_day=days[_DAY].min())
-    known = first.filter(first["first_day"] <= ibis.literal(cutoff))
+    first = first_purchase_days(days)
+    known = first.filter(first[FIRST_DAY] <= ibis.literal(cutoff))
     joined = days.join(known, s.CUSTOMER_ID)
     end = ibis.literal(cutoff + dt.timedelta(days=horizon_days))
     window = joined.filter((joined[_DAY] > ibis.literal(cutoff)) & (joined[_DAY] <= end))

@@ -33,6 +33,7 @@ from features import attributes as attr
 from features import schemas as s
 from features.behaviour import DAYS_PER_UNIT
 from features.errors import InputError
+from features.sampling import cutoff_seed
 from models import churn as cm
 from models import clv, gate, monitoring
 from models.evaluation import calibration_table, churn_metrics, lift_table, pr_points, roc_points, round_metrics
@@ -188,8 +189,10 @@ def modelling_table(
 ) -> tuple[pd.DataFrame, list[BtydFit]]:
     """The rows of ``cutoffs`` in the population, with BTYD, attribute and derived features added.
 
-    BTYD models are fitted on every customer at a cutoff (the population filter comes after), so each fit sees
-    the whole customer base's history up to that cutoff and nothing later. The ``training`` cutoffs together keep
+    BTYD models are fitted on every customer the features table has at a cutoff (the population filter comes
+    after): the whole customer base, or at a large one the features stage's seeded draw of it
+    (``features.max_customers_per_training_cutoff``), so each fit sees history up to that cutoff and nothing
+    later. The ``training`` cutoffs together keep
     at most ``churn.max_training_rows`` rows: each keeps an equal share, drawn at random with a seed of
     ``base.seed`` and the cutoff, and the ``validation`` cutoff at most ``churn.max_validation_rows``, drawn the
     same way, so memory stays bounded however many customers there are. Other cutoffs (scoring) keep every row.
@@ -212,7 +215,7 @@ def modelling_table(
         elif validation is not None and cutoff == pd.Timestamp(validation):
             cap, what = cfg.max_validation_rows, "for validation (churn.max_validation_rows)"
         if cap is not None and len(kept) > cap:
-            seed = (base.seed, int(cutoff.strftime("%Y%m%d")))
+            seed = cutoff_seed(base.seed, cutoff.date())
             kept = kept.sample(n=cap, random_state=np.random.default_rng(seed)).sort_index()
             log.info("cutoff %s: %d of %d customers kept %s", cutoff.date(), cap, len(snapshot), what)
         parts.append(kept)

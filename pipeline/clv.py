@@ -25,8 +25,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import ibis
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -382,9 +384,14 @@ def cumulative_tracking(
     model: clv.PurchaseModel,
     cal: pd.DataFrame,
 ) -> pd.DataFrame:
-    """Cumulative repeat purchases by the calibration customers over the holdout, actual vs predicted, by week."""
+    """Cumulative repeat purchases by the calibration customers over the holdout, actual vs predicted, by week.
+
+    The actual curve counts the purchases of the customers in ``cal`` only: at a cutoff that keeps a draw of its
+    customers (``features.max_customers_per_training_cutoff``) both curves are the draw's.
+    """
     con = backend(base)
-    days = purchase_days(open_transactions(con, transactions))
+    kept = ibis.memtable(pa.table({s.CUSTOMER_ID: pa.array(cal[s.CUSTOMER_ID])}))
+    days = purchase_days(open_transactions(con, transactions)).semi_join(kept, s.CUSTOMER_ID)
     daily = daily_repeat_purchases(days, cutoff, horizon_days=horizon_days).to_pandas()
     offset = (pd.to_datetime(daily["day"]) - pd.Timestamp(cutoff)).dt.days.to_numpy()
     per_day = np.zeros(horizon_days + 1)

@@ -158,11 +158,17 @@ class FeaturesConfig:
     horizon_days: int
     windows_days: tuple[int, ...]
     trend_window_days: int
+    max_customers_per_training_cutoff: int
 
     def __post_init__(self) -> None:
         for key in ("horizon_days", "trend_window_days"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"features.{key} must be >= 1, got {getattr(self, key)}")
+        if self.max_customers_per_training_cutoff < 1000:
+            raise ConfigError(
+                "features.max_customers_per_training_cutoff must be >= 1000, got "
+                f"{self.max_customers_per_training_cutoff}"
+            )
         if not self.windows_days or min(self.windows_days) < 1 or len(set(self.windows_days)) != len(self.windows_days):
             raise ConfigError(f"features.windows_days must be distinct whole days >= 1, got {list(self.windows_days)}")
 

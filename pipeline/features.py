@@ -16,14 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import ibis
 import ibis.expr.types as ir
 import pandas as pd
 import pyarrow as pa
 
 from features import schemas as s
-from features.behaviour import feature_table, purchase_days, return_days
+from features.behaviour import FIRST_DAY, feature_table, first_purchase_days, purchase_days, return_days
 from features.cutoffs import Cutoffs, resolve_cutoffs
 from features.errors import InputError
+from features.sampling import sample_customers
 from pipeline import cli
 from pipeline.config import BaseConfig, FeaturesConfig, load_params, scoring_as_of, section
 from pipeline.engine import backend, duckdb_backend, open_transactions
@@ -38,8 +40,10 @@ BATCH_ROWS = 500_000
 
 def build_features(
     tx: ir.Table, base: BaseConfig, cfg: FeaturesConfig, as_of: dt.date | None
-) -> tuple[list[ir.Table], Cutoffs]:
-    """The feature + label expressions for ``tx``, one per cutoff in date order, and the cutoffs they are for.
+) -> tuple[list[ir.Table], Cutoffs, dict[dt.date, int]]:
+    """The feature + label expressions for ``tx``, one per cutoff in date order, the cutoffs they are for, and
+    how many customers each training cutoff that keeps a draw (``features.max_customers_per_training_cutoff``)
+    drew from.
 
     Stacked in this order they are the table ``feature_table`` describes for all cutoffs at once (each is sorted
     by customer id). One cutoff at a time keeps the engine's working set to one snapshot: at 10M customers the
@@ -67,10 +71,45 @@ def build_features(
         "trend_window_days": cfg.trend_window_days,
         "horizon_days": cfg.horizon_days,
     }
-    exprs = [feature_table(days, returns, [c], None, **options) for c in cut.training]
+    draws = training_draws(days, cut.training, cfg.max_customers_per_training_cutoff, base.seed)
+    exprs = []
+    for c in cut.training:
+        if c not in draws:
+            exprs.append(feature_table(days, returns, [c], None, **options))
+            continue
+        ids, _ = draws[c]
+        kept = ibis.memtable(pa.table({s.CUSTOMER_ID: ids}))
+        exprs.append(
+            feature_table(
+                days.semi_join(kept, s.CUSTOMER_ID), returns.semi_join(kept, s.CUSTOMER_ID), [c], None, **options
+            )
+        )
     if cut.scoring is not None:
         exprs.append(feature_table(days, returns, [], cut.scoring, **options))
-    return exprs, cut
+    return exprs, cut, {c: n for c, (_, n) in draws.items()}
+
+
+def training_draws(
+    days: ir.Table, cutoffs: Sequence[dt.date], max_customers: int, seed: int
+) -> dict[dt.date, tuple[pa.Array, int]]:
+    """The customer ids each training cutoff keeps, and how many it had, for the cutoffs with more than
+    ``max_customers`` customers.
+
+    Drawn before featurising (``features.sampling``), so a snapshot costs what the kept customers cost.
+    """
+    first = first_purchase_days(days)
+    if not cutoffs or int(first.count().to_pyarrow().as_py()) <= max_customers:
+        return {}
+    table = first.order_by(s.CUSTOMER_ID).to_pyarrow()
+    ids = table[s.CUSTOMER_ID].combine_chunks()
+    first_days = table[FIRST_DAY].to_numpy().astype("datetime64[D]")
+    draws = {}
+    for c in cutoffs:
+        drawn, eligible = sample_customers(ids, first_days, c, max_customers=max_customers, seed=seed)
+        if drawn is not None:
+            log.info("training cutoff %s: featurising %d of its %d customers (a seeded draw)", c, len(drawn), eligible)
+            draws[c] = (drawn, eligible)
+    return draws
 
 
 def _batches(exprs: Sequence[ir.Table]) -> Iterator[pa.RecordBatch]:
@@ -78,20 +117,23 @@ def _batches(exprs: Sequence[ir.Table]) -> Iterator[pa.RecordBatch]:
         yield from expr.to_pyarrow_batches(chunk_size=BATCH_ROWS)
 
 
-def feature_metrics(by_cutoff: pd.DataFrame, cut: Cutoffs) -> dict[str, Any]:
-    """Stage metrics from per-cutoff counts (``cutoff``, ``scoring``, ``customers``, ``churned``, ``repeat``)."""
+def feature_metrics(by_cutoff: pd.DataFrame, cut: Cutoffs, drawn_from: dict[dt.date, int]) -> dict[str, Any]:
+    """Stage metrics from per-cutoff counts (``cutoff``, ``scoring``, ``customers``, ``churned``, ``repeat``) and
+    the customer count of each cutoff that keeps a draw (its rates are then those of the draw)."""
     train = by_cutoff[~by_cutoff["scoring"]]
-    per_cutoff = {
-        str(pd.Timestamp(r.cutoff).date()): {
+    per_cutoff = {}
+    for r in train.itertuples():
+        day = pd.Timestamp(r.cutoff).date()
+        per_cutoff[str(day)] = {
             "customers": int(r.customers),
+            "customers_before_draw": int(drawn_from.get(day, r.customers)),
             "churn_rate": round(r.churned / r.customers, 6),
             "repeat_customer_share": round(r.repeat / r.customers, 6),
         }
-        for r in train.itertuples()
-    }
     return {
         "training_cutoffs": len(cut.training),
         "training_rows": int(train["customers"].sum()),
+        "training_cutoffs_drawn": len(drawn_from),
         "scoring_cutoff": str(cut.scoring),
         "scoring_customers": int(by_cutoff.loc[by_cutoff["scoring"], "customers"].sum()),
         "cutoffs_skipped_before_data": [str(c) for c in cut.skipped_before_data],
@@ -113,7 +155,7 @@ def run(
     tx = open_transactions(con, transactions)
     schema = s.feature_schema(cfg.windows_days, cfg.trend_window_days)
     try:
-        exprs, cut = build_features(tx, base, cfg, as_of)
+        exprs, cut, drawn_from = build_features(tx, base, cfg, as_of)
         with Progress("features: rows written", unit="rows") as shown:
             write_batches(shown.batches(_batches(exprs)), features, schema)
     except duckdb.OutOfMemoryException as exc:
@@ -133,7 +175,7 @@ def run(
         .order_by(s.CUTOFF)
         .to_pandas()
     )
-    out = feature_metrics(by_cutoff, cut)
+    out = feature_metrics(by_cutoff, cut, drawn_from)
     write_json(out, metrics)
     if cut.skipped_before_data:
         log.info("skipped %d generated cutoffs before the first transaction day", len(cut.skipped_before_data))
