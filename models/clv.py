@@ -22,9 +22,10 @@ import contextlib
 import dataclasses
 import io
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal, Self, cast
 
+import joblib
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
@@ -714,6 +715,54 @@ class BootstrapResult:
     failed: int
 
 
+# Below this many unique purchase histories a replicate takes milliseconds: worker processes cost more than they save.
+PARALLEL_MIN_HISTORIES = 50_000
+
+
+@dataclasses.dataclass(frozen=True)
+class _Replicate:
+    discounted: npt.NDArray[np.float32]
+    purchase_params: dict[str, float]
+    spend_params: dict[str, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Refit:
+    """One bootstrap replicate's refit of both models from its weights; None when a fit fails (picklable, so a
+    worker process can run it)."""
+
+    model: ModelName
+    ladder: Sequence[float]
+    initial: dict[str, float]
+    histories: Histories
+    spend_ladder: Sequence[float]
+    spend_initial: dict[str, float]
+    spend_histories: Histories
+    months: int
+    discount_rate_monthly: float
+    units_per_month: float
+
+    def __call__(self, weight: npt.NDArray[np.int64], spend_weight: npt.NDArray[np.int64]) -> _Replicate | None:
+        h = self.histories
+        try:
+            pm = PurchaseModel(self.model, self.ladder).fit_histories(
+                dataclasses.replace(h, weight=weight), initial=self.initial
+            )
+            sm = SpendModel(self.spend_ladder).fit_histories(
+                dataclasses.replace(self.spend_histories, weight=spend_weight), initial=self.spend_initial
+            )
+            dp = _finite(
+                _discounted(pm.fitter_, h, self.months, self.discount_rate_monthly, self.units_per_month),
+                "discounted purchases",
+                pm.model,
+                pm.penalizer_coef_,
+                self.ladder,
+            )
+        except ClvFitError:
+            return None
+        return _Replicate(dp.astype(np.float32), pm.params_, sm.params_)
+
+
 def bootstrap_clv(
     purchases: PurchaseModel,
     spend: SpendModel,
@@ -731,6 +780,7 @@ def bootstrap_clv(
     margin_ratio: float,
     percentiles: tuple[float, float] = (5.0, 95.0),
     chunk_rows: int = 50_000,
+    processes: int = 1,
     on_replicate: Callable[[], None] | None = None,
 ) -> BootstrapResult:
     """Each customer's CLV percentiles over ``samples`` refits of both models on customers drawn with replacement.
@@ -742,7 +792,9 @@ def bootstrap_clv(
     unique purchase and spend histories, and both models are refitted on them. Replicates start from the full-data
     estimates and use the remedy the full fit needed; a replicate that still fails is counted in ``failed`` and
     left out. ``spend_ok`` marks the repeat buyers with usable spend (those the spend model was fitted on).
-    ``on_replicate`` is called after each replicate (e.g. to show progress).
+    ``on_replicate`` is called after each replicate (e.g. to show progress). With ``processes`` > 1 (and enough
+    histories to pay for them) the replicates are refitted in that many worker processes; the weights are still
+    drawn here in order, so the result is the same.
     """
     if samples < 1:
         raise InputError(f"bootstrap samples must be >= 1, got {samples}")
@@ -768,31 +820,32 @@ def bootstrap_clv(
     spend_params: list[dict[str, float]] = []
     reps: list[dict[str, float]] = []
     failed = 0
-    for _ in range(samples):
-        drawn = rng.multinomial(n, share)
-        draw = np.bincount(h.inverse, weights=drawn, minlength=len(h)).astype(np.int64)
-        counts = np.bincount(hs.inverse, weights=drawn[repeat], minlength=len(hs)).astype(np.int64)
-        try:
-            pm = PurchaseModel(purchases.model, ladder).fit_histories(
-                dataclasses.replace(h, weight=draw), initial=purchases.params_
-            )
-            sm = SpendModel(s_ladder).fit_histories(dataclasses.replace(hs, weight=counts), initial=spend.params_)
-            dp = _finite(
-                _discounted(pm.fitter_, h, months, discount_rate_monthly, units_per_month),
-                "discounted purchases",
-                pm.model,
-                pm.penalizer_coef_,
-                ladder,
-            )
-        except ClvFitError:
+    refit = _Refit(
+        purchases.model, ladder, purchases.params_, h, s_ladder, spend.params_, hs, months,
+        discount_rate_monthly, units_per_month,
+    )  # fmt: skip
+
+    def replicate_weights() -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]]:
+        for _ in range(samples):  # drawn here, in order: the result does not depend on the number of processes
+            drawn = rng.multinomial(n, share)
+            draw = np.bincount(h.inverse, weights=drawn, minlength=len(h)).astype(np.int64)
+            yield draw, np.bincount(hs.inverse, weights=drawn[repeat], minlength=len(hs)).astype(np.int64)
+
+    workers = processes if len(h) >= PARALLEL_MIN_HISTORIES else 1
+    if workers > 1:
+        runner = joblib.Parallel(n_jobs=workers, backend="loky", return_as="generator")
+        results: Iterator[_Replicate | None] = runner(joblib.delayed(refit)(*w) for w in replicate_weights())
+    else:
+        results = (refit(*w) for w in replicate_weights())
+    for result in results:
+        if on_replicate is not None:
+            on_replicate()
+        if result is None:
             failed += 1
             continue
-        finally:
-            if on_replicate is not None:
-                on_replicate()
-        discounted.append(dp.astype(np.float32))
-        spend_params.append(sm.params_)
-        reps.append({**pm.params_, **sm.params_})
+        discounted.append(result.discounted)
+        spend_params.append(result.spend_params)
+        reps.append({**result.purchase_params, **result.spend_params})
     if len(discounted) < max(2, samples // 2):
         raise ClvFitError(
             f"bootstrap: {failed} of {samples} replicates failed to fit; add a larger penalizer_coef to the ladder "

@@ -512,6 +512,7 @@ def run(
             m,
             clv.usable_spend(f, m),
             samples=cfg.bootstrap_samples,
+            processes=cfg.bootstrap_processes,
             seed=base.seed,
             months=settings.months,
             discount_rate_monthly=settings.discount_rate_monthly,

@@ -229,6 +229,7 @@ class ClvConfig:
     acquisition_cost: float | None
     value_tier_quantiles: ValueTierQuantiles
     bootstrap_samples: int
+    bootstrap_processes: int
     registry: RegistryConfig
 
     def __post_init__(self) -> None:
@@ -246,6 +247,8 @@ class ClvConfig:
             raise ConfigError(f"clv.acquisition_cost must be >= 0 or null, got {self.acquisition_cost}")
         if self.bootstrap_samples < 2:
             raise ConfigError(f"clv.bootstrap_samples must be >= 2, got {self.bootstrap_samples}")
+        if self.bootstrap_processes < 1:
+            raise ConfigError(f"clv.bootstrap_processes must be >= 1, got {self.bootstrap_processes}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -276,7 +276,7 @@ def test_standard_errors_and_intervals(cdnow: pd.DataFrame) -> None:
     assert report.standard_errors["r"] == pytest.approx(0.0126, abs=0.001)
 
 
-def test_bootstrap_is_seeded_and_brackets_the_estimate(cdnow: pd.DataFrame) -> None:
+def test_bootstrap_is_seeded_and_brackets_the_estimate(cdnow: pd.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
     f, r, t = _frt(cdnow)
     m = cdnow[s.MONETARY_VALUE].to_numpy(float)
     purchases = clv.PurchaseModel("bgnbd", NO_REMEDY).fit(f, r, t)
@@ -288,6 +288,15 @@ def test_bootstrap_is_seeded_and_brackets_the_estimate(cdnow: pd.DataFrame) -> N
     one = clv.bootstrap_clv(purchases, spend, f, r, t, m, ok, **kwargs)
     two = clv.bootstrap_clv(purchases, spend, f, r, t, m, ok, **kwargs)
     np.testing.assert_array_equal(one.clv_low, two.clv_low)
+    # refitted in two worker processes (forced below the size where they pay off): the very same bands
+    monkeypatch.setattr(clv, "PARALLEL_MIN_HISTORIES", 0)
+    ticks: list[None] = []
+    par = clv.bootstrap_clv(
+        purchases, spend, f, r, t, m, ok, processes=2, on_replicate=lambda: ticks.append(None), **kwargs
+    )
+    np.testing.assert_array_equal(par.clv_low, one.clv_low)
+    np.testing.assert_array_equal(par.clv_high, one.clv_high)
+    assert par.params == one.params and len(ticks) == 20
     assert one.failed == 0 and len(one.params) == 20
     point = clv.score(purchases, spend.params_, f, r, t, m, clv.ValueSettings(39, 12, 4.348, 0.01, 0.3))["clv"]
     assert np.all(one.clv_low <= one.clv_high)
