@@ -52,16 +52,30 @@ def assign(
     missing = [(v, r) for v in s.VALUE_TIERS for r in RISK_TIERS if (v, r) not in grid]
     if missing:
         raise ValueError(f"segment grid: no segment for (value tier, risk tier) {missing}")
-    unknown = sorted(set(frame[s.VALUE_TIER]) - set(s.VALUE_TIERS))
+    unknown = sorted(set(frame[s.VALUE_TIER].unique()) - set(s.VALUE_TIERS))
     if unknown:
         raise ValueError(f"value_tier: unknown tier(s) {unknown}; expected {list(s.VALUE_TIERS)}")
     out = frame.copy()
-    out[s.RISK_TIER] = risk_tier(out[s.P_CHURN].to_numpy(), high=high, medium=medium)
-    cells = list(zip(out[s.VALUE_TIER], out[s.RISK_TIER], strict=True))
-    out[s.SEGMENT] = [grid[c][0] for c in cells]
-    out[s.RECOMMENDED_ACTION] = [grid[c][1] for c in cells]
+    risk = risk_tier(out[s.P_CHURN].to_numpy(), high=high, medium=medium)
+    out[s.RISK_TIER] = risk
+    # each customer's cell as a number (value tier x 3 + risk tier), then the cell's name and action by lookup
+    tiers = out[s.VALUE_TIER]
+    value_code = np.select([(tiers == v).to_numpy(bool) for v in s.VALUE_TIERS], range(len(s.VALUE_TIERS)))
+    risk_code = np.select([risk == r for r in RISK_TIERS], range(len(RISK_TIERS)))
+    cell = value_code * len(RISK_TIERS) + risk_code
+    cells = [(v, r) for v in s.VALUE_TIERS for r in RISK_TIERS]
+    out[s.SEGMENT] = np.array([grid[c][0] for c in cells], dtype=object)[cell]
+    out[s.RECOMMENDED_ACTION] = np.array([grid[c][1] for c in cells], dtype=object)[cell]
     out[s.VALUE_AT_RISK] = out[s.P_CHURN].to_numpy(np.float64) * out[s.CLV].to_numpy(np.float64)
     return out
+
+
+def list_order(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` in the weekly list's order: highest ``value_at_risk`` first, then highest ``p_churn``, then
+    ``customer_id``."""
+    return frame.sort_values(
+        [s.VALUE_AT_RISK, s.P_CHURN, s.CUSTOMER_ID], ascending=[False, False, True], ignore_index=True
+    )
 
 
 def segment_order(grid: Mapping[tuple[str, str], tuple[str, str]]) -> list[str]:

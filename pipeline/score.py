@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import pyarrow.parquet as pq
 
@@ -75,12 +77,30 @@ def read_snapshot(path: Path) -> pd.DataFrame:
 
 def _one_cutoff(frames: dict[str, pd.DataFrame]) -> pd.Timestamp:
     """The scoring cutoff all inputs share; an input from an older run names itself."""
-    seen = {name: sorted(pd.to_datetime(f[s.CUTOFF]).dt.date.unique()) for name, f in frames.items()}
+    seen = {name: sorted({pd.Timestamp(v).date() for v in pd.unique(f[s.CUTOFF])}) for name, f in frames.items()}
     values = {tuple(v) for v in seen.values()}
     if len(values) != 1 or len(next(iter(values))) != 1:
         found = "; ".join(f"{n}: {', '.join(map(str, v))}" for n, v in seen.items())
         raise InputError(f"score: the inputs were scored at different cutoffs ({found}); rerun `dvc repro`")
     return pd.Timestamp(next(iter(values))[0])
+
+
+def rows_of(keys: pd.Series, frames: Sequence[pd.DataFrame]) -> list[npt.NDArray[np.int64]]:
+    """For each frame (one row per ``customer_id``), the position of each key's row in it, -1 where it has none.
+
+    The ids of all inputs are factorised together once: at 10M customers that is several times faster than a
+    join per input, which hashes the same strings again each time.
+    """
+    ids = [keys, *(f[s.CUSTOMER_ID] for f in frames)]
+    codes, uniques = pd.factorize(pd.concat(ids, ignore_index=True))
+    bounds = np.cumsum([0, *map(len, ids)])
+    key_codes = codes[: bounds[1]]
+    out = []
+    for k, f in enumerate(frames, start=1):
+        where = np.full(len(uniques), -1, dtype=np.int64)
+        where[codes[bounds[k] : bounds[k + 1]]] = np.arange(len(f))
+        out.append(where[key_codes])
+    return out
 
 
 def build_scores(
@@ -94,22 +114,25 @@ def build_scores(
 ) -> pd.DataFrame:
     """The scores table (``scores_schema`` columns, riskiest value first) for the churn stage's population."""
     cutoff = _one_cutoff({"churn": churn, "clv": value, "features": snapshot})
-    unvalued = ~churn[s.CUSTOMER_ID].isin(value[s.CUSTOMER_ID])
-    if unvalued.any():
-        raise InputError(
-            f"score: {int(unvalued.sum())} customers of the churn population have no CLV (e.g. "
-            f"{churn.loc[unvalued, s.CUSTOMER_ID].iloc[0]!r}); rerun `dvc repro` so both stages see the same data"
-        )
     value_cols = [s.CUSTOMER_ID, s.CLV, s.CLV_P05, s.CLV_P95, s.VALUE_TIER, s.P_ALIVE]
     if s.CLV_NET in value:
         value_cols.append(s.CLV_NET)
-    frame = (
-        churn[[s.CUSTOMER_ID, s.P_CHURN, *s.REASONS]]
-        .merge(value[value_cols], on=s.CUSTOMER_ID, how="left", validate="one_to_one")
-        .merge(snapshot.drop(columns=[s.CUTOFF]), on=s.CUSTOMER_ID, how="left", validate="one_to_one")
-        .merge(revenue, on=s.CUSTOMER_ID, how="left", validate="one_to_one")
-    )
-    frame[s.REVENUE_LAST_HORIZON] = frame[s.REVENUE_LAST_HORIZON].fillna(0.0)
+    frame = churn[[s.CUSTOMER_ID, s.P_CHURN, *s.REASONS]].reset_index(drop=True)
+    in_value, in_snapshot, in_revenue = rows_of(frame[s.CUSTOMER_ID], [value, snapshot, revenue])
+    for missing, what in [(in_value < 0, "CLV"), (in_snapshot < 0, "scoring features row")]:
+        if missing.any():
+            raise InputError(
+                f"score: {int(missing.sum())} customers of the churn population have no {what} (e.g. "
+                f"{frame[s.CUSTOMER_ID].iloc[int(np.argmax(missing))]!r}); rerun `dvc repro` so every stage sees "
+                "the same data"
+            )
+    for column in value_cols[1:]:
+        frame[column] = value[column].array.take(in_value)
+    for column in snapshot.columns.difference([s.CUSTOMER_ID, s.CUTOFF], sort=False):
+        frame[column] = snapshot[column].array.take(in_snapshot)
+    spent = in_revenue >= 0  # no transaction in the last horizon: no revenue
+    frame[s.REVENUE_LAST_HORIZON] = 0.0
+    frame.loc[spent, s.REVENUE_LAST_HORIZON] = revenue[s.REVENUE_LAST_HORIZON].to_numpy(np.float64)[in_revenue[spent]]
     days_since = frame[s.DAYS_SINCE_LAST_PURCHASE].astype("int64")
     frame[s.LAST_PURCHASE_DATE] = cutoff - pd.to_timedelta(days_since, unit="D")
     # The last horizon is the `horizon_days` ending at the cutoff: customers who had bought before it started
@@ -119,9 +142,7 @@ def build_scores(
     frame[s.AS_OF] = cutoff + pd.Timedelta(days=1)
     t = cfg.risk_tier_thresholds
     frame = seg.assign(frame, grid(cfg), high=t.high, medium=t.medium)
-    frame = frame.sort_values(
-        [s.VALUE_AT_RISK, s.P_CHURN, s.CUSTOMER_ID], ascending=[False, False, True], ignore_index=True
-    )
+    frame = seg.list_order(frame)
     return frame[list(s.scores_schema(s.CLV_NET in frame).columns)]
 
 
