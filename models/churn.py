@@ -476,12 +476,15 @@ def top_reasons(
     return pd.DataFrame(out, index=contributions.index)
 
 
-def score_customers(model: ChurnModel, frame: pd.DataFrame, medians: Mapping[str, float]) -> pd.DataFrame:
+def score_customers(
+    model: ChurnModel, frame: pd.DataFrame, medians: Mapping[str, float], *, explain: bool = True
+) -> pd.DataFrame:
     """``customer_id``, ``cutoff``, ``p_churn``, ``p_churn_raw`` and the reasons for each row of ``frame``.
 
     ``frame`` holds the model's feature columns and the two ids. Every value depends on its own row only (the
     ``medians`` the reasons compare with are computed once over all scored customers), so any slice of the
-    customers, such as a Spark partition, gets the values it would get in one piece.
+    customers, such as a Spark partition, gets the values it would get in one piece. With ``explain=False`` the
+    reasons are left empty (None): TreeSHAP is nearly all of the cost of scoring.
     """
     X = frame[model.features_]
     raw = model.raw_probability(X)
@@ -493,5 +496,7 @@ def score_customers(model: ChurnModel, frame: pd.DataFrame, medians: Mapping[str
             s.P_CHURN_RAW: raw,
         }
     )
+    if not explain:
+        return out.assign(**{name: pd.Series([None] * len(out), dtype=object) for name in s.REASONS})
     reasons = top_reasons(model.contributions(X), X, medians).reset_index(drop=True)
     return pd.concat([out, reasons], axis=1)

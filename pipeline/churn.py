@@ -36,6 +36,7 @@ from features.errors import InputError
 from features.sampling import cutoff_seed
 from models import churn as cm
 from models import clv, gate, monitoring
+from models import segments as seg
 from models.evaluation import calibration_table, churn_metrics, lift_table, pr_points, roc_points, round_metrics
 from pipeline import cli, plots, spark, tracking
 from pipeline.config import AttributeTable, BaseConfig, ChurnConfig, FeaturesConfig, ingest_source, load_params, section
@@ -355,6 +356,53 @@ def serving(
     return Serving(name, decision, chosen, {"source": "champion", "version": current.version}, tags)
 
 
+# --- scoring and reasons -----------------------------------------------------------------------------------------
+
+
+def score_and_explain(
+    base: BaseConfig, frame: pd.DataFrame, model: cm.ChurnModel, medians: dict[str, float], *, explain: bool
+) -> pd.DataFrame:
+    """``models.churn.score_customers`` over ``frame``: on Spark's executors, or here in chunks."""
+    if base.engine == "spark":  # TreeSHAP reasons are most of the time: spread them over the executors
+        return spark.score_churn(base.spark, frame, model, medians, explain=explain)
+    what = "scored and explained" if explain else "scored"
+    with Progress(f"churn: customers {what}", total=len(frame), unit="rows") as shown:
+        chunks = (frame.iloc[i : i + SCORE_CHUNK_ROWS] for i in range(0, len(frame), SCORE_CHUNK_ROWS))
+        parts = [cm.score_customers(model, chunk, medians, explain=explain) for chunk in shown.each(chunks, len)]
+    return pd.concat(parts, ignore_index=True)
+
+
+def read_value(path: Path | None, scoring: pd.Timestamp) -> pd.DataFrame:
+    """``customer_id`` and ``clv`` of the clv stage's table, which must be as of the same scoring cutoff."""
+    if path is None or not path.is_file():
+        raise InputError(
+            f"{path}: file not found; the clv stage's table ranks the customers who get reasons "
+            "(churn.max_explained_customers); run the clv stage first (`dvc repro`)"
+        )
+    table = pq.read_table(path, columns=[s.CUSTOMER_ID, s.CUTOFF, s.CLV]).to_pandas()
+    seen = sorted(pd.to_datetime(table[s.CUTOFF]).dt.date.unique())
+    if seen != [scoring.date()]:
+        raise InputError(
+            f"{path}: scored as of {', '.join(map(str, seen))}, not this run's scoring cutoff {scoring.date()}; "
+            "rerun `dvc repro`"
+        )
+    return table[[s.CUSTOMER_ID, s.CLV]]
+
+
+def first_on_the_list(scored: pd.DataFrame, value: pd.DataFrame, n: int) -> pd.Series:
+    """The ids of the ``n`` customers the weekly list puts first: highest value at risk (p_churn x CLV), then
+    highest p_churn, then id, the order of the score stage (``models.segments.list_order``)."""
+    frame = scored[[s.CUSTOMER_ID, s.P_CHURN]].merge(value, on=s.CUSTOMER_ID, how="left", validate="one_to_one")
+    unvalued = frame[s.CLV].isna()
+    if unvalued.any():
+        raise InputError(
+            f"churn: {int(unvalued.sum())} scored customers have no CLV (e.g. "
+            f"{frame.loc[unvalued, s.CUSTOMER_ID].iloc[0]!r}); rerun `dvc repro` so both stages see the same data"
+        )
+    frame[s.VALUE_AT_RISK] = frame[s.P_CHURN].to_numpy(np.float64) * frame[s.CLV].to_numpy(np.float64)
+    return seg.list_order(frame)[s.CUSTOMER_ID].iloc[:n]
+
+
 # --- the stage ----------------------------------------------------------------------------------------------------
 
 
@@ -400,9 +448,14 @@ def run(
     out: Outputs,
     *,
     source: str,
+    value: Path | None = None,
     track: bool = True,
 ) -> dict[str, Any]:
-    """Train, evaluate, score and explain; write every output. Returns the metrics."""
+    """Train, evaluate, score and explain; write every output. Returns the metrics.
+
+    ``value`` is the clv stage's table: it is read only when there are more customers to score than
+    ``churn.max_explained_customers``, to choose who gets reasons.
+    """
     check_features(features, fcfg)
     labelled, scoring_cutoffs = read_cutoffs(features)
     split = cm.split_cutoffs(labelled, fcfg.horizon_days)
@@ -469,14 +522,16 @@ def run(
         serve = Serving(name, None, model, {"source": "this run", "version": None}, {})
     scorer = serve.model
     medians = score[X_cols].median(numeric_only=True).to_dict()
-    needed = [s.CUSTOMER_ID, s.CUTOFF, *scorer.features_]
-    if base.engine == "spark":  # TreeSHAP reasons are most of the stage's time: spread them over the executors
-        scored = spark.score_churn(base.spark, score[needed], scorer, medians)
-    else:
-        with Progress("churn: customers scored and explained", total=len(score), unit="rows") as shown:
-            chunks = (score.iloc[i : i + SCORE_CHUNK_ROWS][needed] for i in range(0, len(score), SCORE_CHUNK_ROWS))
-            parts = [cm.score_customers(scorer, chunk, medians) for chunk in shown.each(chunks, len)]
-        scored = pd.concat(parts, ignore_index=True)
+    needed = score[[s.CUSTOMER_ID, s.CUTOFF, *scorer.features_]]
+    explain_all = len(score) <= cfg.max_explained_customers
+    scored = score_and_explain(base, needed, scorer, medians, explain=explain_all)
+    if not explain_all:
+        first = first_on_the_list(scored, read_value(value, scoring), cfg.max_explained_customers)
+        log.info("reasons for the first %d customers of the list by value at risk (of %d)", len(first), len(scored))
+        explained = score_and_explain(base, needed[needed[s.CUSTOMER_ID].isin(first)], scorer, medians, explain=True)
+        scored = scored.drop(columns=list(s.REASONS)).merge(
+            explained[[s.CUSTOMER_ID, *s.REASONS]], on=s.CUSTOMER_ID, how="left", validate="one_to_one"
+        )
     scored = scored.sort_values([s.P_CHURN, s.CUSTOMER_ID], ascending=[False, True], ignore_index=True)
     write_table(scored, out.churn, s.churn_schema())
     # the drift table pairs p_churn with the scoring rows in their order
@@ -537,6 +592,7 @@ def run(
         "scoring": {
             "cutoff": str(scoring.date()),
             "customers": len(scored),
+            "customers_explained": len(scored) if explain_all else len(explained),
             "p_churn_mean": float(p_churn.mean()),
             "expected_churners": float(p_churn.sum()),
             "customers_at_p_churn_0_5_or_more": int((p_churn >= 0.5).sum()),
@@ -692,6 +748,7 @@ def main(argv: Sequence[str]) -> None:
     p.add_argument("--metrics", required=True, type=Path)
     p.add_argument("--plots", required=True, type=Path)
     p.add_argument("--drift", required=True, type=Path)
+    p.add_argument("--clv", required=True, type=Path, help="the clv stage's table: who gets reasons, past the cap")
     args = p.parse_args(argv)
     params = load_params(args.params)
     run(
@@ -701,6 +758,7 @@ def main(argv: Sequence[str]) -> None:
         args.features,
         Outputs(churn=args.churn, artifacts=args.artifacts, metrics=args.metrics, plots=args.plots, drift=args.drift),
         source=ingest_source(params),
+        value=args.clv,
     )
 
 

@@ -330,6 +330,7 @@ class ChurnConfig:
     importance_rows: int
     max_training_rows: int
     max_validation_rows: int
+    max_explained_customers: int
     registry: RegistryConfig
 
     def __post_init__(self) -> None:
@@ -340,6 +341,8 @@ class ChurnConfig:
             raise ConfigError(f"churn.max_training_rows must be >= 1000, got {self.max_training_rows}")
         if self.max_validation_rows < 1000:
             raise ConfigError(f"churn.max_validation_rows must be >= 1000, got {self.max_validation_rows}")
+        if self.max_explained_customers < 1:
+            raise ConfigError(f"churn.max_explained_customers must be >= 1, got {self.max_explained_customers}")
         if self.importance_rows < 100:
             raise ConfigError(f"churn.importance_rows must be >= 100, got {self.importance_rows}")
         if self.population_lookback_days < 1:

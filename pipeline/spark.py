@@ -38,7 +38,7 @@ def partitions_for(spark: Any, rows: int, rows_per_partition: int = 200_000) -> 
 
 
 def score_churn(
-    cfg: SparkConfig, frame: pd.DataFrame, model: cm.ChurnModel, medians: Mapping[str, float]
+    cfg: SparkConfig, frame: pd.DataFrame, model: cm.ChurnModel, medians: Mapping[str, float], *, explain: bool
 ) -> pd.DataFrame:
     """``models.churn.score_customers`` over ``frame``'s rows on the executors; rows come back in any order."""
     spark = spark_session(cfg)
@@ -48,7 +48,7 @@ def score_churn(
         scorer, reference = payload.value
         for batch in batches:
             if len(batch):
-                yield cm.score_customers(scorer, batch, reference)
+                yield cm.score_customers(scorer, batch, reference, explain=explain)
 
     n = partitions_for(spark, len(frame))
     log.info("scoring %d customers on %d Spark partitions", len(frame), n)

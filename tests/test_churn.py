@@ -266,6 +266,26 @@ def test_contributions_add_up_and_reasons_point_up(sample: dict[str, Any]) -> No
         cm.ChurnModel(model.settings).predict_proba(X)
 
 
+def test_scoring_without_reasons_changes_nothing_else(sample: dict[str, Any]) -> None:
+    model, X = _fit(sample, seed=3)
+    frame = X.head(500).assign(
+        **{s.CUSTOMER_ID: [f"{i:05d}" for i in range(500)], s.CUTOFF: pd.Timestamp("1998-01-01")}
+    )
+    medians = X.median().to_dict()
+    full = cm.score_customers(model, frame, medians)
+    bare = cm.score_customers(model, frame, medians, explain=False)
+    assert list(bare.columns) == list(full.columns) and bare[list(s.REASONS)].isna().all().all()
+    pd.testing.assert_frame_equal(bare.drop(columns=list(s.REASONS)), full.drop(columns=list(s.REASONS)))
+    assert full["reason_1"].notna().sum() > 400
+    # the customers who get reasons past the cap: the head of the weekly list, by p_churn x CLV
+    value = pd.DataFrame({s.CUSTOMER_ID: frame[s.CUSTOMER_ID], s.CLV: np.linspace(500.0, 1.0, 500)})
+    first = stage.first_on_the_list(full, value, 50)
+    vr = full[s.P_CHURN].to_numpy() * value[s.CLV].to_numpy()
+    assert set(first) == set(frame[s.CUSTOMER_ID].iloc[np.argsort(-vr)[:50]])
+    with pytest.raises(InputError, match="scored customers have no CLV"):
+        stage.first_on_the_list(full, value.iloc[1:], 50)
+
+
 def test_training_rows_are_capped_per_cutoff_and_the_file_reads_like_the_table(sample: dict[str, Any]) -> None:
     split, base = sample["split"], sample["base"]
     features = sample["tx"].parent / "f.parquet"

@@ -28,6 +28,7 @@ def test_stages_in_dag_order(tmp_path: Path, params: dict[str, Any], monkeypatch
     params["ingest"]["source"] = "cdnow_sample"
     params["clv"]["bootstrap_samples"] = 10
     params["clv"]["acquisition_cost"] = 5.0
+    params["churn"]["max_explained_customers"] = 1000  # of 2,357: the rest get p_churn without reasons
     # a generated survey: NPS answers from 40% of customers, dated through the whole log
     survey = _survey(tmp_path / "survey.csv")
     params["churn"]["attributes"] = [
@@ -179,6 +180,8 @@ def _check_churn(d: Path, params_file: Path, params: dict[str, Any], training: p
             f"{d}/plots/churn",
             "--drift",
             f"{d}/drift.parquet",
+            "--clv",
+            f"{d}/clv.parquet",
         ]
     )
     m = json.loads((d / "churn.json").read_text())
@@ -196,7 +199,7 @@ def _check_churn(d: Path, params_file: Path, params: dict[str, Any], training: p
     assert {"survey_nps_latest", "survey_nps_count", "btyd_p_no_purchase"} <= set(card["features"])
     scored = pd.read_parquet(d / "churn.parquet")
     assert len(scored) == 2357 and scored[s.P_CHURN].is_monotonic_decreasing
-    assert scored.head(100)["reason_1"].notna().all()
+    assert m["scoring"]["customers_explained"] == 1000 and scored["reason_1"].notna().sum() > 900
     for name in ("roc", "pr", "calibration", "lift"):
         assert len(pd.read_csv(d / f"plots/churn/{name}.csv")) > 5
         assert (d / f"artifacts/churn/plots/{name}.png").stat().st_size > 10_000
@@ -254,6 +257,9 @@ def _check_score_and_report(d: Path, params_file: Path, params: dict[str, Any], 
     scores = pd.read_parquet(d / "scores.parquet")
     assert len(scores) == len(churn) and set(scores[s.CUSTOMER_ID]) == set(churn[s.CUSTOMER_ID])
     assert scores[s.VALUE_AT_RISK].is_monotonic_decreasing
+    # the reasons went to the first 1,000 of the list: its head is explained, the rest is not
+    explained = scores[list(s.REASONS)].notna().any(axis=1)
+    assert explained.iloc[:100].all() and not explained.iloc[1000:].any()
     np.testing.assert_allclose(scores[s.VALUE_AT_RISK], scores[s.P_CHURN] * scores[s.CLV], rtol=1e-12)
     assert (scores[s.CLV_NET] == scores[s.CLV] - 5.0).all()
     assert str(scores[s.AS_OF].iloc[0].date()) == "1998-07-01"
