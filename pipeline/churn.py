@@ -374,7 +374,12 @@ def score_and_explain(
 
 def read_value(path: Path | None, scoring: pd.Timestamp) -> pd.DataFrame:
     """``customer_id`` and ``clv`` of the clv stage's table, which must be as of the same scoring cutoff."""
-    if path is None or not path.is_file():
+    if path is None:
+        raise InputError(
+            "churn: more customers to score than churn.max_explained_customers, and no --clv table to choose who "
+            "gets reasons; pass the clv stage's table (dvc.yaml does)"
+        )
+    if not path.is_file():
         raise InputError(
             f"{path}: file not found; the clv stage's table ranks the customers who get reasons "
             "(churn.max_explained_customers); run the clv stage first (`dvc repro`)"
@@ -748,7 +753,9 @@ def main(argv: Sequence[str]) -> None:
     p.add_argument("--metrics", required=True, type=Path)
     p.add_argument("--plots", required=True, type=Path)
     p.add_argument("--drift", required=True, type=Path)
-    p.add_argument("--clv", required=True, type=Path, help="the clv stage's table: who gets reasons, past the cap")
+    p.add_argument(
+        "--clv", type=Path, help="the clv stage's table: who gets reasons past churn.max_explained_customers"
+    )
     args = p.parse_args(argv)
     params = load_params(args.params)
     run(
