@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,10 @@ def spark_session(cfg: SparkConfig) -> Any:
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "true" if progress.enabled() else "false")
     )
+    if master.startswith("local"):
+        # local workers run this interpreter (the one with the project installed), not whatever `python3` is first
+        # on PATH; PySpark reads only the variable. A cluster's executors bring their own (set PYSPARK_PYTHON).
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     try:
         spark = builder.getOrCreate()
     except Exception as exc:  # py4j/JVM start-up failures carry pages of Java text
