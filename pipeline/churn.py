@@ -362,9 +362,11 @@ def serving(
 def score_and_explain(
     base: BaseConfig, frame: pd.DataFrame, model: cm.ChurnModel, medians: dict[str, float], *, explain: bool
 ) -> pd.DataFrame:
-    """``models.churn.score_customers`` over ``frame``: on Spark's executors, or here in chunks."""
+    """``models.churn.score_customers`` over ``frame`` (the ids and at least the model's features): on Spark's
+    executors, or here in chunks, so that only a chunk's feature matrix is copied at a time."""
     if base.engine == "spark":  # TreeSHAP reasons are most of the time: spread them over the executors
-        return spark.score_churn(base.spark, frame, model, medians, explain=explain)
+        needed = frame[[s.CUSTOMER_ID, s.CUTOFF, *model.features_]]
+        return spark.score_churn(base.spark, needed, model, medians, explain=explain)
     what = "scored and explained" if explain else "scored"
     with Progress(f"churn: customers {what}", total=len(frame), unit="rows") as shown:
         chunks = (frame.iloc[i : i + SCORE_CHUNK_ROWS] for i in range(0, len(frame), SCORE_CHUNK_ROWS))
@@ -482,6 +484,7 @@ def run(
     is_valid = (table[s.CUTOFF] == split.validation).to_numpy()
     is_score = (table[s.CUTOFF] == scoring).to_numpy()
     train, valid, score = table[is_train], table[is_valid], table[is_score].reset_index(drop=True)
+    del table  # the parts are copies: at 10M customers the whole table would be 3 GB more held to the end
     if train.empty or valid.empty:
         raise InputError(
             f"churn: no customers in the population at the {'training' if train.empty else 'validation'} cutoffs; "
@@ -527,13 +530,12 @@ def run(
         serve = Serving(name, None, model, {"source": "this run", "version": None}, {})
     scorer = serve.model
     medians = score[X_cols].median(numeric_only=True).to_dict()
-    needed = score[[s.CUSTOMER_ID, s.CUTOFF, *scorer.features_]]
     explain_all = len(score) <= cfg.max_explained_customers
-    scored = score_and_explain(base, needed, scorer, medians, explain=explain_all)
+    scored = score_and_explain(base, score, scorer, medians, explain=explain_all)
     if not explain_all:
         first = first_on_the_list(scored, read_value(value, scoring), cfg.max_explained_customers)
         log.info("reasons for the first %d customers of the list by value at risk (of %d)", len(first), len(scored))
-        explained = score_and_explain(base, needed[needed[s.CUSTOMER_ID].isin(first)], scorer, medians, explain=True)
+        explained = score_and_explain(base, score[score[s.CUSTOMER_ID].isin(first)], scorer, medians, explain=True)
         scored = scored.drop(columns=list(s.REASONS)).merge(
             explained[[s.CUSTOMER_ID, *s.REASONS]], on=s.CUSTOMER_ID, how="left", validate="one_to_one"
         )
@@ -546,7 +548,7 @@ def run(
         .to_numpy(np.float64)
     )
     reference_cutoff = split.training[-1]
-    drift = drift_frame(scorer, table[table[s.CUTOFF] == reference_cutoff], score, X_cols, p_churn, cfg.drift_bins)
+    drift = drift_frame(scorer, train[train[s.CUTOFF] == reference_cutoff], score, X_cols, p_churn, cfg.drift_bins)
     drift["reference_cutoff"] = reference_cutoff
     drift["scoring_cutoff"] = scoring
     write_table(drift, out.drift, s.drift_schema())

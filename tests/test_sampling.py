@@ -14,9 +14,10 @@ import pyarrow as pa
 
 from features import schemas as s
 from features.sampling import sample_customers
+from pipeline import clv as clv_stage
 from pipeline import features as features_stage
 from pipeline import ingest
-from pipeline.config import BaseConfig, FeaturesConfig, IngestConfig, section
+from pipeline.config import BaseConfig, ClvConfig, FeaturesConfig, IngestConfig, section
 
 IDS = pa.array([f"c{i:03d}" for i in range(200)])
 FIRST = np.array([np.datetime64("2020-01-01") + np.timedelta64(i, "D") for i in range(200)])
@@ -76,3 +77,18 @@ def test_features_stage_draws_before_featurising(tmp_path: Path, params: dict[st
     assert by_cutoff.nunique() == 14
     again, _ = _features(tmp_path, params, 1000)
     pd.testing.assert_frame_equal(again, drawn)
+
+    # the clv stage calibrates on the draw: its holdout and its cumulative-purchases plot are the drawn customers'
+    params["clv"]["bootstrap_samples"] = 5
+    cfg = dataclasses.replace(section(params, "features", FeaturesConfig), max_customers_per_training_cutoff=1000)
+    out = clv_stage.Outputs(tmp_path / "clv.parquet", tmp_path / "art", tmp_path / "clv.json", tmp_path / "plots")
+    clv_stage.run(
+        section(params, "base", BaseConfig), cfg, section(params, "clv", ClvConfig), tmp_path / "tx.parquet",
+        tmp_path / "run1" / "f.parquet", out, source="cdnow_sample", track=False,
+    )  # fmt: skip
+    calibration = drawn[drawn[s.CUTOFF] == pd.Timestamp(params["clv"]["calibration_cutoff"])]
+    holdout = json.loads(out.metrics.read_text())["model"]["purchases_actual"]
+    cumulative = pd.read_csv(out.plots / "cumulative.csv")
+    assert holdout == cumulative["actual"].iloc[-1] == calibration[s.FUTURE_PURCHASES].sum()
+    assert holdout < whole.loc[whole[s.CUTOFF] == calibration[s.CUTOFF].iloc[0], s.FUTURE_PURCHASES].sum()
+    assert len(pd.read_parquet(out.clv)) == 2357  # scored from the transactions: every customer
