@@ -14,10 +14,14 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
+# Tells this draw's random stream apart from the churn stage's row cap at the same cutoff (cutoff_seed without one).
+FEATURES_DRAW = 1
 
-def cutoff_seed(seed: int, cutoff: dt.date) -> tuple[int, int]:
-    """The random stream of one cutoff's draw: the run's seed and the date, so each cutoff draws independently."""
-    return (seed, int(cutoff.strftime("%Y%m%d")))
+
+def cutoff_seed(seed: int, cutoff: dt.date, *purpose: int) -> tuple[int, ...]:
+    """The random stream of one cutoff's draw: the run's seed, the date (each cutoff draws independently) and what
+    the draw is for (two draws at one cutoff get independent streams)."""
+    return (seed, int(cutoff.strftime("%Y%m%d")), *purpose)
 
 
 def sample_customers(
@@ -39,6 +43,6 @@ def sample_customers(
     eligible = np.flatnonzero(first_days <= np.datetime64(cutoff, "D"))
     if len(eligible) <= max_customers:
         return None, len(eligible)
-    rng = np.random.default_rng(cutoff_seed(seed, cutoff))
+    rng = np.random.default_rng(cutoff_seed(seed, cutoff, FEATURES_DRAW))
     kept = np.sort(rng.choice(eligible, size=max_customers, replace=False))
     return customer_ids.take(pa.array(kept)), len(eligible)

@@ -27,6 +27,8 @@ from typing import Any
 import joblib
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features import attributes as attr
@@ -386,8 +388,15 @@ def read_value(path: Path | None, scoring: pd.Timestamp) -> pd.DataFrame:
             f"{path}: file not found; the clv stage's table ranks the customers who get reasons "
             "(churn.max_explained_customers); run the clv stage first (`dvc repro`)"
         )
-    table = pq.read_table(path, columns=[s.CUSTOMER_ID, s.CUTOFF, s.CLV]).to_pandas()
-    seen = sorted(pd.to_datetime(table[s.CUTOFF]).dt.date.unique())
+    try:
+        arrow = pq.read_table(path, columns=[s.CUSTOMER_ID, s.CUTOFF, s.CLV])
+    except (OSError, KeyError, pa.ArrowInvalid) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{path}: not the clv stage's table ({first}); rerun `dvc repro`") from exc
+    if pc.count_distinct(arrow[s.CUSTOMER_ID]).as_py() != arrow.num_rows:
+        raise InputError(f"{path}: more than one row for a customer; rerun `dvc repro`")
+    table = arrow.to_pandas()
+    seen = sorted({pd.Timestamp(v).date() for v in pd.unique(table[s.CUTOFF])})
     if seen != [scoring.date()]:
         raise InputError(
             f"{path}: scored as of {', '.join(map(str, seen))}, not this run's scoring cutoff {scoring.date()}; "
@@ -400,7 +409,7 @@ def first_on_the_list(scored: pd.DataFrame, value: pd.DataFrame, n: int) -> pd.S
     """The ids of the ``n`` customers the weekly list puts first: highest value at risk (p_churn x CLV), then
     highest p_churn, then id, the order of the score stage (``models.segments.list_order``)."""
     frame = scored[[s.CUSTOMER_ID, s.P_CHURN]].merge(value, on=s.CUSTOMER_ID, how="left", validate="one_to_one")
-    unvalued = frame[s.CLV].isna()
+    unvalued = frame[s.CLV].isna()  # absent from the clv table (it has no missing CLV: its schema says so)
     if unvalued.any():
         raise InputError(
             f"churn: {int(unvalued.sum())} scored customers have no CLV (e.g. "

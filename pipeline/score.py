@@ -93,12 +93,17 @@ def rows_of(keys: pd.Series, frames: Sequence[pd.DataFrame]) -> list[npt.NDArray
     """
     ids = [keys, *(f[s.CUSTOMER_ID] for f in frames)]
     codes, uniques = pd.factorize(pd.concat(ids, ignore_index=True))
+    if (codes < 0).any():
+        raise InputError("score: a customer_id is missing in an input; rerun `dvc repro`")
     bounds = np.cumsum([0, *map(len, ids)])
     key_codes = codes[: bounds[1]]
     out = []
     for k, f in enumerate(frames, start=1):
+        own = codes[bounds[k] : bounds[k + 1]]
+        if len(own) and np.bincount(own, minlength=len(uniques)).max() > 1:
+            raise InputError("score: an input has more than one row for a customer; rerun `dvc repro`")
         where = np.full(len(uniques), -1, dtype=np.int64)
-        where[codes[bounds[k] : bounds[k + 1]]] = np.arange(len(f))
+        where[own] = np.arange(len(f))
         out.append(where[key_codes])
     return out
 

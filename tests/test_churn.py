@@ -286,6 +286,25 @@ def test_scoring_without_reasons_changes_nothing_else(sample: dict[str, Any]) ->
         stage.first_on_the_list(full, value.iloc[1:], 50)
 
 
+def test_the_clv_table_that_ranks_the_reasons_is_checked(tmp_path: Path) -> None:
+    cutoff = pd.Timestamp("1998-06-30")
+    with pytest.raises(InputError, match="no --clv table"):
+        stage.read_value(None, cutoff)
+    with pytest.raises(InputError, match="file not found"):
+        stage.read_value(tmp_path / "missing.parquet", cutoff)
+    (tmp_path / "junk.parquet").write_text("not parquet")
+    with pytest.raises(InputError, match="not the clv stage's table"):
+        stage.read_value(tmp_path / "junk.parquet", cutoff)
+    table = pd.DataFrame({s.CUSTOMER_ID: ["a", "b", "a"], s.CUTOFF: cutoff, s.CLV: [1.0, 2.0, 3.0]})
+    table.to_parquet(tmp_path / "dup.parquet")
+    with pytest.raises(InputError, match="more than one row for a customer"):
+        stage.read_value(tmp_path / "dup.parquet", cutoff)
+    table.iloc[:2].to_parquet(tmp_path / "old.parquet")
+    with pytest.raises(InputError, match="not this run's scoring cutoff 1998-07-31"):
+        stage.read_value(tmp_path / "old.parquet", pd.Timestamp("1998-07-31"))
+    assert stage.read_value(tmp_path / "old.parquet", cutoff)[s.CLV].tolist() == [1.0, 2.0]
+
+
 def test_training_rows_are_capped_per_cutoff_and_the_file_reads_like_the_table(sample: dict[str, Any]) -> None:
     split, base = sample["split"], sample["base"]
     features = sample["tx"].parent / "f.parquet"

@@ -304,6 +304,29 @@ def test_bootstrap_is_seeded_and_brackets_the_estimate(cdnow: pd.DataFrame, monk
     assert inside > 0.9  # the full-data estimate sits inside almost every customer's band
 
 
+def test_bootstrap_in_worker_processes_matches_one_process_past_the_size_they_start_at() -> None:
+    """Past PARALLEL_MIN_HISTORIES the sums are long enough for BLAS to split them over threads: the refits run
+    single-threaded everywhere, so two worker processes give the very bands one process gives."""
+    rng = np.random.default_rng(3)
+    n = 90_000
+    t = rng.integers(30, 540, n) / 7.0
+    f = rng.poisson(1.5, n).astype(float)
+    r = np.where(f > 0, np.floor(rng.uniform(0, 1, n) * t * 7) / 7.0, 0.0)
+    m = np.where(f > 0, np.round(rng.gamma(6.0, 5.0, n), 2), 0.0)
+    purchases = clv.PurchaseModel("bgnbd", NO_REMEDY).fit(f, r, t)
+    assert purchases.n_histories_ > clv.PARALLEL_MIN_HISTORIES
+    ok = clv.usable_spend(f, m)
+    spend = clv.SpendModel(NO_REMEDY).fit(f[ok], m[ok])
+    kwargs: dict[str, Any] = dict(
+        samples=4, seed=11, months=12, discount_rate_monthly=0.01, units_per_month=4.348, margin_ratio=0.3
+    )
+    one = clv.bootstrap_clv(purchases, spend, f, r, t, m, ok, processes=1, **kwargs)
+    two = clv.bootstrap_clv(purchases, spend, f, r, t, m, ok, processes=2, **kwargs)
+    assert one.failed == two.failed == 0 and one.params == two.params
+    np.testing.assert_array_equal(one.clv_low, two.clv_low)
+    np.testing.assert_array_equal(one.clv_high, two.clv_high)
+
+
 def test_value_tiers_follow_quantiles() -> None:
     tiers = clv.value_tiers(np.arange(100, dtype=float), high=0.8, mid=0.5)
     assert (tiers == "high").sum() == 20 and (tiers == "mid").sum() == 30 and (tiers == "low").sum() == 50

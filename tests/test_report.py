@@ -115,6 +115,18 @@ def _cells(path: Path) -> list[list[str]]:
     return list(csv.reader(io.StringIO(raw.decode("utf-8-sig"), newline="")))
 
 
+HOSTILE = [None, "", "-", "-12.50", "+3", "=SUM(A1)", "@x", "\tpad", "\r1", "-12\n", "éclair", "ok", "1e5"]
+
+
+@pytest.mark.parametrize("dtype", ["str", "string[python]", "string[pyarrow]", object])
+def test_text_cells_are_the_cells_neutralise_gives(dtype: Any) -> None:
+    """Whatever the text column's dtype, each cell is neutralise(value), and a missing one is empty."""
+    values = pd.Series(HOSTILE * 3, dtype=dtype)
+    expected = ["" if v is None else neutralise(v) for v in HOSTILE * 3]
+    assert report.column_text(s.CUSTOMER_ID, values) == expected
+    assert expected[:6] == ["", "", "'-", "-12.50", "+3", "'=SUM(A1)"]
+
+
 def test_weekly_list_has_no_formula_cell(tmp_path: Path, params: dict[str, Any]) -> None:
     folder = write_week(tmp_path, params, dt.date(1998, 3, 2), seed=1)
     assert folder.name == "1998-W10"
