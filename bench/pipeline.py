@@ -56,11 +56,13 @@ PARAMS_AGREEMENT = 1e-3
 # --- child processes --------------------------------------------------------------------------------------------
 
 
-def run_child(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run a command, returning its wall time, its process tree's peak RSS and its last stdout line.
+def run_child(args: list[str], cwd: Path, env: dict[str, str] | None = None, log: Path | None = None) -> dict[str, Any]:
+    """Run a command, returning its wall time, its process tree's peak RSS and its last stdout line; its stderr (the
+    stage's log) is copied to ``log`` when given.
 
-    The child is reaped with ``wait4``, whose ``ru_maxrss`` is the peak of the child and of every descendant it
-    waited for. This process stays small (it never loads the data), so a forked child starts near zero.
+    The child is reaped with ``wait4``, whose ``ru_maxrss`` is the largest peak among the child and the descendants
+    it waited for (not their sum). This process stays small (it never loads the data), so a forked child starts
+    near zero.
     """
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t0 = time.perf_counter()
@@ -71,6 +73,8 @@ def run_child(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> 
         out.seek(0)
         err.seek(0)
         lines, errors = out.read().strip().splitlines(), err.read()
+    if log is not None:
+        log.write_text(errors, encoding="utf-8")
     if code:
         raise SystemExit(f"{' '.join(args[:4])} ... failed (exit {code}):\n{errors[-4000:]}")
     return {
@@ -233,6 +237,8 @@ def main() -> None:
         print(json.dumps(naive_clv_step(args.data)))
         return
 
+    out = args.report or ROOT / "reports" / "bench" / f"{args.customers}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         d = Path(tmp)
         raw = d / "raw_transactions.parquet"
@@ -246,12 +252,14 @@ def main() -> None:
         )
         (d / "params.yaml").write_text(yaml.safe_dump(bench_params(raw)), encoding="utf-8")
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{d}/mlflow.db"}
+        logs = out.parent / f"{out.stem}-logs"  # each stage's log, e.g. the churn stage's scoring time
+        logs.mkdir(parents=True, exist_ok=True)
         project: dict[str, dict[str, float]] = {}
         stages = ("ingest",) if args.skip_pipeline else STAGES
         for name, cmd in stage_commands().items():
             if name not in stages:
                 continue
-            r = run_child(cmd, d, env)
+            r = run_child(cmd, d, env, log=logs / f"{name}.log")
             project[name] = {"wall_s": r["wall_s"], "peak_rss_mb": r["peak_rss_mb"]}
             print(f"  stage {name:<24}{r['wall_s']:>9.1f} s {r['peak_rss_mb']:>9.0f} MB peak")
         if not args.skip_pipeline:
@@ -291,8 +299,6 @@ def main() -> None:
     if naive_fit:
         ref = naive_fit["params"]
         report["params_max_rel_diff"] = max(abs(ours_fit["params"][k] - v) / abs(v) for k, v in ref.items())
-    out = args.report or ROOT / "reports" / "bench" / f"{args.customers}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     show(report, out)
     if report["params_max_rel_diff"] is not None and report["params_max_rel_diff"] > PARAMS_AGREEMENT:

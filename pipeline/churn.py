@@ -20,6 +20,7 @@ import dataclasses
 import datetime as dt
 import logging
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -540,13 +541,26 @@ def run(
     scorer = serve.model
     medians = score[X_cols].median(numeric_only=True).to_dict()
     explain_all = len(score) <= cfg.max_explained_customers
+    started = time.perf_counter()
     scored = score_and_explain(base, score, scorer, medians, explain=explain_all)
+    log.info(
+        "%d customers scored%s in %.1f s",
+        len(scored),
+        " and explained" if explain_all else "",
+        time.perf_counter() - started,
+    )
     if not explain_all:
+        started = time.perf_counter()
         first = first_on_the_list(scored, read_value(value, scoring), cfg.max_explained_customers)
-        log.info("reasons for the first %d customers of the list by value at risk (of %d)", len(first), len(scored))
         explained = score_and_explain(base, score[score[s.CUSTOMER_ID].isin(first)], scorer, medians, explain=True)
         scored = scored.drop(columns=list(s.REASONS)).merge(
             explained[[s.CUSTOMER_ID, *s.REASONS]], on=s.CUSTOMER_ID, how="left", validate="one_to_one"
+        )
+        log.info(
+            "reasons for the first %d customers of the list by value at risk (of %d) in %.1f s",
+            len(first),
+            len(scored),
+            time.perf_counter() - started,
         )
     scored = scored.sort_values([s.P_CHURN, s.CUSTOMER_ID], ascending=[False, True], ignore_index=True)
     write_table(scored, out.churn, s.churn_schema())

@@ -32,3 +32,5 @@ def test_bench_pipeline_report(tmp_path: Path) -> None:
     assert out["params_max_rel_diff"] < 1e-3
     assert abs(out["clv_total"]["project"] / out["clv_total"]["naive"] - 1) < 1e-3
     assert "CLV path:" in done.stdout and "faster than plain lifetimes" in done.stdout
+    # each stage's log is kept beside the report
+    assert "rows in" in (tmp_path / "bench-logs" / "ingest.log").read_text()
