@@ -409,7 +409,9 @@ def read_value(path: Path | None, scoring: pd.Timestamp) -> pd.DataFrame:
 def first_on_the_list(scored: pd.DataFrame, value: pd.DataFrame, n: int) -> pd.Series:
     """The ids of the ``n`` customers the weekly list puts first: highest value at risk (p_churn x CLV), then
     highest p_churn, then id, the order of the score stage (``models.segments.list_order``)."""
-    frame = scored[[s.CUSTOMER_ID, s.P_CHURN]].merge(value, on=s.CUSTOMER_ID, how="left", validate="one_to_one")
+    # one row per customer on both sides (scoring rows by construction, the clv table checked by read_value): the
+    # join is not validated again, which at 10M customers would hash every id a second time
+    frame = scored[[s.CUSTOMER_ID, s.P_CHURN]].merge(value, on=s.CUSTOMER_ID, how="left")
     unvalued = frame[s.CLV].isna()  # absent from the clv table (it has no missing CLV: its schema says so)
     if unvalued.any():
         raise InputError(
@@ -554,8 +556,8 @@ def run(
         first = first_on_the_list(scored, read_value(value, scoring), cfg.max_explained_customers)
         explained = score_and_explain(base, score[score[s.CUSTOMER_ID].isin(first)], scorer, medians, explain=True)
         scored = scored.drop(columns=list(s.REASONS)).merge(
-            explained[[s.CUSTOMER_ID, *s.REASONS]], on=s.CUSTOMER_ID, how="left", validate="one_to_one"
-        )
+            explained[[s.CUSTOMER_ID, *s.REASONS]], on=s.CUSTOMER_ID, how="left"
+        )  # both one row per customer: a subset of the same scoring rows
         log.info(
             "reasons for the first %d customers of the list by value at risk (of %d) in %.1f s",
             len(first),
