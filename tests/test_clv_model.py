@@ -174,12 +174,11 @@ def _no_dropout_log(n: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarra
 
 
 def test_boundary_optimum_is_found_without_a_penalizer() -> None:
-    # lifetimes' own BFGS (autograd gradient) stops with "precision loss" when the optimum is on the boundary (no
-    # visible dropout: a -> 0); with the analytic gradient the same BFGS converges there, to the generating r and
-    # alpha, with no remedy at all.
+    # The optimum is on the boundary (no visible dropout: a -> 0), where a BFGS with a numerically poor gradient
+    # can stop with "precision loss" (lifetimes' own fitter does on some machines and not on others, so that is not
+    # asserted here). With the analytic gradient the first BFGS converges there, to the generating r and alpha, with
+    # no remedy at all; the retry path is the next test's, by a forced failure.
     f, r, t = _no_dropout_log()
-    with pytest.raises(ConvergenceError):
-        BetaGeoFitter().fit(np.asarray(f), np.asarray(r), np.asarray(t))
     model = clv.PurchaseModel("bgnbd", NO_REMEDY).fit(f, r, t)
     assert model.attempts_ == [{"penalizer_coef": 0.0, "variant": "bfgs", "outcome": "converged"}]
     assert model.params_["r"] == pytest.approx(0.7, abs=0.05)
