@@ -11,6 +11,7 @@ import codecs
 import dataclasses
 import datetime as dt
 import difflib
+import math
 import re
 import types
 import typing
@@ -26,6 +27,17 @@ from models.gate import CHURN_GATE_METRICS
 
 class ConfigError(InputError):
     """params.yaml is missing a key, has an unknown one, or holds a value of the wrong type or range."""
+
+
+# The largest whole number a setting may hold: LightGBM's and NumPy's seeds and counts are 32-bit.
+MAX_INT = 2**31 - 1
+# The longest span of days a setting may name (100 years): beyond it, date arithmetic leaves the calendar.
+MAX_DAYS = 36_525
+
+
+def _check_days(key: str, value: int) -> None:
+    if not 1 <= value <= MAX_DAYS:
+        raise ConfigError(f"{key} must be between 1 and {MAX_DAYS:,} days (100 years), got {value:,}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +67,12 @@ class BaseConfig:
     spark: SparkConfig
 
     def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise ConfigError(f"base.seed must be a whole number from 0 to {MAX_INT:,}, got {self.seed}")
+        if not self.mlflow_experiment.strip() or len(self.mlflow_experiment) > 500:
+            raise ConfigError(
+                f"base.mlflow_experiment must be a name of 1 to 500 characters, got {self.mlflow_experiment!r}"
+            )
         if self.duckdb_memory_limit_mb < 256:
             raise ConfigError(f"base.duckdb_memory_limit_mb must be >= 256, got {self.duckdb_memory_limit_mb}")
 
@@ -145,10 +163,14 @@ class CutoffSchedule:
     count: int
 
     def __post_init__(self) -> None:
-        if self.every_days < 1:
-            raise ConfigError(f"features.cutoff_schedule.every_days must be >= 1, got {self.every_days}")
+        _check_days("features.cutoff_schedule.every_days", self.every_days)
         if self.count < 0:
             raise ConfigError(f"features.cutoff_schedule.count must be >= 0, got {self.count}")
+        if self.count * self.every_days > MAX_DAYS:
+            raise ConfigError(
+                f"features.cutoff_schedule: count {self.count:,} x every_days {self.every_days:,} reaches back more "
+                f"than {MAX_DAYS:,} days (100 years); lower the count"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,15 +184,16 @@ class FeaturesConfig:
 
     def __post_init__(self) -> None:
         for key in ("horizon_days", "trend_window_days"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"features.{key} must be >= 1, got {getattr(self, key)}")
+            _check_days(f"features.{key}", getattr(self, key))
         if self.max_customers_per_training_cutoff < 1000:
             raise ConfigError(
                 "features.max_customers_per_training_cutoff must be >= 1000, got "
                 f"{self.max_customers_per_training_cutoff}"
             )
-        if not self.windows_days or min(self.windows_days) < 1 or len(set(self.windows_days)) != len(self.windows_days):
+        if not self.windows_days or len(set(self.windows_days)) != len(self.windows_days):
             raise ConfigError(f"features.windows_days must be distinct whole days >= 1, got {list(self.windows_days)}")
+        for i, days in enumerate(self.windows_days):
+            _check_days(f"features.windows_days[{i}]", days)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,6 +209,8 @@ class ValueTierQuantiles:
                 f"clv.value_tier_quantiles: need 0 < mid < high < 1, got mid={self.mid}, high={self.high}"
             )
 
+
+REGISTERED_NAME = re.compile(r"[^\W_][\w .-]{0,199}")
 
 SelectionMetric = Literal[
     "purchases_abs_pct_error", "purchases_mae", "purchases_rmse", "spend_mae", "spearman", "gini", "top_decile_capture"
@@ -207,8 +232,12 @@ class RegistryConfig:
     score_version: int | None
 
     def check(self, where: str, metrics: tuple[str, ...]) -> None:
-        if not self.model_name.strip():
-            raise ConfigError(f"{where}.model_name must not be empty")
+        if not REGISTERED_NAME.fullmatch(self.model_name):
+            # MLflow refuses '/' and ':' and names that are not their own normalised path ('.', '..x')
+            raise ConfigError(
+                f"{where}.model_name must be letters, digits, '_', '-', '.' or spaces, starting with a letter or "
+                f"digit (at most 200 characters); got {self.model_name!r}"
+            )
         if self.metric not in metrics:
             raise ConfigError(f"{where}.metric must be one of {', '.join(metrics)}; got {self.metric!r}")
         if self.min_improvement < 0:
@@ -237,8 +266,8 @@ class ClvConfig:
         ladder = list(self.penalizer_ladder)
         if not ladder or min(ladder) < 0 or ladder != sorted(set(ladder)):
             raise ConfigError(f"clv.penalizer_ladder must be distinct increasing values >= 0, got {ladder}")
-        if self.clv_horizon_months < 1:
-            raise ConfigError(f"clv.clv_horizon_months must be >= 1, got {self.clv_horizon_months}")
+        if not 1 <= self.clv_horizon_months <= 1200:
+            raise ConfigError(f"clv.clv_horizon_months must be between 1 and 1,200, got {self.clv_horizon_months}")
         if not 0 <= self.discount_rate_monthly < 1:
             raise ConfigError(f"clv.discount_rate_monthly must be in [0, 1), got {self.discount_rate_monthly}")
         if not 0 < self.margin_ratio <= 1:
@@ -301,8 +330,8 @@ class AttributeTable:
         where = f"churn.attributes[{self.name}]"
         if not self.name.isidentifier():
             raise ConfigError(f"{where}.name must be a plain identifier, got {self.name!r}")
-        if self.window_days is not None and self.window_days < 1:
-            raise ConfigError(f"{where}.window_days must be >= 1 or null, got {self.window_days}")
+        if self.window_days is not None:
+            _check_days(f"{where}.window_days", self.window_days)
         if not self.features:
             raise ConfigError(f"{where}.features: list at least one column:aggregate")
         for item in self.features:
@@ -345,8 +374,7 @@ class ChurnConfig:
             raise ConfigError(f"churn.max_explained_customers must be >= 1, got {self.max_explained_customers}")
         if self.importance_rows < 100:
             raise ConfigError(f"churn.importance_rows must be >= 100, got {self.importance_rows}")
-        if self.population_lookback_days < 1:
-            raise ConfigError(f"churn.population_lookback_days must be >= 1, got {self.population_lookback_days}")
+        _check_days("churn.population_lookback_days", self.population_lookback_days)
         if self.campaign_list_size < 1:
             raise ConfigError(f"churn.campaign_list_size must be >= 1, got {self.campaign_list_size}")
         ladder = list(self.penalizer_ladder)
@@ -499,18 +527,63 @@ SECTIONS: dict[str, type] = {
 C = TypeVar("C")
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error instead of the last one winning."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise ConfigError(
+                    f"params: key {key!r} is given twice in one mapping (lines {seen[key].start_mark.line + 1} and "
+                    f"{key_node.start_mark.line + 1}); YAML would silently keep the last one: delete one of them"
+                )
+            if isinstance(key, typing.Hashable):
+                seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_params(text: str, where: str) -> dict[str, Any]:
+    """params.yaml's text as a mapping of known sections: a duplicate key or an unknown section is an error.
+
+    A misspelt section (``scroe:``) would otherwise be ignored, and the pipeline would run without the setting the
+    user wrote there (say ``pseudonymise_ids: true``).
+    """
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: builds no objects
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {str(exc).removeprefix('params: ')}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of sections at the top level")
+    unknown = [k for k in data if k not in SECTIONS]
+    if unknown:
+        name = str(unknown[0])
+        close = difflib.get_close_matches(name, list(SECTIONS), n=1)
+        raise ConfigError(
+            f"{where}: unknown section {name!r}"
+            + (f" (did you mean {close[0]!r}?)" if close else "")
+            + f"; the sections are {', '.join(SECTIONS)}"
+        )
+    return data
+
+
 def load_params(path: str | Path) -> dict[str, Any]:
-    """Read params.yaml as a mapping, with a one-line error when it is missing or not a mapping."""
+    """Read params.yaml as a mapping, with a one-line error when it is missing, unreadable or not a mapping."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a directory, not a params file; pass --params <file>")
     if not p.is_file():
         raise ConfigError(f"{p}: params file not found; run from the project root or pass --params")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a mapping of sections at the top level")
-    return data
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot be read ({exc.strerror or exc}); check its permissions") from exc
+    return parse_params(text, str(p))
 
 
 def section(params: dict[str, Any], name: str, cls: type[C]) -> C:
@@ -573,10 +646,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected a whole number, got {value!r}")
+        if abs(value) > MAX_INT:  # beyond what LightGBM, NumPy seeds and date arithmetic take
+            raise ConfigError(f"{key}: {value} is out of range (at most {MAX_INT:,} in size)")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # .nan passes every range check written as a comparison
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

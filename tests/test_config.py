@@ -8,10 +8,14 @@ import pytest
 
 from pipeline.config import (
     BaseConfig,
+    ChurnConfig,
+    ClvConfig,
     ConfigError,
     FeaturesConfig,
     IngestConfig,
+    ScoreConfig,
     load_params,
+    parse_params,
     scoring_as_of,
     section,
     set_scoring_as_of,
@@ -54,7 +58,10 @@ def test_nested_missing_key_is_named(params: dict[str, Any]) -> None:
         ("horizon_days", "90", r"features\.horizon_days: expected a whole number, got '90'"),
         ("horizon_days", 1.5, r"features\.horizon_days: expected a whole number, got 1\.5"),
         ("horizon_days", True, r"features\.horizon_days: expected a whole number"),
-        ("horizon_days", 0, r"features\.horizon_days must be >= 1, got 0"),
+        ("horizon_days", 0, r"features\.horizon_days must be between 1 and 36,525 days \(100 years\), got 0"),
+        ("horizon_days", 10**12, r"features\.horizon_days: 1000000000000 is out of range \(at most 2,147,483,647"),
+        ("horizon_days", 50_000, r"features\.horizon_days must be between 1 and 36,525 days"),
+        ("windows_days", [30, 10**6], r"features\.windows_days\[1\] must be between 1 and 36,525 days"),
         ("windows_days", [30, 30], r"features\.windows_days must be distinct"),
         ("windows_days", 30, r"features\.windows_days: expected a list, got 30"),
     ],
@@ -126,3 +133,71 @@ def test_bad_scoring_date_is_named(params: dict[str, Any]) -> None:
     del params["score"]["as_of"]
     with pytest.raises(ConfigError, match=r"score\.as_of is missing"):
         scoring_as_of(params)
+
+
+def test_a_misspelt_section_is_an_error_not_ignored() -> None:
+    text = (ROOT / "params.yaml").read_text(encoding="utf-8") + "scroe:\n  pseudonymise_ids: true\n"
+    expected = r"^p\.yaml: unknown section 'scroe' \(did you mean 'score'\?\); the sections are base, ingest, "
+    with pytest.raises(ConfigError, match=expected):
+        parse_params(text, "p.yaml")
+
+
+def test_a_key_given_twice_is_an_error_not_the_last_one() -> None:
+    text = "base:\n  seed: 1\n  seed: 2\n"
+    with pytest.raises(ConfigError, match=r"^p\.yaml: key 'seed' is given twice in one mapping \(lines 2 and 3\)"):
+        parse_params(text, "p.yaml")
+    nested = "score:\n  segments:\n    high: {}\n    high: {}\n"
+    with pytest.raises(ConfigError, match=r"key 'high' is given twice .*lines 3 and 4"):
+        parse_params(nested, "p.yaml")
+    assert parse_params("base:\n  seed: 1\nscore:\n  seed: 1\n", "p.yaml")  # the same key in two mappings is fine
+
+
+@pytest.mark.parametrize(
+    ("section_name", "cls", "path", "value", "message"),
+    [
+        ("score", ScoreConfig, ("drift_warning_psi",), float("nan"), r"score\.drift_warning_psi: expected a finite"),
+        ("churn", ChurnConfig, ("registry", "min_improvement"), float("nan"), r"churn\.registry\.min_improvement: exp"),
+        ("clv", ClvConfig, ("registry", "min_improvement"), float("inf"), r"clv\.registry\.min_improvement: expected"),
+        ("churn", ChurnConfig, ("lightgbm", "lambda_l2"), float("nan"), r"churn\.lightgbm\.lambda_l2: expected a fin"),
+        ("base", BaseConfig, ("seed",), -1, r"base\.seed must be a whole number from 0 to 2,147,483,647, got -1"),
+        ("base", BaseConfig, ("seed",), 2**32, r"base\.seed: 4294967296 is out of range"),
+        ("base", BaseConfig, ("mlflow_experiment",), " ", r"base\.mlflow_experiment must be a name of 1 to 500"),
+        ("churn", ChurnConfig, ("registry", "model_name"), "team/churn", r"churn\.registry\.model_name must be"),
+        ("clv", ClvConfig, ("registry", "model_name"), "..clv", r"clv\.registry\.model_name must be letters"),
+        ("clv", ClvConfig, ("registry", "model_name"), "a:b", r"clv\.registry\.model_name must be letters"),
+        ("churn", ChurnConfig, ("population_lookback_days",), 10**7, r"churn\.population_lookback_days must be betw"),
+        ("features", FeaturesConfig, ("cutoff_schedule", "count"), 10**6, r"reaches back more than 36,525 days"),
+    ],
+)
+def test_values_no_stage_could_use_are_named(
+    params: dict[str, Any], section_name: str, cls: type, path: tuple[str, ...], value: object, message: str
+) -> None:
+    target = params[section_name]
+    for part in path[:-1]:
+        target = target[part]
+    target[path[-1]] = value
+    with pytest.raises(ConfigError, match=message):
+        section(params, section_name, cls)
+
+
+def test_registered_names_mlflow_takes_pass(params: dict[str, Any]) -> None:
+    params["churn"]["registry"]["model_name"] = "Churn model 2.0_é"
+    assert section(params, "churn", ChurnConfig).registry.model_name == "Churn model 2.0_é"
+
+
+def test_an_unreadable_params_file_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "params.yaml"
+    target.write_text("base: {}\n", encoding="utf-8")
+
+    def denied(self: Path, *args: object, **kwargs: object) -> str:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    with monkeypatch.context() as m:
+        m.setattr(Path, "read_text", denied)
+        with pytest.raises(ConfigError, match=r"params\.yaml: cannot be read \(Permission denied\); check its perm"):
+            load_params(target)
+    with pytest.raises(ConfigError, match=r"is a directory, not a params file"):
+        load_params(tmp_path)
+    target.write_bytes(b"base:\n  mlflow_experiment: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"params\.yaml: not UTF-8 text \(invalid continuation byte at byte 30\)"):
+        load_params(target)
