@@ -123,12 +123,13 @@ def read_attribute_table(spec: AttributeTable) -> tuple[pd.DataFrame, dict[str, 
     where = f"churn.attributes[{spec.name}] {path}"
     if not path.is_file():
         raise InputError(f"{where}: file not found")
-    if path.suffix == ".parquet":
-        raw = pd.read_parquet(path)
-    elif path.name.endswith((".csv", ".csv.gz")):
-        raw = pd.read_csv(path, dtype={spec.customer_id: str})
-    else:
+    if not path.name.endswith((".parquet", ".csv", ".csv.gz")):
         raise InputError(f"{where}: use a .csv, .csv.gz or .parquet file")
+    try:
+        raw = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype={spec.customer_id: str})
+    except (pa.ArrowException, OSError, ValueError, UnicodeDecodeError) as exc:  # pandas' ParserError is a ValueError
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{where}: cannot be read ({first}); check the file, or export it again") from exc
     columns = [c for c, _ in spec.pairs()]
     table, rejected = attr.prepare(
         raw, where=where, customer_id=spec.customer_id, timestamp=spec.timestamp, columns=columns
@@ -774,14 +775,14 @@ def _track(
 
 def main(argv: Sequence[str]) -> None:
     p = cli.parser(__doc__.splitlines()[0])
-    p.add_argument("--features", required=True, type=Path)
-    p.add_argument("--churn", required=True, type=Path)
-    p.add_argument("--artifacts", required=True, type=Path)
-    p.add_argument("--metrics", required=True, type=Path)
-    p.add_argument("--plots", required=True, type=Path)
-    p.add_argument("--drift", required=True, type=Path)
-    p.add_argument(
-        "--clv", type=Path, help="the clv stage's table: who gets reasons past churn.max_explained_customers"
+    cli.input_file(p, "--features")
+    cli.output(p, "--churn")
+    cli.output(p, "--artifacts", directory=True)
+    cli.output(p, "--metrics")
+    cli.output(p, "--plots", directory=True)
+    cli.output(p, "--drift")
+    cli.input_file(
+        p, "--clv", required=False, help="the clv stage's table: who gets reasons past churn.max_explained_customers"
     )
     args = p.parse_args(argv)
     params = load_params(args.params)

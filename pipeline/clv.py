@@ -713,12 +713,12 @@ def _track(
 
 def main(argv: Sequence[str]) -> None:
     p = cli.parser(__doc__.splitlines()[0])
-    p.add_argument("--transactions", required=True, type=Path)
-    p.add_argument("--features", required=True, type=Path)
-    p.add_argument("--clv", required=True, type=Path)
-    p.add_argument("--artifacts", required=True, type=Path)
-    p.add_argument("--metrics", required=True, type=Path)
-    p.add_argument("--plots", required=True, type=Path)
+    cli.input_file(p, "--transactions")
+    cli.input_file(p, "--features")
+    cli.output(p, "--clv")
+    cli.output(p, "--artifacts", directory=True)
+    cli.output(p, "--metrics")
+    cli.output(p, "--plots", directory=True)
     args = p.parse_args(argv)
     params = load_params(args.params)
     run(

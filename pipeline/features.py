@@ -193,9 +193,9 @@ def run(
 
 def main(argv: Sequence[str]) -> None:
     p = cli.parser(__doc__.splitlines()[0])
-    p.add_argument("--transactions", required=True, type=Path)
-    p.add_argument("--features", required=True, type=Path)
-    p.add_argument("--metrics", required=True, type=Path)
+    cli.input_file(p, "--transactions")
+    cli.output(p, "--features")
+    cli.output(p, "--metrics")
     args = p.parse_args(argv)
     params = load_params(args.params)
     run(

@@ -221,9 +221,8 @@ def run(cfg: IngestConfig, transactions: Path, quarantine: Path, metrics: Path) 
 
 def main(argv: Sequence[str]) -> None:
     p = cli.parser(__doc__.splitlines()[0])
-    p.add_argument("--transactions", required=True, type=Path)
-    p.add_argument("--quarantine", required=True, type=Path)
-    p.add_argument("--metrics", required=True, type=Path)
+    for flag in ("--transactions", "--quarantine", "--metrics"):
+        cli.output(p, flag)
     args = p.parse_args(argv)
     params = load_params(args.params)
     run(

@@ -1,19 +1,30 @@
 """Reading and writing the files between stages: schema-checked on the way in and out, written atomically.
 
-A write goes to a temporary file in the destination folder and is renamed over the target only when complete,
-so a stage killed mid-write leaves the previous output intact.
+Two layers keep a stage's previous outputs whole whatever happens to the stage:
+
+* every file is written to a hidden temporary beside its target and renamed over it only when complete
+  (``atomic_path``), so no reader ever sees half a file;
+* a stage run from the command line (``pipeline.cli.run``) writes all its outputs into hidden staging folders
+  beside their final places (``StagedOutputs``) and moves them into place together once it has finished. A stage
+  that fails, or is killed at any moment before that last step, leaves every previous output as it was. dvc.yaml
+  marks the outputs ``persist: true`` so that DVC does not delete them itself before running the stage.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import dataclasses
+import errno
 import glob
 import hashlib
 import json
 import math
 import os
 import re
+import shutil
 import socket
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -54,7 +65,8 @@ def _writer_tag() -> str:
 def remove_stale_temporaries(target: Path) -> list[Path]:
     """Delete temporaries of ``target`` left by killed writers: on this machine, and their process is gone.
 
-    A temporary from another machine sharing the folder is left alone (its pid means nothing here).
+    Temporaries are files (``atomic_path``) or staging folders (``StagedOutputs``). One from another machine
+    sharing the folder is left alone (its pid means nothing here).
     """
     removed = []
     host = _writer_tag().split("@")[1]
@@ -62,11 +74,212 @@ def remove_stale_temporaries(target: Path) -> list[Path]:
         pid, _, tag = tmp.name[len(target.name) + 2 :].split(".", 1)[0].partition("@")
         if tag == host and pid.isdigit() and not _alive(int(pid)):
             try:
-                tmp.unlink()
+                if tmp.is_dir() and not tmp.is_symlink():
+                    shutil.rmtree(tmp)
+                else:
+                    tmp.unlink()
             except OSError:  # already gone, or not ours to delete: the write itself succeeded
                 continue
             removed.append(tmp)
     return removed
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # no glibc, or one older than 2.28
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # a file system without the exchange: rename instead
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Staged:
+    target: Path
+    box: Path  # the hidden staging folder beside the target; the output is written to box / target.name
+    directory: bool
+
+    @property
+    def path(self) -> Path:
+        return self.box / self.target.name
+
+
+class StagedOutputs:
+    """The outputs of one stage run, written under hidden names beside their final places and moved there together.
+
+    ``file(target)`` and ``directory(target)`` return where the stage writes instead: ``<target's folder>/.<name>.
+    <pid>@<host>.<random>.tmp/<name>``, so the output keeps its own name (MLflow artifacts, error messages) and
+    stays on the target's file system (the final move is a rename). ``commit()`` moves every output into place in
+    the order they were declared: a file by one rename, a folder by an atomic exchange with the old one (or, where
+    the file system has none, two renames). ``discard()`` removes them. A writer killed before ``commit`` leaves
+    hidden staging folders, which the next commit of the same targets on this machine removes.
+    """
+
+    def __init__(self) -> None:
+        self._staged: list[_Staged] = []
+        self.inputs: list[Path] = []  # the files the stage reads (``input_file``), for naming a damaged one
+        self._settled = False  # committed or discarded: nothing left to move or remove
+
+    def _box(self, target: Path) -> Path:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        box = Path(tempfile.mkdtemp(prefix=f".{target.name}.{_writer_tag()}.", suffix=".tmp", dir=target.parent))
+        os.chmod(box, 0o777 & ~_umask())
+        return box
+
+    def file(self, target: str | Path) -> Path:
+        staged = _Staged(Path(target), self._box(Path(target)), directory=False)
+        self._staged.append(staged)
+        return staged.path
+
+    def directory(self, target: str | Path, keep_existing: bool = False) -> Path:
+        """A staging folder for the folder ``target``: empty, or with ``keep_existing`` a copy of what it holds now
+        (hard links, so the copy costs no space) for a stage that adds to its folder instead of rewriting it."""
+        staged = _Staged(Path(target), self._box(Path(target)), directory=True)
+        if keep_existing and staged.target.is_dir():
+            shutil.copytree(staged.target, staged.path, copy_function=_link_or_copy, symlinks=True)
+        else:
+            staged.path.mkdir()
+        self._staged.append(staged)
+        return staged.path
+
+    def targets(self) -> list[Path]:
+        return [staged.target for staged in self._staged]
+
+    def final_names(self, text: str) -> str:
+        """``text`` (an error message) with each staged path written as the output it stands for."""
+        for staged in self._staged:
+            text = text.replace(str(staged.path), str(staged.target))
+        return text
+
+    def commit(self) -> None:
+        if self._settled:
+            raise RuntimeError("these outputs were already committed or discarded")
+        for staged in self._staged:
+            if not staged.path.exists():
+                raise InputError(f"{staged.target}: the stage finished without writing it; this is a bug in the stage")
+        for staged in self._staged:
+            if staged.directory and staged.target.is_dir() and not staged.target.is_symlink():
+                if not _exchange(staged.path, staged.target):
+                    # two renames: for a moment the target is missing, never half-written
+                    old = staged.box / f"{staged.target.name}.old"
+                    os.rename(staged.target, old)
+                    os.rename(staged.path, staged.target)
+            else:
+                if staged.target.is_dir() and not staged.target.is_symlink():
+                    shutil.rmtree(staged.target)  # a file output where a folder was: replace it whole
+                os.replace(staged.path, staged.target)
+        self._settled = True
+        for staged in self._staged:
+            shutil.rmtree(staged.box, ignore_errors=True)  # the old folder, after an exchange
+            remove_stale_temporaries(staged.target)
+
+    def discard(self) -> None:
+        if not self._settled:
+            self._settled = True
+            for staged in self._staged:
+                shutil.rmtree(staged.box, ignore_errors=True)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links
+        shutil.copy2(src, dst)
+
+
+_STAGING: list[StagedOutputs] = []  # the stage run in progress in this process (pipeline.cli.run), if any
+
+
+@contextlib.contextmanager
+def staging(staged: StagedOutputs) -> Iterator[StagedOutputs]:
+    """Stage every output declared with ``output_file`` / ``output_directory`` in the block; commit if it succeeds.
+
+    On any error, and on a kill, the previous outputs stay as they were.
+    """
+    _STAGING.append(staged)
+    try:
+        yield staged
+        _STAGING.pop()
+        staged.commit()
+    finally:
+        if _STAGING and _STAGING[-1] is staged:
+            _STAGING.pop()
+        staged.discard()
+
+
+def output_file(target: str) -> Path:
+    """Where a stage writes its output file ``target``: staged inside ``staging()``, else ``target`` itself."""
+    return _STAGING[-1].file(target) if _STAGING else Path(target)
+
+
+def output_directory(target: str, keep_existing: bool = False) -> Path:
+    """Where a stage writes its output folder ``target``: staged inside ``staging()``, else ``target`` itself."""
+    return _STAGING[-1].directory(target, keep_existing) if _STAGING else Path(target)
+
+
+def input_file(value: str) -> Path:
+    """An input file of the stage in progress (``pipeline.cli.input``): a Parquet file's footer is checked at once.
+
+    A damaged, cut-short or empty Parquet file between stages is then one line naming it, not a reader's traceback
+    from deep inside the stage. Its data pages are checked when a reader fails (``find_damaged_input``).
+    """
+    path = Path(value)
+    if _STAGING:
+        _STAGING[-1].inputs.append(path)
+    if path.suffix == ".parquet" and path.is_file():
+        reason = parquet_problem(path, pages=False)
+        if reason is not None:
+            raise DamagedInput(path, reason)
+    return path
+
+
+# Not an InputError: argparse would turn that, raised while reading the arguments, into a usage message.
+class DamagedInput(Exception):
+    """An input Parquet file that cannot be read: ``path`` and the reader's ``reason`` (``pipeline.cli`` says so)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def parquet_problem(path: Path, pages: bool) -> str | None:
+    """Why ``path`` is not a readable Parquet file (its footer; with ``pages`` every data page too), or None."""
+    try:
+        if path.stat().st_size == 0:
+            return "the file is empty (0 bytes)"
+        with pq.ParquetFile(path) as file:
+            if pages:
+                for i in range(file.num_row_groups):
+                    file.read_row_group(i)
+    except (pa_arrow.ArrowException, OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = re.sub(r"^Could not open Parquet input source '.*?': ", "", first).split(". Either the file")[0].rstrip(".")
+        return f"not a readable Parquet file ({first})"
+    return None
+
+
+def find_damaged_input(staged: StagedOutputs) -> DamagedInput | None:
+    """The first input Parquet file of the stage run ``staged`` that cannot be read to the end, if any."""
+    for path in staged.inputs:
+        if path.suffix == ".parquet" and path.is_file():
+            reason = parquet_problem(path, pages=True)
+            if reason is not None:
+                return DamagedInput(path, reason)
+    return None
+
+
+def final_names(text: str) -> str:
+    """``text`` with the staged paths of the stage in progress written as their outputs' own paths."""
+    return _STAGING[-1].final_names(text) if _STAGING else text
 
 
 @contextlib.contextmanager

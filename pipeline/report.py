@@ -511,9 +511,9 @@ def run(
 
 def main(argv: Sequence[str]) -> None:
     p = cli.parser(__doc__.splitlines()[0])
-    p.add_argument("--scores", required=True, type=Path)
-    p.add_argument("--drift", required=True, type=Path)
-    p.add_argument("--weekly", required=True, type=Path)
+    cli.input_file(p, "--scores")
+    cli.input_file(p, "--drift")
+    cli.output(p, "--weekly", directory=True, keep_existing=True)  # earlier weeks' folders stay
     args = p.parse_args(argv)
     params = load_params(args.params)
     run(

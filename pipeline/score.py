@@ -227,8 +227,10 @@ def _track(base: BaseConfig, cfg: ScoreConfig, inputs: list[Path], out: Outputs,
 
 def main(argv: Sequence[str]) -> None:
     p = cli.parser(__doc__.splitlines()[0])
-    for name in ("churn", "clv", "features", "transactions", "scores", "metrics", "segments"):
-        p.add_argument(f"--{name}", required=True, type=Path)
+    for name in ("churn", "clv", "features", "transactions"):
+        cli.input_file(p, f"--{name}")
+    for name in ("scores", "metrics", "segments"):
+        cli.output(p, f"--{name}")
     args = p.parse_args(argv)
     params = load_params(args.params)
     run(

@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import gzip
+import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +30,7 @@ HEADER = "customer_id,date,amount"
 @dataclasses.dataclass(frozen=True)
 class Fails:
     stage: str
-    message: str  # the whole line after "error: "; {src} stands for the source path
+    message: str  # the whole line after "error: "; {src}, {dir} and {params}: the source, its folder, the params file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +54,8 @@ class Case:
     ingest: dict[str, Any] = dataclasses.field(default_factory=dict)
     params: dict[str, Any] = dataclasses.field(default_factory=dict)  # dotted keys outside ingest
     suffix: str = ".csv"
+    params_text: Callable[[str], str] | None = None  # edits params.yaml as text (what a dict cannot hold)
+    damage: tuple[str, Callable[[Path], None]] | None = None  # after that stage, does this to the stage folder
 
     @property
     def last_stage(self) -> str:
@@ -95,6 +99,34 @@ def history(customers: int = 300, seed: int = 7, one_time: bool = False, extra: 
 
 def parquet_bytes() -> bytes:
     return b"PAR1 this is not a parquet file"
+
+
+def cut_short(name: str, keep_bytes: int) -> Callable[[Path], None]:
+    """A stage's output file cut to its first ``keep_bytes`` bytes, as by a full disk or a failed copy."""
+
+    def damage(d: Path) -> None:
+        (d / name).write_bytes((d / name).read_bytes()[:keep_bytes])
+
+    return damage
+
+
+def scrambled(name: str, start: int, stop: int) -> Callable[[Path], None]:
+    """A stage's output file with bytes ``start:stop`` changed (bad sectors): its footer still reads."""
+
+    def damage(d: Path) -> None:
+        data = bytearray((d / name).read_bytes())
+        data[start:stop] = bytes((b * 7 + 3) % 256 for b in data[start:stop])
+        (d / name).write_bytes(bytes(data))
+
+    return damage
+
+
+def insert_after(anchor: str, text: str) -> Callable[[str], str]:
+    def edit(params: str) -> str:
+        assert anchor in params
+        return params.replace(anchor, anchor + text, 1)
+
+    return edit
 
 
 # --- checks on kept rows ------------------------------------------------------------------------------------------
@@ -540,5 +572,125 @@ CASES: list[Case] = [
             "use '.' for decimals); got '.'",
         ),
         ingest={"thousands_separator": "."},
+    ),
+    # --- settings: typos, duplicates and values no stage could use ----------------------------------------------
+    Case(
+        "misspelt_section",
+        lines(*GOOD),
+        Fails(
+            "ingest",
+            "{params}: unknown section 'scroe' (did you mean 'score'?); the sections are base, ingest, features, clv, "
+            "churn, score",
+        ),
+        params_text=lambda text: text + "scroe:\n  pseudonymise_ids: true\n",
+    ),
+    Case(
+        "key_given_twice",
+        lines(*GOOD),
+        Fails(
+            "ingest",
+            "{params}: key 'seed' is given twice in one mapping (lines 2 and 6); YAML would silently keep the last one: "
+            "delete one of them",
+        ),
+        params_text=insert_after("base:\n", "  seed: 1\n"),
+    ),
+    Case(
+        "missing_section",
+        lines(*GOOD),
+        Fails("features", "params.yaml: section 'features' is missing"),
+        params_text=lambda text: re.sub(r"(?m)^features:\n(?:[ -].*\n)+", "", text),
+    ),
+    Case(
+        "not_a_number_setting",
+        lambda: history(),
+        Fails("clv", "clv.registry.min_improvement: expected a finite number, got nan"),
+        params={"clv.registry.min_improvement": float("nan")},
+    ),
+    Case(
+        "infinite_setting",
+        lambda: history(),
+        Fails("clv", "clv.discount_rate_monthly: expected a finite number, got inf"),
+        params={"clv.discount_rate_monthly": float("inf")},
+    ),
+    Case(
+        "seed_out_of_range",
+        lambda: history(),
+        Fails("features", "base.seed must be a whole number from 0 to 2,147,483,647, got -1"),
+        params={"base.seed": -1},
+    ),
+    Case(
+        "seed_beyond_32_bits",
+        lambda: history(),
+        Fails("features", "base.seed: 4294967296 is out of range (at most 2,147,483,647 in size)"),
+        params={"base.seed": 2**32},
+    ),
+    Case(
+        "horizon_beyond_any_calendar",
+        lambda: history(),
+        Fails("features", "features.horizon_days: 1000000000000 is out of range (at most 2,147,483,647 in size)"),
+        params={"features.horizon_days": 10**12},
+    ),
+    Case(
+        "window_of_a_thousand_years",
+        lambda: history(),
+        Fails("features", "features.windows_days[1] must be between 1 and 36,525 days (100 years), got 365,000"),
+        params={"features.windows_days": [30, 365_000]},
+    ),
+    Case(
+        "cutoff_schedule_reaching_back_millennia",
+        lambda: history(),
+        Fails(
+            "features",
+            "features.cutoff_schedule: count 100,000 x every_days 28 reaches back more than 36,525 days (100 years); "
+            "lower the count",
+        ),
+        params={"features.cutoff_schedule.count": 100_000},
+    ),
+    Case(
+        "empty_experiment_name",
+        lambda: history(),
+        Fails("features", "base.mlflow_experiment must be a name of 1 to 500 characters, got ''"),
+        params={"base.mlflow_experiment": ""},
+    ),
+    Case(
+        "registry_name_mlflow_rejects",
+        lambda: history(),
+        Fails(
+            "clv",
+            "clv.registry.model_name must be letters, digits, '_', '-', '.' or spaces, starting with a letter or digit "
+            "(at most 200 characters); got 'team/clv'",
+        ),
+        params={"clv.registry.model_name": "team/clv"},
+    ),
+    # --- files between stages: damaged, cut short or emptied after the stage that wrote them ------------------
+    Case(
+        "transactions_emptied_between_stages",
+        lambda: history(),
+        Fails(
+            "features",
+            "{dir}/tx.parquet: the file is empty (0 bytes); it is damaged or was cut short: rerun the stage that "
+            "writes it (`dvc repro --force`)",
+        ),
+        damage=("ingest", cut_short("tx.parquet", 0)),
+    ),
+    Case(
+        "features_cut_short_between_stages",
+        lambda: history(),
+        Fails(
+            "clv",
+            "{dir}/f.parquet: not a readable Parquet file (Parquet magic bytes not found in footer); it is damaged or "
+            "was cut short: rerun the stage that writes it (`dvc repro --force`)",
+        ),
+        damage=("features", cut_short("f.parquet", 5000)),
+    ),
+    Case(
+        "features_with_a_bad_sector_between_stages",
+        lambda: history(),
+        Fails(
+            "clv",
+            "{dir}/f.parquet: not a readable Parquet file (Couldn't deserialize thrift: No more data to read); it is "
+            "damaged or was cut short: rerun the stage that writes it (`dvc repro --force`)",
+        ),
+        damage=("features", scrambled("f.parquet", 200, -2000)),  # all but the footer
     ),
 ]

@@ -67,7 +67,8 @@ def test_catalogue_case(
     if case.data is not None:
         source.write_bytes(case.data())
     params_file = tmp_path / "params.yaml"
-    params_file.write_text(yaml.safe_dump(case_params(case, source)))
+    text = yaml.safe_dump(case_params(case, source))
+    params_file.write_text(case.params_text(text) if case.params_text else text)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.chdir(tmp_path)  # MLflow writes run artifacts under ./mlruns
     monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
@@ -82,11 +83,14 @@ def test_catalogue_case(
                 cli.run(MODULES[stage].main, args)
             assert stopped.value.code == 2
             err = capsys.readouterr().err
-            assert err.strip().splitlines() == ["error: " + case.expect.message.format(src=source)], err
+            expected = case.expect.message.format(src=source, dir=tmp_path, params=params_file)
+            assert err.strip().splitlines() == ["error: " + expected], err
             return
         cli.run(MODULES[stage].main, args)
         if stage == "ingest":
             check_nothing_lost(tmp_path, case)
+        if case.damage is not None and case.damage[0] == stage:
+            case.damage[1](tmp_path)
 
     if isinstance(case.expect, Runs):
         ran = STAGES[: last + 1]
