@@ -10,21 +10,16 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
 
-from features import schemas as s
 from pipeline.audit import audit
-from pipeline.config import FeaturesConfig, section
-from pipeline.io import read_table
 from tests.conftest import ROOT, project_params
 
 pytestmark = pytest.mark.slow
@@ -111,52 +106,132 @@ def test_audit_accounts_for_every_row(project: Path) -> None:
     assert sum(c.name.startswith("finite: ") for c in checks) >= 15
 
 
-# The features stage run as DVC runs it, except that its Parquet writer stops halfway: it writes half of the first
-# batch's rows to the temporary file, then the process kills itself with SIGKILL (no cleanup handler runs).
-KILL_MID_WRITE = textwrap.dedent(
-    """
-    import os, signal, sys
-    import pyarrow.parquet as pq
+def every_output(project: Path) -> dict[str, str]:
+    """sha256 of every file the pipeline wrote (all of data/, artifacts/, metrics/, reports/, plots/), hidden ones
+    aside: those are staging places of a stage that did not finish."""
+    found = {}
+    for folder in ("data", "artifacts", "metrics", "reports", "plots"):
+        for path in sorted((project / folder).rglob("*")):
+            relative = path.relative_to(project)
+            if path.is_file() and not any(part.startswith(".") for part in relative.parts):
+                found[str(relative)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
 
-    class WriterThatDies(pq.ParquetWriter):
-        def write_table(self, table, *args, **kwargs):
-            super().write_table(table.slice(0, table.num_rows // 2), *args, **kwargs)
+
+def staging_leftovers(project: Path) -> list[str]:
+    return sorted(str(p.relative_to(project)) for p in project.rglob(".*.tmp"))
+
+
+# Injected into the stage's own process (and no other) as a sitecustomize module: DVC runs the stage's real command,
+# and the process kills itself with SIGKILL at a chosen point, where no cleanup handler runs. That is kill -9 at an
+# exact moment instead of at a moment a timer happens to pick.
+KILL_SWITCH = textwrap.dedent(
+    """
+    import os, signal
+
+    with open("/proc/self/cmdline", "rb") as f:
+        _args = f.read().split(b"\\0")
+    if b"pipeline.{stage}" in _args:
+        import pyarrow.parquet as pq
+
+        def _die():
             os.kill(os.getpid(), signal.SIGKILL)
 
-    pq.ParquetWriter = WriterThatDies
-    from pipeline import cli, features
-    cli.run(features.main, sys.argv[1:])
+        if "{point}" == "mid-write":  # half of the first batch written to the features table's file, then killed
+            class WriterThatDies(pq.ParquetWriter):
+                def write_table(self, table, *args, **kwargs):
+                    super().write_table(table.slice(0, table.num_rows // 2), *args, **kwargs)
+                    _die()
+
+            pq.ParquetWriter = WriterThatDies
+        else:  # "second-table": after the stage wrote its first table in full, while it writes the next one
+            _real, _calls = pq.write_table, []
+
+            def write_table(*args, **kwargs):
+                _calls.append(1)
+                if len(_calls) == 2:
+                    _die()
+                return _real(*args, **kwargs)
+
+            pq.write_table = write_table
     """
 )
 
 
-def test_stage_killed_mid_write_leaves_outputs_intact(project: Path) -> None:
-    target = project / "data" / "features.parquet"
-    before = target.read_bytes()
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["features"]["horizon_days"] = 60  # the features stage now has something new to write
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-    args = ["--transactions", "data/transactions.parquet", "--features", "data/features.parquet"]
-    args += ["--metrics", "metrics/features.json"]
-    killed = subprocess.run(
-        [sys.executable, "-c", KILL_MID_WRITE, *args], cwd=project, env=_env(project), capture_output=True, text=True
+def killed_repro(project: Path, tmp_path: Path, stage: str, point: str, *args: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "sitecustomize.py").write_text(KILL_SWITCH.format(stage=stage, point=point))
+    env = _env(project)
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), *filter(None, [env.get("PYTHONPATH")])])
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", "repro", *args], cwd=project, env=env, capture_output=True, text=True
     )
-    assert killed.returncode == -signal.SIGKILL
-    assert target.read_bytes() == before  # the previous output, untouched
-    (leftover,) = target.parent.glob(".features.parquet.*.tmp")  # the half-written file, beside it
-    assert leftover.stat().st_size > 0
 
-    status = dvc(project, "status")
-    assert "features" in status.stdout  # DVC sees the new params, not a broken output
-    redo = dvc(project, "repro")
-    assert redo.returncode == 0, redo.stderr[-2000:]
-    fcfg = section(params, "features", FeaturesConfig)
-    table = read_table(target, s.feature_schema(fcfg.windows_days, fcfg.trend_window_days))
-    labelled = table[~table[s.IS_SCORING]]
-    assert pd.Timestamp(labelled[s.CUTOFF].max()) == pd.Timestamp("1998-06-30") - pd.Timedelta(days=60)
-    assert not leftover.exists()  # removed by the next successful write
-    assert "up to date" in dvc(project, "status").stdout
+
+def test_features_killed_mid_write_under_dvc_repro_leaves_every_output(project: Path, tmp_path: Path) -> None:
+    before = every_output(project)
+    killed = killed_repro(project, tmp_path, "features", "mid-write", "--force", "--single-item", "features")
+    assert killed.returncode != 0
+    assert "failed to reproduce 'features'" in killed.stderr
+    assert every_output(project) == before  # DVC did not delete them, the stage did not replace them
+    assert any(".features.parquet." in p for p in staging_leftovers(project))  # the half-written file, hidden
+    # nothing changed but a run that did not finish: the outputs are still those dvc.lock records
+    assert "Data and pipelines are up to date" in dvc(project, "status").stdout
+    again = dvc(project, "repro", "--force", "--single-item", "features")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert staging_leftovers(project) == []  # removed by the next run of the stage
+    assert every_output(project) == before
+
+
+def test_churn_killed_between_two_outputs_under_dvc_repro_leaves_every_output(project: Path, tmp_path: Path) -> None:
+    params_file = project / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["churn"]["lightgbm"]["num_leaves"] = 7  # the churn stage now has something new to write
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    before = every_output(project)
+    try:
+        # killed while writing data/drift.parquet, after writing data/churn.parquet in full
+        killed = killed_repro(project, tmp_path, "churn", "second-table", "--single-item", "churn")
+        assert killed.returncode != 0
+        assert "failed to reproduce 'churn'" in killed.stderr
+        assert every_output(project) == before  # data/churn.parquet included: it was staged, not yet moved
+        status = dvc(project, "status").stdout
+        assert status.startswith("churn:\n\tchanged deps:\n\t\tparams.yaml:")  # DVC knows it has still to run
+        assert "changed outs" not in status  # and finds every output as dvc.lock records it
+    finally:
+        params_file.write_text(original)
+    assert "Data and pipelines are up to date" in dvc(project, "status").stdout
+
+
+def test_a_stage_that_stops_on_bad_input_under_dvc_repro_leaves_its_outputs(project: Path) -> None:
+    params_file = project / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["ingest"]["source"] = "orders_that_are_not_there.csv"
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    before, leftovers = every_output(project), staging_leftovers(project)
+    try:
+        stopped = dvc(project, "repro", "--single-item", "ingest")
+        assert stopped.returncode != 0
+        assert "error: orders_that_are_not_there.csv: file not found" in stopped.stderr
+        assert every_output(project) == before
+        assert staging_leftovers(project) == leftovers  # its own staging places removed
+    finally:
+        params_file.write_text(original)
+
+
+def test_a_misspelt_section_reaches_a_stage_under_dvc_repro(project: Path) -> None:
+    params_file = project / "params.yaml"
+    original = params_file.read_text()
+    params_file.write_text(original + "scroe:\n  pseudonymise_ids: true\n")
+    before = every_output(project)
+    try:
+        stopped = dvc(project, "repro")
+        assert stopped.returncode != 0  # the report stage depends on the whole file, so DVC runs it
+        assert "error: params.yaml: unknown section 'scroe' (did you mean 'score'?)" in stopped.stderr
+        assert every_output(project) == before  # the list with the real ids was not rewritten either
+    finally:
+        params_file.write_text(original)
 
 
 def test_audit_fails_on_a_lost_row_and_an_infinity(project: Path, tmp_path: Path) -> None:
