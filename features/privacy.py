@@ -10,6 +10,7 @@ import pandas as pd
 from features.errors import InputError
 
 MIN_KEY_CHARS = 16
+MIN_DISTINCT_KEY_CHARS = 8  # "aaaaaaaaaaaaaaaa" is 16 characters and no secret
 PREFIX = "p_"
 HEX_CHARS = 24  # 96 bits: among 100 million ids the chance of any two colliding is below 1e-12
 
@@ -20,13 +21,31 @@ def pseudonym(customer_id: str, key: str) -> str:
     return PREFIX + digest[:HEX_CHARS]
 
 
-def pseudonymise(ids: pd.Series, key: str) -> pd.Series:
-    """Every id replaced by its pseudonym; an error if the key is too short or two ids would collide."""
+def check_key(key: str) -> None:
+    """An error unless ``key`` looks like a secret: 16+ characters, 8+ different ones, no blank at either end.
+
+    Whitespace at an end is nearly always a copying slip, and the CRM's hashes would then not match the list's.
+    """
     if len(key) < MIN_KEY_CHARS:
         raise InputError(
             f"the pseudonymisation key must have at least {MIN_KEY_CHARS} characters, got {len(key)}; "
             "use a long random secret"
         )
+    if key != key.strip():
+        raise InputError(
+            "the pseudonymisation key starts or ends with whitespace (a copying slip?); remove it, or use another "
+            "secret"
+        )
+    if len(set(key)) < MIN_DISTINCT_KEY_CHARS:
+        raise InputError(
+            f"the pseudonymisation key has only {len(set(key))} different character(s); use a random secret with at "
+            f"least {MIN_DISTINCT_KEY_CHARS} (e.g. `openssl rand -hex 16`)"
+        )
+
+
+def pseudonymise(ids: pd.Series, key: str) -> pd.Series:
+    """Every id replaced by its pseudonym; an error if the key is too short or two ids would collide."""
+    check_key(key)
     out = ids.astype(str).map(lambda v: pseudonym(v, key))
     if out.nunique() != ids.nunique():  # pragma: no cover - 96 bits; checked, not expected
         raise InputError("two customer ids hash to the same pseudonym; use another key")

@@ -156,7 +156,9 @@ class Calibrator:
     """Maps a score to a probability: isotonic regression, or Platt's sigmoid on the score's log-odds.
 
     A score in [0, 1] is read as a probability (its log-odds feed the sigmoid); any other score (days since the
-    last purchase, an RFM score) is standardised first.
+    last purchase, an RFM score) is standardised first. Fitting uses scikit-learn; the fitted mapping is then a
+    handful of plain numbers (isotonic: its steps, interpolated linearly; sigmoid: slope and intercept), which is
+    what ``transform`` applies and what ``to_dict`` / ``from_dict`` store, as JSON and never as a pickle.
     """
 
     def __init__(self, method: CalibrationMethod) -> None:
@@ -165,8 +167,8 @@ class Calibrator:
     def _design(self, score: Array) -> Array:
         if self.probability_input_:
             p = np.clip(score, _EPS, 1 - _EPS)
-            return np.log(p / (1 - p)).reshape(-1, 1)
-        return ((score - self.center_) / self.scale_).reshape(-1, 1)
+            return np.log(p / (1 - p))
+        return (score - self.center_) / self.scale_
 
     def fit(self, score: Array, y: npt.NDArray[np.int_]) -> Self:
         score = np.asarray(score, dtype=np.float64)
@@ -178,35 +180,73 @@ class Calibrator:
         self.center_ = float(score.mean())
         self.scale_ = float(score.std()) or 1.0
         if self.method == "isotonic":
-            self.model_: Any = IsotonicRegression(out_of_bounds="clip", y_min=_EPS, y_max=1 - _EPS).fit(score, y)
+            iso = IsotonicRegression(out_of_bounds="clip", y_min=_EPS, y_max=1 - _EPS).fit(score, y)
+            self.x_ = np.asarray(iso.X_thresholds_, dtype=np.float64)
+            self.y_ = np.asarray(iso.y_thresholds_, dtype=np.float64)
         else:
-            self.model_ = LogisticRegression(C=1e6, max_iter=1000).fit(self._design(score), y)
+            sigmoid = LogisticRegression(C=1e6, max_iter=1000).fit(self._design(score).reshape(-1, 1), y)
+            self.slope_ = float(sigmoid.coef_[0, 0])
+            self.intercept_ = float(sigmoid.intercept_[0])
         return self
 
+    def _fitted(self) -> bool:
+        return hasattr(self, "x_") or hasattr(self, "slope_")
+
     def transform(self, score: Array) -> Array:
-        if not hasattr(self, "model_"):
+        if not self._fitted():
             raise RuntimeError("this Calibrator is not fitted yet; call fit() first")
         score = np.asarray(score, dtype=np.float64)
         if self.method == "isotonic":
-            out = self.model_.predict(score)
+            out = np.interp(score, self.x_, self.y_)  # beyond the first and last step: their value (clip)
         else:
-            out = self.model_.predict_proba(self._design(score))[:, 1]
-        return np.clip(np.asarray(out, dtype=np.float64), _EPS, 1 - _EPS)
+            out = 1.0 / (1.0 + np.exp(-(self.slope_ * self._design(score) + self.intercept_)))
+        return np.clip(out, _EPS, 1 - _EPS)
 
     def to_dict(self) -> dict[str, Any]:
-        """The fitted mapping in plain numbers, for review (isotonic: its steps; sigmoid: slope and intercept)."""
-        if self.method == "isotonic":
-            return {
-                "method": self.method,
-                "x": self.model_.X_thresholds_.tolist(),
-                "y": self.model_.y_thresholds_.tolist(),
-            }
-        return {
+        """The fitted mapping in plain numbers: what ``from_dict`` restores, and what a reviewer reads."""
+        if not self._fitted():
+            raise RuntimeError("this Calibrator is not fitted yet; call fit() first")
+        common = {
             "method": self.method,
-            "slope": float(self.model_.coef_[0, 0]),
-            "intercept": float(self.model_.intercept_[0]),
-            "input": "log-odds" if self.probability_input_ else "standardised score",
+            "input": "probability" if self.probability_input_ else "standardised score",
+            "center": self.center_,
+            "scale": self.scale_,
         }
+        if self.method == "isotonic":
+            return {**common, "x": self.x_.tolist(), "y": self.y_.tolist()}
+        return {**common, "slope": self.slope_, "intercept": self.intercept_}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str) -> Calibrator:
+        """A fitted calibrator from ``to_dict``'s numbers; a one-line error naming ``where`` if they are not that."""
+
+        def number(key: str) -> float:
+            value = data.get(key)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+                raise InputError(f"{where}: {key!r} must be a finite number, got {value!r}")
+            return float(value)
+
+        method = data.get("method") if isinstance(data, Mapping) else None
+        if method not in CALIBRATION_METHODS or data.get("input") not in ("probability", "standardised score"):
+            raise InputError(f"{where}: not a calibrator written by this project (method {method!r})")
+        out = cls(method)
+        out.probability_input_ = data["input"] == "probability"
+        out.center_, out.scale_ = number("center"), number("scale")
+        if method == "isotonic":
+            try:
+                x, y = (np.asarray(data.get(k), dtype=np.float64) for k in "xy")
+            except (TypeError, ValueError):
+                x = y = np.empty(0)
+            if x.ndim != 1 or len(x) == 0 or x.shape != y.shape:
+                raise InputError(f"{where}: 'x' and 'y' must be lists of the same, non-zero length")
+            if not (np.isfinite(x).all() and np.isfinite(y).all() and (np.diff(x) > 0).all()):
+                raise InputError(f"{where}: 'x' must be finite and increasing and 'y' finite")
+            if y.min() < 0 or y.max() > 1:
+                raise InputError(f"{where}: 'y' must hold probabilities in [0, 1]")
+            out.x_, out.y_ = x, y
+        else:
+            out.slope_, out.intercept_ = number("slope"), number("intercept")
+        return out
 
 
 def fold_of(n: int, seed: int) -> npt.NDArray[np.int_]:
@@ -337,7 +377,7 @@ class ChurnModel:
 
         The booster must hold only the early-stopped trees, as saved models do.
         """
-        if not hasattr(calibrator, "model_"):
+        if not calibrator._fitted():
             raise InputError("churn: the saved calibrator is not fitted")
         model = cls.__new__(cls)
         model.booster_ = booster

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import logging
 import tempfile
 import time
@@ -25,7 +26,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -256,12 +256,26 @@ class Serving:
     version_tags: dict[str, str]
 
 
+CALIBRATOR = "calibrator.json"
+
+
 def load_version(version: tracking.RegisteredVersion) -> cm.ChurnModel:
-    """A registered churn model ready to score: its booster, and the calibrator logged by its source run."""
+    """A registered churn model ready to score: its booster, and the calibrator (plain numbers, JSON) logged by its
+    source run. Nothing is unpickled from the store."""
     booster = tracking.load_lightgbm(version.name, version.version)
+    where = f"churn: registered version {version.version} of {version.name}"
     with tempfile.TemporaryDirectory(prefix="churn-calibrator-") as tmp:
-        calibrator = joblib.load(tracking.run_artifact(version.run_id, "churn/calibrator.joblib", Path(tmp)))
-    return cm.ChurnModel.restore(booster, calibrator)
+        try:
+            path = tracking.run_artifact(version.run_id, f"churn/{CALIBRATOR}", Path(tmp))
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, tracking.MissingArtifact) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise InputError(
+                f"{where} has no readable churn/{CALIBRATOR} ({reason}): "
+                "versions registered before calibrators were stored as JSON are not loaded (a pickle can run code); "
+                "move the champion alias to a newer version (make ui) or set churn.registry.score_version"
+            ) from exc
+    return cm.ChurnModel.restore(booster, cm.Calibrator.from_dict(data, f"{where}, churn/{CALIBRATOR}"))
 
 
 def unusable(
@@ -583,8 +597,7 @@ def run(
     out.artifacts.mkdir(parents=True, exist_ok=True)
     with atomic_path(out.artifacts / "model.txt") as tmp:
         model.booster_.save_model(str(tmp), num_iteration=model.best_iteration_)
-    with atomic_path(out.artifacts / "calibrator.joblib") as tmp:
-        joblib.dump(model.calibrator_, tmp)
+    write_json(model.calibrator_.to_dict(), out.artifacts / CALIBRATOR)
     write_csv(importance, out.artifacts / "importance.csv")
     card = {
         "features": X_cols,
@@ -765,7 +778,7 @@ def _track(
             }
         )
         tracking.log_artifacts({"churn": out.artifacts / "importance.csv"})
-        tracking.log_artifacts({"churn": out.artifacts / "calibrator.joblib"})
+        tracking.log_artifacts({"churn": out.artifacts / CALIBRATOR})
         uri = tracking.log_churn_model(model.booster_, model.best_iteration_, example.head(20))
         if serve.decision is not None:
             tracking.register_decision(

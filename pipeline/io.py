@@ -262,7 +262,8 @@ def parquet_problem(path: Path, pages: bool) -> str | None:
                     file.read_row_group(i)
     except (pa_arrow.ArrowException, OSError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        first = re.sub(r"^Could not open Parquet input source '.*?': ", "", first).split(". Either the file")[0].rstrip(".")
+        first = re.sub(r"^Could not open Parquet input source '.*?': ", "", first)
+        first = first.split(". Either the file")[0].rstrip(".")
         return f"not a readable Parquet file ({first})"
     return None
 

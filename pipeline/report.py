@@ -38,7 +38,7 @@ from matplotlib.figure import Figure
 
 from features import schemas as s
 from features.errors import InputError
-from features.privacy import MIN_KEY_CHARS, pseudonymise
+from features.privacy import MIN_KEY_CHARS, check_key, pseudonymise
 from models import segments as seg
 from pipeline import cli
 from pipeline import html as h
@@ -443,6 +443,7 @@ def id_key() -> str:
             f"score.pseudonymise_ids is true but {ID_KEY_ENV} is not set; export a secret of {MIN_KEY_CHARS}+ "
             "characters in it (the same one each week, so lists can be compared)"
         )
+    check_key(key)
     return key
 
 

@@ -323,7 +323,7 @@ def log_clv_model(params_json: Path, example: pd.DataFrame) -> str:
 def log_churn_model(booster: lgb.Booster, best_iteration: int, example: pd.DataFrame) -> str:
     """Log the churn trees with MLflow's LightGBM flavour: signature and input example from ``example``.
 
-    The flavour predicts the *uncalibrated* probability; the calibrator is logged beside it (churn/calibrator.joblib)
+    The flavour predicts the *uncalibrated* probability; the calibrator is logged beside it (churn/calibrator.json)
     and the stage's ``p_churn`` is the calibrator applied to this output.
     """
     booster.best_iteration = best_iteration  # saved models keep only the early-stopped trees
@@ -456,9 +456,19 @@ def load_lightgbm(name: str, version: str) -> lgb.Booster:
     return mlflow.lightgbm.load_model(f"models:/{name}/{version}")
 
 
+class MissingArtifact(Exception):
+    """A run has no artifact at the path asked for (or the store could not hand it over)."""
+
+
 def run_artifact(run_id: str, path: str, dst: Path) -> Path:
-    """Download one artifact of a run (e.g. ``churn/calibrator.joblib``) into ``dst``; returns the local file."""
+    """Download one artifact of a run (e.g. ``churn/calibrator.json``) into ``dst``; returns the local file."""
     mlflow.set_tracking_uri(tracking_uri())
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a progress bar per file is noise in logs
     dst.mkdir(parents=True, exist_ok=True)
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst)))
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst)))
+    except (MlflowException, OSError) as exc:
+        raise MissingArtifact(f"run {run_id} has no artifact {path}") from exc
+    if not local.is_file():
+        raise MissingArtifact(f"run {run_id} has no artifact {path}")
+    return local

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,52 @@ def test_cross_fitted_calibration_repairs_a_miscalibrated_score() -> None:
     assert losses[best] == min(losses.values())
     with pytest.raises(InputError, match="both churned and retained"):
         cm.Calibrator("sigmoid").fit(np.array([0.2, 0.4]), np.array([1, 1]))
+
+
+@pytest.mark.parametrize("method", cm.CALIBRATION_METHODS)
+@pytest.mark.parametrize("scores", ["probability", "days"])
+def test_a_calibrator_is_plain_numbers_that_map_as_scikit_learn_does(method: str, scores: str) -> None:
+    from sklearn.isotonic import IsotonicRegression
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(3)
+    p_true = rng.uniform(0.05, 0.95, 5_000)
+    y = (rng.uniform(size=p_true.size) < p_true).astype(np.int64)
+    score = p_true**2 if scores == "probability" else 400 * (1 - p_true) + rng.normal(0, 20, p_true.size)
+    fitted = cm.Calibrator(method).fit(score, y)  # type: ignore[arg-type]
+    grid = np.linspace(score.min() - 1, score.max() + 1, 1001)  # beyond both ends too
+    if method == "isotonic":
+        reference = IsotonicRegression(out_of_bounds="clip", y_min=1e-6, y_max=1 - 1e-6).fit(score, y).predict(grid)
+    else:
+        z = np.log(np.clip(score, 1e-6, 1 - 1e-6) / (1 - np.clip(score, 1e-6, 1 - 1e-6)))
+        zg = np.log(np.clip(grid, 1e-6, 1 - 1e-6) / (1 - np.clip(grid, 1e-6, 1 - 1e-6)))
+        if scores == "days":
+            z, zg = (score - score.mean()) / score.std(), (grid - score.mean()) / score.std()
+        reference = LogisticRegression(C=1e6, max_iter=1000).fit(z.reshape(-1, 1), y).predict_proba(zg.reshape(-1, 1))
+        reference = reference[:, 1]
+    np.testing.assert_allclose(fitted.transform(grid), np.clip(reference, 1e-6, 1 - 1e-6), rtol=1e-9, atol=1e-12)
+    # stored as JSON and read back, it maps every score to the same bits
+    stored = json.loads(json.dumps(fitted.to_dict()))
+    restored = cm.Calibrator.from_dict(stored, "calibrator.json")
+    assert np.array_equal(restored.transform(grid), fitted.transform(grid))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"method": "pickle"}, r"^c\.json: not a calibrator written by this project \(method 'pickle'\)"),
+        ({"slope": float("nan")}, r"^c\.json: 'slope' must be a finite number, got nan"),
+        ({"intercept": "1.0"}, r"^c\.json: 'intercept' must be a finite number, got '1\.0'"),
+        ({"method": "isotonic", "x": [0.1, 0.1], "y": [0.2, 0.3]}, r"'x' must be finite and increasing"),
+        ({"method": "isotonic", "x": [0.1, 0.2], "y": [0.2]}, r"'x' and 'y' must be lists of the same"),
+        ({"method": "isotonic", "x": ["a"], "y": [0.2]}, r"'x' and 'y' must be lists of the same"),
+        ({"method": "isotonic", "x": [0.1, 0.2], "y": [0.2, 1.5]}, r"'y' must hold probabilities in \[0, 1\]"),
+    ],
+)
+def test_a_stored_calibrator_that_is_not_one_is_refused(change: dict[str, Any], message: str) -> None:
+    good = {"method": "sigmoid", "input": "probability", "center": 0.5, "scale": 0.2, "slope": 1.1, "intercept": 0.0}
+    with pytest.raises(InputError, match=message):
+        cm.Calibrator.from_dict({**good, **change}, "c.json")
 
 
 @pytest.mark.parametrize(

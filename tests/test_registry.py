@@ -192,6 +192,27 @@ def test_a_weaker_churn_model_leaves_the_champion_where_it_was(run_churn: Runner
 
 
 @pytest.mark.slow
+def test_a_version_is_loaded_from_plain_numbers_never_from_a_pickle(run_churn: Runner) -> None:
+    name = project_params()["churn"]["registry"]["model_name"] + "-cdnow_sample"
+    first = run_churn()
+    pinned = run_churn(lambda p: p["churn"]["registry"].update(score_version=1))
+    assert pinned["scored_with"] == {"source": "pinned", "version": "1"}
+    pd.testing.assert_series_equal(pinned["p_churn"], first["p_churn"])  # the JSON calibrator maps the same
+
+    # a version registered before calibrators were JSON: only a pickle beside its trees, which is not loaded
+    run_id = mlflow.MlflowClient().get_model_version(name, "1").run_id
+    folder = Path(mlflow.MlflowClient().get_run(run_id).info.artifact_uri.removeprefix("file://")) / "churn"
+    (folder / "calibrator.json").unlink()
+    (folder / "calibrator.joblib").write_bytes(b"a pickle that would run code when loaded")
+    expected = (
+        rf"^churn: registered version 1 of {name} has no readable churn/calibrator\.json \(run {run_id} has no "
+        r"artifact churn/calibrator\.json\): versions registered before calibrators were stored as JSON are not loaded"
+    )
+    with pytest.raises(InputError, match=expected):
+        run_churn(lambda p: p["churn"]["registry"].update(score_version=1))
+
+
+@pytest.mark.slow
 def test_a_better_churn_model_takes_the_alias(run_churn: Runner) -> None:
     name = project_params()["churn"]["registry"]["model_name"] + "-cdnow_sample"
     weak = run_churn(weakened)

@@ -192,9 +192,15 @@ def test_pseudonymised_ids_leave_no_real_id_and_no_key_behind(
     monkeypatch.delenv(report.ID_KEY_ENV, raising=False)
     with pytest.raises(InputError, match=r"^score.pseudonymise_ids is true but CHURN_CLV_ID_KEY is not set"):
         write_week(tmp_path, params, dt.date(2021, 3, 1), seed=1)
-    monkeypatch.setenv(report.ID_KEY_ENV, "short")
-    with pytest.raises(InputError, match=r"key must have at least 16 characters, got 5"):
-        write_week(tmp_path, params, dt.date(2021, 3, 1), seed=1)
+    for weak, why in [
+        ("short", r"key must have at least 16 characters, got 5"),
+        (" " * 16, r"key starts or ends with whitespace"),
+        ("a-long-secret-only-crm-holds-42\n", r"key starts or ends with whitespace"),
+        ("ab" * 10, r"key has only 2 different character\(s\); use a random secret with at least 8"),
+    ]:
+        monkeypatch.setenv(report.ID_KEY_ENV, weak)
+        with pytest.raises(InputError, match=why):
+            write_week(tmp_path, params, dt.date(2021, 3, 1), seed=1)
 
     monkeypatch.setenv(report.ID_KEY_ENV, key)
     folder = write_week(tmp_path, params, dt.date(2021, 3, 1), seed=1)

@@ -589,8 +589,8 @@ CASES: list[Case] = [
         lines(*GOOD),
         Fails(
             "ingest",
-            "{params}: key 'seed' is given twice in one mapping (lines 2 and 6); YAML would silently keep the last one: "
-            "delete one of them",
+            "{params}: key 'seed' is given twice in one mapping (lines 2 and 6); YAML would silently keep the last "
+            "one: delete one of them",
         ),
         params_text=insert_after("base:\n", "  seed: 1\n"),
     ),
