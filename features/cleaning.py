@@ -20,8 +20,12 @@ Reasons are checked in the order of ``schemas.QUARANTINE_REASONS``; a row gets t
 8. ``zero_amount`` — a zero spend when ``zero_amount == "quarantine"``.
 
 Timestamps: with ``%z`` in the format, a value with a UTC offset is converted from it and a value without one is
-read in ``timezone``, so a log mixing zones lands on one UTC clock. Amounts written with a thousands separator
-("1,234.50") are read when ``thousands_separator`` names it, and quarantined as non-numeric otherwise.
+read in ``timezone``, so a log mixing zones lands on one UTC clock. A date without a time of day (a format with no
+time directive such as ``%Y-%m-%d``, or a Parquet ``date`` column) is not a moment in any zone: it is stored as
+midnight UTC of that date, whatever ``timezone``, so a purchase on 2020-01-05 counts on the 5th.
+
+Amounts written with a thousands separator ("1,234.50") are read when ``thousands_separator`` names it, and
+quarantined as non-numeric otherwise.
 
 Kept returns (``returns == "net"``) carry a negative amount: in the cleaned table a negative amount *is* a return.
 """
@@ -41,6 +45,7 @@ import pyarrow as pa
 
 from features import schemas as s
 from features.errors import InputError
+from features.timeformat import has_time_of_day
 
 # Names the validation query gives its own columns; a source column may not be called so.
 INTERNAL_COLUMNS = ("_cid", "_ts", "_amount", "_order", "_cancelled", "_early", "_valid", "_dup", "_reason")
@@ -125,8 +130,14 @@ def _number(col: str, arrow_type: pa.DataType, thousands_separator: str | None) 
 def _timestamp(col: str, arrow_type: pa.DataType, fmt: str, tz: str) -> str:
     if pa.types.is_timestamp(arrow_type) and arrow_type.tz is not None:
         return f"CAST({_q(col)} AS TIMESTAMPTZ)"
-    if pa.types.is_timestamp(arrow_type) or pa.types.is_date(arrow_type):
+    # A calendar date has no time of day, so no zone to convert from: it is stored as that day at midnight UTC,
+    # as the features count purchases on the UTC date. Read as midnight in a zone east of UTC, it would move a day back.
+    if pa.types.is_date(arrow_type):
+        return f"timezone('UTC', CAST({_q(col)} AS TIMESTAMP))"
+    if pa.types.is_timestamp(arrow_type):
         naive = f"CAST({_q(col)} AS TIMESTAMP)"
+    elif not has_time_of_day(fmt) and "%z" not in fmt:
+        return f"timezone('UTC', TRY_STRPTIME({_text(col)}, {_lit(fmt)}))"
     elif "%z" in fmt:
         # an offset in the value wins; a value without one is local time in ``tz``
         text = f"regexp_replace({_text(col)}, '(\\d)Z$', '\\1+00:00')"  # ISO 8601's Z is the offset +00:00

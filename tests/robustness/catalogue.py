@@ -12,11 +12,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import gzip
+import io
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from features import schemas as s
 from tests.conftest import ONLINE_RETAIL_INGEST
@@ -95,6 +98,17 @@ def history(customers: int = 300, seed: int = 7, one_time: bool = False, extra: 
 
 def parquet_bytes() -> bytes:
     return b"PAR1 this is not a parquet file"
+
+
+def parquet(**columns: pa.Array) -> Callable[[], bytes]:
+    """A Parquet file of the given Arrow columns, keeping their types (date32, naive timestamps, ...)."""
+
+    def write() -> bytes:
+        out = io.BytesIO()
+        pq.write_table(pa.table(columns), out)
+        return out.getvalue()
+
+    return write
 
 
 # --- checks on kept rows ------------------------------------------------------------------------------------------
@@ -540,5 +554,46 @@ CASES: list[Case] = [
             "use '.' for decimals); got '.'",
         ),
         ingest={"thousands_separator": "."},
+    ),
+    # --- dates without a time of day: the day the log says, whatever ingest.timezone --------------------------
+    Case(
+        "date_only_in_a_zone_ahead_of_utc",
+        lines("1,2020-01-05,10.0", "2,2020-07-01,20.0", "3,2020-03-29,5.0"),  # winter, summer, the day clocks change
+        Quarantines(kept=3, reasons={}, check=utc_times("2020-01-05 00:00", "2020-07-01 00:00", "2020-03-29 00:00")),
+        ingest={"timezone": "Europe/Athens"},
+    ),
+    Case(
+        "date_only_in_a_zone_behind_utc",
+        lines("1,05/01/2020,10.0", "2,31/12/2020,20.0"),
+        Quarantines(kept=2, reasons={}, check=utc_times("2020-01-05 00:00", "2020-12-31 00:00")),
+        ingest={"timezone": "America/Los_Angeles", "timestamp_format": "%d/%m/%Y"},
+    ),
+    Case(
+        "parquet_date32_in_a_non_utc_zone",
+        parquet(
+            customer_id=pa.array(["1", "2"]),
+            date=pa.array([dt.date(2020, 1, 5), dt.date(2020, 7, 1)], type=pa.date32()),
+            amount=pa.array([10.0, 20.0]),
+        ),
+        Quarantines(kept=2, reasons={}, check=utc_times("2020-01-05 00:00", "2020-07-01 00:00")),
+        ingest={"timezone": "Europe/Athens"},
+        suffix=".parquet",
+    ),
+    Case(
+        "parquet_naive_timestamps_are_local_times",
+        parquet(
+            customer_id=pa.array(["1", "2"]),
+            date=pa.array([dt.datetime(2020, 1, 5, 10, 0), dt.datetime(2020, 7, 1, 0, 0)], type=pa.timestamp("us")),
+            amount=pa.array([10.0, 20.0]),
+        ),
+        Quarantines(kept=2, reasons={}, check=utc_times("2020-01-05 08:00", "2020-06-30 21:00")),
+        ingest={"timezone": "Europe/Athens"},
+        suffix=".parquet",
+    ),
+    Case(
+        "midnight_written_as_a_time_is_a_local_time",  # the format decides: a time of day, even 00:00, has a zone
+        lines("1,2020-01-05 00:00:00,10.0"),
+        Quarantines(kept=1, reasons={}, check=utc_times("2020-01-04 22:00")),
+        ingest={"timezone": "Europe/Athens", "timestamp_format": "%Y-%m-%d %H:%M:%S"},
     ),
 ]
