@@ -596,4 +596,35 @@ CASES: list[Case] = [
         Quarantines(kept=1, reasons={}, check=utc_times("2020-01-04 22:00")),
         ingest={"timezone": "Europe/Athens", "timestamp_format": "%Y-%m-%d %H:%M:%S"},
     ),
+    # --- the encoding: a codec Python knows that does not decode bytes to text ---------------------------------
+    Case(
+        "encoding_that_transforms_text",
+        lines(*GOOD),
+        Fails(
+            "ingest",
+            "ingest.encoding 'rot13' is a codec that does not decode bytes to text; use a text encoding, e.g. utf-8, "
+            "latin-1, cp1252",
+        ),
+        ingest={"encoding": "rot13"},
+    ),
+    Case(
+        "encoding_that_transforms_bytes",
+        lines(*GOOD),
+        Fails(
+            "ingest",
+            "ingest.encoding 'zlib' is a codec that does not decode bytes to text; use a text encoding, e.g. utf-8, "
+            "latin-1, cp1252",
+        ),
+        ingest={"encoding": "zlib"},
+    ),
+    Case(
+        "encoding_that_never_decodes",
+        lines(*GOOD),
+        Fails(
+            "ingest",
+            "ingest.encoding 'undefined' is a codec that does not decode bytes to text; use a text encoding, e.g. "
+            "utf-8, latin-1, cp1252",
+        ),
+        ingest={"encoding": "undefined"},
+    ),
 ]
