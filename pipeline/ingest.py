@@ -14,7 +14,7 @@ import importlib.resources
 import io
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,15 +67,38 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def _lines(fh: io.BufferedIOBase, chunk_bytes: int = 1 << 16) -> Iterator[bytes]:
+    """The physical lines of a byte stream without their ends, split as Arrow splits them: at LF, CRLF and a lone CR.
+
+    Read in chunks, so a file with lone CRs (an old Mac export), which has no LF at all, is not read whole; with
+    ``read1``, so the header of a truncated .gz is read before the damage is (which read_source reports).
+    Only for encodings in which a line break is the byte itself (not UTF-16 or UTF-32).
+    """
+    pending = b""
+    for chunk in iter(lambda: fh.read1(chunk_bytes), b""):
+        data = pending + chunk
+        held = b"\r" if data.endswith(b"\r") else b""  # may be the first half of a CRLF split between two reads
+        *complete, pending = _LINE_END.split(data[: len(data) - len(held)])
+        pending += held
+        yield from complete
+    *complete, last = _LINE_END.split(pending)
+    yield from complete
+    if last:
+        yield last
+
+
 def _csv_header(path: Path, delimiter: str, encoding: str) -> list[str]:
     opener: Any = gzip.open if path.suffix == ".gz" else open
     try:
         if codecs.lookup(encoding).name.startswith(("utf-16", "utf-32")):  # a line break is several bytes
             with opener(path, "rt", encoding=encoding, newline="") as fh:
-                first_line = fh.readline()
+                first_line = fh.readline().rstrip("\r\n")  # newline="": ends at LF, CRLF or CR, and keeps it
         else:  # only the header's bytes: a bad byte further down is read_source's to report, with its line
             with opener(path, "rb") as fh:
-                first_line = fh.readline().decode(encoding)
+                first_line = next(_lines(fh), b"").decode(encoding)
         header = next(csv.reader([first_line], delimiter=delimiter), None)
     except UnicodeDecodeError as exc:
         raise InputError(
@@ -104,7 +127,7 @@ def _first_undecodable_line(path: Path, encoding: str) -> str:
     """Where a file stops being valid ``encoding``: 'line N (bytes ...)', for an error message."""
     opener: Any = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as fh:
-        for number, line in enumerate(fh, start=1):
+        for number, line in enumerate(_lines(fh), start=1):
             try:
                 line.decode(encoding)
             except UnicodeDecodeError as exc:

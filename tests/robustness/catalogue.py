@@ -207,7 +207,7 @@ CASES: list[Case] = [
         raw(b"customer_id,date,amount,note\n1,2020-01-05,10.0,ok\n2,2020-01-06,20.0,caf\xe9\n"),
         Fails(
             "ingest",
-            "{src}: not valid utf-8 at line 3 (bytes b'6,20.0,caf\\xe9\\n'); set ingest.encoding to the file's "
+            "{src}: not valid utf-8 at line 3 (bytes b'6,20.0,caf\\xe9'); set ingest.encoding to the file's "
             "encoding (often latin-1 or cp1252 for spreadsheet exports)",
         ),
     ),
@@ -626,5 +626,41 @@ CASES: list[Case] = [
             "utf-8, latin-1, cp1252",
         ),
         ingest={"encoding": "undefined"},
+    ),
+    # --- line endings: LF, CRLF, a lone CR (old Mac exports) or a mix, as Arrow reads them ---------------------
+    Case(
+        "cr_line_endings",
+        raw("\r".join([HEADER, *GOOD]).encode() + b"\r"),
+        Quarantines(kept=3, reasons={}, check=customers("1", "2", "1")),
+    ),
+    Case(
+        "crlf_line_endings",
+        raw("\r\n".join([HEADER, *GOOD]).encode() + b"\r\n"),
+        Quarantines(kept=3, reasons={}, check=amounts(10.0, 20.0, 15.0)),
+    ),
+    Case(
+        "mixed_line_endings",
+        raw(f"{HEADER}\r\n{GOOD[0]}\n{GOOD[1]}\r{GOOD[2]}".encode()),  # and no line break at the end
+        Quarantines(kept=3, reasons={}, check=utc_times("2020-01-05 00:00", "2020-01-06 00:00", "2020-02-01 00:00")),
+    ),
+    Case(
+        "byte_order_mark_and_cr_line_endings",
+        raw(b"\xef\xbb\xbf" + "\r".join([HEADER, *GOOD]).encode() + b"\r"),
+        Quarantines(kept=3, reasons={}, check=customers("1", "2", "1")),
+    ),
+    Case(
+        "utf16_export_with_cr_line_endings",
+        lambda: "\r".join([HEADER, *GOOD]).encode("utf-16"),
+        Quarantines(kept=3, reasons={}, check=customers("1", "2", "1")),
+        ingest={"encoding": "utf-16"},
+    ),
+    Case(
+        "non_utf8_bytes_with_cr_line_endings",  # the line is counted at the lone CRs too
+        raw(b"customer_id,date,amount,note\r1,2020-01-05,10.0,ok\r2,2020-01-06,20.0,caf\xe9\r"),
+        Fails(
+            "ingest",
+            "{src}: not valid utf-8 at line 3 (bytes b'6,20.0,caf\\xe9'); set ingest.encoding to the file's "
+            "encoding (often latin-1 or cp1252 for spreadsheet exports)",
+        ),
     ),
 ]
