@@ -2,6 +2,8 @@
 
 Sources (``ingest.source``): a path to a ``.csv``, ``.csv.gz`` or ``.parquet`` file, or one of the builtin CDNOW
 logs that ship inside the lifetimes wheel (``cdnow``: 23,570 customers; ``cdnow_sample``: 2,357 customers).
+The name says CSV or Parquet, in any case (``.CSV.GZ``); whether a CSV is gzip-compressed is told by its first
+bytes, so a gzip file named ``.csv`` is read, and so is plain text named ``.csv.gz``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import pandas as pd
 import pyarrow as pa
@@ -90,14 +92,40 @@ def _lines(fh: io.BufferedIOBase, chunk_bytes: int = 1 << 16) -> Iterator[bytes]
         yield last
 
 
-def _csv_header(path: Path, delimiter: str, encoding: str) -> list[str]:
-    opener: Any = gzip.open if path.suffix == ".gz" else open
+# What a file is, told by its first bytes: a name can say .csv of a gzip file, or .csv.gz of plain text.
+MAGIC_BYTES = {
+    b"\x1f\x8b": "gzip",
+    b"PAR1": "parquet",
+    b"PK\x03\x04": "zip",
+    b"BZh": "bzip2",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x28\xb5\x2f\xfd": "zstd",
+}
+
+
+def _content(path: Path) -> str | None:
+    """The kind of file by its magic bytes (``'gzip'``, ``'parquet'``, ...), or None for anything else (text)."""
+    with path.open("rb") as fh:
+        head = fh.read(8)
+    return next((kind for magic, kind in MAGIC_BYTES.items() if head.startswith(magic)), None)
+
+
+def _open(path: Path, gzipped: bool) -> io.BufferedIOBase:
+    return gzip.open(path, "rb") if gzipped else path.open("rb")
+
+
+def _open_text(path: Path, gzipped: bool, encoding: str) -> TextIO:
+    # newline="": a line ends at LF, CRLF or a lone CR, and keeps its end
+    return gzip.open(path, "rt", encoding=encoding, newline="") if gzipped else path.open(encoding=encoding, newline="")
+
+
+def _csv_header(path: Path, delimiter: str, encoding: str, gzipped: bool) -> list[str]:
     try:
         if codecs.lookup(encoding).name.startswith(("utf-16", "utf-32")):  # a line break is several bytes
-            with opener(path, "rt", encoding=encoding, newline="") as fh:
-                first_line = fh.readline().rstrip("\r\n")  # newline="": ends at LF, CRLF or CR, and keeps it
+            with _open_text(path, gzipped, encoding) as text:
+                first_line = text.readline().rstrip("\r\n")
         else:  # only the header's bytes: a bad byte further down is read_source's to report, with its line
-            with opener(path, "rb") as fh:
+            with _open(path, gzipped) as fh:
                 first_line = next(_lines(fh), b"").decode(encoding)
         header = next(csv.reader([first_line], delimiter=delimiter), None)
     except UnicodeDecodeError as exc:
@@ -106,7 +134,7 @@ def _csv_header(path: Path, delimiter: str, encoding: str) -> list[str]:
             "set ingest.encoding to the file's encoding (e.g. latin-1)"
         ) from exc
     except (OSError, EOFError) as exc:
-        raise InputError(f"{path}: cannot be read as {'gzip ' if opener is gzip.open else ''}CSV ({exc})") from exc
+        raise InputError(f"{path}: cannot be read as {'gzip ' if gzipped else ''}CSV ({exc})") from exc
     if not header or all(not h.strip() for h in header):
         raise InputError(f"{path}: the file is empty (no header line); point ingest.source at a transaction log")
     if len(header) == 1:
@@ -123,10 +151,9 @@ def _csv_header(path: Path, delimiter: str, encoding: str) -> list[str]:
 SEPARATORS = (",", ";", "\t", "|")
 
 
-def _first_undecodable_line(path: Path, encoding: str) -> str:
+def _first_undecodable_line(path: Path, encoding: str, gzipped: bool) -> str:
     """Where a file stops being valid ``encoding``: 'line N (bytes ...)', for an error message."""
-    opener: Any = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
+    with _open(path, gzipped) as fh:
         for number, line in enumerate(_lines(fh), start=1):
             try:
                 line.decode(encoding)
@@ -135,28 +162,60 @@ def _first_undecodable_line(path: Path, encoding: str) -> str:
     return "an unknown line"
 
 
+READABLE = (".csv", ".csv.gz", ".parquet")
+
+
+def _check_is_a_file(path: Path) -> None:
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.is_file() and p.name.lower().endswith(READABLE))
+        if not inside:
+            raise InputError(
+                f"{path}: is a directory, with no .csv, .csv.gz or .parquet file in it; set ingest.source to a file"
+            )
+        raise InputError(
+            f"{path}: is a directory; ingest reads one file: set ingest.source to one of the {len(inside)} .csv, "
+            f".csv.gz or .parquet files in it, e.g. {path / inside[0]}"
+        )
+    if not path.is_file():
+        builtins = ", ".join(BUILTIN_SOURCES)
+        raise InputError(f"{path}: file not found; set ingest.source to an existing file or one of: {builtins}")
+
+
 def read_source(source: str, delimiter: str, encoding: str) -> tuple[pa.Table, str]:
     """Read the raw log as an Arrow table (text columns for CSV, stored types for Parquet) and its sha256."""
     if source in BUILTIN_SOURCES:
         return _builtin(source)
     path = Path(source)
-    if not path.is_file():
-        builtins = ", ".join(BUILTIN_SOURCES)
-        raise InputError(f"{path}: file not found; set ingest.source to an existing file or one of: {builtins}")
-    suffixes = "".join(path.suffixes[-2:]).lower()
-    if path.suffix.lower() == ".parquet":
+    _check_is_a_file(path)
+    name = path.name.lower()
+    if name.endswith(".parquet"):
         try:
             table = pq.read_table(path)
         except pa.ArrowException as exc:
             reason = re.sub(r"^Could not open Parquet input source '.*?': ", "", str(exc).splitlines()[0])
             raise InputError(f"{path}: not a readable Parquet file ({reason})") from exc
         return table, _sha256(path)
-    if not (suffixes.endswith(".csv") or suffixes.endswith(".csv.gz")):
+    if not name.endswith((".csv", ".csv.gz")):
         raise InputError(f"{path}: unsupported file type; ingest reads .csv, .csv.gz and .parquet")
-    header = _csv_header(path, delimiter, encoding)
+    content = _content(path)
+    if content == "parquet":
+        raise InputError(f"{path}: is a Parquet file, not CSV text; rename it to end in .parquet")
+    if content == "zip":
+        raise InputError(
+            f"{path}: is a zip archive (an Excel workbook?), not CSV text; save the sheet as CSV, or unzip the CSV "
+            "in it"
+        )
+    if content not in (None, "gzip"):
+        raise InputError(
+            f"{path}: is {content}-compressed, not gzip or CSV text; decompress it, or recompress it with gzip "
+            "(ingest reads .csv, .csv.gz and .parquet)"
+        )
+    gzipped = content == "gzip"
+    header = _csv_header(path, delimiter, encoding, gzipped)
     try:
         table = pacsv.read_csv(
-            path,
+            # the compression is the content's, not the name's (Arrow would go by a lower-case .gz)
+            pa.input_stream(str(path), compression="gzip" if gzipped else None),
             read_options=pacsv.ReadOptions(column_names=header, skip_rows=1, encoding=encoding),
             parse_options=pacsv.ParseOptions(delimiter=delimiter),
             convert_options=pacsv.ConvertOptions(
@@ -167,9 +226,10 @@ def read_source(source: str, delimiter: str, encoding: str) -> tuple[pa.Table, s
         raise InputError(f"{path}: cannot be read to the end ({exc}); the file looks truncated or damaged") from exc
     except pa.ArrowInvalid as exc:
         if "invalid UTF8" in str(exc):
+            where = _first_undecodable_line(path, encoding, gzipped)
             raise InputError(
-                f"{path}: not valid {encoding} at {_first_undecodable_line(path, encoding)}; set ingest.encoding to "
-                "the file's encoding (often latin-1 or cp1252 for spreadsheet exports)"
+                f"{path}: not valid {encoding} at {where}; set ingest.encoding to the file's encoding (often latin-1 "
+                "or cp1252 for spreadsheet exports)"
             ) from exc
         raise InputError(
             f"{path}: cannot be parsed as CSV with delimiter {delimiter!r} and encoding {encoding} "

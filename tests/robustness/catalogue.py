@@ -9,6 +9,7 @@ Logs use the layout ``customer_id,date,amount`` with dates as ``%Y-%m-%d`` unles
 
 from __future__ import annotations
 
+import bz2
 import dataclasses
 import datetime as dt
 import gzip
@@ -48,9 +49,16 @@ class Runs:
 
 
 @dataclasses.dataclass(frozen=True)
+class Folder:
+    """A directory as ``ingest.source``, holding these files."""
+
+    files: dict[str, bytes]
+
+
+@dataclasses.dataclass(frozen=True)
 class Case:
     name: str
-    data: Callable[[], bytes] | None  # None: the source file does not exist
+    data: Callable[[], bytes] | Folder | None  # None: the source file does not exist
     expect: Fails | Quarantines | Runs
     ingest: dict[str, Any] = dataclasses.field(default_factory=dict)
     params: dict[str, Any] = dataclasses.field(default_factory=dict)  # dotted keys outside ingest
@@ -662,5 +670,72 @@ CASES: list[Case] = [
             "{src}: not valid utf-8 at line 3 (bytes b'6,20.0,caf\\xe9'); set ingest.encoding to the file's "
             "encoding (often latin-1 or cp1252 for spreadsheet exports)",
         ),
+    ),
+    # --- what the file is: told by its first bytes, not by its name --------------------------------------------
+    Case(
+        "gzip_with_an_upper_case_name",
+        lambda: gzip.compress("\n".join([HEADER, *GOOD]).encode()),
+        Quarantines(kept=3, reasons={}, check=customers("1", "2", "1")),
+        suffix=".CSV.GZ",
+    ),
+    Case(
+        "gzip_named_csv",
+        lambda: gzip.compress("\n".join([HEADER, *GOOD]).encode()),
+        Quarantines(kept=3, reasons={}, check=customers("1", "2", "1")),
+    ),
+    Case(
+        "plain_text_named_csv_gz",
+        lines(*GOOD),
+        Quarantines(kept=3, reasons={}, check=customers("1", "2", "1")),
+        suffix=".csv.gz",
+    ),
+    Case(
+        "upper_case_parquet_name",
+        parquet(
+            customer_id=pa.array(["1", "2"]), date=pa.array(["2020-01-05", "2020-01-06"]), amount=pa.array([1.0, 2.0])
+        ),
+        Quarantines(kept=2, reasons={}, check=amounts(1.0, 2.0)),
+        suffix=".PARQUET",
+    ),
+    Case(
+        "parquet_named_csv",
+        parquet(customer_id=pa.array(["1"]), date=pa.array(["2020-01-05"]), amount=pa.array([1.0])),
+        Fails("ingest", "{src}: is a Parquet file, not CSV text; rename it to end in .parquet"),
+    ),
+    Case(
+        "excel_workbook_named_csv",
+        raw(b"PK\x03\x04\x14\x00\x06\x00\x08\x00[Content_Types].xml"),
+        Fails(
+            "ingest",
+            "{src}: is a zip archive (an Excel workbook?), not CSV text; save the sheet as CSV, or unzip the CSV in it",
+        ),
+    ),
+    Case(
+        "bzip2_named_csv_gz",
+        lambda: bz2.compress("\n".join([HEADER, *GOOD]).encode()),
+        Fails(
+            "ingest",
+            "{src}: is bzip2-compressed, not gzip or CSV text; decompress it, or recompress it with gzip (ingest reads "
+            ".csv, .csv.gz and .parquet)",
+        ),
+        suffix=".csv.gz",
+    ),
+    Case(
+        "empty_directory",
+        Folder({}),
+        Fails(
+            "ingest", "{src}: is a directory, with no .csv, .csv.gz or .parquet file in it; set ingest.source to a file"
+        ),
+        suffix="",
+    ),
+    Case(
+        "directory_of_exports",
+        Folder({"part-1.csv": b"", "part-0.csv": b"", "notes.txt": b""}),
+        Fails(
+            "ingest",
+            "{src}: is a directory; ingest reads one file: set ingest.source to one of the 2 .csv, .csv.gz or "
+            ".parquet files in it, e.g. {src}/part-0.csv",
+        ),
+        suffix="",
     ),
 ]

@@ -13,7 +13,7 @@ import yaml
 from features import schemas as s
 from pipeline import churn, cli, clv, features, ingest
 from tests.conftest import project_params
-from tests.robustness.catalogue import CASES, STAGES, Case, Fails, Quarantines, Runs
+from tests.robustness.catalogue import CASES, STAGES, Case, Fails, Folder, Quarantines, Runs
 
 MODULES = {"ingest": ingest, "features": features, "clv": clv, "churn": churn}
 
@@ -64,7 +64,11 @@ def test_catalogue_case(
     case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     source = tmp_path / f"source{case.suffix}"
-    if case.data is not None:
+    if isinstance(case.data, Folder):
+        source.mkdir()
+        for name, content in case.data.files.items():
+            (source / name).write_bytes(content)
+    elif case.data is not None:
         source.write_bytes(case.data())
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(case_params(case, source)))
