@@ -19,8 +19,9 @@ Reasons are checked in the order of ``schemas.QUARANTINE_REASONS``; a row gets t
    ``returns == "drop"``;
 8. ``zero_amount`` — a zero spend when ``zero_amount == "quarantine"``.
 
-Timestamps: with ``%z`` in the format, a value with a UTC offset is converted from it and a value without one is
-read in ``timezone``, so a log mixing zones lands on one UTC clock. A date without a time of day (a format with no
+Timestamps: with ``%z`` (or a zone name, ``%Z``) in the format, a value with a UTC offset is converted from it and
+a value without one is read in ``timezone``, so a log mixing zones lands on one UTC clock. ``%s`` as the whole
+format reads seconds since 1970-01-01 UTC, an instant in no zone. A date without a time of day (a format with no
 time directive such as ``%Y-%m-%d``, or a Parquet ``date`` column) is not a moment in any zone: it is stored as
 midnight UTC of that date, whatever ``timezone``, so a purchase on 2020-01-05 counts on the 5th.
 
@@ -45,7 +46,7 @@ import pyarrow as pa
 
 from features import schemas as s
 from features.errors import InputError
-from features.timeformat import has_time_of_day
+from features.timeformat import EPOCH_SECONDS, has_time_of_day, has_zone
 
 # Names the validation query gives its own columns; a source column may not be called so.
 INTERNAL_COLUMNS = ("_cid", "_ts", "_amount", "_order", "_cancelled", "_early", "_valid", "_dup", "_reason")
@@ -136,14 +137,21 @@ def _timestamp(col: str, arrow_type: pa.DataType, fmt: str, tz: str) -> str:
         return f"timezone('UTC', CAST({_q(col)} AS TIMESTAMP))"
     if pa.types.is_timestamp(arrow_type):
         naive = f"CAST({_q(col)} AS TIMESTAMP)"
-    elif not has_time_of_day(fmt) and "%z" not in fmt:
+    elif fmt == EPOCH_SECONDS:  # an instant, so no zone applies; outside years 1..9999 to_timestamp would raise
+        numeric = pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type)
+        seconds = f"CAST({_q(col)} AS DOUBLE)" if numeric else f"TRY_CAST({_text(col)} AS DOUBLE)"
+        return f"(CASE WHEN {seconds} BETWEEN -62135596800 AND 253402300799 THEN to_timestamp({seconds}) END)"
+    elif not has_time_of_day(fmt):  # a zone with a date only is refused by the config
         return f"timezone('UTC', TRY_STRPTIME({_text(col)}, {_lit(fmt)}))"
-    elif "%z" in fmt:
-        # an offset in the value wins; a value without one is local time in ``tz``
-        text = f"regexp_replace({_text(col)}, '(\\d)Z$', '\\1+00:00')"  # ISO 8601's Z is the offset +00:00
-        with_offset = f"TRY_STRPTIME({text}, {_lit(fmt)})"
-        local = f"timezone({_lit(tz)}, TRY_STRPTIME({_text(col)}, {_lit(fmt.replace('%z', '').strip())}))"
-        return f"coalesce({with_offset}, {local})"
+    elif has_zone(fmt):
+        # an offset or zone name in the value wins; a value without one is local time in ``tz``. ISO 8601's Z is
+        # the offset +00:00 for %z, and the zone UTC for %Z.
+        utc = "+00:00" if "%z" in fmt else "UTC"
+        text = f"regexp_replace({_text(col)}, '([0-9 ])Z$', '\\1{utc}')"
+        with_zone = f"TRY_STRPTIME({text}, {_lit(fmt)})"
+        without = re.sub(r"\s*%[zZ]", "", fmt).strip()
+        local = f"timezone({_lit(tz)}, TRY_STRPTIME({_text(col)}, {_lit(without)}))"
+        return f"coalesce({with_zone}, {local})"
     else:
         naive = f"TRY_STRPTIME({_text(col)}, {_lit(fmt)})"
     return f"timezone({_lit(tz)}, {naive})"

@@ -21,6 +21,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from features.errors import InputError
+from features.timeformat import format_problem
 from models.gate import CHURN_GATE_METRICS
 
 
@@ -142,6 +143,9 @@ class IngestConfig:
             ) from None
         if len(self.csv_delimiter) != 1:
             raise ConfigError(f"ingest.csv_delimiter must be one character, got {self.csv_delimiter!r}")
+        problem = format_problem(self.timestamp_format)
+        if problem is not None:
+            raise ConfigError(f"ingest.timestamp_format {self.timestamp_format!r}: {problem}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -130,6 +130,15 @@ def utc_times(*expected: str) -> Callable[[pd.DataFrame], None]:
     return check
 
 
+def instants(*expected: str) -> Callable[[pd.DataFrame], None]:
+    """The kept times to the microsecond, in UTC (ISO 8601)."""
+
+    def check(tx: pd.DataFrame) -> None:
+        assert [t.isoformat() for t in tx[s.TS]] == list(expected)
+
+    return check
+
+
 def amounts(*expected: float) -> Callable[[pd.DataFrame], None]:
     def check(tx: pd.DataFrame) -> None:
         assert tx[s.AMOUNT].tolist() == list(expected)
@@ -737,5 +746,119 @@ CASES: list[Case] = [
             ".parquet files in it, e.g. {src}/part-0.csv",
         ),
         suffix="",
+    ),
+    # --- timestamp formats: what DuckDB's strptime reads, epoch seconds, zone names, fractions of a second ---
+    Case(
+        "epoch_milliseconds_format",
+        lines("1,1578182400000,10.0"),
+        Fails(
+            "ingest",
+            "ingest.timestamp_format '%Q': %Q (milliseconds since 1970) is not read; store the column as a Parquet "
+            "timestamp, or as seconds with timestamp_format '%s'",
+        ),
+        ingest={"timestamp_format": "%Q"},
+    ),
+    Case(
+        "epoch_seconds_inside_a_format",
+        lines("1,1578182400.5,10.0"),
+        Fails(
+            "ingest",
+            "ingest.timestamp_format '%s.%f': %s (seconds since 1970-01-01 UTC) is read only as the whole format: set "
+            "it to '%s'",
+        ),
+        ingest={"timestamp_format": "%s.%f"},
+    ),
+    Case(
+        "epoch_seconds",  # an instant: ingest.timezone does not apply
+        lines(
+            "1,1578182400,10.0",
+            "2,1593561600.25,20.0",
+            "3,-1,5.0",  # 1969-12-31 23:59:59
+            "3,1e30,5.0",
+            "3,2020-01-05,5.0",
+        ),
+        Quarantines(
+            kept=2,
+            reasons={s.TIMESTAMP_OUT_OF_RANGE: 1, s.UNPARSEABLE_TIMESTAMP: 2},
+            check=instants("2020-01-05T00:00:00+00:00", "2020-07-01T00:00:00.250000+00:00"),
+        ),
+        ingest={"timestamp_format": "%s", "timezone": "Europe/Athens"},
+    ),
+    Case(
+        "epoch_seconds_in_a_parquet_integer_column",
+        parquet(
+            customer_id=pa.array(["1", "2"]),
+            date=pa.array([1578182400, 1593561600], type=pa.int64()),
+            amount=pa.array([10.0, 20.0]),
+        ),
+        Quarantines(kept=2, reasons={}, check=utc_times("2020-01-05 00:00", "2020-07-01 00:00")),
+        ingest={"timestamp_format": "%s", "timezone": "Asia/Tokyo"},
+        suffix=".parquet",
+    ),
+    Case(
+        "python_only_directive",
+        lines(*GOOD),
+        Fails(
+            "ingest",
+            "ingest.timestamp_format '%F': %F is not a directive DuckDB's strptime reads (write %Y-%m-%d); see "
+            "https://duckdb.org/docs/sql/functions/dateformat",
+        ),
+        ingest={"timestamp_format": "%F"},
+    ),
+    Case(
+        "format_written_as_a_pattern",
+        lines(*GOOD),
+        Fails(
+            "ingest",
+            "ingest.timestamp_format 'yyyy-MM-dd': has no % directive (strptime writes a year as %Y, a day as %d): "
+            "e.g. '%Y-%m-%d %H:%M:%S'",
+        ),
+        ingest={"timestamp_format": "yyyy-MM-dd"},
+    ),
+    Case(
+        "format_ending_in_a_lone_percent",
+        lines(*GOOD),
+        Fails("ingest", "ingest.timestamp_format '%Y-%m-%d%': ends with a lone %; write %% for a percent sign"),
+        ingest={"timestamp_format": "%Y-%m-%d%"},
+    ),
+    Case(
+        "date_only_format_with_an_offset",
+        lines("1,2020-01-05+02:00,10.0"),
+        Fails(
+            "ingest",
+            "ingest.timestamp_format '%Y-%m-%d%z': has a zone (%z or %Z) but no time of day; a date is kept as that "
+            "day whatever the zone, so remove the zone, or add the time",
+        ),
+        ingest={"timestamp_format": "%Y-%m-%d%z"},
+    ),
+    Case(
+        "zone_names",
+        lines(
+            "1,2020-01-05 10:00 EST,10.0",
+            "2,2020-01-05 10:00 America/New_York,10.0",
+            "3,2020-01-05 10:00 UTC,10.0",
+            "4,2020-01-05 10:00 Z,10.0",
+            "5,2020-01-05 10:00,10.0",  # no zone: read in ingest.timezone
+        ),
+        Quarantines(
+            kept=5,
+            reasons={},
+            check=utc_times(
+                "2020-01-05 15:00", "2020-01-05 15:00", "2020-01-05 10:00", "2020-01-05 10:00", "2020-01-05 08:00"
+            ),
+        ),
+        ingest={"timestamp_format": "%Y-%m-%d %H:%M %Z", "timezone": "Europe/Athens"},
+    ),
+    Case(
+        "timestamps_with_microseconds",
+        lines("1,2020-01-05 10:00:00.123456,10.0", "2,2020-01-05 10:00:00,10.0"),  # the fraction is not optional
+        Quarantines(kept=1, reasons={s.UNPARSEABLE_TIMESTAMP: 1}, check=instants("2020-01-05T10:00:00.123456+00:00")),
+        ingest={"timestamp_format": "%Y-%m-%d %H:%M:%S.%f"},
+    ),
+    Case(
+        "twelve_hour_clock",
+        lines("1,05/01/2020 01:30 PM,10.0", "2,05/01/2020 12:05 AM,10.0"),
+        Quarantines(kept=2, reasons={}, check=utc_times("2020-01-05 13:30", "2020-01-05 00:05")),
+        ingest={"timestamp_format": "%d/%m/%Y %I:%M %p"},
     ),
 ]
