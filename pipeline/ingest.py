@@ -4,24 +4,31 @@ Sources (``ingest.source``): a path to a ``.csv``, ``.csv.gz`` or ``.parquet`` f
 logs that ship inside the lifetimes wheel (``cdnow``: 23,570 customers; ``cdnow_sample``: 2,357 customers).
 The name says CSV or Parquet, in any case (``.CSV.GZ``); whether a CSV is gzip-compressed is told by its first
 bytes, so a gzip file named ``.csv`` is read, and so is plain text named ``.csv.gz``.
+
+A CSV line with no value in any field (empty, whitespace only, or only delimiters such as ``,,``) is a blank line,
+not a row: it is skipped, and counted in ``blank_lines_skipped`` of metrics/ingest.json and in the log line. A line
+with another number of fields than the header stops the stage with the line's text.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
+import dataclasses
 import gzip
 import hashlib
 import importlib.resources
 import io
 import logging
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -119,14 +126,41 @@ def _open_text(path: Path, gzipped: bool, encoding: str) -> TextIO:
     return gzip.open(path, "rt", encoding=encoding, newline="") if gzipped else path.open(encoding=encoding, newline="")
 
 
-def _csv_header(path: Path, delimiter: str, encoding: str, gzipped: bool) -> list[str]:
+def _is_blank(line: str, delimiter: str) -> bool:
+    """A line with no value in any field: empty, whitespace, or only delimiters and quotes (``,,`` or ``"",""``)."""
+    return not line.replace(delimiter, "").replace('"', "").strip()
+
+
+def _first_lines(path: Path, encoding: str, gzipped: bool) -> Iterator[str]:
+    """The file's lines as text, without their ends, read no further than asked."""
+    if codecs.lookup(encoding).name.startswith(("utf-16", "utf-32")):  # a line break is several bytes
+        with _open_text(path, gzipped, encoding) as text:
+            for line in text:
+                yield line.rstrip("\r\n")
+    else:  # only the header's bytes: a bad byte further down is read_source's to report, with its line
+        with _open(path, gzipped) as fh:
+            for raw in _lines(fh):
+                yield raw.decode(encoding)
+
+
+@dataclasses.dataclass(frozen=True)
+class CsvHeader:
+    names: list[str]
+    blank_lines_before: int  # skipped and counted, like blank lines among the rows
+
+
+def _csv_header(path: Path, delimiter: str, encoding: str, gzipped: bool) -> CsvHeader:
+    blank_before = 0
+    first_line = ""
     try:
-        if codecs.lookup(encoding).name.startswith(("utf-16", "utf-32")):  # a line break is several bytes
-            with _open_text(path, gzipped, encoding) as text:
-                first_line = text.readline().rstrip("\r\n")
-        else:  # only the header's bytes: a bad byte further down is read_source's to report, with its line
-            with _open(path, gzipped) as fh:
-                first_line = next(_lines(fh), b"").decode(encoding)
+        for line in _first_lines(path, encoding, gzipped):
+            # A UTF-8 byte order mark would otherwise stick to the first column name.
+            first_line = line.lstrip("\ufeff") if blank_before == 0 else line
+            if not _is_blank(first_line, delimiter):
+                break
+            blank_before += 1
+        else:
+            first_line = ""
         header = next(csv.reader([first_line], delimiter=delimiter), None)
     except UnicodeDecodeError as exc:
         raise InputError(
@@ -144,8 +178,7 @@ def _csv_header(path: Path, delimiter: str, encoding: str, gzipped: bool) -> lis
                 f"{path}: the header is one column {header[0]!r} with delimiter {delimiter!r}; it looks "
                 f"{found[0]!r}-separated: set ingest.csv_delimiter to {found[0]!r}"
             )
-    # A UTF-8 byte order mark would otherwise stick to the first column name.
-    return [h.lstrip("\ufeff").strip() for h in header]
+    return CsvHeader([h.strip() for h in header], blank_before)
 
 
 SEPARATORS = (",", ";", "\t", "|")
@@ -181,10 +214,23 @@ def _check_is_a_file(path: Path) -> None:
         raise InputError(f"{path}: file not found; set ingest.source to an existing file or one of: {builtins}")
 
 
-def read_source(source: str, delimiter: str, encoding: str) -> tuple[pa.Table, str]:
+@dataclasses.dataclass(frozen=True)
+class RawLog:
+    """The source as read: a row per data line (text columns) or per stored row (Parquet's types), and its sha256.
+
+    A CSV line with no value in any field (empty, whitespace, or only delimiters: ``,,``) is a blank line, not a
+    row: it is skipped and counted in ``blank_lines``, so lines = header + rows + blank lines.
+    """
+
+    table: pa.Table
+    sha256: str
+    blank_lines: int
+
+
+def read_source(source: str, delimiter: str, encoding: str) -> RawLog:
     """Read the raw log as an Arrow table (text columns for CSV, stored types for Parquet) and its sha256."""
     if source in BUILTIN_SOURCES:
-        return _builtin(source)
+        return RawLog(*_builtin(source), blank_lines=0)
     path = Path(source)
     _check_is_a_file(path)
     name = path.name.lower()
@@ -194,7 +240,7 @@ def read_source(source: str, delimiter: str, encoding: str) -> tuple[pa.Table, s
         except pa.ArrowException as exc:
             reason = re.sub(r"^Could not open Parquet input source '.*?': ", "", str(exc).splitlines()[0])
             raise InputError(f"{path}: not a readable Parquet file ({reason})") from exc
-        return table, _sha256(path)
+        return RawLog(table, _sha256(path), blank_lines=0)
     if not name.endswith((".csv", ".csv.gz")):
         raise InputError(f"{path}: unsupported file type; ingest reads .csv, .csv.gz and .parquet")
     content = _content(path)
@@ -212,14 +258,18 @@ def read_source(source: str, delimiter: str, encoding: str) -> tuple[pa.Table, s
         )
     gzipped = content == "gzip"
     header = _csv_header(path, delimiter, encoding, gzipped)
+    lines = _LineHandler(delimiter)
     try:
         table = pacsv.read_csv(
             # the compression is the content's, not the name's (Arrow would go by a lower-case .gz)
             pa.input_stream(str(path), compression="gzip" if gzipped else None),
-            read_options=pacsv.ReadOptions(column_names=header, skip_rows=1, encoding=encoding),
-            parse_options=pacsv.ParseOptions(delimiter=delimiter),
+            read_options=pacsv.ReadOptions(
+                column_names=header.names, skip_rows=header.blank_lines_before + 1, encoding=encoding
+            ),
+            # Arrow would skip empty lines without a count; they come back as rows of empty fields, dropped below
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, ignore_empty_lines=False, invalid_row_handler=lines),
             convert_options=pacsv.ConvertOptions(
-                column_types=dict.fromkeys(header, pa.string()), strings_can_be_null=False
+                column_types=dict.fromkeys(header.names, pa.string()), strings_can_be_null=False
             ),
         )
     except (OSError, EOFError) as exc:  # e.g. a truncated .gz
@@ -231,11 +281,61 @@ def read_source(source: str, delimiter: str, encoding: str) -> tuple[pa.Table, s
                 f"{path}: not valid {encoding} at {where}; set ingest.encoding to the file's encoding (often latin-1 "
                 "or cp1252 for spreadsheet exports)"
             ) from exc
+        if lines.malformed is not None:
+            raise InputError(_malformed_line(path, lines.malformed, delimiter)) from exc
         raise InputError(
             f"{path}: cannot be parsed as CSV with delimiter {delimiter!r} and encoding {encoding} "
             f"({str(exc).splitlines()[0]}); check ingest.csv_delimiter and ingest.encoding"
         ) from exc
-    return table, _sha256(path)
+    table, blank_rows = _without_blank_rows(table)
+    return RawLog(table, _sha256(path), header.blank_lines_before + lines.blank + blank_rows)
+
+
+class _LineHandler:
+    """Arrow's handler of lines with the wrong number of fields: skips and counts the blank ones (a stray ``   ``
+    line), and keeps the first other one for the error message. Arrow may call it from several threads."""
+
+    def __init__(self, delimiter: str) -> None:
+        self.delimiter = delimiter
+        self.blank = 0
+        self.malformed: pacsv.InvalidRow | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, row: pacsv.InvalidRow) -> str:
+        with self._lock:
+            if _is_blank(row.text, self.delimiter):
+                self.blank += 1
+                return "skip"
+            if self.malformed is None:
+                self.malformed = row
+            return "error"
+
+
+def _malformed_line(path: Path, row: pacsv.InvalidRow, delimiter: str) -> str:
+    text = row.text
+    first, *more = re.split(r"\r\n|\r|\n", text)
+    if more and '"' in text:  # a quote not closed where its line ends runs on into the next lines
+        return (
+            f"{path}: a quoted value from the line {first[:80]!r} runs on over {len(more)} more line(s), leaving "
+            f"{row.actual_columns} fields where the header has {row.expected_columns}: a quote that is not closed? "
+            'close it, or double a quote meant as text ("")'
+        )
+    return (
+        f"{path}: a line has {row.actual_columns} fields where the header has {row.expected_columns}: "
+        f"{text[:80]!r}; quote values that contain {delimiter!r}, or check ingest.csv_delimiter"
+    )
+
+
+def _without_blank_rows(table: pa.Table) -> tuple[pa.Table, int]:
+    """The rows with a value in some field, and how many had none (empty lines, ``,,``): blank lines, not rows."""
+    blank: pa.ChunkedArray | None = None
+    for column in table.columns:
+        empty = pc.or_(pc.equal(pc.binary_length(column), 0), pc.utf8_is_space(column))
+        blank = empty if blank is None else pc.and_(blank, empty)
+        if not pc.any(blank).as_py():  # mostly decided by the first column
+            return table, 0
+    assert blank is not None  # a header has at least one column
+    return table.filter(pc.invert(blank)), int(pc.sum(blank).as_py())
 
 
 def rules_from(cfg: IngestConfig) -> CleaningRules:
@@ -258,12 +358,13 @@ def rules_from(cfg: IngestConfig) -> CleaningRules:
     )
 
 
-def ingest_metrics(result: CleaningResult, source: str, sha256: str) -> dict[str, Any]:
+def ingest_metrics(result: CleaningResult, source: str, raw: RawLog) -> dict[str, Any]:
     tx = result.transactions
     days = tx[s.TS].dt.date if len(tx) else pd.Series([], dtype=object)
     return {
         "source": source,
-        "source_sha256": sha256,
+        "source_sha256": raw.sha256,
+        "blank_lines_skipped": raw.blank_lines,
         "rows_in": result.rows_in,
         "rows_kept": result.rows_kept,
         "rows_quarantined": result.rows_quarantined,
@@ -277,8 +378,8 @@ def ingest_metrics(result: CleaningResult, source: str, sha256: str) -> dict[str
 
 def run(cfg: IngestConfig, transactions: Path, quarantine: Path, metrics: Path) -> dict[str, Any]:
     """Read ``cfg.source``, validate it, and write the three outputs. Returns the metrics."""
-    raw, sha256 = read_source(cfg.source, cfg.csv_delimiter, cfg.encoding)
-    result = clean_transactions(raw, rules_from(cfg), source=cfg.source)
+    raw = read_source(cfg.source, cfg.csv_delimiter, cfg.encoding)
+    result = clean_transactions(raw.table, rules_from(cfg), source=cfg.source)
     if result.rows_in != result.rows_kept + result.rows_quarantined:  # pragma: no cover - an invariant
         raise AssertionError("ingest lost rows: rows_in != rows_kept + rows_quarantined")
     if result.rows_kept == 0:
@@ -288,16 +389,17 @@ def run(cfg: IngestConfig, transactions: Path, quarantine: Path, metrics: Path) 
             "check ingest.columns, ingest.timestamp_format and the quarantine rules in params.yaml"
         )
     write_table(result.transactions, transactions, s.TRANSACTIONS)
-    write_table(result.quarantine, quarantine, s.quarantine_schema(raw.column_names))
-    out = ingest_metrics(result, cfg.source, sha256)
+    write_table(result.quarantine, quarantine, s.quarantine_schema(raw.table.column_names))
+    out = ingest_metrics(result, cfg.source, raw)
     write_json(out, metrics)
     log.info(
-        "%s: %d rows in, %d kept, %d quarantined %s",
+        "%s: %d rows in, %d kept, %d quarantined %s%s",
         cfg.source,
         out["rows_in"],
         out["rows_kept"],
         out["rows_quarantined"],
         {k: v for k, v in out["quarantined_by_reason"].items() if v},
+        f"; {raw.blank_lines} blank lines skipped (no value in any field)" if raw.blank_lines else "",
     )
     return out
 

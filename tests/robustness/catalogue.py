@@ -40,6 +40,7 @@ class Quarantines:
     kept: int
     reasons: dict[str, int]  # the reasons with a non-zero count
     check: Callable[[pd.DataFrame], None] | None = None  # more about the kept transactions
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)  # more of metrics/ingest.json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -860,5 +861,73 @@ CASES: list[Case] = [
         lines("1,05/01/2020 01:30 PM,10.0", "2,05/01/2020 12:05 AM,10.0"),
         Quarantines(kept=2, reasons={}, check=utc_times("2020-01-05 13:30", "2020-01-05 00:05")),
         ingest={"timestamp_format": "%d/%m/%Y %I:%M %p"},
+    ),
+    # --- blank lines (no value in any field) are skipped and counted; a malformed line stops ingest -----------
+    Case(
+        "trailing_whitespace_line",
+        lines(*GOOD, "   "),
+        Quarantines(kept=3, reasons={}, metrics={"blank_lines_skipped": 1, "rows_in": 3}),
+    ),
+    Case(
+        "blank_lines_between_rows",
+        lines(GOOD[0], "", GOOD[1], " \t ", GOOD[2], "\u3000\u00a0", ""),  # and an empty line at the end
+        Quarantines(kept=3, reasons={}, check=customers("1", "2", "1"), metrics={"blank_lines_skipped": 4}),
+    ),
+    Case(
+        "rows_of_only_delimiters",  # what a spreadsheet writes for empty rows, with the right count or not
+        lines(*GOOD, ",,", " , , ", '"","",""', ",,,,"),
+        Quarantines(kept=3, reasons={}, metrics={"blank_lines_skipped": 4, "rows_in": 3}),
+    ),
+    Case(
+        "blank_lines_before_the_header",
+        raw(b"\xef\xbb\xbf\r\n  \r\n" + "\r\n".join([HEADER, *GOOD]).encode() + b"\r\n\r\n"),
+        Quarantines(kept=3, reasons={}, check=customers("1", "2", "1"), metrics={"blank_lines_skipped": 3}),
+    ),
+    Case(
+        "only_blank_lines_after_the_header",
+        lines("", "  ", ",,"),
+        Fails("ingest", "{src}: has a header but no data rows; point ingest.source at a non-empty log"),
+    ),
+    Case(
+        "a_value_of_blank_lines_is_not_a_blank_line",
+        lines('1,2020-01-05,10.0,"\n  \n"', '2,2020-01-06,20.0,""', header=HEADER + ",note"),
+        Quarantines(kept=2, reasons={}, metrics={"blank_lines_skipped": 0, "rows_in": 2}),
+    ),
+    Case(
+        "a_line_with_an_extra_field",
+        lines(*GOOD, "4,2020-01-07,5.0,gift"),
+        Fails(
+            "ingest",
+            "{src}: a line has 4 fields where the header has 3: '4,2020-01-07,5.0,gift'; quote values that contain "
+            "',', or check ingest.csv_delimiter",
+        ),
+    ),
+    Case(
+        "a_truncated_last_line",
+        raw("\n".join([HEADER, *GOOD, "4,2020-01"]).encode()),
+        Fails(
+            "ingest",
+            "{src}: a line has 2 fields where the header has 3: '4,2020-01'; quote values that contain ',', or check "
+            "ingest.csv_delimiter",
+        ),
+    ),
+    Case(
+        "a_quote_that_is_not_closed",
+        lines(GOOD[0], '2,2020-01-06,"20.0', GOOD[2], '4,"5 inch,3.0'),
+        Fails(
+            "ingest",
+            "{src}: a quoted value from the line '2,2020-01-06,\"20.0' runs on over 2 more line(s), leaving 4 fields "
+            'where the header has 3: a quote that is not closed? close it, or double a quote meant as text ("")',
+        ),
+    ),
+    Case(
+        "quoted_values_with_quotes_delimiters_and_line_breaks",
+        lines(
+            '1,2020-01-05,10.0,"said ""hi"", then\nleft"',
+            '2,2020-01-06,20.0,"a\r\nb,c"',
+            "3,2020-01-07,5.0,plain",
+            header=HEADER + ",note",
+        ),
+        Quarantines(kept=3, reasons={}, check=amounts(10.0, 20.0, 5.0), metrics={"rows_in": 3}),
     ),
 ]

@@ -110,3 +110,4 @@ def check_nothing_lost(d: Path, case: Case) -> None:
         assert {k: v for k, v in metrics["quarantined_by_reason"].items() if v} == case.expect.reasons
         if case.expect.check is not None:
             case.expect.check(tx)
+        assert {k: metrics[k] for k in case.expect.metrics} == case.expect.metrics
