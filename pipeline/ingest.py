@@ -227,8 +227,17 @@ class RawLog:
     blank_lines: int
 
 
-def read_source(source: str, delimiter: str, encoding: str) -> RawLog:
-    """Read the raw log as an Arrow table (text columns for CSV, stored types for Parquet) and its sha256."""
+# Arrow parses a CSV in blocks of this many bytes (its default), cut at line breaks, in parallel.
+CSV_BLOCK_BYTES = 1 << 20
+# A record longer than this is not a purchase but a quote that never closes, running on to the end of the file.
+MAX_CSV_BLOCK_BYTES = 1 << 28
+
+
+def read_source(source: str, delimiter: str, encoding: str, block_bytes: int = CSV_BLOCK_BYTES) -> RawLog:
+    """Read the raw log as an Arrow table (text columns for CSV, stored types for Parquet) and its sha256.
+
+    ``block_bytes`` is where a CSV read starts (tests use small blocks to reach the retries without large files).
+    """
     if source in BUILTIN_SOURCES:
         return RawLog(*_builtin(source), blank_lines=0)
     path = Path(source)
@@ -243,6 +252,15 @@ def read_source(source: str, delimiter: str, encoding: str) -> RawLog:
         return RawLog(table, _sha256(path), blank_lines=0)
     if not name.endswith((".csv", ".csv.gz")):
         raise InputError(f"{path}: unsupported file type; ingest reads .csv, .csv.gz and .parquet")
+    gzipped = _is_gzip_csv(path)
+    header = _csv_header(path, delimiter, encoding, gzipped)
+    table, blank_lines = _read_csv(path, gzipped, header, delimiter, encoding, block_bytes)
+    table, blank_rows = _without_blank_rows(table)
+    return RawLog(table, _sha256(path), header.blank_lines_before + blank_lines + blank_rows)
+
+
+def _is_gzip_csv(path: Path) -> bool:
+    """Whether a file named as a CSV is gzip-compressed; a one-line error if it is not CSV text at all."""
     content = _content(path)
     if content == "parquet":
         raise InputError(f"{path}: is a Parquet file, not CSV text; rename it to end in .parquet")
@@ -256,39 +274,101 @@ def read_source(source: str, delimiter: str, encoding: str) -> RawLog:
             f"{path}: is {content}-compressed, not gzip or CSV text; decompress it, or recompress it with gzip "
             "(ingest reads .csv, .csv.gz and .parquet)"
         )
-    gzipped = content == "gzip"
-    header = _csv_header(path, delimiter, encoding, gzipped)
-    lines = _LineHandler(delimiter)
-    try:
-        table = pacsv.read_csv(
-            # the compression is the content's, not the name's (Arrow would go by a lower-case .gz)
-            pa.input_stream(str(path), compression="gzip" if gzipped else None),
-            read_options=pacsv.ReadOptions(
-                column_names=header.names, skip_rows=header.blank_lines_before + 1, encoding=encoding
-            ),
-            # Arrow would skip empty lines without a count; they come back as rows of empty fields, dropped below
-            parse_options=pacsv.ParseOptions(delimiter=delimiter, ignore_empty_lines=False, invalid_row_handler=lines),
-            convert_options=pacsv.ConvertOptions(
-                column_types=dict.fromkeys(header.names, pa.string()), strings_can_be_null=False
-            ),
+    return content == "gzip"
+
+
+def _read_csv(
+    path: Path, gzipped: bool, header: CsvHeader, delimiter: str, encoding: str, block_bytes: int
+) -> tuple[pa.Table, int]:
+    """The CSV's rows as text columns, and the whitespace-only lines skipped among them.
+
+    The first read assumes that line breaks end records, which lets Arrow cut the file into blocks at any line
+    break. A quoted value with a line break in it breaks that when a block boundary falls inside it ("CSV parser
+    got out of sync with chunker", or a malformed line), so the file is read again with quote-aware cutting
+    (``newlines_in_values``), which is slower. A record longer than a block ("straddling object") is read again
+    with 16x larger blocks.
+    """
+    newlines_in_values = False
+    while True:
+        lines = _LineHandler(delimiter)
+        try:
+            table = _arrow_csv(path, gzipped, header, delimiter, encoding, block_bytes, newlines_in_values, lines)
+        except (OSError, EOFError) as exc:  # e.g. a truncated .gz
+            raise InputError(f"{path}: cannot be read to the end ({exc}); the file looks truncated or damaged") from exc
+        except pa.ArrowInvalid as exc:
+            message = str(exc)
+            # A block cut inside a quoted value shows as Arrow's "out of sync", or as a line with too few fields
+            # (the value's second half), which the quote-aware read tells apart from a line that really is wrong.
+            if ("out of sync with chunker" in message or lines.malformed is not None) and not newlines_in_values:
+                log.info("%s: reading again with quote-aware block cutting (%s)", path, message.splitlines()[0].strip())
+                newlines_in_values = True
+            elif "straddling object" in message and block_bytes < MAX_CSV_BLOCK_BYTES:
+                block_bytes *= 16
+                log.info(
+                    "%s: a record is longer than a block; reading again in blocks of %s", path, _bytes(block_bytes)
+                )
+            else:
+                raise _csv_error(path, exc, lines, delimiter, encoding, gzipped) from exc
+        else:
+            return table, lines.blank
+
+
+def _arrow_csv(
+    path: Path,
+    gzipped: bool,
+    header: CsvHeader,
+    delimiter: str,
+    encoding: str,
+    block_bytes: int,
+    newlines_in_values: bool,
+    lines: _LineHandler,
+) -> pa.Table:
+    return pacsv.read_csv(
+        # the compression is the content's, not the name's (Arrow would go by a lower-case .gz)
+        pa.input_stream(str(path), compression="gzip" if gzipped else None),
+        read_options=pacsv.ReadOptions(
+            column_names=header.names,
+            skip_rows=header.blank_lines_before + 1,
+            encoding=encoding,
+            block_size=block_bytes,
+        ),
+        # Arrow would skip empty lines without a count; they come back as rows of empty fields, dropped after
+        parse_options=pacsv.ParseOptions(
+            delimiter=delimiter,
+            newlines_in_values=newlines_in_values,
+            ignore_empty_lines=False,
+            invalid_row_handler=lines,
+        ),
+        convert_options=pacsv.ConvertOptions(
+            column_types=dict.fromkeys(header.names, pa.string()), strings_can_be_null=False
+        ),
+    )
+
+
+def _bytes(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB" if n >= 1 << 10 else f"{n} bytes"
+
+
+def _csv_error(
+    path: Path, exc: pa.ArrowInvalid, lines: _LineHandler, delimiter: str, encoding: str, gzipped: bool
+) -> InputError:
+    message = str(exc)
+    if "invalid UTF8" in message:
+        return InputError(
+            f"{path}: not valid {encoding} at {_first_undecodable_line(path, encoding, gzipped)}; set ingest.encoding "
+            "to the file's encoding (often latin-1 or cp1252 for spreadsheet exports)"
         )
-    except (OSError, EOFError) as exc:  # e.g. a truncated .gz
-        raise InputError(f"{path}: cannot be read to the end ({exc}); the file looks truncated or damaged") from exc
-    except pa.ArrowInvalid as exc:
-        if "invalid UTF8" in str(exc):
-            where = _first_undecodable_line(path, encoding, gzipped)
-            raise InputError(
-                f"{path}: not valid {encoding} at {where}; set ingest.encoding to the file's encoding (often latin-1 "
-                "or cp1252 for spreadsheet exports)"
-            ) from exc
-        if lines.malformed is not None:
-            raise InputError(_malformed_line(path, lines.malformed, delimiter)) from exc
-        raise InputError(
-            f"{path}: cannot be parsed as CSV with delimiter {delimiter!r} and encoding {encoding} "
-            f"({str(exc).splitlines()[0]}); check ingest.csv_delimiter and ingest.encoding"
-        ) from exc
-    table, blank_rows = _without_blank_rows(table)
-    return RawLog(table, _sha256(path), header.blank_lines_before + lines.blank + blank_rows)
+    if lines.malformed is not None:
+        return InputError(_malformed_line(path, lines.malformed, delimiter))
+    if "straddling object" in message:
+        return InputError(
+            f"{path}: a record is longer than {_bytes(MAX_CSV_BLOCK_BYTES)}, so a quote probably never closes and "
+            'its value runs on to the end of the file; close it, or double a quote meant as text ("")'
+        )
+    return InputError(
+        f"{path}: cannot be parsed as CSV with delimiter {delimiter!r} and encoding {encoding} "
+        f"({message.splitlines()[0]}); check ingest.csv_delimiter and ingest.encoding"
+    )
 
 
 class _LineHandler:

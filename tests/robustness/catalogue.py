@@ -105,6 +105,12 @@ def history(customers: int = 300, seed: int = 7, one_time: bool = False, extra: 
     return ("\n".join([HEADER, *rows, *extra]) + "\n").encode("utf-8")
 
 
+def notes_with_line_breaks(rows: int) -> bytes:
+    """A log whose every line has a quoted note with a line break in it: 37 bytes a row."""
+    body = "".join(f'{i % 500},2020-01-{1 + i % 28:02d},{i % 90 + 10}.0,"a note\nin two lines"\n' for i in range(rows))
+    return (f"{HEADER},note\n" + body).encode()
+
+
 def parquet_bytes() -> bytes:
     return b"PAR1 this is not a parquet file"
 
@@ -929,5 +935,22 @@ CASES: list[Case] = [
             header=HEADER + ",note",
         ),
         Quarantines(kept=3, reasons={}, check=amounts(10.0, 20.0, 5.0), metrics={"rows_in": 3}),
+    ),
+    # --- valid files that do not fit Arrow's fast path: read again, not refused ---------------------------------
+    Case(
+        "quoted_line_breaks_in_a_file_larger_than_a_block",  # 2.7 MB: Arrow cuts its 1 MiB blocks at line breaks
+        lambda: notes_with_line_breaks(60_000),
+        Quarantines(kept=60_000, reasons={}, metrics={"rows_in": 60_000, "blank_lines_skipped": 0}),
+    ),
+    Case(
+        "quoted_line_breaks_in_a_large_gzip",
+        lambda: gzip.compress(notes_with_line_breaks(60_000)),
+        Quarantines(kept=60_000, reasons={}),
+        suffix=".csv.gz",
+    ),
+    Case(
+        "a_3_mb_field",  # longer than Arrow's 1 MiB block
+        lines("1,2020-01-05,10.0,short", "2,2020-01-06,20.0," + "x" * 3_000_000, header=HEADER + ",note"),
+        Quarantines(kept=2, reasons={}, check=amounts(10.0, 20.0)),
     ),
 ]
