@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -286,15 +287,20 @@ def _read_csv(
     break. A quoted value with a line break in it breaks that when a block boundary falls inside it ("CSV parser
     got out of sync with chunker", or a malformed line), so the file is read again with quote-aware cutting
     (``newlines_in_values``), which is slower. A record longer than a block ("straddling object") is read again
-    with 16x larger blocks.
+    with 16x larger blocks. Each read is checked against the file's own count of lines, because the fast path
+    can also lose the rest of a block without an error when a quote is not closed.
     """
+    try:
+        in_file = _file_lines(path, gzipped, encoding)
+    except (OSError, EOFError) as exc:  # e.g. a truncated .gz
+        raise _damaged(path, exc) from exc
     newlines_in_values = False
     while True:
         lines = _LineHandler(delimiter)
         try:
             table = _arrow_csv(path, gzipped, header, delimiter, encoding, block_bytes, newlines_in_values, lines)
-        except (OSError, EOFError) as exc:  # e.g. a truncated .gz
-            raise InputError(f"{path}: cannot be read to the end ({exc}); the file looks truncated or damaged") from exc
+        except (OSError, EOFError) as exc:
+            raise _damaged(path, exc) from exc
         except pa.ArrowInvalid as exc:
             message = str(exc)
             # A block cut inside a quoted value shows as Arrow's "out of sync", or as a line with too few fields
@@ -309,8 +315,78 @@ def _read_csv(
                 )
             else:
                 raise _csv_error(path, exc, lines, delimiter, encoding, gzipped) from exc
-        else:
-            return table, lines.blank
+            continue
+        if in_file is not None:
+            _check_last_value_is_closed(path, table, in_file)
+            read = header.blank_lines_before + 1 + table.num_rows + _breaks_in_values(table) + lines.blank_lines
+            if read != in_file.lines and not newlines_in_values:
+                log.info(
+                    "%s: %d lines read as %d; reading again with quote-aware block cutting", path, in_file.lines, read
+                )
+                newlines_in_values = True
+                continue
+            if read != in_file.lines:
+                raise InputError(
+                    f"{path}: has {in_file.lines} lines, but its header, rows and blank lines account for {read}; the "
+                    'quoting is broken somewhere (a quote that is not closed?): check the quotes ("")'
+                )
+        return table, lines.blank
+
+
+def _damaged(path: Path, exc: OSError | EOFError) -> InputError:
+    return InputError(f"{path}: cannot be read to the end ({exc}); the file looks truncated or damaged")
+
+
+@dataclasses.dataclass(frozen=True)
+class _FileLines:
+    lines: int  # physical lines, at LF, CRLF or a lone CR, the last one with or without its end
+    ends_with_quote: bool  # the last character other than whitespace is a double quote
+
+
+def _file_lines(path: Path, gzipped: bool, encoding: str) -> _FileLines | None:
+    """The file's lines, counted on its bytes; None for encodings in which a line break is not its ASCII byte."""
+    if "x\r\n".encode(encoding)[len("x".encode(encoding)) :] != b"\r\n":  # UTF-16, UTF-32, EBCDIC (past a BOM)
+        return None
+    lf = cr = crlf = 0
+    tail = b""
+    with _open(path, gzipped) as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            lf += chunk.count(b"\n")
+            if b"\r" in chunk or tail.endswith(b"\r"):  # the two-byte search only where a CR is (rare)
+                cr, crlf = cr + chunk.count(b"\r"), crlf + chunk.count(b"\r\n")
+                crlf += tail.endswith(b"\r") and chunk.startswith(b"\n")  # a CRLF split between two chunks
+            tail = (tail + chunk)[-64:]
+    ends_open = bool(tail) and not tail.endswith((b"\n", b"\r"))  # a last line without a line break
+    return _FileLines(lf + cr - crlf + ends_open, tail.rstrip().endswith(b'"'))
+
+
+def _breaks_in_values(table: pa.Table) -> int:
+    """Line breaks inside the values (quoted), counted as in the file: CRLF as one."""
+    total = 0
+    for column in table.columns:
+        for chunk in column.chunks:
+            # the bytes of all the chunk's values, end to end: one vectorised count instead of one per value
+            offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int32)[chunk.offset : chunk.offset + len(chunk) + 1]
+            data = chunk.buffers()[2]
+            text = np.frombuffer(data, dtype=np.uint8)[offsets[0] : offsets[-1]] if data is not None else np.empty(0)
+            lf, cr = int(np.count_nonzero(text == 10)), int(np.count_nonzero(text == 13))
+            crlf = (pc.sum(pc.count_substring(chunk, "\r\n")).as_py() or 0) if lf and cr else 0  # within values
+            total += lf + cr - crlf
+    return total
+
+
+def _check_last_value_is_closed(path: Path, table: pa.Table, in_file: _FileLines) -> None:
+    """A quote that never closes runs on to the end of the file, and Arrow ends the value there without a word."""
+    if table.num_rows == 0 or in_file.ends_with_quote:
+        return
+    last = table.column(table.num_columns - 1)[-1].as_py()
+    first, *more = re.split(r"\r\n|\r|\n", last.rstrip("\r\n"))
+    if more:
+        raise InputError(
+            f"{path}: a quote is not closed: the value of {table.column_names[-1]!r} in the last row runs from "
+            f"{first[:80]!r} over {len(more)} more line(s) to the end of the file; close the quote, or double a "
+            'quote meant as text ("")'
+        )
 
 
 def _arrow_csv(
@@ -378,6 +454,7 @@ class _LineHandler:
     def __init__(self, delimiter: str) -> None:
         self.delimiter = delimiter
         self.blank = 0
+        self.blank_lines = 0  # the lines they span: a quoted line break ('"  \n  "') makes two
         self.malformed: pacsv.InvalidRow | None = None
         self._lock = threading.Lock()
 
@@ -385,6 +462,7 @@ class _LineHandler:
         with self._lock:
             if _is_blank(row.text, self.delimiter):
                 self.blank += 1
+                self.blank_lines += 1 + len(re.findall(r"\r\n|\r|\n", row.text))
                 return "skip"
             if self.malformed is None:
                 self.malformed = row

@@ -61,3 +61,39 @@ def test_a_record_longer_than_the_largest_block_stops_the_retries(
     src.write_text(HEADER + "1,2020-01-05,1.0," + "x" * 10_000 + "\n")
     with pytest.raises(InputError, match=r"huge.csv: a record is longer than 4 KiB, so a quote probably never"):
         ingest.read_source(str(src), ",", "utf-8", block_bytes=256)  # 256 bytes, 4 KiB, then no further
+
+
+def test_the_rows_lost_by_arrows_fast_path_are_found_by_counting_lines(tmp_path: Path) -> None:
+    src = tmp_path / "unclosed.csv"
+    src.write_text(
+        HEADER + '0,2020-01-05,1.0,"never closed\n' + "".join(f"{i},2020-01-06,2.0,ok\n" for i in range(1, 1000))
+    )
+    header = ingest._csv_header(src, ",", "utf-8", gzipped=False)
+    fast = ingest._arrow_csv(src, False, header, ",", "utf-8", 256, False, ingest._LineHandler(","))
+    assert fast.num_rows < 1000  # Arrow reads on without an error: the rest of the first block is gone
+    with pytest.raises(InputError, match=r"a quote is not closed: the value of 'note' in the last row runs from"):
+        ingest.read_source(str(src), ",", "utf-8", block_bytes=256)
+
+
+@pytest.mark.parametrize(
+    ("content", "lines"),
+    [
+        (b"", 0),
+        (b"a", 1),
+        (b"a\n", 1),
+        (b"a\r\nb\rc\n\n", 4),
+        (b"a" * ((1 << 20) - 1) + b"\r\nb", 2),  # a CRLF split between two reads is one line end
+    ],
+)
+def test_file_lines_are_counted_at_lf_crlf_and_cr(tmp_path: Path, content: bytes, lines: int) -> None:
+    src = tmp_path / "lines.csv"
+    src.write_bytes(content)
+    counted = ingest._file_lines(src, False, "utf-8")
+    assert counted is not None and counted.lines == lines
+
+
+def test_file_lines_are_not_counted_where_a_line_break_is_not_its_ascii_byte(tmp_path: Path) -> None:
+    src = tmp_path / "lines.csv"
+    src.write_bytes("a\nb\n".encode("utf-16"))
+    assert ingest._file_lines(src, False, "utf-16") is None
+    assert ingest._file_lines(src, False, "utf-8-sig") is not None

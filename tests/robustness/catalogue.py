@@ -111,6 +111,13 @@ def notes_with_line_breaks(rows: int) -> bytes:
     return (f"{HEADER},note\n" + body).encode()
 
 
+def unclosed_quote_at(row: int, rows: int = 100_000) -> bytes:
+    """A 2 MB log whose note opens a quote at ``row`` and never closes it."""
+    body = [f"{i},2020-01-06,2.0,ok\n" for i in range(rows)]
+    body[row] = f'{row},2020-01-06,2.0,"never closed\n'
+    return (f"{HEADER},note\n" + "".join(body)).encode()
+
+
 def parquet_bytes() -> bytes:
     return b"PAR1 this is not a parquet file"
 
@@ -256,7 +263,8 @@ CASES: list[Case] = [
         lambda: gzip.compress(history())[:2000],
         Fails(
             "ingest",
-            "{src}: cannot be read to the end (Truncated compressed stream); the file looks truncated or damaged",
+            "{src}: cannot be read to the end (Compressed file ended before the end-of-stream marker was reached); "
+            "the file looks truncated or damaged",
         ),
         suffix=".csv.gz",
     ),
@@ -952,5 +960,35 @@ CASES: list[Case] = [
         "a_3_mb_field",  # longer than Arrow's 1 MiB block
         lines("1,2020-01-05,10.0,short", "2,2020-01-06,20.0," + "x" * 3_000_000, header=HEADER + ",note"),
         Quarantines(kept=2, reasons={}, check=amounts(10.0, 20.0)),
+    ),
+    # --- a quote that is not closed: its value runs on to the end of the file, never silently -------------------
+    Case(
+        "a_quote_not_closed_before_the_last_line",  # Arrow ends the value at the end of the file, and kept 2 of 3
+        lines(
+            "1,2020-01-05,10.0,ok", '2,2020-01-06,20.0,"unclosed note', "1,2020-02-01,15.0,ok", header=HEADER + ",note"
+        ),
+        Fails(
+            "ingest",
+            "{src}: a quote is not closed: the value of 'note' in the last row runs from 'unclosed note' over 1 "
+            'more line(s) to the end of the file; close the quote, or double a quote meant as text ("")',
+        ),
+    ),
+    Case(
+        "a_quote_not_closed_near_the_top_of_a_large_file",  # Arrow's fast path kept 55,854 of 100,000 rows, silently
+        lambda: unclosed_quote_at(5),
+        Fails(
+            "ingest",
+            "{src}: a quote is not closed: the value of 'note' in the last row runs from 'never closed' over 99994 "
+            'more line(s) to the end of the file; close the quote, or double a quote meant as text ("")',
+        ),
+    ),
+    Case(
+        "a_quote_not_closed_in_the_middle_of_a_large_file",  # the fast path kept 62,158 of 100,000 rows
+        lambda: unclosed_quote_at(50_000),
+        Fails(
+            "ingest",
+            "{src}: a quote is not closed: the value of 'note' in the last row runs from 'never closed' over 49999 "
+            'more line(s) to the end of the file; close the quote, or double a quote meant as text ("")',
+        ),
     ),
 ]
