@@ -6,18 +6,24 @@ keeps its original values as text and its position in the source.
 
 Reasons are checked in the order of ``schemas.QUARANTINE_REASONS``; a row gets the first one that applies:
 
-1. ``missing_customer_id`` — empty, whitespace or a null marker such as ``NaN``;
-2. ``unparseable_timestamp`` — does not match the configured format;
-3. ``timestamp_out_of_range`` — before 1970-01-01 or more than a day after the moment of ingest (a clock error);
-4. ``non_numeric_amount`` — amount (or quantity / unit price) missing, not a number, or infinite;
-5. ``amount_out_of_range`` — spend beyond +/- ``max_abs_amount`` (a typo, a test order, or an overflow of
+1. ``missing_customer_id`` — empty, whitespace (any Unicode whitespace, or invisible characters such as a
+   zero-width space or a byte order mark) or a null marker such as ``NaN``;
+2. ``invalid_customer_id`` — has a control character (NUL, tab, escape, DEL, ...) in it, after trimming;
+3. ``unparseable_timestamp`` — does not match the configured format;
+4. ``timestamp_out_of_range`` — before 1970-01-01 or more than a day after the moment of ingest (a clock error);
+5. ``non_numeric_amount`` — amount (or quantity / unit price) missing, not a number, or infinite;
+6. ``amount_out_of_range`` — spend beyond +/- ``max_abs_amount`` (a typo, a test order, or an overflow of
    quantity x unit price);
-6. ``duplicate`` — a repeat of an earlier line on every ``duplicate_key`` column (only when a key is set: without
+7. ``duplicate`` — a repeat of an earlier line on every ``duplicate_key`` column (only when a key is set: without
    an order or line id, two identical lines may be two real purchases). Values are compared as the pipeline reads
    them: text trimmed, the customer id cleaned, the timestamp parsed, so "100.0" and "100 " repeat "100";
-7. ``cancellation`` — a return (order id with the cancellation prefix, or a negative amount) when
+8. ``cancellation`` — a return (order id with the cancellation prefix, or a negative amount) when
    ``returns == "drop"``;
-8. ``zero_amount`` — a zero spend when ``zero_amount == "quarantine"``.
+9. ``zero_amount`` — a zero spend when ``zero_amount == "quarantine"``.
+
+Text values are trimmed of whitespace and invisible characters at both ends and put in Unicode's composed form
+(NFC), so "José" typed with a composed é and with e + a combining accent is one customer; invisible characters
+inside a value are kept (a zero-width joiner is part of some scripts' spelling).
 
 Timestamps: with ``%z`` (or a zone name, ``%Z``) in the format, a value with a UTC offset is converted from it and
 a value without one is read in ``timezone``, so a log mixing zones lands on one UTC clock. ``%s`` as the whole
@@ -50,7 +56,19 @@ from features.timeformat import EPOCH_SECONDS, has_time_of_day, has_zone
 
 # Names the validation query gives its own columns; a source column may not be called so.
 INTERNAL_COLUMNS = ("_cid", "_ts", "_amount", "_order", "_cancelled", "_early", "_valid", "_dup", "_reason")
-WHITESPACE = " \t\r\n\u00a0"
+# Unicode's White_Space characters, and the format characters that show as nothing (soft hyphen, Mongolian vowel
+# separator, zero-width space and joiners, direction marks and isolates, word joiner, invisible operators, byte
+# order mark): copied from a spreadsheet or a web page they cling to values, and no id or number is made of them.
+WHITESPACE = (
+    "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000"
+)
+INVISIBLE = (
+    "\xad\u180e\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2060\u2061\u2062\u2063\u2064"
+    "\u2066\u2067\u2068\u2069\u206a\u206b\u206c\u206d\u206e\u206f\ufeff"
+)
+# C0 and C1 control characters (NUL, tab, escape, DEL, NEL...): inside an id they are a broken export, not a name.
+CONTROL_CHARACTERS = "[\\x00-\\x1F\\x7F-\\x9F]"
 NULL_MARKERS = ("", "nan", "none", "null", "na", "n/a", "<na>")
 
 
@@ -105,8 +123,15 @@ def _lit(text: str) -> str:
 
 
 def _text(col: str) -> str:
-    """The column as text without surrounding whitespace (spaces, tabs, line breaks, no-break spaces); '' is NULL."""
-    return f"NULLIF(TRIM(CAST({_q(col)} AS VARCHAR), {_lit(WHITESPACE)}), '')"
+    """The column as text in Unicode's composed form (NFC), without surrounding whitespace or invisible characters;
+    '' is NULL.
+
+    Text of printable ASCII only (nearly every value) can have nothing but spaces to trim and is already NFC, so it
+    skips the slower trim over the long list of characters (5x the cost).
+    """
+    text = f"CAST({_q(col)} AS VARCHAR)"
+    unicode = f"nfc_normalize(TRIM({text}, {_lit(WHITESPACE + INVISIBLE)}))"
+    return f"NULLIF(CASE WHEN regexp_matches({text}, '[^ -~]') THEN {unicode} ELSE TRIM({text}) END, '')"
 
 
 def _number(col: str, arrow_type: pa.DataType, thousands_separator: str | None) -> str:
@@ -268,6 +293,7 @@ def clean_transactions(
     early_sql = f"""
         CASE
             WHEN _cid IS NULL THEN {_lit(s.MISSING_CUSTOMER_ID)}
+            WHEN regexp_matches(_cid, {_lit(CONTROL_CHARACTERS)}) THEN {_lit(s.INVALID_CUSTOMER_ID)}
             WHEN _ts IS NULL THEN {_lit(s.UNPARSEABLE_TIMESTAMP)}
             WHEN _ts < TIMESTAMPTZ '1970-01-01 00:00:00+00' OR _ts > CAST({latest} AS TIMESTAMPTZ)
                 THEN {_lit(s.TIMESTAMP_OUT_OF_RANGE)}

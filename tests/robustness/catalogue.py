@@ -991,4 +991,74 @@ CASES: list[Case] = [
             'more line(s) to the end of the file; close the quote, or double a quote meant as text ("")',
         ),
     ),
+    # --- customer ids: every Unicode whitespace and invisible character, one spelling (NFC), no control bytes ----
+    Case(
+        "ids_of_unicode_whitespace_or_invisible_characters",
+        lines(
+            *GOOD,
+            *(
+                f"{blank},2020-01-07,5.0"
+                for blank in ("\u3000", "\u2003", "\ufeff", "\u200b", "\u00a0\u2009", "\u2060\u200e")
+            ),
+        ),
+        Quarantines(kept=3, reasons={s.MISSING_CUSTOMER_ID: 6}),
+    ),
+    Case(
+        "ids_trimmed_of_unicode_whitespace_and_invisible_characters",
+        lines(
+            "\u30001\u200b,2020-01-05,10.0",
+            "\ufeff2,2020-01-06,20.0",
+            "1\u2003,2020-02-01,15.0",
+            "\u202f1.0,2020-02-02,1.0",
+        ),
+        Quarantines(kept=4, reasons={}, check=customers("1", "2", "1", "1")),
+    ),
+    Case(
+        "ids_spelled_in_nfc_and_nfd",  # "José" with a composed é, and with e + a combining acute accent
+        lines("Jos\u00e9,2020-01-05,10.0", "Jose\u0301,2020-01-06,20.0", "\u212bngstr\u00f6m,2020-01-07,5.0"),
+        Quarantines(kept=3, reasons={}, check=customers("Jos\u00e9", "Jos\u00e9", "\u00c5ngstr\u00f6m")),
+    ),
+    Case(
+        "ids_with_control_characters",
+        lines(
+            *GOOD,
+            *(f"{bad},2020-01-07,5.0" for bad in ("a\x00b", "\x00", "7\x00", '"a\tb"', "x\x1fy", "\x7f", "a\x85b")),
+        ),
+        Quarantines(kept=3, reasons={s.INVALID_CUSTOMER_ID: 7}),
+    ),
+    Case(
+        "control_characters_before_other_faults",  # the id's reason comes first, as for a missing id
+        lines(*GOOD, "a\x00b,not a date,5.0", "c\x01,2020-01-07,abc"),
+        Quarantines(kept=3, reasons={s.INVALID_CUSTOMER_ID: 2}),
+    ),
+    Case(
+        "invisible_characters_inside_an_id_are_kept",  # a zero-width joiner is part of some scripts' spelling
+        lines("a\u200db,2020-01-05,10.0", "ab,2020-01-06,20.0"),
+        Quarantines(kept=2, reasons={}, check=customers("a\u200db", "ab")),
+    ),
+    Case(
+        "parquet_ids_with_control_characters_and_nfd",
+        parquet(
+            customer_id=pa.array(["Jose\u0301", "a\x00b", "\u3000"]),
+            date=pa.array([dt.date(2020, 1, 5)] * 3, type=pa.date32()),
+            amount=pa.array([10.0, 20.0, 5.0]),
+        ),
+        Quarantines(kept=1, reasons={s.INVALID_CUSTOMER_ID: 1, s.MISSING_CUSTOMER_ID: 1}, check=customers("Jos\u00e9")),
+        suffix=".parquet",
+    ),
+    Case(
+        "duplicates_whose_ids_differ_in_spelling_only",
+        lines(
+            "A1,S1,2,2020-01-05 10:00:00,1.5,Jos\u00e9",
+            "A1,S1,2,2020-01-05 10:00:00,1.5,Jose\u0301\u3000",
+            header=OR_HEADER,
+        ),
+        Quarantines(kept=1, reasons={s.DUPLICATE: 1}),
+        ingest=OR_LAYOUT,
+    ),
+    Case(
+        "timestamps_and_amounts_with_unicode_spaces",
+        lines("1,\u20032020-01-05\u3000,\u00a010.0\u200b", "2,2020-01-06\ufeff,20.0\u2009"),
+        Quarantines(kept=2, reasons={}, check=amounts(10.0, 20.0)),
+    ),
 ]
