@@ -27,7 +27,11 @@ inside a value are kept (a zero-width joiner is part of some scripts' spelling).
 
 Timestamps: with ``%z`` (or a zone name, ``%Z``) in the format, a value with a UTC offset is converted from it and
 a value without one is read in ``timezone``, so a log mixing zones lands on one UTC clock. ``%s`` as the whole
-format reads seconds since 1970-01-01 UTC, an instant in no zone. A date without a time of day (a format with no
+format reads seconds since 1970-01-01 UTC, an instant in no zone. Where clocks change, a wall time read in
+``timezone`` may happen twice (clocks go back) or never (they go forward); DuckDB's rule (ICU's) reads the first
+as the later of its two moments, the second with the UTC offset from before the change (02:30 at a 02:00->03:00
+change is 03:30 on the new clock). Such rows are kept, and counted in ``local_times_ambiguous`` and
+``local_times_nonexistent``. A date without a time of day (a format with no
 time directive such as ``%Y-%m-%d``, or a Parquet ``date`` column) is not a moment in any zone: it is stored as
 midnight UTC of that date, whatever ``timezone``, so a purchase on 2020-01-05 counts on the 5th.
 
@@ -55,7 +59,19 @@ from features.errors import InputError
 from features.timeformat import EPOCH_SECONDS, has_time_of_day, has_zone
 
 # Names the validation query gives its own columns; a source column may not be called so.
-INTERNAL_COLUMNS = ("_cid", "_ts", "_amount", "_order", "_cancelled", "_early", "_valid", "_dup", "_reason")
+INTERNAL_COLUMNS = (
+    "_cid",
+    "_instant",
+    "_wall_time",
+    "_ts",
+    "_amount",
+    "_order",
+    "_cancelled",
+    "_early",
+    "_valid",
+    "_dup",
+    "_reason",
+)
 # Unicode's White_Space characters, and the format characters that show as nothing (soft hyphen, Mongolian vowel
 # separator, zero-width space and joiners, direction marks and isolates, word joiner, invisible operators, byte
 # order mark): copied from a spreadsheet or a web page they cling to values, and no id or number is made of them.
@@ -102,6 +118,8 @@ class CleaningResult:
     quarantine: pd.DataFrame
     rows_in: int
     quarantined_by_reason: dict[str, int]
+    local_times_ambiguous: int  # kept rows whose wall-clock time happened twice (clocks went back)
+    local_times_nonexistent: int  # and never (clocks went forward)
 
     @property
     def rows_kept(self) -> int:
@@ -153,33 +171,75 @@ def _number(col: str, arrow_type: pa.DataType, thousands_separator: str | None) 
     return f"(CASE WHEN isfinite({value}) THEN {value} END)"
 
 
-def _timestamp(col: str, arrow_type: pa.DataType, fmt: str, tz: str) -> str:
+NO_INSTANT = "CAST(NULL AS TIMESTAMPTZ)"
+NO_WALL_TIME = "CAST(NULL AS TIMESTAMP)"
+
+
+@dataclasses.dataclass(frozen=True)
+class _TimestampSql:
+    """How a row's moment is read: an instant the value fixes itself, or else a wall-clock time in the zone."""
+
+    instant: str  # TIMESTAMPTZ: from an offset or zone in the value, epoch seconds, or a date (midnight UTC)
+    wall_time: str  # TIMESTAMP, read in ingest.timezone; may refer to the column _instant
+
+
+def _timestamp(col: str, arrow_type: pa.DataType, fmt: str) -> _TimestampSql:
     if pa.types.is_timestamp(arrow_type) and arrow_type.tz is not None:
-        return f"CAST({_q(col)} AS TIMESTAMPTZ)"
+        return _TimestampSql(f"CAST({_q(col)} AS TIMESTAMPTZ)", NO_WALL_TIME)
     # A calendar date has no time of day, so no zone to convert from: it is stored as that day at midnight UTC,
     # as the features count purchases on the UTC date. Read as midnight in a zone east of UTC, it would move a day back.
     if pa.types.is_date(arrow_type):
-        return f"timezone('UTC', CAST({_q(col)} AS TIMESTAMP))"
+        return _TimestampSql(f"timezone('UTC', CAST({_q(col)} AS TIMESTAMP))", NO_WALL_TIME)
     if pa.types.is_timestamp(arrow_type):
-        naive = f"CAST({_q(col)} AS TIMESTAMP)"
-    elif fmt == EPOCH_SECONDS:  # an instant, so no zone applies; outside years 1..9999 to_timestamp would raise
+        return _TimestampSql(NO_INSTANT, f"CAST({_q(col)} AS TIMESTAMP)")
+    if fmt == EPOCH_SECONDS:  # an instant, so no zone applies; outside years 1..9999 to_timestamp would raise
         numeric = pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type)
         seconds = f"CAST({_q(col)} AS DOUBLE)" if numeric else f"TRY_CAST({_text(col)} AS DOUBLE)"
-        return f"(CASE WHEN {seconds} BETWEEN -62135596800 AND 253402300799 THEN to_timestamp({seconds}) END)"
-    elif not has_time_of_day(fmt):  # a zone with a date only is refused by the config
-        return f"timezone('UTC', TRY_STRPTIME({_text(col)}, {_lit(fmt)}))"
-    elif has_zone(fmt):
-        # an offset or zone name in the value wins; a value without one is local time in ``tz``. ISO 8601's Z is
+        return _TimestampSql(
+            f"(CASE WHEN {seconds} BETWEEN -62135596800 AND 253402300799 THEN to_timestamp({seconds}) END)",
+            NO_WALL_TIME,
+        )
+    if not has_time_of_day(fmt):  # a zone with a date only is refused by the config
+        return _TimestampSql(f"timezone('UTC', TRY_STRPTIME({_text(col)}, {_lit(fmt)}))", NO_WALL_TIME)
+    if has_zone(fmt):
+        # an offset or zone name in the value wins; a value without one is local time in the zone. ISO 8601's Z is
         # the offset +00:00 for %z, and the zone UTC for %Z.
         utc = "+00:00" if "%z" in fmt else "UTC"
         text = f"regexp_replace({_text(col)}, '([0-9 ])Z$', '\\1{utc}')"
-        with_zone = f"TRY_STRPTIME({text}, {_lit(fmt)})"
         without = re.sub(r"\s*%[zZ]", "", fmt).strip()
-        local = f"timezone({_lit(tz)}, TRY_STRPTIME({_text(col)}, {_lit(without)}))"
-        return f"coalesce({with_zone}, {local})"
-    else:
-        naive = f"TRY_STRPTIME({_text(col)}, {_lit(fmt)})"
-    return f"timezone({_lit(tz)}, {naive})"
+        return _TimestampSql(
+            f"TRY_STRPTIME({text}, {_lit(fmt)})",
+            f"CASE WHEN _instant IS NULL THEN TRY_STRPTIME({_text(col)}, {_lit(without)}) END",
+        )
+    return _TimestampSql(NO_INSTANT, f"TRY_STRPTIME({_text(col)}, {_lit(fmt)})")
+
+
+def _clock_changes(con: duckdb.DuckDBPyConnection, tz: str) -> tuple[int, int]:
+    """Kept rows whose wall-clock time in ``tz`` happened twice (clocks went back) or never (went forward).
+
+    Only days with a change of offset between noon the day before and noon the day after can hold such a time,
+    so the rows of other days cost one cast each. On those days a wall time L has two candidate instants, L minus
+    each offset: both map back to L when it is ambiguous, neither does when it does not exist.
+    """
+    zone = _lit(tz)
+    offset_at = "epoch_us({t}) - epoch_us(timezone(" + zone + ", {t}))"  # local minus UTC, at a wall time
+    maps_back = "timezone(" + zone + ", make_timestamptz(epoch_us(_wall_time) - {o})) = _wall_time"
+    ambiguous, nonexistent = con.execute(
+        f"""WITH days AS (
+                SELECT DISTINCT CAST(_wall_time AS DATE) AS day FROM classified
+                WHERE _reason IS NULL AND _wall_time IS NOT NULL),
+            changes AS (
+                SELECT * FROM (
+                    SELECT day, {offset_at.format(t="CAST(day AS TIMESTAMP) - INTERVAL 12 HOUR")} AS before_us,
+                           {offset_at.format(t="CAST(day AS TIMESTAMP) + INTERVAL 36 HOUR")} AS after_us
+                    FROM days)
+                WHERE before_us <> after_us)
+            SELECT count(*) FILTER (WHERE {maps_back.format(o="before_us")} AND {maps_back.format(o="after_us")}),
+                   count(*) FILTER (WHERE timezone({zone}, _ts) <> _wall_time)
+            FROM classified JOIN changes ON CAST(_wall_time AS DATE) = changes.day
+            WHERE _reason IS NULL"""
+    ).fetchone() or (0, 0)
+    return int(ambiguous), int(nonexistent)
 
 
 def _squash(name: str) -> str:
@@ -269,7 +329,9 @@ def clean_transactions(
         f"CASE WHEN lower({cid}) IN ({null_markers}) OR {cid} IS NULL THEN NULL "
         f"ELSE regexp_replace({cid}, '^([0-9]+)\\.0+$', '\\1') END"
     )
-    ts = _timestamp(rules.timestamp, types[rules.timestamp], rules.timestamp_format, rules.timezone)
+    ts = _timestamp(rules.timestamp, types[rules.timestamp], rules.timestamp_format)
+    # UTC has no clock changes: its wall times need not be kept for _clock_changes
+    dropped = "_instant, _wall_time" if rules.timezone == "UTC" else "_instant"
     sep = rules.thousands_separator
     if rules.amount is not None:
         amount = _number(rules.amount, types[rules.amount], sep)
@@ -320,10 +382,14 @@ def clean_transactions(
                     SELECT *, {dup_rank} AS _dup FROM (
                         SELECT *, _early IS NULL AS _valid FROM (
                             SELECT *, {early_sql} AS _early FROM (
-                                SELECT *, {cid_clean} AS _cid, {ts} AS _ts, {amount} AS _amount,
-                                       {order} AS _order, {cancelled} AS _cancelled
-                                FROM raw))))"""
+                                SELECT * EXCLUDE ({dropped}),
+                                       coalesce(_instant, timezone({_lit(rules.timezone)}, _wall_time)) AS _ts FROM (
+                                    SELECT *, {ts.wall_time} AS _wall_time FROM (
+                                        SELECT *, {cid_clean} AS _cid, {ts.instant} AS _instant,
+                                               {amount} AS _amount, {order} AS _order, {cancelled} AS _cancelled
+                                        FROM raw))))))"""
             )
+            clock_changes = (0, 0) if rules.timezone == "UTC" else _clock_changes(con, rules.timezone)
         except (duckdb.InvalidInputException, duckdb.NotImplementedException) as exc:
             raise InputError(f"{source}: {str(exc).splitlines()[0]}; check ingest.timezone") from exc
         kept = con.sql(
@@ -346,4 +412,6 @@ def clean_transactions(
         quarantine=quarantined.to_pandas(),
         rows_in=raw.num_rows,
         quarantined_by_reason=by_reason,
+        local_times_ambiguous=clock_changes[0],
+        local_times_nonexistent=clock_changes[1],
     )

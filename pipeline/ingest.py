@@ -523,6 +523,8 @@ def ingest_metrics(result: CleaningResult, source: str, raw: RawLog) -> dict[str
         "source": source,
         "source_sha256": raw.sha256,
         "blank_lines_skipped": raw.blank_lines,
+        "local_times_ambiguous": result.local_times_ambiguous,
+        "local_times_nonexistent": result.local_times_nonexistent,
         "rows_in": result.rows_in,
         "rows_kept": result.rows_kept,
         "rows_quarantined": result.rows_quarantined,
@@ -559,6 +561,17 @@ def run(cfg: IngestConfig, transactions: Path, quarantine: Path, metrics: Path) 
         {k: v for k, v in out["quarantined_by_reason"].items() if v},
         f"; {raw.blank_lines} blank lines skipped (no value in any field)" if raw.blank_lines else "",
     )
+    if result.local_times_ambiguous or result.local_times_nonexistent:
+        log.warning(
+            "%s: %d kept times fell where clocks in %s go back and a wall time happens twice (read as the later "
+            "moment) and %d where they go forward and it never happens (read with the UTC offset from before the "
+            "change: 02:30 at a 02:00->03:00 change is 03:30 on the new clock); write the UTC offset (%%z) in the "
+            "log to make them exact",
+            cfg.source,
+            result.local_times_ambiguous,
+            cfg.timezone,
+            result.local_times_nonexistent,
+        )
     return out
 
 

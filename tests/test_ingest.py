@@ -5,12 +5,14 @@ from __future__ import annotations
 import gzip
 import logging
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
 
 from features.errors import InputError
 from pipeline import ingest
+from pipeline.config import IngestConfig, section
 
 HEADER = "customer_id,date,amount,note\n"
 
@@ -97,3 +99,20 @@ def test_file_lines_are_not_counted_where_a_line_break_is_not_its_ascii_byte(tmp
     src.write_bytes("a\nb\n".encode("utf-16"))
     assert ingest._file_lines(src, False, "utf-16") is None
     assert ingest._file_lines(src, False, "utf-8-sig") is not None
+
+
+def test_clock_changes_are_counted_and_logged(
+    tmp_path: Path, params: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    src = tmp_path / "athens.csv"
+    src.write_text("id,when,spend\n1,2020-10-25 03:30:00,1.0\n2,2020-03-29 03:10:00,2.0\n3,2020-03-29 03:50:00,3.0\n")
+    params["ingest"].update(source=str(src), timestamp_format="%Y-%m-%d %H:%M:%S", timezone="Europe/Athens")
+    params["ingest"]["columns"].update(customer_id="id", timestamp="when", amount="spend")
+    with caplog.at_level(logging.INFO, logger="ingest"):
+        out = ingest.run(
+            section(params, "ingest", IngestConfig), tmp_path / "t.parquet", tmp_path / "q.parquet", tmp_path / "m.json"
+        )
+    assert (out["local_times_ambiguous"], out["local_times_nonexistent"]) == (1, 2)
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "1 kept times fell where clocks in Europe/Athens go back" in warning.getMessage()
+    assert "and 2 where they go forward" in warning.getMessage()

@@ -1061,4 +1061,90 @@ CASES: list[Case] = [
         lines("1,\u20032020-01-05\u3000,\u00a010.0\u200b", "2,2020-01-06\ufeff,20.0\u2009"),
         Quarantines(kept=2, reasons={}, check=amounts(10.0, 20.0)),
     ),
+    # --- local times when clocks change: kept, resolved by one rule, and counted ---------------------------------
+    Case(
+        "clock_changes_in_athens",
+        lines(
+            "1,2020-10-25 03:30:00,10.0",  # clocks go back at 04:00 EEST to 03:00 EET: 03:30 happens twice
+            "2,2020-03-29 03:30:00,20.0",  # clocks go forward at 03:00 EET to 04:00 EEST: 03:30 never happens
+            "3,2020-10-25 02:30:00,5.0",
+            "4,2020-03-29 02:30:00,5.0",
+            "5,2020-07-01 12:00:00,5.0",
+            "6,2020-10-25 03:15:00,abc",  # quarantined: not counted
+        ),
+        Quarantines(
+            kept=5,
+            reasons={s.NON_NUMERIC_AMOUNT: 1},
+            # the later of the two instants; the offset before the change (03:30 EET, i.e. 04:30 EEST)
+            check=utc_times(
+                "2020-10-25 01:30", "2020-03-29 01:30", "2020-10-24 23:30", "2020-03-29 00:30", "2020-07-01 09:00"
+            ),
+            metrics={"local_times_ambiguous": 1, "local_times_nonexistent": 1},
+        ),
+        ingest={"timestamp_format": "%Y-%m-%d %H:%M:%S", "timezone": "Europe/Athens"},
+    ),
+    Case(
+        "clock_changes_in_new_york",
+        lines("1,2020-11-01 01:30:00,10.0", "2,2020-03-08 02:30:00,20.0", "3,2020-11-01 01:30:00,5.0"),
+        Quarantines(
+            kept=3,
+            reasons={},
+            check=utc_times("2020-11-01 06:30", "2020-03-08 07:30", "2020-11-01 06:30"),
+            metrics={"local_times_ambiguous": 2, "local_times_nonexistent": 1},
+        ),
+        ingest={"timestamp_format": "%Y-%m-%d %H:%M:%S", "timezone": "America/New_York"},
+    ),
+    Case(
+        "half_hour_clock_changes",  # Lord Howe Island moves its clocks by 30 minutes
+        lines("1,2020-04-05 01:45:00,10.0", "2,2020-10-04 02:15:00,20.0", "3,2020-10-04 02:45:00,5.0"),
+        Quarantines(
+            kept=3,
+            reasons={},
+            check=utc_times("2020-04-04 15:15", "2020-10-03 15:45", "2020-10-03 15:45"),
+            metrics={"local_times_ambiguous": 1, "local_times_nonexistent": 1},
+        ),
+        ingest={"timestamp_format": "%Y-%m-%d %H:%M:%S", "timezone": "Australia/Lord_Howe"},
+    ),
+    Case(
+        "clock_changes_with_offsets_in_the_log",  # an offset makes the time exact: only the one without counts
+        lines(
+            "1,2020-10-25 03:30:00+03:00,10.0",
+            "2,2020-10-25 03:30:00+02:00,20.0",
+            "3,2020-10-25 03:30:00,5.0",
+        ),
+        Quarantines(
+            kept=3,
+            reasons={},
+            check=utc_times("2020-10-25 00:30", "2020-10-25 01:30", "2020-10-25 01:30"),
+            metrics={"local_times_ambiguous": 1, "local_times_nonexistent": 0},
+        ),
+        ingest={"timestamp_format": "%Y-%m-%d %H:%M:%S%z", "timezone": "Europe/Athens"},
+    ),
+    Case(
+        "clock_changes_in_parquet_naive_timestamps",
+        parquet(
+            customer_id=pa.array(["1", "2"]),
+            date=pa.array([dt.datetime(2020, 10, 25, 3, 30), dt.datetime(2020, 3, 29, 3, 30)], type=pa.timestamp("ms")),
+            amount=pa.array([10.0, 20.0]),
+        ),
+        Quarantines(
+            kept=2,
+            reasons={},
+            check=utc_times("2020-10-25 01:30", "2020-03-29 01:30"),
+            metrics={"local_times_ambiguous": 1, "local_times_nonexistent": 1},
+        ),
+        ingest={"timezone": "Europe/Athens"},
+        suffix=".parquet",
+    ),
+    Case(
+        "clock_changes_are_nothing_in_utc",
+        lines("1,2020-10-25 03:30:00,10.0", "2,2020-03-29 03:30:00,20.0"),
+        Quarantines(
+            kept=2,
+            reasons={},
+            check=utc_times("2020-10-25 03:30", "2020-03-29 03:30"),
+            metrics={"local_times_ambiguous": 0, "local_times_nonexistent": 0},
+        ),
+        ingest={"timestamp_format": "%Y-%m-%d %H:%M:%S"},
+    ),
 ]
