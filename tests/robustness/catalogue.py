@@ -623,6 +623,30 @@ CASES: list[Case] = [
         suffix=".parquet",
     ),
     Case(
+        "parquet_date64_in_a_zone_behind_utc",
+        parquet(
+            customer_id=pa.array(["1"]),
+            date=pa.array([dt.date(2020, 12, 31)], type=pa.date64()),
+            amount=pa.array([10.0]),
+        ),
+        Quarantines(kept=1, reasons={}, check=utc_times("2020-12-31 00:00")),
+        ingest={"timezone": "America/Los_Angeles"},
+        suffix=".parquet",
+    ),
+    Case(
+        "parquet_timestamps_with_a_zone_keep_their_instant",  # ingest.timezone is for times written without one
+        parquet(
+            customer_id=pa.array(["1"]),
+            date=pa.array(
+                [dt.datetime(2020, 1, 5, 15, 0, tzinfo=dt.UTC)], type=pa.timestamp("us", tz="America/New_York")
+            ),
+            amount=pa.array([10.0]),
+        ),
+        Quarantines(kept=1, reasons={}, check=utc_times("2020-01-05 15:00")),
+        ingest={"timezone": "Europe/Athens"},
+        suffix=".parquet",
+    ),
+    Case(
         "midnight_written_as_a_time_is_a_local_time",  # the format decides: a time of day, even 00:00, has a zone
         lines("1,2020-01-05 00:00:00,10.0"),
         Quarantines(kept=1, reasons={}, check=utc_times("2020-01-04 22:00")),
