@@ -27,13 +27,14 @@ inside a value are kept (a zero-width joiner is part of some scripts' spelling).
 
 Timestamps: with ``%z`` (or a zone name, ``%Z``) in the format, a value with a UTC offset is converted from it and
 a value without one is read in ``timezone``, so a log mixing zones lands on one UTC clock. ``%s`` as the whole
-format reads seconds since 1970-01-01 UTC, an instant in no zone. Where clocks change, a wall time read in
-``timezone`` may happen twice (clocks go back) or never (they go forward); DuckDB's rule (ICU's) reads the first
-as the later of its two moments, the second with the UTC offset from before the change (02:30 at a 02:00->03:00
-change is 03:30 on the new clock). Such rows are kept, and counted in ``local_times_ambiguous`` and
-``local_times_nonexistent``. A date without a time of day (a format with no
-time directive such as ``%Y-%m-%d``, or a Parquet ``date`` column) is not a moment in any zone: it is stored as
-midnight UTC of that date, whatever ``timezone``, so a purchase on 2020-01-05 counts on the 5th.
+format reads seconds since 1970-01-01 UTC, an instant in no zone. A date without a time of day (a format with no
+time directive such as ``%Y-%m-%d``, or a Parquet ``date`` column) is not a moment in any zone either: it is stored
+as midnight UTC of that date, whatever ``timezone``, so a purchase on 2020-01-05 counts on the 5th.
+
+Where clocks change, a wall time read in ``timezone`` may happen twice (clocks go back) or never (they go
+forward). DuckDB's rule (ICU's) reads the first as the later of its two moments, and the second with the UTC
+offset from before the change (02:30 at a 02:00->03:00 change is 03:30 on the new clock). The rows are kept, and
+counted in ``local_times_ambiguous`` and ``local_times_nonexistent``.
 
 Amounts written with a thousands separator ("1,234.50") are read when ``thousands_separator`` names it, and
 quarantined as non-numeric otherwise.

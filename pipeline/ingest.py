@@ -220,7 +220,8 @@ class RawLog:
     """The source as read: a row per data line (text columns) or per stored row (Parquet's types), and its sha256.
 
     A CSV line with no value in any field (empty, whitespace, or only delimiters: ``,,``) is a blank line, not a
-    row: it is skipped and counted in ``blank_lines``, so lines = header + rows + blank lines.
+    row: it is skipped and counted in ``blank_lines``. The file's lines are its header, its rows (with the line
+    breaks in their quoted values) and its blank lines, which read_source checks.
     """
 
     table: pa.Table
@@ -364,7 +365,7 @@ def _breaks_in_values(table: pa.Table) -> int:
     """Line breaks inside the values (quoted), counted as in the file: CRLF as one."""
     total = 0
     for column in table.columns:
-        for chunk in column.chunks:
+        for chunk in (c for c in column.chunks if len(c)):
             # the bytes of all the chunk's values, end to end: one vectorised count instead of one per value
             offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int32)[chunk.offset : chunk.offset + len(chunk) + 1]
             data = chunk.buffers()[2]
@@ -552,27 +553,34 @@ def run(cfg: IngestConfig, transactions: Path, quarantine: Path, metrics: Path) 
     write_table(result.quarantine, quarantine, s.quarantine_schema(raw.table.column_names))
     out = ingest_metrics(result, cfg.source, raw)
     write_json(out, metrics)
+    log_counts(out, cfg.timezone)
+    return out
+
+
+def log_counts(out: dict[str, Any], timezone: str) -> None:
+    """The stage's one line of counts, and a warning for wall times that clocks repeat or skip."""
     log.info(
         "%s: %d rows in, %d kept, %d quarantined %s%s",
-        cfg.source,
+        out["source"],
         out["rows_in"],
         out["rows_kept"],
         out["rows_quarantined"],
         {k: v for k, v in out["quarantined_by_reason"].items() if v},
-        f"; {raw.blank_lines} blank lines skipped (no value in any field)" if raw.blank_lines else "",
+        f"; {out['blank_lines_skipped']} blank lines skipped (no value in any field)"
+        if out["blank_lines_skipped"]
+        else "",
     )
-    if result.local_times_ambiguous or result.local_times_nonexistent:
+    if out["local_times_ambiguous"] or out["local_times_nonexistent"]:
         log.warning(
             "%s: %d kept times fell where clocks in %s go back and a wall time happens twice (read as the later "
             "moment) and %d where they go forward and it never happens (read with the UTC offset from before the "
             "change: 02:30 at a 02:00->03:00 change is 03:30 on the new clock); write the UTC offset (%%z) in the "
             "log to make them exact",
-            cfg.source,
-            result.local_times_ambiguous,
-            cfg.timezone,
-            result.local_times_nonexistent,
+            out["source"],
+            out["local_times_ambiguous"],
+            timezone,
+            out["local_times_nonexistent"],
         )
-    return out
 
 
 def main(argv: Sequence[str]) -> None:
