@@ -6,22 +6,38 @@ keeps its original values as text and its position in the source.
 
 Reasons are checked in the order of ``schemas.QUARANTINE_REASONS``; a row gets the first one that applies:
 
-1. ``missing_customer_id`` — empty, whitespace or a null marker such as ``NaN``;
-2. ``unparseable_timestamp`` — does not match the configured format;
-3. ``timestamp_out_of_range`` — before 1970-01-01 or more than a day after the moment of ingest (a clock error);
-4. ``non_numeric_amount`` — amount (or quantity / unit price) missing, not a number, or infinite;
-5. ``amount_out_of_range`` — spend beyond +/- ``max_abs_amount`` (a typo, a test order, or an overflow of
+1. ``missing_customer_id`` — empty, whitespace (any Unicode whitespace, or invisible characters such as a
+   zero-width space or a byte order mark) or a null marker such as ``NaN``;
+2. ``invalid_customer_id`` — has a control character (NUL, tab, escape, DEL, ...) in it, after trimming;
+3. ``unparseable_timestamp`` — does not match the configured format;
+4. ``timestamp_out_of_range`` — before 1970-01-01 or more than a day after the moment of ingest (a clock error);
+5. ``non_numeric_amount`` — amount (or quantity / unit price) missing, not a number, or infinite;
+6. ``amount_out_of_range`` — spend beyond +/- ``max_abs_amount`` (a typo, a test order, or an overflow of
    quantity x unit price);
-6. ``duplicate`` — a repeat of an earlier line on every ``duplicate_key`` column (only when a key is set: without
+7. ``duplicate`` — a repeat of an earlier line on every ``duplicate_key`` column (only when a key is set: without
    an order or line id, two identical lines may be two real purchases). Values are compared as the pipeline reads
    them: text trimmed, the customer id cleaned, the timestamp parsed, so "100.0" and "100 " repeat "100";
-7. ``cancellation`` — a return (order id with the cancellation prefix, or a negative amount) when
+8. ``cancellation`` — a return (order id with the cancellation prefix, or a negative amount) when
    ``returns == "drop"``;
-8. ``zero_amount`` — a zero spend when ``zero_amount == "quarantine"``.
+9. ``zero_amount`` — a zero spend when ``zero_amount == "quarantine"``.
 
-Timestamps: with ``%z`` in the format, a value with a UTC offset is converted from it and a value without one is
-read in ``timezone``, so a log mixing zones lands on one UTC clock. Amounts written with a thousands separator
-("1,234.50") are read when ``thousands_separator`` names it, and quarantined as non-numeric otherwise.
+Text values are trimmed of whitespace and invisible characters at both ends and put in Unicode's composed form
+(NFC), so "José" typed with a composed é and with e + a combining accent is one customer; invisible characters
+inside a value are kept (a zero-width joiner is part of some scripts' spelling).
+
+Timestamps: with ``%z`` (or a zone name, ``%Z``) in the format, a value with a UTC offset is converted from it and
+a value without one is read in ``timezone``, so a log mixing zones lands on one UTC clock. ``%s`` as the whole
+format reads seconds since 1970-01-01 UTC, an instant in no zone. A date without a time of day (a format with no
+time directive such as ``%Y-%m-%d``, or a Parquet ``date`` column) is not a moment in any zone either: it is stored
+as midnight UTC of that date, whatever ``timezone``, so a purchase on 2020-01-05 counts on the 5th.
+
+Where clocks change, a wall time read in ``timezone`` may happen twice (clocks go back) or never (they go
+forward). DuckDB's rule (ICU's) reads the first as the later of its two moments, and the second with the UTC
+offset from before the change (02:30 at a 02:00->03:00 change is 03:30 on the new clock). The rows are kept, and
+counted in ``local_times_ambiguous`` and ``local_times_nonexistent``.
+
+Amounts written with a thousands separator ("1,234.50") are read when ``thousands_separator`` names it, and
+quarantined as non-numeric otherwise.
 
 Kept returns (``returns == "net"``) carry a negative amount: in the cleaned table a negative amount *is* a return.
 """
@@ -41,10 +57,35 @@ import pyarrow as pa
 
 from features import schemas as s
 from features.errors import InputError
+from features.timeformat import EPOCH_SECONDS, has_time_of_day, has_zone
 
 # Names the validation query gives its own columns; a source column may not be called so.
-INTERNAL_COLUMNS = ("_cid", "_ts", "_amount", "_order", "_cancelled", "_early", "_valid", "_dup", "_reason")
-WHITESPACE = " \t\r\n\u00a0"
+INTERNAL_COLUMNS = (
+    "_cid",
+    "_instant",
+    "_wall_time",
+    "_ts",
+    "_amount",
+    "_order",
+    "_cancelled",
+    "_early",
+    "_valid",
+    "_dup",
+    "_reason",
+)
+# Unicode's White_Space characters, and the format characters that show as nothing (soft hyphen, Mongolian vowel
+# separator, zero-width space and joiners, direction marks and isolates, word joiner, invisible operators, byte
+# order mark): copied from a spreadsheet or a web page they cling to values, and no id or number is made of them.
+WHITESPACE = (
+    "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000"
+)
+INVISIBLE = (
+    "\xad\u180e\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2060\u2061\u2062\u2063\u2064"
+    "\u2066\u2067\u2068\u2069\u206a\u206b\u206c\u206d\u206e\u206f\ufeff"
+)
+# C0 and C1 control characters (NUL, tab, escape, DEL, NEL...): inside an id they are a broken export, not a name.
+CONTROL_CHARACTERS = "[\\x00-\\x1F\\x7F-\\x9F]"
 NULL_MARKERS = ("", "nan", "none", "null", "na", "n/a", "<na>")
 
 
@@ -78,6 +119,8 @@ class CleaningResult:
     quarantine: pd.DataFrame
     rows_in: int
     quarantined_by_reason: dict[str, int]
+    local_times_ambiguous: int  # kept rows whose wall-clock time happened twice (clocks went back)
+    local_times_nonexistent: int  # and never (clocks went forward)
 
     @property
     def rows_kept(self) -> int:
@@ -99,8 +142,15 @@ def _lit(text: str) -> str:
 
 
 def _text(col: str) -> str:
-    """The column as text without surrounding whitespace (spaces, tabs, line breaks, no-break spaces); '' is NULL."""
-    return f"NULLIF(TRIM(CAST({_q(col)} AS VARCHAR), {_lit(WHITESPACE)}), '')"
+    """The column as text in Unicode's composed form (NFC), without surrounding whitespace or invisible characters;
+    '' is NULL.
+
+    Text of printable ASCII only (nearly every value) can have nothing but spaces to trim and is already NFC, so it
+    skips the slower trim over the long list of characters (5x the cost).
+    """
+    text = f"CAST({_q(col)} AS VARCHAR)"
+    unicode = f"nfc_normalize(TRIM({text}, {_lit(WHITESPACE + INVISIBLE)}))"
+    return f"NULLIF(CASE WHEN regexp_matches({text}, '[^ -~]') THEN {unicode} ELSE TRIM({text}) END, '')"
 
 
 def _number(col: str, arrow_type: pa.DataType, thousands_separator: str | None) -> str:
@@ -122,20 +172,75 @@ def _number(col: str, arrow_type: pa.DataType, thousands_separator: str | None) 
     return f"(CASE WHEN isfinite({value}) THEN {value} END)"
 
 
-def _timestamp(col: str, arrow_type: pa.DataType, fmt: str, tz: str) -> str:
+NO_INSTANT = "CAST(NULL AS TIMESTAMPTZ)"
+NO_WALL_TIME = "CAST(NULL AS TIMESTAMP)"
+
+
+@dataclasses.dataclass(frozen=True)
+class _TimestampSql:
+    """How a row's moment is read: an instant the value fixes itself, or else a wall-clock time in the zone."""
+
+    instant: str  # TIMESTAMPTZ: from an offset or zone in the value, epoch seconds, or a date (midnight UTC)
+    wall_time: str  # TIMESTAMP, read in ingest.timezone; may refer to the column _instant
+
+
+def _timestamp(col: str, arrow_type: pa.DataType, fmt: str) -> _TimestampSql:
     if pa.types.is_timestamp(arrow_type) and arrow_type.tz is not None:
-        return f"CAST({_q(col)} AS TIMESTAMPTZ)"
-    if pa.types.is_timestamp(arrow_type) or pa.types.is_date(arrow_type):
-        naive = f"CAST({_q(col)} AS TIMESTAMP)"
-    elif "%z" in fmt:
-        # an offset in the value wins; a value without one is local time in ``tz``
-        text = f"regexp_replace({_text(col)}, '(\\d)Z$', '\\1+00:00')"  # ISO 8601's Z is the offset +00:00
-        with_offset = f"TRY_STRPTIME({text}, {_lit(fmt)})"
-        local = f"timezone({_lit(tz)}, TRY_STRPTIME({_text(col)}, {_lit(fmt.replace('%z', '').strip())}))"
-        return f"coalesce({with_offset}, {local})"
-    else:
-        naive = f"TRY_STRPTIME({_text(col)}, {_lit(fmt)})"
-    return f"timezone({_lit(tz)}, {naive})"
+        return _TimestampSql(f"CAST({_q(col)} AS TIMESTAMPTZ)", NO_WALL_TIME)
+    # A calendar date has no time of day, so no zone to convert from: it is stored as that day at midnight UTC,
+    # as the features count purchases on the UTC date. Read as midnight in a zone east of UTC, it would move a day back.
+    if pa.types.is_date(arrow_type):
+        return _TimestampSql(f"timezone('UTC', CAST({_q(col)} AS TIMESTAMP))", NO_WALL_TIME)
+    if pa.types.is_timestamp(arrow_type):
+        return _TimestampSql(NO_INSTANT, f"CAST({_q(col)} AS TIMESTAMP)")
+    if fmt == EPOCH_SECONDS:  # an instant, so no zone applies; outside years 1..9999 to_timestamp would raise
+        numeric = pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type)
+        seconds = f"CAST({_q(col)} AS DOUBLE)" if numeric else f"TRY_CAST({_text(col)} AS DOUBLE)"
+        return _TimestampSql(
+            f"(CASE WHEN {seconds} BETWEEN -62135596800 AND 253402300799 THEN to_timestamp({seconds}) END)",
+            NO_WALL_TIME,
+        )
+    if not has_time_of_day(fmt):  # a zone with a date only is refused by the config
+        return _TimestampSql(f"timezone('UTC', TRY_STRPTIME({_text(col)}, {_lit(fmt)}))", NO_WALL_TIME)
+    if has_zone(fmt):
+        # an offset or zone name in the value wins; a value without one is local time in the zone. ISO 8601's Z is
+        # the offset +00:00 for %z, and the zone UTC for %Z.
+        utc = "+00:00" if "%z" in fmt else "UTC"
+        text = f"regexp_replace({_text(col)}, '([0-9 ])Z$', '\\1{utc}')"
+        without = re.sub(r"\s*%[zZ]", "", fmt).strip()
+        return _TimestampSql(
+            f"TRY_STRPTIME({text}, {_lit(fmt)})",
+            f"CASE WHEN _instant IS NULL THEN TRY_STRPTIME({_text(col)}, {_lit(without)}) END",
+        )
+    return _TimestampSql(NO_INSTANT, f"TRY_STRPTIME({_text(col)}, {_lit(fmt)})")
+
+
+def _clock_changes(con: duckdb.DuckDBPyConnection, tz: str) -> tuple[int, int]:
+    """Kept rows whose wall-clock time in ``tz`` happened twice (clocks went back) or never (went forward).
+
+    Only days with a change of offset between noon the day before and noon the day after can hold such a time,
+    so the rows of other days cost one cast each. On those days a wall time L has two candidate instants, L minus
+    each offset: both map back to L when it is ambiguous, neither does when it does not exist.
+    """
+    zone = _lit(tz)
+    offset_at = "epoch_us({t}) - epoch_us(timezone(" + zone + ", {t}))"  # local minus UTC, at a wall time
+    maps_back = "timezone(" + zone + ", make_timestamptz(epoch_us(_wall_time) - {o})) = _wall_time"
+    ambiguous, nonexistent = con.execute(
+        f"""WITH days AS (
+                SELECT DISTINCT CAST(_wall_time AS DATE) AS day FROM classified
+                WHERE _reason IS NULL AND _wall_time IS NOT NULL),
+            changes AS (
+                SELECT * FROM (
+                    SELECT day, {offset_at.format(t="CAST(day AS TIMESTAMP) - INTERVAL 12 HOUR")} AS before_us,
+                           {offset_at.format(t="CAST(day AS TIMESTAMP) + INTERVAL 36 HOUR")} AS after_us
+                    FROM days)
+                WHERE before_us <> after_us)
+            SELECT count(*) FILTER (WHERE {maps_back.format(o="before_us")} AND {maps_back.format(o="after_us")}),
+                   count(*) FILTER (WHERE timezone({zone}, _ts) <> _wall_time)
+            FROM classified JOIN changes ON CAST(_wall_time AS DATE) = changes.day
+            WHERE _reason IS NULL"""
+    ).fetchone() or (0, 0)
+    return int(ambiguous), int(nonexistent)
 
 
 def _squash(name: str) -> str:
@@ -225,7 +330,9 @@ def clean_transactions(
         f"CASE WHEN lower({cid}) IN ({null_markers}) OR {cid} IS NULL THEN NULL "
         f"ELSE regexp_replace({cid}, '^([0-9]+)\\.0+$', '\\1') END"
     )
-    ts = _timestamp(rules.timestamp, types[rules.timestamp], rules.timestamp_format, rules.timezone)
+    ts = _timestamp(rules.timestamp, types[rules.timestamp], rules.timestamp_format)
+    # UTC has no clock changes: its wall times need not be kept for _clock_changes
+    dropped = "_instant, _wall_time" if rules.timezone == "UTC" else "_instant"
     sep = rules.thousands_separator
     if rules.amount is not None:
         amount = _number(rules.amount, types[rules.amount], sep)
@@ -249,6 +356,7 @@ def clean_transactions(
     early_sql = f"""
         CASE
             WHEN _cid IS NULL THEN {_lit(s.MISSING_CUSTOMER_ID)}
+            WHEN regexp_matches(_cid, {_lit(CONTROL_CHARACTERS)}) THEN {_lit(s.INVALID_CUSTOMER_ID)}
             WHEN _ts IS NULL THEN {_lit(s.UNPARSEABLE_TIMESTAMP)}
             WHEN _ts < TIMESTAMPTZ '1970-01-01 00:00:00+00' OR _ts > CAST({latest} AS TIMESTAMPTZ)
                 THEN {_lit(s.TIMESTAMP_OUT_OF_RANGE)}
@@ -275,10 +383,14 @@ def clean_transactions(
                     SELECT *, {dup_rank} AS _dup FROM (
                         SELECT *, _early IS NULL AS _valid FROM (
                             SELECT *, {early_sql} AS _early FROM (
-                                SELECT *, {cid_clean} AS _cid, {ts} AS _ts, {amount} AS _amount,
-                                       {order} AS _order, {cancelled} AS _cancelled
-                                FROM raw))))"""
+                                SELECT * EXCLUDE ({dropped}),
+                                       coalesce(_instant, timezone({_lit(rules.timezone)}, _wall_time)) AS _ts FROM (
+                                    SELECT *, {ts.wall_time} AS _wall_time FROM (
+                                        SELECT *, {cid_clean} AS _cid, {ts.instant} AS _instant,
+                                               {amount} AS _amount, {order} AS _order, {cancelled} AS _cancelled
+                                        FROM raw))))))"""
             )
+            clock_changes = (0, 0) if rules.timezone == "UTC" else _clock_changes(con, rules.timezone)
         except (duckdb.InvalidInputException, duckdb.NotImplementedException) as exc:
             raise InputError(f"{source}: {str(exc).splitlines()[0]}; check ingest.timezone") from exc
         kept = con.sql(
@@ -301,4 +413,6 @@ def clean_transactions(
         quarantine=quarantined.to_pandas(),
         rows_in=raw.num_rows,
         quarantined_by_reason=by_reason,
+        local_times_ambiguous=clock_changes[0],
+        local_times_nonexistent=clock_changes[1],
     )

@@ -29,6 +29,7 @@ REASON = "reason"
 
 # Checked in this order; a row gets the first reason that applies.
 MISSING_CUSTOMER_ID = "missing_customer_id"
+INVALID_CUSTOMER_ID = "invalid_customer_id"
 UNPARSEABLE_TIMESTAMP = "unparseable_timestamp"
 TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
 NON_NUMERIC_AMOUNT = "non_numeric_amount"
@@ -38,6 +39,7 @@ CANCELLATION = "cancellation"
 ZERO_AMOUNT = "zero_amount"
 QUARANTINE_REASONS: tuple[str, ...] = (
     MISSING_CUSTOMER_ID,
+    INVALID_CUSTOMER_ID,
     UNPARSEABLE_TIMESTAMP,
     TIMESTAMP_OUT_OF_RANGE,
     NON_NUMERIC_AMOUNT,

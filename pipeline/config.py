@@ -22,6 +22,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from features.errors import InputError
+from features.timeformat import format_problem
 from models.gate import CHURN_GATE_METRICS
 
 
@@ -151,8 +152,18 @@ class IngestConfig:
             raise ConfigError(
                 f"ingest.encoding {self.encoding!r} is not an encoding Python knows; e.g. utf-8, latin-1, cp1252"
             ) from None
+        try:  # codecs.lookup also knows transforms (rot13, base64, zlib, hex), which cannot decode a file to text
+            b"a".decode(self.encoding, errors="ignore")
+        except (LookupError, UnicodeError):  # 'undefined' raises UnicodeError whatever the errors handler
+            raise ConfigError(
+                f"ingest.encoding {self.encoding!r} is a codec that does not decode bytes to text; use a text "
+                "encoding, e.g. utf-8, latin-1, cp1252"
+            ) from None
         if len(self.csv_delimiter) != 1:
             raise ConfigError(f"ingest.csv_delimiter must be one character, got {self.csv_delimiter!r}")
+        problem = format_problem(self.timestamp_format)
+        if problem is not None:
+            raise ConfigError(f"ingest.timestamp_format {self.timestamp_format!r}: {problem}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,24 +2,34 @@
 
 Sources (``ingest.source``): a path to a ``.csv``, ``.csv.gz`` or ``.parquet`` file, or one of the builtin CDNOW
 logs that ship inside the lifetimes wheel (``cdnow``: 23,570 customers; ``cdnow_sample``: 2,357 customers).
+The name says CSV or Parquet, in any case (``.CSV.GZ``); whether a CSV is gzip-compressed is told by its first
+bytes, so a gzip file named ``.csv`` is read, and so is plain text named ``.csv.gz``.
+
+A CSV line with no value in any field (empty, whitespace only, or only delimiters such as ``,,``) is a blank line,
+not a row: it is skipped, and counted in ``blank_lines_skipped`` of metrics/ingest.json and in the log line. A line
+with another number of fields than the header stops the stage with the line's text.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
+import dataclasses
 import gzip
 import hashlib
 import importlib.resources
 import io
 import logging
 import re
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -67,15 +77,91 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _csv_header(path: Path, delimiter: str, encoding: str) -> list[str]:
-    opener: Any = gzip.open if path.suffix == ".gz" else open
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def _lines(fh: io.BufferedIOBase, chunk_bytes: int = 1 << 16) -> Iterator[bytes]:
+    """The physical lines of a byte stream without their ends, split as Arrow splits them: at LF, CRLF and a lone CR.
+
+    Read in chunks, so a file with lone CRs (an old Mac export), which has no LF at all, is not read whole; with
+    ``read1``, so the header of a truncated .gz is read before the damage is (which read_source reports).
+    Only for encodings in which a line break is the byte itself (not UTF-16 or UTF-32).
+    """
+    pending = b""
+    for chunk in iter(lambda: fh.read1(chunk_bytes), b""):
+        data = pending + chunk
+        held = b"\r" if data.endswith(b"\r") else b""  # may be the first half of a CRLF split between two reads
+        *complete, pending = _LINE_END.split(data[: len(data) - len(held)])
+        pending += held
+        yield from complete
+    *complete, last = _LINE_END.split(pending)
+    yield from complete
+    if last:
+        yield last
+
+
+# What a file is, told by its first bytes: a name can say .csv of a gzip file, or .csv.gz of plain text.
+MAGIC_BYTES = {
+    b"\x1f\x8b": "gzip",
+    b"PAR1": "parquet",
+    b"PK\x03\x04": "zip",
+    b"BZh": "bzip2",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x28\xb5\x2f\xfd": "zstd",
+}
+
+
+def _content(path: Path) -> str | None:
+    """The kind of file by its magic bytes (``'gzip'``, ``'parquet'``, ...), or None for anything else (text)."""
+    with path.open("rb") as fh:
+        head = fh.read(8)
+    return next((kind for magic, kind in MAGIC_BYTES.items() if head.startswith(magic)), None)
+
+
+def _open(path: Path, gzipped: bool) -> io.BufferedIOBase:
+    return gzip.open(path, "rb") if gzipped else path.open("rb")
+
+
+def _open_text(path: Path, gzipped: bool, encoding: str) -> TextIO:
+    # newline="": a line ends at LF, CRLF or a lone CR, and keeps its end
+    return gzip.open(path, "rt", encoding=encoding, newline="") if gzipped else path.open(encoding=encoding, newline="")
+
+
+def _is_blank(line: str, delimiter: str) -> bool:
+    """A line with no value in any field: empty, whitespace, or only delimiters and quotes (``,,`` or ``"",""``)."""
+    return not line.replace(delimiter, "").replace('"', "").strip()
+
+
+def _first_lines(path: Path, encoding: str, gzipped: bool) -> Iterator[str]:
+    """The file's lines as text, without their ends, read no further than asked."""
+    if codecs.lookup(encoding).name.startswith(("utf-16", "utf-32")):  # a line break is several bytes
+        with _open_text(path, gzipped, encoding) as text:
+            for line in text:
+                yield line.rstrip("\r\n")
+    else:  # only the header's bytes: a bad byte further down is read_source's to report, with its line
+        with _open(path, gzipped) as fh:
+            for raw in _lines(fh):
+                yield raw.decode(encoding)
+
+
+@dataclasses.dataclass(frozen=True)
+class CsvHeader:
+    names: list[str]
+    blank_lines_before: int  # skipped and counted, like blank lines among the rows
+
+
+def _csv_header(path: Path, delimiter: str, encoding: str, gzipped: bool) -> CsvHeader:
+    blank_before = 0
+    first_line = ""
     try:
-        if codecs.lookup(encoding).name.startswith(("utf-16", "utf-32")):  # a line break is several bytes
-            with opener(path, "rt", encoding=encoding, newline="") as fh:
-                first_line = fh.readline()
-        else:  # only the header's bytes: a bad byte further down is read_source's to report, with its line
-            with opener(path, "rb") as fh:
-                first_line = fh.readline().decode(encoding)
+        for line in _first_lines(path, encoding, gzipped):
+            # A UTF-8 byte order mark would otherwise stick to the first column name.
+            first_line = line.lstrip("\ufeff") if blank_before == 0 else line
+            if not _is_blank(first_line, delimiter):
+                break
+            blank_before += 1
+        else:
+            first_line = ""
         header = next(csv.reader([first_line], delimiter=delimiter), None)
     except UnicodeDecodeError as exc:
         raise InputError(
@@ -83,7 +169,7 @@ def _csv_header(path: Path, delimiter: str, encoding: str) -> list[str]:
             "set ingest.encoding to the file's encoding (e.g. latin-1)"
         ) from exc
     except (OSError, EOFError) as exc:
-        raise InputError(f"{path}: cannot be read as {'gzip ' if opener is gzip.open else ''}CSV ({exc})") from exc
+        raise InputError(f"{path}: cannot be read as {'gzip ' if gzipped else ''}CSV ({exc})") from exc
     if not header or all(not h.strip() for h in header):
         raise InputError(f"{path}: the file is empty (no header line); point ingest.source at a transaction log")
     if len(header) == 1:
@@ -93,18 +179,16 @@ def _csv_header(path: Path, delimiter: str, encoding: str) -> list[str]:
                 f"{path}: the header is one column {header[0]!r} with delimiter {delimiter!r}; it looks "
                 f"{found[0]!r}-separated: set ingest.csv_delimiter to {found[0]!r}"
             )
-    # A UTF-8 byte order mark would otherwise stick to the first column name.
-    return [h.lstrip("\ufeff").strip() for h in header]
+    return CsvHeader([h.strip() for h in header], blank_before)
 
 
 SEPARATORS = (",", ";", "\t", "|")
 
 
-def _first_undecodable_line(path: Path, encoding: str) -> str:
+def _first_undecodable_line(path: Path, encoding: str, gzipped: bool) -> str:
     """Where a file stops being valid ``encoding``: 'line N (bytes ...)', for an error message."""
-    opener: Any = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        for number, line in enumerate(fh, start=1):
+    with _open(path, gzipped) as fh:
+        for number, line in enumerate(_lines(fh), start=1):
             try:
                 line.decode(encoding)
             except UnicodeDecodeError as exc:
@@ -112,47 +196,305 @@ def _first_undecodable_line(path: Path, encoding: str) -> str:
     return "an unknown line"
 
 
-def read_source(source: str, delimiter: str, encoding: str) -> tuple[pa.Table, str]:
-    """Read the raw log as an Arrow table (text columns for CSV, stored types for Parquet) and its sha256."""
-    if source in BUILTIN_SOURCES:
-        return _builtin(source)
-    path = Path(source)
+READABLE = (".csv", ".csv.gz", ".parquet")
+
+
+def _check_is_a_file(path: Path) -> None:
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.is_file() and p.name.lower().endswith(READABLE))
+        if not inside:
+            raise InputError(
+                f"{path}: is a directory, with no .csv, .csv.gz or .parquet file in it; set ingest.source to a file"
+            )
+        raise InputError(
+            f"{path}: is a directory; ingest reads one file: set ingest.source to one of the {len(inside)} .csv, "
+            f".csv.gz or .parquet files in it, e.g. {path / inside[0]}"
+        )
     if not path.is_file():
         builtins = ", ".join(BUILTIN_SOURCES)
         raise InputError(f"{path}: file not found; set ingest.source to an existing file or one of: {builtins}")
-    suffixes = "".join(path.suffixes[-2:]).lower()
-    if path.suffix.lower() == ".parquet":
+
+
+@dataclasses.dataclass(frozen=True)
+class RawLog:
+    """The source as read: a row per data line (text columns) or per stored row (Parquet's types), and its sha256.
+
+    A CSV line with no value in any field (empty, whitespace, or only delimiters: ``,,``) is a blank line, not a
+    row: it is skipped and counted in ``blank_lines``. The file's lines are its header, its rows (with the line
+    breaks in their quoted values) and its blank lines, which read_source checks.
+    """
+
+    table: pa.Table
+    sha256: str
+    blank_lines: int
+
+
+# Arrow parses a CSV in blocks of this many bytes (its default), cut at line breaks, in parallel.
+CSV_BLOCK_BYTES = 1 << 20
+# A record longer than this is not a purchase but a quote that never closes, running on to the end of the file.
+MAX_CSV_BLOCK_BYTES = 1 << 28
+
+
+def read_source(source: str, delimiter: str, encoding: str, block_bytes: int = CSV_BLOCK_BYTES) -> RawLog:
+    """Read the raw log as an Arrow table (text columns for CSV, stored types for Parquet) and its sha256.
+
+    ``block_bytes`` is where a CSV read starts (tests use small blocks to reach the retries without large files).
+    """
+    if source in BUILTIN_SOURCES:
+        return RawLog(*_builtin(source), blank_lines=0)
+    path = Path(source)
+    _check_is_a_file(path)
+    name = path.name.lower()
+    if name.endswith(".parquet"):
         try:
             table = pq.read_table(path)
         except pa.ArrowException as exc:
             reason = re.sub(r"^Could not open Parquet input source '.*?': ", "", str(exc).splitlines()[0])
             raise InputError(f"{path}: not a readable Parquet file ({reason})") from exc
-        return table, _sha256(path)
-    if not (suffixes.endswith(".csv") or suffixes.endswith(".csv.gz")):
+        return RawLog(table, _sha256(path), blank_lines=0)
+    if not name.endswith((".csv", ".csv.gz")):
         raise InputError(f"{path}: unsupported file type; ingest reads .csv, .csv.gz and .parquet")
-    header = _csv_header(path, delimiter, encoding)
-    try:
-        table = pacsv.read_csv(
-            path,
-            read_options=pacsv.ReadOptions(column_names=header, skip_rows=1, encoding=encoding),
-            parse_options=pacsv.ParseOptions(delimiter=delimiter),
-            convert_options=pacsv.ConvertOptions(
-                column_types=dict.fromkeys(header, pa.string()), strings_can_be_null=False
-            ),
-        )
-    except (OSError, EOFError) as exc:  # e.g. a truncated .gz
-        raise InputError(f"{path}: cannot be read to the end ({exc}); the file looks truncated or damaged") from exc
-    except pa.ArrowInvalid as exc:
-        if "invalid UTF8" in str(exc):
-            raise InputError(
-                f"{path}: not valid {encoding} at {_first_undecodable_line(path, encoding)}; set ingest.encoding to "
-                "the file's encoding (often latin-1 or cp1252 for spreadsheet exports)"
-            ) from exc
+    gzipped = _is_gzip_csv(path)
+    header = _csv_header(path, delimiter, encoding, gzipped)
+    table, blank_lines = _read_csv(path, gzipped, header, delimiter, encoding, block_bytes)
+    table, blank_rows = _without_blank_rows(table)
+    return RawLog(table, _sha256(path), header.blank_lines_before + blank_lines + blank_rows)
+
+
+def _is_gzip_csv(path: Path) -> bool:
+    """Whether a file named as a CSV is gzip-compressed; a one-line error if it is not CSV text at all."""
+    content = _content(path)
+    if content == "parquet":
+        raise InputError(f"{path}: is a Parquet file, not CSV text; rename it to end in .parquet")
+    if content == "zip":
         raise InputError(
-            f"{path}: cannot be parsed as CSV with delimiter {delimiter!r} and encoding {encoding} "
-            f"({str(exc).splitlines()[0]}); check ingest.csv_delimiter and ingest.encoding"
-        ) from exc
-    return table, _sha256(path)
+            f"{path}: is a zip archive (an Excel workbook?), not CSV text; save the sheet as CSV, or unzip the CSV "
+            "in it"
+        )
+    if content not in (None, "gzip"):
+        raise InputError(
+            f"{path}: is {content}-compressed, not gzip or CSV text; decompress it, or recompress it with gzip "
+            "(ingest reads .csv, .csv.gz and .parquet)"
+        )
+    return content == "gzip"
+
+
+def _read_csv(
+    path: Path, gzipped: bool, header: CsvHeader, delimiter: str, encoding: str, block_bytes: int
+) -> tuple[pa.Table, int]:
+    """The CSV's rows as text columns, and the whitespace-only lines skipped among them.
+
+    The first read assumes that line breaks end records, which lets Arrow cut the file into blocks at any line
+    break. A quoted value with a line break in it breaks that when a block boundary falls inside it ("CSV parser
+    got out of sync with chunker", or a malformed line), so the file is read again with quote-aware cutting
+    (``newlines_in_values``), which is slower. A record longer than a block ("straddling object") is read again
+    with 16x larger blocks. Each read is checked against the file's own count of lines, because the fast path
+    can also lose the rest of a block without an error when a quote is not closed.
+    """
+    try:
+        in_file = _file_lines(path, gzipped, encoding)
+    except (OSError, EOFError) as exc:  # e.g. a truncated .gz
+        raise _damaged(path, exc) from exc
+    newlines_in_values = False
+    while True:
+        lines = _LineHandler(delimiter)
+        try:
+            table = _arrow_csv(path, gzipped, header, delimiter, encoding, block_bytes, newlines_in_values, lines)
+        except (OSError, EOFError) as exc:
+            raise _damaged(path, exc) from exc
+        except pa.ArrowInvalid as exc:
+            message = str(exc)
+            # A block cut inside a quoted value shows as Arrow's "out of sync", or as a line with too few fields
+            # (the value's second half), which the quote-aware read tells apart from a line that really is wrong.
+            if ("out of sync with chunker" in message or lines.malformed is not None) and not newlines_in_values:
+                log.info("%s: reading again with quote-aware block cutting (%s)", path, message.splitlines()[0].strip())
+                newlines_in_values = True
+            elif "straddling object" in message and block_bytes < MAX_CSV_BLOCK_BYTES:
+                block_bytes *= 16
+                log.info(
+                    "%s: a record is longer than a block; reading again in blocks of %s", path, _bytes(block_bytes)
+                )
+            else:
+                raise _csv_error(path, exc, lines, delimiter, encoding, gzipped) from exc
+            continue
+        if in_file is not None:
+            _check_last_value_is_closed(path, table, in_file)
+            read = header.blank_lines_before + 1 + table.num_rows + _breaks_in_values(table) + lines.blank_lines
+            if read != in_file.lines and not newlines_in_values:
+                log.info(
+                    "%s: %d lines read as %d; reading again with quote-aware block cutting", path, in_file.lines, read
+                )
+                newlines_in_values = True
+                continue
+            if read != in_file.lines:
+                raise InputError(
+                    f"{path}: has {in_file.lines} lines, but its header, rows and blank lines account for {read}; the "
+                    'quoting is broken somewhere (a quote that is not closed?): check the quotes ("")'
+                )
+        return table, lines.blank
+
+
+def _damaged(path: Path, exc: OSError | EOFError) -> InputError:
+    return InputError(f"{path}: cannot be read to the end ({exc}); the file looks truncated or damaged")
+
+
+@dataclasses.dataclass(frozen=True)
+class _FileLines:
+    lines: int  # physical lines, at LF, CRLF or a lone CR, the last one with or without its end
+    ends_with_quote: bool  # the last character other than whitespace is a double quote
+
+
+def _file_lines(path: Path, gzipped: bool, encoding: str) -> _FileLines | None:
+    """The file's lines, counted on its bytes; None for encodings in which a line break is not its ASCII byte."""
+    if "x\r\n".encode(encoding)[len("x".encode(encoding)) :] != b"\r\n":  # UTF-16, UTF-32, EBCDIC (past a BOM)
+        return None
+    lf = cr = crlf = 0
+    tail = b""
+    with _open(path, gzipped) as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            lf += chunk.count(b"\n")
+            if b"\r" in chunk or tail.endswith(b"\r"):  # the two-byte search only where a CR is (rare)
+                cr, crlf = cr + chunk.count(b"\r"), crlf + chunk.count(b"\r\n")
+                crlf += tail.endswith(b"\r") and chunk.startswith(b"\n")  # a CRLF split between two chunks
+            tail = (tail + chunk)[-64:]
+    ends_open = bool(tail) and not tail.endswith((b"\n", b"\r"))  # a last line without a line break
+    return _FileLines(lf + cr - crlf + ends_open, tail.rstrip().endswith(b'"'))
+
+
+def _breaks_in_values(table: pa.Table) -> int:
+    """Line breaks inside the values (quoted), counted as in the file: CRLF as one."""
+    total = 0
+    for column in table.columns:
+        for chunk in (c for c in column.chunks if len(c)):
+            # the bytes of all the chunk's values, end to end: one vectorised count instead of one per value
+            offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int32)[chunk.offset : chunk.offset + len(chunk) + 1]
+            data = chunk.buffers()[2]
+            text = np.frombuffer(data, dtype=np.uint8)[offsets[0] : offsets[-1]] if data is not None else np.empty(0)
+            lf, cr = int(np.count_nonzero(text == 10)), int(np.count_nonzero(text == 13))
+            crlf = (pc.sum(pc.count_substring(chunk, "\r\n")).as_py() or 0) if lf and cr else 0  # within values
+            total += lf + cr - crlf
+    return total
+
+
+def _check_last_value_is_closed(path: Path, table: pa.Table, in_file: _FileLines) -> None:
+    """A quote that never closes runs on to the end of the file, and Arrow ends the value there without a word."""
+    if table.num_rows == 0 or in_file.ends_with_quote:
+        return
+    last = table.column(table.num_columns - 1)[-1].as_py()
+    first, *more = re.split(r"\r\n|\r|\n", last.rstrip("\r\n"))
+    if more:
+        raise InputError(
+            f"{path}: a quote is not closed: the value of {table.column_names[-1]!r} in the last row runs from "
+            f"{first[:80]!r} over {len(more)} more line(s) to the end of the file; close the quote, or double a "
+            'quote meant as text ("")'
+        )
+
+
+def _arrow_csv(
+    path: Path,
+    gzipped: bool,
+    header: CsvHeader,
+    delimiter: str,
+    encoding: str,
+    block_bytes: int,
+    newlines_in_values: bool,
+    lines: _LineHandler,
+) -> pa.Table:
+    return pacsv.read_csv(
+        # the compression is the content's, not the name's (Arrow would go by a lower-case .gz)
+        pa.input_stream(str(path), compression="gzip" if gzipped else None),
+        read_options=pacsv.ReadOptions(
+            column_names=header.names,
+            skip_rows=header.blank_lines_before + 1,
+            encoding=encoding,
+            block_size=block_bytes,
+        ),
+        # Arrow would skip empty lines without a count; they come back as rows of empty fields, dropped after
+        parse_options=pacsv.ParseOptions(
+            delimiter=delimiter,
+            newlines_in_values=newlines_in_values,
+            ignore_empty_lines=False,
+            invalid_row_handler=lines,
+        ),
+        convert_options=pacsv.ConvertOptions(
+            column_types=dict.fromkeys(header.names, pa.string()), strings_can_be_null=False
+        ),
+    )
+
+
+def _bytes(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB" if n >= 1 << 10 else f"{n} bytes"
+
+
+def _csv_error(
+    path: Path, exc: pa.ArrowInvalid, lines: _LineHandler, delimiter: str, encoding: str, gzipped: bool
+) -> InputError:
+    message = str(exc)
+    if "invalid UTF8" in message:
+        return InputError(
+            f"{path}: not valid {encoding} at {_first_undecodable_line(path, encoding, gzipped)}; set ingest.encoding "
+            "to the file's encoding (often latin-1 or cp1252 for spreadsheet exports)"
+        )
+    if lines.malformed is not None:
+        return InputError(_malformed_line(path, lines.malformed, delimiter))
+    if "straddling object" in message:
+        return InputError(
+            f"{path}: a record is longer than {_bytes(MAX_CSV_BLOCK_BYTES)}, so a quote probably never closes and "
+            'its value runs on to the end of the file; close it, or double a quote meant as text ("")'
+        )
+    return InputError(
+        f"{path}: cannot be parsed as CSV with delimiter {delimiter!r} and encoding {encoding} "
+        f"({message.splitlines()[0]}); check ingest.csv_delimiter and ingest.encoding"
+    )
+
+
+class _LineHandler:
+    """Arrow's handler of lines with the wrong number of fields: skips and counts the blank ones (a stray ``   ``
+    line), and keeps the first other one for the error message. Arrow may call it from several threads."""
+
+    def __init__(self, delimiter: str) -> None:
+        self.delimiter = delimiter
+        self.blank = 0
+        self.blank_lines = 0  # the lines they span: a quoted line break ('"  \n  "') makes two
+        self.malformed: pacsv.InvalidRow | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, row: pacsv.InvalidRow) -> str:
+        with self._lock:
+            if _is_blank(row.text, self.delimiter):
+                self.blank += 1
+                self.blank_lines += 1 + len(re.findall(r"\r\n|\r|\n", row.text))
+                return "skip"
+            if self.malformed is None:
+                self.malformed = row
+            return "error"
+
+
+def _malformed_line(path: Path, row: pacsv.InvalidRow, delimiter: str) -> str:
+    text = row.text
+    first, *more = re.split(r"\r\n|\r|\n", text)
+    if more and '"' in text:  # a quote not closed where its line ends runs on into the next lines
+        return (
+            f"{path}: a quoted value from the line {first[:80]!r} runs on over {len(more)} more line(s), leaving "
+            f"{row.actual_columns} fields where the header has {row.expected_columns}: a quote that is not closed? "
+            'close it, or double a quote meant as text ("")'
+        )
+    return (
+        f"{path}: a line has {row.actual_columns} fields where the header has {row.expected_columns}: "
+        f"{text[:80]!r}; quote values that contain {delimiter!r}, or check ingest.csv_delimiter"
+    )
+
+
+def _without_blank_rows(table: pa.Table) -> tuple[pa.Table, int]:
+    """The rows with a value in some field, and how many had none (empty lines, ``,,``): blank lines, not rows."""
+    blank: pa.ChunkedArray | None = None
+    for column in table.columns:
+        empty = pc.or_(pc.equal(pc.binary_length(column), 0), pc.utf8_is_space(column))
+        blank = empty if blank is None else pc.and_(blank, empty)
+        if not pc.any(blank).as_py():  # mostly decided by the first column
+            return table, 0
+    assert blank is not None  # a header has at least one column
+    return table.filter(pc.invert(blank)), int(pc.sum(blank).as_py())
 
 
 def rules_from(cfg: IngestConfig) -> CleaningRules:
@@ -175,12 +517,15 @@ def rules_from(cfg: IngestConfig) -> CleaningRules:
     )
 
 
-def ingest_metrics(result: CleaningResult, source: str, sha256: str) -> dict[str, Any]:
+def ingest_metrics(result: CleaningResult, source: str, raw: RawLog) -> dict[str, Any]:
     tx = result.transactions
     days = tx[s.TS].dt.date if len(tx) else pd.Series([], dtype=object)
     return {
         "source": source,
-        "source_sha256": sha256,
+        "source_sha256": raw.sha256,
+        "blank_lines_skipped": raw.blank_lines,
+        "local_times_ambiguous": result.local_times_ambiguous,
+        "local_times_nonexistent": result.local_times_nonexistent,
         "rows_in": result.rows_in,
         "rows_kept": result.rows_kept,
         "rows_quarantined": result.rows_quarantined,
@@ -194,8 +539,8 @@ def ingest_metrics(result: CleaningResult, source: str, sha256: str) -> dict[str
 
 def run(cfg: IngestConfig, transactions: Path, quarantine: Path, metrics: Path) -> dict[str, Any]:
     """Read ``cfg.source``, validate it, and write the three outputs. Returns the metrics."""
-    raw, sha256 = read_source(cfg.source, cfg.csv_delimiter, cfg.encoding)
-    result = clean_transactions(raw, rules_from(cfg), source=cfg.source)
+    raw = read_source(cfg.source, cfg.csv_delimiter, cfg.encoding)
+    result = clean_transactions(raw.table, rules_from(cfg), source=cfg.source)
     if result.rows_in != result.rows_kept + result.rows_quarantined:  # pragma: no cover - an invariant
         raise AssertionError("ingest lost rows: rows_in != rows_kept + rows_quarantined")
     if result.rows_kept == 0:
@@ -205,18 +550,37 @@ def run(cfg: IngestConfig, transactions: Path, quarantine: Path, metrics: Path) 
             "check ingest.columns, ingest.timestamp_format and the quarantine rules in params.yaml"
         )
     write_table(result.transactions, transactions, s.TRANSACTIONS)
-    write_table(result.quarantine, quarantine, s.quarantine_schema(raw.column_names))
-    out = ingest_metrics(result, cfg.source, sha256)
+    write_table(result.quarantine, quarantine, s.quarantine_schema(raw.table.column_names))
+    out = ingest_metrics(result, cfg.source, raw)
     write_json(out, metrics)
+    log_counts(out, cfg.timezone)
+    return out
+
+
+def log_counts(out: dict[str, Any], timezone: str) -> None:
+    """The stage's one line of counts, and a warning for wall times that clocks repeat or skip."""
     log.info(
-        "%s: %d rows in, %d kept, %d quarantined %s",
-        cfg.source,
+        "%s: %d rows in, %d kept, %d quarantined %s%s",
+        out["source"],
         out["rows_in"],
         out["rows_kept"],
         out["rows_quarantined"],
         {k: v for k, v in out["quarantined_by_reason"].items() if v},
+        f"; {out['blank_lines_skipped']} blank lines skipped (no value in any field)"
+        if out["blank_lines_skipped"]
+        else "",
     )
-    return out
+    if out["local_times_ambiguous"] or out["local_times_nonexistent"]:
+        log.warning(
+            "%s: %d kept times fell where clocks in %s go back and a wall time happens twice (read as the later "
+            "moment) and %d where they go forward and it never happens (read with the UTC offset from before the "
+            "change: 02:30 at a 02:00->03:00 change is 03:30 on the new clock); write the UTC offset (%%z) in the "
+            "log to make them exact",
+            out["source"],
+            out["local_times_ambiguous"],
+            timezone,
+            out["local_times_nonexistent"],
+        )
 
 
 def main(argv: Sequence[str]) -> None:

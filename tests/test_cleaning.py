@@ -55,6 +55,7 @@ def test_reason_counts_drop_returns_and_zero(tmp_path: Path, params: dict[str, A
     assert m["rows_in"] == 11
     assert m["quarantined_by_reason"] == {
         s.MISSING_CUSTOMER_ID: 3,  # empty, " NaN", and A8 whose other fields are bad too: first reason wins
+        s.INVALID_CUSTOMER_ID: 0,
         s.UNPARSEABLE_TIMESTAMP: 1,
         s.TIMESTAMP_OUT_OF_RANGE: 0,
         s.NON_NUMERIC_AMOUNT: 2,  # "x" and "inf"
@@ -154,3 +155,14 @@ def test_online_retail_counts(tmp_path: Path, params: dict[str, Any], online_ret
     assert m["rows_in"] == m["rows_kept"] + m["rows_quarantined"]
     assert len(q) == m["rows_quarantined"]
     assert m["customers"] == 4_372 - 1  # one CustomerID appears only on zero-price lines
+
+
+def test_whitespace_is_unicodes_and_invisible_characters_are_format_characters() -> None:
+    import unicodedata
+
+    from features.cleaning import INVISIBLE, WHITESPACE
+
+    # Python's isspace adds the four ASCII information separators (U+001C..U+001F), which are control characters
+    white_space = {chr(c) for c in range(0x110000) if chr(c).isspace()} - set("\x1c\x1d\x1e\x1f")
+    assert set(WHITESPACE) == white_space
+    assert {unicodedata.category(c) for c in INVISIBLE} == {"Cf"}

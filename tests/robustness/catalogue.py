@@ -9,9 +9,11 @@ Logs use the layout ``customer_id,date,amount`` with dates as ``%Y-%m-%d`` unles
 
 from __future__ import annotations
 
+import bz2
 import dataclasses
 import datetime as dt
 import gzip
+import io
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from features import schemas as s
 from tests.conftest import ONLINE_RETAIL_INGEST
@@ -38,6 +42,7 @@ class Quarantines:
     kept: int
     reasons: dict[str, int]  # the reasons with a non-zero count
     check: Callable[[pd.DataFrame], None] | None = None  # more about the kept transactions
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)  # more of metrics/ingest.json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,9 +52,16 @@ class Runs:
 
 
 @dataclasses.dataclass(frozen=True)
+class Folder:
+    """A directory as ``ingest.source``, holding these files."""
+
+    files: dict[str, bytes]
+
+
+@dataclasses.dataclass(frozen=True)
 class Case:
     name: str
-    data: Callable[[], bytes] | None  # None: the source file does not exist
+    data: Callable[[], bytes] | Folder | None  # None: the source file does not exist
     expect: Fails | Quarantines | Runs
     ingest: dict[str, Any] = dataclasses.field(default_factory=dict)
     params: dict[str, Any] = dataclasses.field(default_factory=dict)  # dotted keys outside ingest
@@ -97,6 +109,19 @@ def history(customers: int = 300, seed: int = 7, one_time: bool = False, extra: 
     return ("\n".join([HEADER, *rows, *extra]) + "\n").encode("utf-8")
 
 
+def notes_with_line_breaks(rows: int) -> bytes:
+    """A log whose every line has a quoted note with a line break in it: 37 bytes a row."""
+    body = "".join(f'{i % 500},2020-01-{1 + i % 28:02d},{i % 90 + 10}.0,"a note\nin two lines"\n' for i in range(rows))
+    return (f"{HEADER},note\n" + body).encode()
+
+
+def unclosed_quote_at(row: int, rows: int = 100_000) -> bytes:
+    """A 2 MB log whose note opens a quote at ``row`` and never closes it."""
+    body = [f"{i},2020-01-06,2.0,ok\n" for i in range(rows)]
+    body[row] = f'{row},2020-01-06,2.0,"never closed\n'
+    return (f"{HEADER},note\n" + "".join(body)).encode()
+
+
 def parquet_bytes() -> bytes:
     return b"PAR1 this is not a parquet file"
 
@@ -129,6 +154,17 @@ def insert_after(anchor: str, text: str) -> Callable[[str], str]:
     return edit
 
 
+def parquet(**columns: pa.Array) -> Callable[[], bytes]:
+    """A Parquet file of the given Arrow columns, keeping their types (date32, naive timestamps, ...)."""
+
+    def write() -> bytes:
+        out = io.BytesIO()
+        pq.write_table(pa.table(columns), out)
+        return out.getvalue()
+
+    return write
+
+
 # --- checks on kept rows ------------------------------------------------------------------------------------------
 
 
@@ -136,6 +172,15 @@ def utc_times(*expected: str) -> Callable[[pd.DataFrame], None]:
     def check(tx: pd.DataFrame) -> None:
         assert [t.strftime("%Y-%m-%d %H:%M") for t in tx[s.TS]] == list(expected)
         assert str(tx[s.TS].dt.tz) == "UTC"
+
+    return check
+
+
+def instants(*expected: str) -> Callable[[pd.DataFrame], None]:
+    """The kept times to the microsecond, in UTC (ISO 8601)."""
+
+    def check(tx: pd.DataFrame) -> None:
+        assert [t.isoformat() for t in tx[s.TS]] == list(expected)
 
     return check
 
@@ -225,7 +270,7 @@ CASES: list[Case] = [
         raw(b"customer_id,date,amount,note\n1,2020-01-05,10.0,ok\n2,2020-01-06,20.0,caf\xe9\n"),
         Fails(
             "ingest",
-            "{src}: not valid utf-8 at line 3 (bytes b'6,20.0,caf\\xe9\\n'); set ingest.encoding to the file's "
+            "{src}: not valid utf-8 at line 3 (bytes b'6,20.0,caf\\xe9'); set ingest.encoding to the file's "
             "encoding (often latin-1 or cp1252 for spreadsheet exports)",
         ),
     ),
@@ -250,7 +295,8 @@ CASES: list[Case] = [
         lambda: gzip.compress(history())[:2000],
         Fails(
             "ingest",
-            "{src}: cannot be read to the end (Truncated compressed stream); the file looks truncated or damaged",
+            "{src}: cannot be read to the end (Compressed file ended before the end-of-stream marker was reached); "
+            "the file looks truncated or damaged",
         ),
         suffix=".csv.gz",
     ),
@@ -692,5 +738,589 @@ CASES: list[Case] = [
             "damaged or was cut short: rerun the stage that writes it (`dvc repro --force`)",
         ),
         damage=("features", scrambled("f.parquet", 200, -2000)),  # all but the footer
+    ),
+    # --- dates without a time of day: the day the log says, whatever ingest.timezone --------------------------
+    Case(
+        "date_only_in_a_zone_ahead_of_utc",
+        lines("1,2020-01-05,10.0", "2,2020-07-01,20.0", "3,2020-03-29,5.0"),  # winter, summer, the day clocks change
+        Quarantines(kept=3, reasons={}, check=utc_times("2020-01-05 00:00", "2020-07-01 00:00", "2020-03-29 00:00")),
+        ingest={"timezone": "Europe/Athens"},
+    ),
+    Case(
+        "date_only_in_a_zone_behind_utc",
+        lines("1,05/01/2020,10.0", "2,31/12/2020,20.0"),
+        Quarantines(kept=2, reasons={}, check=utc_times("2020-01-05 00:00", "2020-12-31 00:00")),
+        ingest={"timezone": "America/Los_Angeles", "timestamp_format": "%d/%m/%Y"},
+    ),
+    Case(
+        "parquet_date32_in_a_non_utc_zone",
+        parquet(
+            customer_id=pa.array(["1", "2"]),
+            date=pa.array([dt.date(2020, 1, 5), dt.date(2020, 7, 1)], type=pa.date32()),
+            amount=pa.array([10.0, 20.0]),
+        ),
+        Quarantines(kept=2, reasons={}, check=utc_times("2020-01-05 00:00", "2020-07-01 00:00")),
+        ingest={"timezone": "Europe/Athens"},
+        suffix=".parquet",
+    ),
+    Case(
+        "parquet_naive_timestamps_are_local_times",
+        parquet(
+            customer_id=pa.array(["1", "2"]),
+            date=pa.array([dt.datetime(2020, 1, 5, 10, 0), dt.datetime(2020, 7, 1, 0, 0)], type=pa.timestamp("us")),
+            amount=pa.array([10.0, 20.0]),
+        ),
+        Quarantines(kept=2, reasons={}, check=utc_times("2020-01-05 08:00", "2020-06-30 21:00")),
+        ingest={"timezone": "Europe/Athens"},
+        suffix=".parquet",
+    ),
+    Case(
+        "parquet_date64_in_a_zone_behind_utc",
+        parquet(
+            customer_id=pa.array(["1"]),
+            date=pa.array([dt.date(2020, 12, 31)], type=pa.date64()),
+            amount=pa.array([10.0]),
+        ),
+        Quarantines(kept=1, reasons={}, check=utc_times("2020-12-31 00:00")),
+        ingest={"timezone": "America/Los_Angeles"},
+        suffix=".parquet",
+    ),
+    Case(
+        "parquet_timestamps_with_a_zone_keep_their_instant",  # ingest.timezone is for times written without one
+        parquet(
+            customer_id=pa.array(["1"]),
+            date=pa.array(
+                [dt.datetime(2020, 1, 5, 15, 0, tzinfo=dt.UTC)], type=pa.timestamp("us", tz="America/New_York")
+            ),
+            amount=pa.array([10.0]),
+        ),
+        Quarantines(kept=1, reasons={}, check=utc_times("2020-01-05 15:00")),
+        ingest={"timezone": "Europe/Athens"},
+        suffix=".parquet",
+    ),
+    Case(
+        "midnight_written_as_a_time_is_a_local_time",  # the format decides: a time of day, even 00:00, has a zone
+        lines("1,2020-01-05 00:00:00,10.0"),
+        Quarantines(kept=1, reasons={}, check=utc_times("2020-01-04 22:00")),
+        ingest={"timezone": "Europe/Athens", "timestamp_format": "%Y-%m-%d %H:%M:%S"},
+    ),
+    # --- the encoding: a codec Python knows that does not decode bytes to text ---------------------------------
+    Case(
+        "encoding_that_transforms_text",
+        lines(*GOOD),
+        Fails(
+            "ingest",
+            "ingest.encoding 'rot13' is a codec that does not decode bytes to text; use a text encoding, e.g. utf-8, "
+            "latin-1, cp1252",
+        ),
+        ingest={"encoding": "rot13"},
+    ),
+    Case(
+        "encoding_that_transforms_bytes",
+        lines(*GOOD),
+        Fails(
+            "ingest",
+            "ingest.encoding 'zlib' is a codec that does not decode bytes to text; use a text encoding, e.g. utf-8, "
+            "latin-1, cp1252",
+        ),
+        ingest={"encoding": "zlib"},
+    ),
+    Case(
+        "encoding_that_never_decodes",
+        lines(*GOOD),
+        Fails(
+            "ingest",
+            "ingest.encoding 'undefined' is a codec that does not decode bytes to text; use a text encoding, e.g. "
+            "utf-8, latin-1, cp1252",
+        ),
+        ingest={"encoding": "undefined"},
+    ),
+    # --- line endings: LF, CRLF, a lone CR (old Mac exports) or a mix, as Arrow reads them ---------------------
+    Case(
+        "cr_line_endings",
+        raw("\r".join([HEADER, *GOOD]).encode() + b"\r"),
+        Quarantines(kept=3, reasons={}, check=customers("1", "2", "1")),
+    ),
+    Case(
+        "crlf_line_endings",
+        raw("\r\n".join([HEADER, *GOOD]).encode() + b"\r\n"),
+        Quarantines(kept=3, reasons={}, check=amounts(10.0, 20.0, 15.0)),
+    ),
+    Case(
+        "mixed_line_endings",
+        raw(f"{HEADER}\r\n{GOOD[0]}\n{GOOD[1]}\r{GOOD[2]}".encode()),  # and no line break at the end
+        Quarantines(kept=3, reasons={}, check=utc_times("2020-01-05 00:00", "2020-01-06 00:00", "2020-02-01 00:00")),
+    ),
+    Case(
+        "byte_order_mark_and_cr_line_endings",
+        raw(b"\xef\xbb\xbf" + "\r".join([HEADER, *GOOD]).encode() + b"\r"),
+        Quarantines(kept=3, reasons={}, check=customers("1", "2", "1")),
+    ),
+    Case(
+        "utf16_export_with_cr_line_endings",
+        lambda: "\r".join([HEADER, *GOOD]).encode("utf-16"),
+        Quarantines(kept=3, reasons={}, check=customers("1", "2", "1")),
+        ingest={"encoding": "utf-16"},
+    ),
+    Case(
+        "non_utf8_bytes_with_cr_line_endings",  # the line is counted at the lone CRs too
+        raw(b"customer_id,date,amount,note\r1,2020-01-05,10.0,ok\r2,2020-01-06,20.0,caf\xe9\r"),
+        Fails(
+            "ingest",
+            "{src}: not valid utf-8 at line 3 (bytes b'6,20.0,caf\\xe9'); set ingest.encoding to the file's "
+            "encoding (often latin-1 or cp1252 for spreadsheet exports)",
+        ),
+    ),
+    # --- what the file is: told by its first bytes, not by its name --------------------------------------------
+    Case(
+        "gzip_with_an_upper_case_name",
+        lambda: gzip.compress("\n".join([HEADER, *GOOD]).encode()),
+        Quarantines(kept=3, reasons={}, check=customers("1", "2", "1")),
+        suffix=".CSV.GZ",
+    ),
+    Case(
+        "gzip_named_csv",
+        lambda: gzip.compress("\n".join([HEADER, *GOOD]).encode()),
+        Quarantines(kept=3, reasons={}, check=customers("1", "2", "1")),
+    ),
+    Case(
+        "plain_text_named_csv_gz",
+        lines(*GOOD),
+        Quarantines(kept=3, reasons={}, check=customers("1", "2", "1")),
+        suffix=".csv.gz",
+    ),
+    Case(
+        "upper_case_parquet_name",
+        parquet(
+            customer_id=pa.array(["1", "2"]), date=pa.array(["2020-01-05", "2020-01-06"]), amount=pa.array([1.0, 2.0])
+        ),
+        Quarantines(kept=2, reasons={}, check=amounts(1.0, 2.0)),
+        suffix=".PARQUET",
+    ),
+    Case(
+        "parquet_named_csv",
+        parquet(customer_id=pa.array(["1"]), date=pa.array(["2020-01-05"]), amount=pa.array([1.0])),
+        Fails("ingest", "{src}: is a Parquet file, not CSV text; rename it to end in .parquet"),
+    ),
+    Case(
+        "excel_workbook_named_csv",
+        raw(b"PK\x03\x04\x14\x00\x06\x00\x08\x00[Content_Types].xml"),
+        Fails(
+            "ingest",
+            "{src}: is a zip archive (an Excel workbook?), not CSV text; save the sheet as CSV, or unzip the CSV in it",
+        ),
+    ),
+    Case(
+        "bzip2_named_csv_gz",
+        lambda: bz2.compress("\n".join([HEADER, *GOOD]).encode()),
+        Fails(
+            "ingest",
+            "{src}: is bzip2-compressed, not gzip or CSV text; decompress it, or recompress it with gzip (ingest reads "
+            ".csv, .csv.gz and .parquet)",
+        ),
+        suffix=".csv.gz",
+    ),
+    Case(
+        "empty_directory",
+        Folder({}),
+        Fails(
+            "ingest", "{src}: is a directory, with no .csv, .csv.gz or .parquet file in it; set ingest.source to a file"
+        ),
+        suffix="",
+    ),
+    Case(
+        "directory_of_exports",
+        Folder({"part-1.csv": b"", "part-0.csv": b"", "notes.txt": b""}),
+        Fails(
+            "ingest",
+            "{src}: is a directory; ingest reads one file: set ingest.source to one of the 2 .csv, .csv.gz or "
+            ".parquet files in it, e.g. {src}/part-0.csv",
+        ),
+        suffix="",
+    ),
+    # --- timestamp formats: what DuckDB's strptime reads, epoch seconds, zone names, fractions of a second ---
+    Case(
+        "epoch_milliseconds_format",
+        lines("1,1578182400000,10.0"),
+        Fails(
+            "ingest",
+            "ingest.timestamp_format '%Q': %Q (milliseconds since 1970) is not read; store the column as a Parquet "
+            "timestamp, or as seconds with timestamp_format '%s'",
+        ),
+        ingest={"timestamp_format": "%Q"},
+    ),
+    Case(
+        "epoch_seconds_inside_a_format",
+        lines("1,1578182400.5,10.0"),
+        Fails(
+            "ingest",
+            "ingest.timestamp_format '%s.%f': %s (seconds since 1970-01-01 UTC) is read only as the whole format: set "
+            "it to '%s'",
+        ),
+        ingest={"timestamp_format": "%s.%f"},
+    ),
+    Case(
+        "epoch_seconds",  # an instant: ingest.timezone does not apply
+        lines(
+            "1,1578182400,10.0",
+            "2,1593561600.25,20.0",
+            "3,-1,5.0",  # 1969-12-31 23:59:59
+            "3,1e30,5.0",
+            "3,2020-01-05,5.0",
+        ),
+        Quarantines(
+            kept=2,
+            reasons={s.TIMESTAMP_OUT_OF_RANGE: 1, s.UNPARSEABLE_TIMESTAMP: 2},
+            check=instants("2020-01-05T00:00:00+00:00", "2020-07-01T00:00:00.250000+00:00"),
+        ),
+        ingest={"timestamp_format": "%s", "timezone": "Europe/Athens"},
+    ),
+    Case(
+        "epoch_seconds_in_a_parquet_integer_column",
+        parquet(
+            customer_id=pa.array(["1", "2"]),
+            date=pa.array([1578182400, 1593561600], type=pa.int64()),
+            amount=pa.array([10.0, 20.0]),
+        ),
+        Quarantines(kept=2, reasons={}, check=utc_times("2020-01-05 00:00", "2020-07-01 00:00")),
+        ingest={"timestamp_format": "%s", "timezone": "Asia/Tokyo"},
+        suffix=".parquet",
+    ),
+    Case(
+        "python_only_directive",
+        lines(*GOOD),
+        Fails(
+            "ingest",
+            "ingest.timestamp_format '%F': %F is not a directive DuckDB's strptime reads (write %Y-%m-%d); see "
+            "https://duckdb.org/docs/sql/functions/dateformat",
+        ),
+        ingest={"timestamp_format": "%F"},
+    ),
+    Case(
+        "format_written_as_a_pattern",
+        lines(*GOOD),
+        Fails(
+            "ingest",
+            "ingest.timestamp_format 'yyyy-MM-dd': has no % directive (strptime writes a year as %Y, a day as %d): "
+            "e.g. '%Y-%m-%d %H:%M:%S'",
+        ),
+        ingest={"timestamp_format": "yyyy-MM-dd"},
+    ),
+    Case(
+        "format_ending_in_a_lone_percent",
+        lines(*GOOD),
+        Fails("ingest", "ingest.timestamp_format '%Y-%m-%d%': ends with a lone %; write %% for a percent sign"),
+        ingest={"timestamp_format": "%Y-%m-%d%"},
+    ),
+    Case(
+        "date_only_format_with_an_offset",
+        lines("1,2020-01-05+02:00,10.0"),
+        Fails(
+            "ingest",
+            "ingest.timestamp_format '%Y-%m-%d%z': has a zone (%z or %Z) but no time of day; a date is kept as that "
+            "day whatever the zone, so remove the zone, or add the time",
+        ),
+        ingest={"timestamp_format": "%Y-%m-%d%z"},
+    ),
+    Case(
+        "zone_names",
+        lines(
+            "1,2020-01-05 10:00 EST,10.0",
+            "2,2020-01-05 10:00 America/New_York,10.0",
+            "3,2020-01-05 10:00 UTC,10.0",
+            "4,2020-01-05 10:00 Z,10.0",
+            "5,2020-01-05 10:00,10.0",  # no zone: read in ingest.timezone
+        ),
+        Quarantines(
+            kept=5,
+            reasons={},
+            check=utc_times(
+                "2020-01-05 15:00", "2020-01-05 15:00", "2020-01-05 10:00", "2020-01-05 10:00", "2020-01-05 08:00"
+            ),
+        ),
+        ingest={"timestamp_format": "%Y-%m-%d %H:%M %Z", "timezone": "Europe/Athens"},
+    ),
+    Case(
+        "timestamps_with_microseconds",
+        lines("1,2020-01-05 10:00:00.123456,10.0", "2,2020-01-05 10:00:00,10.0"),  # the fraction is not optional
+        Quarantines(kept=1, reasons={s.UNPARSEABLE_TIMESTAMP: 1}, check=instants("2020-01-05T10:00:00.123456+00:00")),
+        ingest={"timestamp_format": "%Y-%m-%d %H:%M:%S.%f"},
+    ),
+    Case(
+        "twelve_hour_clock",
+        lines("1,05/01/2020 01:30 PM,10.0", "2,05/01/2020 12:05 AM,10.0"),
+        Quarantines(kept=2, reasons={}, check=utc_times("2020-01-05 13:30", "2020-01-05 00:05")),
+        ingest={"timestamp_format": "%d/%m/%Y %I:%M %p"},
+    ),
+    # --- blank lines (no value in any field) are skipped and counted; a malformed line stops ingest -----------
+    Case(
+        "trailing_whitespace_line",
+        lines(*GOOD, "   "),
+        Quarantines(kept=3, reasons={}, metrics={"blank_lines_skipped": 1, "rows_in": 3}),
+    ),
+    Case(
+        "blank_lines_between_rows",
+        lines(GOOD[0], "", GOOD[1], " \t ", GOOD[2], "\u3000\u00a0", ""),  # and an empty line at the end
+        Quarantines(kept=3, reasons={}, check=customers("1", "2", "1"), metrics={"blank_lines_skipped": 4}),
+    ),
+    Case(
+        "rows_of_only_delimiters",  # what a spreadsheet writes for empty rows, with the right count or not
+        lines(*GOOD, ",,", " , , ", '"","",""', ",,,,"),
+        Quarantines(kept=3, reasons={}, metrics={"blank_lines_skipped": 4, "rows_in": 3}),
+    ),
+    Case(
+        "blank_lines_before_the_header",
+        raw(b"\xef\xbb\xbf\r\n  \r\n" + "\r\n".join([HEADER, *GOOD]).encode() + b"\r\n\r\n"),
+        Quarantines(kept=3, reasons={}, check=customers("1", "2", "1"), metrics={"blank_lines_skipped": 3}),
+    ),
+    Case(
+        "only_blank_lines_after_the_header",
+        lines("", "  ", ",,"),
+        Fails("ingest", "{src}: has a header but no data rows; point ingest.source at a non-empty log"),
+    ),
+    Case(
+        "a_value_of_blank_lines_is_not_a_blank_line",
+        lines('1,2020-01-05,10.0,"\n  \n"', '2,2020-01-06,20.0,""', header=HEADER + ",note"),
+        Quarantines(kept=2, reasons={}, metrics={"blank_lines_skipped": 0, "rows_in": 2}),
+    ),
+    Case(
+        "a_line_with_an_extra_field",
+        lines(*GOOD, "4,2020-01-07,5.0,gift"),
+        Fails(
+            "ingest",
+            "{src}: a line has 4 fields where the header has 3: '4,2020-01-07,5.0,gift'; quote values that contain "
+            "',', or check ingest.csv_delimiter",
+        ),
+    ),
+    Case(
+        "a_truncated_last_line",
+        raw("\n".join([HEADER, *GOOD, "4,2020-01"]).encode()),
+        Fails(
+            "ingest",
+            "{src}: a line has 2 fields where the header has 3: '4,2020-01'; quote values that contain ',', or check "
+            "ingest.csv_delimiter",
+        ),
+    ),
+    Case(
+        "a_quote_that_is_not_closed",
+        lines(GOOD[0], '2,2020-01-06,"20.0', GOOD[2], '4,"5 inch,3.0'),
+        Fails(
+            "ingest",
+            "{src}: a quoted value from the line '2,2020-01-06,\"20.0' runs on over 2 more line(s), leaving 4 fields "
+            'where the header has 3: a quote that is not closed? close it, or double a quote meant as text ("")',
+        ),
+    ),
+    Case(
+        "quoted_values_with_quotes_delimiters_and_line_breaks",
+        lines(
+            '1,2020-01-05,10.0,"said ""hi"", then\nleft"',
+            '2,2020-01-06,20.0,"a\r\nb,c"',
+            "3,2020-01-07,5.0,plain",
+            header=HEADER + ",note",
+        ),
+        Quarantines(kept=3, reasons={}, check=amounts(10.0, 20.0, 5.0), metrics={"rows_in": 3}),
+    ),
+    # --- valid files that do not fit Arrow's fast path: read again, not refused ---------------------------------
+    Case(
+        "quoted_line_breaks_in_a_file_larger_than_a_block",  # 2.7 MB: Arrow cuts its 1 MiB blocks at line breaks
+        lambda: notes_with_line_breaks(60_000),
+        Quarantines(kept=60_000, reasons={}, metrics={"rows_in": 60_000, "blank_lines_skipped": 0}),
+    ),
+    Case(
+        "quoted_line_breaks_in_a_large_gzip",
+        lambda: gzip.compress(notes_with_line_breaks(60_000)),
+        Quarantines(kept=60_000, reasons={}),
+        suffix=".csv.gz",
+    ),
+    Case(
+        "a_3_mb_field",  # longer than Arrow's 1 MiB block
+        lines("1,2020-01-05,10.0,short", "2,2020-01-06,20.0," + "x" * 3_000_000, header=HEADER + ",note"),
+        Quarantines(kept=2, reasons={}, check=amounts(10.0, 20.0)),
+    ),
+    # --- a quote that is not closed: its value runs on to the end of the file, never silently -------------------
+    Case(
+        "a_quote_not_closed_before_the_last_line",  # Arrow ends the value at the end of the file, and kept 2 of 3
+        lines(
+            "1,2020-01-05,10.0,ok", '2,2020-01-06,20.0,"unclosed note', "1,2020-02-01,15.0,ok", header=HEADER + ",note"
+        ),
+        Fails(
+            "ingest",
+            "{src}: a quote is not closed: the value of 'note' in the last row runs from 'unclosed note' over 1 "
+            'more line(s) to the end of the file; close the quote, or double a quote meant as text ("")',
+        ),
+    ),
+    Case(
+        "a_quote_not_closed_near_the_top_of_a_large_file",  # Arrow's fast path kept 55,854 of 100,000 rows, silently
+        lambda: unclosed_quote_at(5),
+        Fails(
+            "ingest",
+            "{src}: a quote is not closed: the value of 'note' in the last row runs from 'never closed' over 99994 "
+            'more line(s) to the end of the file; close the quote, or double a quote meant as text ("")',
+        ),
+    ),
+    Case(
+        "a_quote_not_closed_in_the_middle_of_a_large_file",  # the fast path kept 62,158 of 100,000 rows
+        lambda: unclosed_quote_at(50_000),
+        Fails(
+            "ingest",
+            "{src}: a quote is not closed: the value of 'note' in the last row runs from 'never closed' over 49999 "
+            'more line(s) to the end of the file; close the quote, or double a quote meant as text ("")',
+        ),
+    ),
+    # --- customer ids: every Unicode whitespace and invisible character, one spelling (NFC), no control bytes ----
+    Case(
+        "ids_of_unicode_whitespace_or_invisible_characters",
+        lines(
+            *GOOD,
+            *(
+                f"{blank},2020-01-07,5.0"
+                for blank in ("\u3000", "\u2003", "\ufeff", "\u200b", "\u00a0\u2009", "\u2060\u200e")
+            ),
+        ),
+        Quarantines(kept=3, reasons={s.MISSING_CUSTOMER_ID: 6}),
+    ),
+    Case(
+        "ids_trimmed_of_unicode_whitespace_and_invisible_characters",
+        lines(
+            "\u30001\u200b,2020-01-05,10.0",
+            "\ufeff2,2020-01-06,20.0",
+            "1\u2003,2020-02-01,15.0",
+            "\u202f1.0,2020-02-02,1.0",
+        ),
+        Quarantines(kept=4, reasons={}, check=customers("1", "2", "1", "1")),
+    ),
+    Case(
+        "ids_spelled_in_nfc_and_nfd",  # "José" with a composed é, and with e + a combining acute accent
+        lines("Jos\u00e9,2020-01-05,10.0", "Jose\u0301,2020-01-06,20.0", "\u212bngstr\u00f6m,2020-01-07,5.0"),
+        Quarantines(kept=3, reasons={}, check=customers("Jos\u00e9", "Jos\u00e9", "\u00c5ngstr\u00f6m")),
+    ),
+    Case(
+        "ids_with_control_characters",
+        lines(
+            *GOOD,
+            *(f"{bad},2020-01-07,5.0" for bad in ("a\x00b", "\x00", "7\x00", '"a\tb"', "x\x1fy", "\x7f", "a\x85b")),
+        ),
+        Quarantines(kept=3, reasons={s.INVALID_CUSTOMER_ID: 7}),
+    ),
+    Case(
+        "control_characters_before_other_faults",  # the id's reason comes first, as for a missing id
+        lines(*GOOD, "a\x00b,not a date,5.0", "c\x01,2020-01-07,abc"),
+        Quarantines(kept=3, reasons={s.INVALID_CUSTOMER_ID: 2}),
+    ),
+    Case(
+        "invisible_characters_inside_an_id_are_kept",  # a zero-width joiner is part of some scripts' spelling
+        lines("a\u200db,2020-01-05,10.0", "ab,2020-01-06,20.0"),
+        Quarantines(kept=2, reasons={}, check=customers("a\u200db", "ab")),
+    ),
+    Case(
+        "parquet_ids_with_control_characters_and_nfd",
+        parquet(
+            customer_id=pa.array(["Jose\u0301", "a\x00b", "\u3000"]),
+            date=pa.array([dt.date(2020, 1, 5)] * 3, type=pa.date32()),
+            amount=pa.array([10.0, 20.0, 5.0]),
+        ),
+        Quarantines(kept=1, reasons={s.INVALID_CUSTOMER_ID: 1, s.MISSING_CUSTOMER_ID: 1}, check=customers("Jos\u00e9")),
+        suffix=".parquet",
+    ),
+    Case(
+        "duplicates_whose_ids_differ_in_spelling_only",
+        lines(
+            "A1,S1,2,2020-01-05 10:00:00,1.5,Jos\u00e9",
+            "A1,S1,2,2020-01-05 10:00:00,1.5,Jose\u0301\u3000",
+            header=OR_HEADER,
+        ),
+        Quarantines(kept=1, reasons={s.DUPLICATE: 1}),
+        ingest=OR_LAYOUT,
+    ),
+    Case(
+        "timestamps_and_amounts_with_unicode_spaces",
+        lines("1,\u20032020-01-05\u3000,\u00a010.0\u200b", "2,2020-01-06\ufeff,20.0\u2009"),
+        Quarantines(kept=2, reasons={}, check=amounts(10.0, 20.0)),
+    ),
+    # --- local times when clocks change: kept, resolved by one rule, and counted ---------------------------------
+    Case(
+        "clock_changes_in_athens",
+        lines(
+            "1,2020-10-25 03:30:00,10.0",  # clocks go back at 04:00 EEST to 03:00 EET: 03:30 happens twice
+            "2,2020-03-29 03:30:00,20.0",  # clocks go forward at 03:00 EET to 04:00 EEST: 03:30 never happens
+            "3,2020-10-25 02:30:00,5.0",
+            "4,2020-03-29 02:30:00,5.0",
+            "5,2020-07-01 12:00:00,5.0",
+            "6,2020-10-25 03:15:00,abc",  # quarantined: not counted
+        ),
+        Quarantines(
+            kept=5,
+            reasons={s.NON_NUMERIC_AMOUNT: 1},
+            # the later of the two instants; the offset before the change (03:30 EET, i.e. 04:30 EEST)
+            check=utc_times(
+                "2020-10-25 01:30", "2020-03-29 01:30", "2020-10-24 23:30", "2020-03-29 00:30", "2020-07-01 09:00"
+            ),
+            metrics={"local_times_ambiguous": 1, "local_times_nonexistent": 1},
+        ),
+        ingest={"timestamp_format": "%Y-%m-%d %H:%M:%S", "timezone": "Europe/Athens"},
+    ),
+    Case(
+        "clock_changes_in_new_york",
+        lines("1,2020-11-01 01:30:00,10.0", "2,2020-03-08 02:30:00,20.0", "3,2020-11-01 01:30:00,5.0"),
+        Quarantines(
+            kept=3,
+            reasons={},
+            check=utc_times("2020-11-01 06:30", "2020-03-08 07:30", "2020-11-01 06:30"),
+            metrics={"local_times_ambiguous": 2, "local_times_nonexistent": 1},
+        ),
+        ingest={"timestamp_format": "%Y-%m-%d %H:%M:%S", "timezone": "America/New_York"},
+    ),
+    Case(
+        "half_hour_clock_changes",  # Lord Howe Island moves its clocks by 30 minutes
+        lines("1,2020-04-05 01:45:00,10.0", "2,2020-10-04 02:15:00,20.0", "3,2020-10-04 02:45:00,5.0"),
+        Quarantines(
+            kept=3,
+            reasons={},
+            check=utc_times("2020-04-04 15:15", "2020-10-03 15:45", "2020-10-03 15:45"),
+            metrics={"local_times_ambiguous": 1, "local_times_nonexistent": 1},
+        ),
+        ingest={"timestamp_format": "%Y-%m-%d %H:%M:%S", "timezone": "Australia/Lord_Howe"},
+    ),
+    Case(
+        "clock_changes_with_offsets_in_the_log",  # an offset makes the time exact: only the one without counts
+        lines(
+            "1,2020-10-25 03:30:00+03:00,10.0",
+            "2,2020-10-25 03:30:00+02:00,20.0",
+            "3,2020-10-25 03:30:00,5.0",
+        ),
+        Quarantines(
+            kept=3,
+            reasons={},
+            check=utc_times("2020-10-25 00:30", "2020-10-25 01:30", "2020-10-25 01:30"),
+            metrics={"local_times_ambiguous": 1, "local_times_nonexistent": 0},
+        ),
+        ingest={"timestamp_format": "%Y-%m-%d %H:%M:%S%z", "timezone": "Europe/Athens"},
+    ),
+    Case(
+        "clock_changes_in_parquet_naive_timestamps",
+        parquet(
+            customer_id=pa.array(["1", "2"]),
+            date=pa.array([dt.datetime(2020, 10, 25, 3, 30), dt.datetime(2020, 3, 29, 3, 30)], type=pa.timestamp("ms")),
+            amount=pa.array([10.0, 20.0]),
+        ),
+        Quarantines(
+            kept=2,
+            reasons={},
+            check=utc_times("2020-10-25 01:30", "2020-03-29 01:30"),
+            metrics={"local_times_ambiguous": 1, "local_times_nonexistent": 1},
+        ),
+        ingest={"timezone": "Europe/Athens"},
+        suffix=".parquet",
+    ),
+    Case(
+        "clock_changes_are_nothing_in_utc",
+        lines("1,2020-10-25 03:30:00,10.0", "2,2020-03-29 03:30:00,20.0"),
+        Quarantines(
+            kept=2,
+            reasons={},
+            check=utc_times("2020-10-25 03:30", "2020-03-29 03:30"),
+            metrics={"local_times_ambiguous": 0, "local_times_nonexistent": 0},
+        ),
+        ingest={"timestamp_format": "%Y-%m-%d %H:%M:%S"},
     ),
 ]

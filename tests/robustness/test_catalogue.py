@@ -13,7 +13,7 @@ import yaml
 from features import schemas as s
 from pipeline import churn, cli, clv, features, ingest
 from tests.conftest import project_params
-from tests.robustness.catalogue import CASES, STAGES, Case, Fails, Quarantines, Runs
+from tests.robustness.catalogue import CASES, STAGES, Case, Fails, Folder, Quarantines, Runs
 
 MODULES = {"ingest": ingest, "features": features, "clv": clv, "churn": churn}
 
@@ -64,7 +64,11 @@ def test_catalogue_case(
     case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     source = tmp_path / f"source{case.suffix}"
-    if case.data is not None:
+    if isinstance(case.data, Folder):
+        source.mkdir()
+        for name, content in case.data.files.items():
+            (source / name).write_bytes(content)
+    elif case.data is not None:
         source.write_bytes(case.data())
     params_file = tmp_path / "params.yaml"
     text = yaml.safe_dump(case_params(case, source))
@@ -110,3 +114,4 @@ def check_nothing_lost(d: Path, case: Case) -> None:
         assert {k: v for k, v in metrics["quarantined_by_reason"].items() if v} == case.expect.reasons
         if case.expect.check is not None:
             case.expect.check(tx)
+        assert {k: metrics[k] for k in case.expect.metrics} == case.expect.metrics
