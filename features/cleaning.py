@@ -392,7 +392,9 @@ def clean_transactions(
             )
             clock_changes = (0, 0) if rules.timezone == "UTC" else _clock_changes(con, rules.timezone)
         except (duckdb.InvalidInputException, duckdb.NotImplementedException) as exc:
-            raise InputError(f"{source}: {str(exc).splitlines()[0]}; check ingest.timezone") from exc
+            raise InputError(
+                f"{source}: {str(exc).splitlines()[0]}; check ingest.timezone and ingest.timestamp_format"
+            ) from exc
         kept = con.sql(
             f"""SELECT _cid AS {s.CUSTOMER_ID}, _ts AS {s.TS},
                        CASE WHEN _cancelled THEN -abs(_amount) ELSE _amount END AS {s.AMOUNT},
