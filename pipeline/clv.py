@@ -406,6 +406,18 @@ def cumulative_tracking(
     )
 
 
+def _repeat_corr(table: pd.DataFrame) -> float:
+    """Pearson correlation of frequency and monetary value over the repeat buyers of the scored table.
+
+    Taken on the table's own order (highest CLV first, then id), not the engine's: a float sum depends on the order
+    it adds in, and the metric must not change from run to run.
+    """
+    repeat = table[table[s.FREQUENCY] > 0]
+    return float(
+        np.corrcoef(repeat[s.FREQUENCY].to_numpy(np.float64), repeat[s.MONETARY_VALUE].to_numpy(np.float64))[0, 1]
+    )
+
+
 def p_alive_grid(model: clv.PurchaseModel, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """P(alive) over frequency x recency for a customer of the largest age T (cells with f = 0 < recency are NaN)."""
     f_max = int(max(10, np.quantile(frame[s.FREQUENCY], 0.99)))
@@ -597,7 +609,7 @@ def run(
             "spend_left_out_repeat_buyers": spend_left_out,
             "calibration_spend_left_out_repeat_buyers": spend_left_out_cal,
             "bootstrap_failed": boot.failed,
-            "frequency_monetary_corr": float(np.corrcoef(f[repeat], m[repeat])[0, 1]) if repeat.sum() > 2 else None,
+            "frequency_monetary_corr": _repeat_corr(table) if repeat.sum() > 2 else None,
             "tier_customers": {tier: int(tiers.get(tier, 0)) for tier in s.VALUE_TIERS},
             "tier_clv_share": {
                 tier: float(table.loc[table[s.VALUE_TIER] == tier, s.CLV].sum() / max(table[s.CLV].sum(), 1e-12))
