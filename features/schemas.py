@@ -23,6 +23,12 @@ TS = "ts"
 AMOUNT = "amount"
 ORDER_ID = "order_id"
 
+# Amounts are summed as exact decimals (features.behaviour.MONEY): 18 digits, 6 of them after the point. A line's
+# spend must stay below 10^12 in absolute value; ingest.max_abs_amount is checked against this bound.
+MONEY_DIGITS = 18
+MONEY_SCALE = 6
+MAX_ABS_AMOUNT = 10.0 ** (MONEY_DIGITS - MONEY_SCALE) - 1
+
 # --- quarantine ---------------------------------------------------------------------------------------------
 SOURCE_ROW = "source_row"
 REASON = "reason"

@@ -8,12 +8,17 @@ The rule: the new model becomes ``champion`` when there is no champion yet, or w
 *on the same holdout* by at least ``min_improvement`` (and by more than nothing: a tie never moves the alias).
 Otherwise it is registered as ``challenger``, and so it is when the champion could not be judged on this holdout
 at all: a model that cannot be compared is not promoted by default.
+
+A rerun that trains the very same model (``content_fingerprint``) and judges it on the same holdout is not a new
+candidate: judged against itself it would only tie. Its registered version is reused, with the decision recorded
+for it, as long as that decision still stands (``decision_stands``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -47,6 +52,15 @@ def holdout_fingerprint(cutoff: Any, ids: pd.Series, outcomes: Mapping[str, Any]
         digest.update(name.encode())
         digest.update(np.ascontiguousarray(np.asarray(outcomes[name], dtype=np.float64)[order]).tobytes())
     return digest.hexdigest()
+
+
+def content_fingerprint(content: Any) -> str:
+    """SHA-256 of a model's content (JSON-able: text, numbers, nested lists and mappings), key order aside.
+
+    Floats are written in their shortest round-trip form, so equal fingerprints mean bit-identical parameters.
+    """
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def higher_is_better(metric: str) -> bool:
@@ -131,3 +145,18 @@ def decide(metric: str, min_improvement: float, new_value: float, champion: Cham
     if gain > 0:
         return made(CHALLENGER, f"{versus}: better by only {gain:.6g}, short of {min_improvement:g}; champion kept")
     return made(CHALLENGER, f"{versus}: {'no better' if gain == 0 else f'worse by {-gain:.6g}'}; champion kept")
+
+
+def decision_stands(
+    recorded: Decision, version: str, champion_version: str | None, metric: str, min_improvement: float
+) -> bool:
+    """Whether the decision recorded for registered ``version`` is still the gate's answer for the same model on the
+    same holdout: the rule is unchanged (``metric``, ``min_improvement``) and so is the champion it was judged
+    against. A version made champion stands while it holds the alias (``champion_version``, None when no version
+    does); a challenger while the champion it lost to still holds it.
+    """
+    if recorded.metric != metric or recorded.min_improvement != min_improvement:
+        return False
+    if recorded.alias == CHAMPION:
+        return champion_version == version
+    return champion_version == recorded.champion_version

@@ -254,6 +254,7 @@ class Serving:
     model: cm.ChurnModel
     scored_with: dict[str, Any]
     version_tags: dict[str, str]
+    reused: tracking.RegisteredVersion | None = None  # already holds this model and holdout: nothing to register
 
 
 CALIBRATOR = "calibrator.json"
@@ -342,20 +343,41 @@ def serving(
     reg = cfg.registry
     name = tracking.registered_name(reg.model_name, source)
     holdout_sha = gate.holdout_fingerprint(validation, valid[s.CUSTOMER_ID], {s.CHURNED: y_valid})
+    model_sha = gate.content_fingerprint(
+        {
+            "trees": model.booster_.model_to_string(num_iteration=model.best_iteration_),
+            "calibration": {
+                **model.calibrator_.to_dict(),
+                "center": model.calibrator_.center_,
+                "scale": model.calibrator_.scale_,
+            },
+            "features": list(model.features_),
+        }
+    )
     tags = {
+        "model.sha": model_sha,
         "holdout.sha": holdout_sha,
         "holdout.cutoff": str(validation.date()),
         "scoring_cutoff": str(scoring.date()),
         **{f"holdout.{m}": repr(float(new_figures[m])) for m in gate.CHURN_GATE_METRICS},
     }
     current = tracking.registered_version(name, alias=gate.CHAMPION)
-    figure, loaded = (
-        champion_figure(current, reg.metric, valid, y_valid, validation, holdout_sha, cfg.campaign_list_size)
-        if current
-        else (None, None)
-    )
-    decision = gate.decide(reg.metric, reg.min_improvement, new_figures[reg.metric], figure)
-    log.info("registry %s: this run's model becomes %s: %s", name, decision.alias, decision.reason)
+    # a rerun that trained this very model: its version and recorded decision, unless the champion has moved since
+    same = {"model.sha": model_sha, "holdout.sha": holdout_sha}
+    standing = tracking.standing_version(name, same, current, reg.metric, reg.min_improvement)
+    reused: tracking.RegisteredVersion | None = None
+    loaded: cm.ChurnModel | None = None
+    if standing:
+        reused, decision = standing
+        log.info("registry %s: v%s is this model on this holdout; its decision stands", name, reused.version)
+    else:
+        figure, loaded = (
+            champion_figure(current, reg.metric, valid, y_valid, validation, holdout_sha, cfg.campaign_list_size)
+            if current
+            else (None, None)
+        )
+        decision = gate.decide(reg.metric, reg.min_improvement, new_figures[reg.metric], figure)
+        log.info("registry %s: this run's model becomes %s: %s", name, decision.alias, decision.reason)
 
     if reg.score_version is not None:
         pinned = tracking.pinned_version(name, reg.score_version, "churn.registry.score_version")
@@ -363,15 +385,16 @@ def serving(
         why = unusable(pinned, chosen, columns, scoring)
         if why:
             raise InputError(f"churn.registry.score_version={reg.score_version} cannot score this run: {why}")
-        return Serving(name, decision, chosen, {"source": "pinned", "version": pinned.version}, tags)
-    if decision.alias == gate.CHAMPION or current is None:
-        return Serving(name, decision, model, {"source": "this run", "version": None}, tags)
+        return Serving(name, decision, chosen, {"source": "pinned", "version": pinned.version}, tags, reused)
+    if decision.alias == gate.CHAMPION or current is None:  # reused as champion: it is the champion
+        return Serving(name, decision, model, {"source": "this run", "version": None}, tags, reused)
     chosen = loaded or load_version(current)
     why = unusable(current, chosen, columns, scoring)
     if why:
         log.warning("champion v%s cannot score this run (%s); this run's model scores instead", current.version, why)
-        return Serving(name, decision, model, {"source": "this run", "version": None, "champion_unusable": why}, tags)
-    return Serving(name, decision, chosen, {"source": "champion", "version": current.version}, tags)
+        scored_with = {"source": "this run", "version": None, "champion_unusable": why}
+        return Serving(name, decision, model, scored_with, tags, reused)
+    return Serving(name, decision, chosen, {"source": "champion", "version": current.version}, tags, reused)
 
 
 # --- scoring and reasons -----------------------------------------------------------------------------------------
@@ -782,7 +805,7 @@ def _track(
         uri = tracking.log_churn_model(model.booster_, model.best_iteration_, example.head(20))
         if serve.decision is not None:
             tracking.register_decision(
-                serve.model_name, uri, serve.decision, serve.version_tags, serve.scored_with["version"]
+                serve.model_name, uri, serve.decision, serve.version_tags, serve.scored_with["version"], serve.reused
             )
 
 

@@ -253,6 +253,7 @@ class Serving:
     spec: dict[str, Any] | None
     scored_with: dict[str, Any]
     version_tags: dict[str, str]
+    reused: tracking.RegisteredVersion | None = None  # already holds this model and holdout: nothing to register
 
 
 def version_params(version: tracking.RegisteredVersion) -> dict[str, Any]:
@@ -311,12 +312,15 @@ def serving(
     scoring: dt.date,
     settings: clv.ValueSettings,
     source: str,
+    model_sha: str,
 ) -> Serving:
     """Judge this run's model against the registered champion; pick the parameters that score this week.
 
     This run's refit scores when it becomes champion. Otherwise the champion's stored scoring parameters do,
     unless they were fitted on history after this run's scoring date (a back-fill): then this run's refit scores,
-    with a warning. ``clv.registry.score_version`` pins a version instead.
+    with a warning. ``clv.registry.score_version`` pins a version instead. ``model_sha`` fingerprints this run's
+    params.json without ``scored_with``: a version holding the same, judged on the same holdout, is reused with
+    its recorded decision while that decision stands (``gate.decision_stands``).
     """
     reg = cfg.registry
     name = tracking.registered_name(reg.model_name, source)
@@ -326,15 +330,27 @@ def serving(
         {s.FUTURE_PURCHASES: cal[s.FUTURE_PURCHASES], s.FUTURE_SPEND: cal[s.FUTURE_SPEND]},
     )
     tags = {
+        "model.sha": model_sha,
         "holdout.sha": holdout_sha,
         "holdout.cutoff": str(cutoff),
         "scoring_cutoff": str(scoring),
         **{f"holdout.{k}": repr(float(v)) for k, v in chosen.metrics.items() if isinstance(v, int | float)},
     }
     current = tracking.registered_version(name, alias=gate.CHAMPION)
-    figure, doc = champion_figure(current, reg.metric, cal, cutoff, holdout_sha, settings) if current else (None, None)
-    decision = gate.decide(reg.metric, reg.min_improvement, float(chosen.metrics[reg.metric]), figure)
-    log.info("registry %s: this run's model becomes %s: %s", name, decision.alias, decision.reason)
+    # a rerun that fitted this very model: its version and recorded decision, unless the champion has moved since
+    same = {"model.sha": model_sha, "holdout.sha": holdout_sha}
+    standing = tracking.standing_version(name, same, current, reg.metric, reg.min_improvement)
+    reused: tracking.RegisteredVersion | None = None
+    doc: dict[str, Any] | None = None
+    if standing:
+        reused, decision = standing
+        log.info("registry %s: v%s is this model on this holdout; its decision stands", name, reused.version)
+    else:
+        figure, doc = (
+            champion_figure(current, reg.metric, cal, cutoff, holdout_sha, settings) if current else (None, None)
+        )
+        decision = gate.decide(reg.metric, reg.min_improvement, float(chosen.metrics[reg.metric]), figure)
+        log.info("registry %s: this run's model becomes %s: %s", name, decision.alias, decision.reason)
 
     def too_late(version: tracking.RegisteredVersion) -> str | None:
         seen = version.tags.get("scoring_cutoff")
@@ -348,15 +364,16 @@ def serving(
         if why:
             raise InputError(f"clv.registry.score_version={reg.score_version} cannot score this run: {why}")
         spec = version_params(pinned)["scoring"]
-        return Serving(name, decision, spec, {"source": "pinned", "version": pinned.version}, tags)
-    if decision.alias == gate.CHAMPION or current is None:
-        return Serving(name, decision, None, {"source": "this run", "version": None}, tags)
+        return Serving(name, decision, spec, {"source": "pinned", "version": pinned.version}, tags, reused)
+    if decision.alias == gate.CHAMPION or current is None:  # reused as champion: it is the champion
+        return Serving(name, decision, None, {"source": "this run", "version": None}, tags, reused)
     why = too_late(current)
     if why:
         log.warning("champion v%s cannot score this run (%s); this run's refit scores instead", current.version, why)
-        return Serving(name, decision, None, {"source": "this run", "version": None, "champion_unusable": why}, tags)
+        scored_with = {"source": "this run", "version": None, "champion_unusable": why}
+        return Serving(name, decision, None, scored_with, tags, reused)
     spec = (doc or version_params(current))["scoring"]
-    return Serving(name, decision, spec, {"source": "champion", "version": current.version}, tags)
+    return Serving(name, decision, spec, {"source": "champion", "version": current.version}, tags, reused)
 
 
 # --- plots ----------------------------------------------------------------------------------------------------
@@ -403,6 +420,18 @@ def cumulative_tracking(
     predicted = [float(model.expected_purchases(d / unit_days, f, r, t).sum()) for d in steps]
     return pd.DataFrame(
         {"day": steps, "week": np.array(steps) / 7.0, "actual": actual_cum[steps], "predicted": predicted}
+    )
+
+
+def _repeat_corr(table: pd.DataFrame) -> float:
+    """Pearson correlation of frequency and monetary value over the repeat buyers of the scored table.
+
+    Taken on the table's own order (highest CLV first, then id), not the engine's: a float sum depends on the order
+    it adds in, and the metric must not change from run to run.
+    """
+    repeat = table[table[s.FREQUENCY] > 0]
+    return float(
+        np.corrcoef(repeat[s.FREQUENCY].to_numpy(np.float64), repeat[s.MONETARY_VALUE].to_numpy(np.float64))[0, 1]
     )
 
 
@@ -491,16 +520,6 @@ def run(
     hist = clv.histories(f, r, t)
     purchases = clv.PurchaseModel(chosen.model.model, ladder).fit_histories(hist)
     spend, spend_left_out = fit_spend(sc, ladder)
-    if track:
-        serve = serving(cfg, chosen, cal, cutoff, sc_cutoff, settings, source)
-    else:
-        registered = tracking.registered_name(cfg.registry.model_name, source)
-        serve = Serving(registered, None, None, {"source": "this run", "version": None}, {})
-    if serve.spec is None:
-        scored = clv.score(purchases, spend.params_, f, r, t, m, settings, customer_histories=hist)
-    else:
-        stored = clv.purchase_model_from_params(serve.spec["model"], serve.spec["purchases"]["params"])
-        scored = clv.score(stored, serve.spec["gamma_gamma"]["params"], f, r, t, m, settings, customer_histories=hist)
     log.info("bootstrap: refitting on %d resamples of the customers for CLV intervals", cfg.bootstrap_samples)
     with Progress("clv: bootstrap refits", total=cfg.bootstrap_samples, unit="refits") as shown:
         boot = clv.bootstrap_clv(
@@ -520,6 +539,45 @@ def run(
             margin_ratio=settings.margin_ratio,
             on_replicate=shown.advance,
         )
+
+    # 3. parameters with uncertainty, for reviewers and for the pyfunc: the model a registered version holds
+    boot_params = pd.DataFrame(boot.params)
+    model_doc = finite_json(
+        {
+            "time_unit": unit,
+            "calibration": {
+                "cutoff": str(cutoff),
+                "horizon_days": fcfg.horizon_days,
+                "candidates": {n: c.model.report().to_dict() for n, c in candidates.items()},
+                "failed_candidates": failed,
+                "gamma_gamma": spend_cal.report().to_dict(),
+            },
+            "scoring": {
+                "cutoff": str(sc_cutoff),
+                "model": purchases.model,
+                "purchases": purchases.report().to_dict(),
+                "gamma_gamma": spend.report().to_dict(),
+                "settings": dataclasses.asdict(settings),
+                "bootstrap": {
+                    "samples": cfg.bootstrap_samples,
+                    "failed": boot.failed,
+                    "seed": base.seed,
+                    "param_p05": boot_params.quantile(0.05).to_dict(),
+                    "param_p95": boot_params.quantile(0.95).to_dict(),
+                },
+            },
+        }
+    )
+    if track:
+        serve = serving(cfg, chosen, cal, cutoff, sc_cutoff, settings, source, gate.content_fingerprint(model_doc))
+    else:
+        registered = tracking.registered_name(cfg.registry.model_name, source)
+        serve = Serving(registered, None, None, {"source": "this run", "version": None}, {})
+    if serve.spec is None:
+        scored = clv.score(purchases, spend.params_, f, r, t, m, settings, customer_histories=hist)
+    else:
+        stored = clv.purchase_model_from_params(serve.spec["model"], serve.spec["purchases"]["params"])
+        scored = clv.score(stored, serve.spec["gamma_gamma"]["params"], f, r, t, m, settings, customer_histories=hist)
     table = pd.DataFrame(
         {
             s.CUSTOMER_ID: sc[s.CUSTOMER_ID],
@@ -545,34 +603,8 @@ def run(
     table = table.sort_values([s.CLV, s.CUSTOMER_ID], ascending=[False, True], kind="stable").reset_index(drop=True)
     write_table(table, out.clv, s.clv_schema(with_net=cfg.acquisition_cost is not None))
 
-    # 3. parameters with uncertainty, for reviewers and for the pyfunc
-    boot_params = pd.DataFrame(boot.params)
-    params_doc = {
-        "time_unit": unit,
-        "scored_with": serve.scored_with,
-        "calibration": {
-            "cutoff": str(cutoff),
-            "horizon_days": fcfg.horizon_days,
-            "candidates": {n: c.model.report().to_dict() for n, c in candidates.items()},
-            "failed_candidates": failed,
-            "gamma_gamma": spend_cal.report().to_dict(),
-        },
-        "scoring": {
-            "cutoff": str(sc_cutoff),
-            "model": purchases.model,
-            "purchases": purchases.report().to_dict(),
-            "gamma_gamma": spend.report().to_dict(),
-            "settings": dataclasses.asdict(settings),
-            "bootstrap": {
-                "samples": cfg.bootstrap_samples,
-                "failed": boot.failed,
-                "seed": base.seed,
-                "param_p05": boot_params.quantile(0.05).to_dict(),
-                "param_p95": boot_params.quantile(0.95).to_dict(),
-            },
-        },
-    }
-    write_json(finite_json(params_doc), out.params_json)
+    params_doc = {"time_unit": unit, "scored_with": serve.scored_with}
+    write_json(finite_json({**params_doc, **model_doc}), out.params_json)
 
     # 4. metrics
     repeat = sc[s.FREQUENCY] > 0
@@ -597,7 +629,7 @@ def run(
             "spend_left_out_repeat_buyers": spend_left_out,
             "calibration_spend_left_out_repeat_buyers": spend_left_out_cal,
             "bootstrap_failed": boot.failed,
-            "frequency_monetary_corr": float(np.corrcoef(f[repeat], m[repeat])[0, 1]) if repeat.sum() > 2 else None,
+            "frequency_monetary_corr": _repeat_corr(table) if repeat.sum() > 2 else None,
             "tier_customers": {tier: int(tiers.get(tier, 0)) for tier in s.VALUE_TIERS},
             "tier_clv_share": {
                 tier: float(table.loc[table[s.VALUE_TIER] == tier, s.CLV].sum() / max(table[s.CLV].sum(), 1e-12))
@@ -707,7 +739,7 @@ def _track(
         uri = tracking.log_clv_model(out.params_json, example)
         if serve.decision is not None:
             tracking.register_decision(
-                serve.model_name, uri, serve.decision, serve.version_tags, serve.scored_with["version"]
+                serve.model_name, uri, serve.decision, serve.version_tags, serve.scored_with["version"], serve.reused
             )
 
 

@@ -22,6 +22,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from features.errors import InputError
+from features.schemas import MAX_ABS_AMOUNT
 from features.timeformat import format_problem
 from models.gate import CHURN_GATE_METRICS
 
@@ -120,8 +121,10 @@ class IngestConfig:
     thousands_separator: str | None
 
     def __post_init__(self) -> None:
-        if not 0 < self.max_abs_amount < float("inf"):
-            raise ConfigError(f"ingest.max_abs_amount must be a finite number > 0, got {self.max_abs_amount}")
+        if not 0 < self.max_abs_amount <= MAX_ABS_AMOUNT:  # features sum amounts as decimals of 18 digits
+            raise ConfigError(
+                f"ingest.max_abs_amount must be > 0 and at most {MAX_ABS_AMOUNT:.0f}, got {self.max_abs_amount}"
+            )
         if self.thousands_separator is not None and (
             len(self.thousands_separator) != 1 or self.thousands_separator in "0123456789.-+eE"
         ):

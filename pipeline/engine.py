@@ -54,6 +54,9 @@ def spark_session(cfg: SparkConfig) -> Any:
         SparkSession.builder.master(master)
         .appName("churn-clv")
         .config("spark.sql.session.timeZone", "UTC")
+        # a decimal sum that overflows (features.behaviour.MONEY) raises instead of becoming null, whatever the
+        # cluster's defaults (ANSI mode is the default since Spark 4, not before)
+        .config("spark.sql.ansi.enabled", "true")
         .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
         .config("spark.driver.memory", f"{cfg.driver_memory_mb}m")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")

@@ -33,7 +33,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_
 from mlflow.pyfunc import PythonModel
 
 from features.errors import InputError
-from models.gate import Decision
+from models.gate import CHALLENGER, CHAMPION, Decision, decision_stands
 
 log = logging.getLogger("tracking")
 
@@ -382,6 +382,10 @@ def registered_version(name: str, *, alias: str | None = None, version: int | No
         if _missing(exc):
             return None
         raise
+    return _registered(mv)
+
+
+def _registered(mv: Any) -> RegisteredVersion:
     return RegisteredVersion(
         name=mv.name,
         version=str(mv.version),
@@ -389,6 +393,20 @@ def registered_version(name: str, *, alias: str | None = None, version: int | No
         tags=dict(mv.tags),
         aliases=tuple(mv.aliases),
     )
+
+
+def find_version(name: str, tags: Mapping[str, str]) -> RegisteredVersion | None:
+    """The latest version of ``name`` that carries every one of ``tags`` (e.g. the same model and holdout), or None.
+
+    ``tags`` values are fingerprints and dates: letters, digits, '-' and '.' only.
+    """
+    unsafe = {k: v for k, v in tags.items() if not re.fullmatch(r"[A-Za-z0-9_.-]*", f"{k}{v}")}
+    if unsafe:
+        raise ValueError(f"find_version: tags {unsafe} hold characters a registry search cannot quote")
+    mlflow.set_tracking_uri(tracking_uri())
+    query = " and ".join([f"name = '{name}'", *(f"tags.`{k}` = '{v}'" for k, v in tags.items())])
+    found = mlflow.MlflowClient().search_model_versions(query, max_results=1, order_by=["version_number DESC"])
+    return _registered(found[0]) if found else None
 
 
 def pinned_version(name: str, version: int, key: str) -> RegisteredVersion:
@@ -430,18 +448,72 @@ def decision_tags(name: str, decision: Decision) -> dict[str, str]:
     }
 
 
+def recorded_decision(version: RegisteredVersion) -> Decision | None:
+    """The gate's decision as ``decision_tags`` recorded it on ``version``; None if it holds no complete record."""
+    tags = version.tags
+    try:
+        alias = tags["registry.alias"]
+        if alias not in (CHAMPION, CHALLENGER):
+            return None
+        return Decision(
+            alias=CHAMPION if alias == CHAMPION else CHALLENGER,
+            metric=tags["registry.metric"],
+            min_improvement=float(tags["registry.min_improvement"]),
+            new_value=float(tags["registry.new_value"]),
+            champion_version=tags["registry.champion_version"] or None,
+            champion_value=float(tags["registry.champion_value"]) if tags["registry.champion_value"] else None,
+            reason=tags["registry.reason"],
+        )
+    except (KeyError, ValueError):
+        return None
+
+
+def standing_version(
+    name: str, tags: Mapping[str, str], champion: RegisteredVersion | None, metric: str, min_improvement: float
+) -> tuple[RegisteredVersion, Decision] | None:
+    """The version of ``name`` that already holds this model judged on this holdout (``tags``: its ``model.sha``
+    and ``holdout.sha``) and its recorded decision, if that decision still stands against ``champion`` (the version
+    holding the alias now) under the gate's ``metric`` and ``min_improvement`` (``models.gate.decision_stands``)."""
+    found = find_version(name, tags)
+    recorded = recorded_decision(found) if found else None
+    if found is None or recorded is None:
+        return None
+    if not decision_stands(recorded, found.version, champion.version if champion else None, metric, min_improvement):
+        return None
+    return found, recorded
+
+
 def register_decision(
-    name: str, model_uri: str, decision: Decision, version_tags: Mapping[str, str], scored_version: str | None
+    name: str,
+    model_uri: str,
+    decision: Decision,
+    version_tags: Mapping[str, str],
+    scored_version: str | None,
+    reused: RegisteredVersion | None = None,
 ) -> str:
     """Register the active run's model with the gate's alias; tag the run and the version with the decision.
 
-    ``scored_version`` is the version that scored this run's customers (None: this run's own model).
+    ``scored_version`` is the version that scored this run's customers (None: this run's own model). ``reused`` is
+    a version already holding this very model, judged on the same holdout: nothing is registered and no alias
+    moves; the run is tagged with that version (``registry.reused``) and its recorded decision.
     """
     tags = decision_tags(name, decision)
-    version = register(model_uri, name, decision.alias, {**version_tags, **tags, "run_id": _active_run_id()})
+    if reused is None:
+        version = register(model_uri, name, decision.alias, {**version_tags, **tags, "run_id": _active_run_id()})
+        log.info("registered %s v%s as %s", name, version, decision.alias)
+    else:
+        version = reused.version
+        log.info("%s v%s already holds this model, judged on the same holdout: nothing registered", name, version)
     scored = scored_version or version
-    mlflow.set_tags({**tags, "registry.version": version, "registry.scored_with_version": scored})
-    log.info("registered %s v%s as %s; customers scored with v%s", name, version, decision.alias, scored)
+    mlflow.set_tags(
+        {
+            **tags,
+            "registry.version": version,
+            "registry.reused": str(reused is not None).lower(),
+            "registry.scored_with_version": scored,
+        }
+    )
+    log.info("customers scored with %s v%s", name, scored)
     return version
 
 

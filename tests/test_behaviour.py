@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.resources
+import math
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,10 +15,11 @@ import pandas as pd
 import pytest
 
 from features import schemas as s
-from features.behaviour import btyd_summary, feature_table, purchase_days, return_days
+from features.behaviour import btyd_summary, feature_table, net_revenue, purchase_days, return_days
 from pipeline import ingest
 from pipeline.config import IngestConfig, section
 from pipeline.engine import duckdb_backend, open_transactions
+from pipeline.io import write_table
 
 CUTOFF = dt.date(2020, 1, 31)
 WINDOWS = (30, 90)
@@ -184,3 +187,56 @@ def test_btyd_summary_hand_computed() -> None:
     assert list(out.index) == ["a", "b"]
     assert out.loc["a"].tolist() == [2, 30.0, 30.0, 25.0]  # Jan 1 (15), Jan 11 (20), Jan 31 (30): (20 + 30) / 2
     assert out.loc["b"].tolist() == [0, 0.0, 0.0, 0.0]
+
+
+def _engine_tables(path: Path, threads: int) -> dict[str, pd.DataFrame]:
+    """Features with labels, the CLV path's BTYD summary and net revenue of the transactions in ``path``, sorted."""
+    con = duckdb_backend()
+    con.raw_sql(f"SET threads = {threads}")
+    tx = open_transactions(con, path)
+    days, returns = purchase_days(tx), return_days(tx)
+    training = [dt.date(2020, 3, 31), dt.date(2020, 6, 30)]
+    options: dict[str, Any] = {"time_unit": "weeks", "windows_days": WINDOWS, "trend_window_days": 90}
+    keys = [s.CUTOFF, s.CUSTOMER_ID]
+    out = {
+        "features": feature_table(days, returns, training, dt.date(2020, 9, 30), horizon_days=90, **options),
+        "btyd_summary": btyd_summary(tx, dt.date(2020, 9, 30), time_unit="weeks").mutate(**{s.CUTOFF: 0}),
+        "net_revenue": net_revenue(tx, dt.date(2020, 6, 30), dt.date(2020, 9, 30)).mutate(**{s.CUTOFF: 0}),
+    }
+    return {k: v.to_pyarrow().to_pandas().sort_values(keys, ignore_index=True) for k, v in out.items()}
+
+
+def test_sums_do_not_depend_on_row_order_or_threads(tmp_path: Path) -> None:
+    """Money is summed exactly: the same lines in another order, or read by 4 threads from small row groups, give
+    the same bits in every feature, label and summary (a float sum depends on the order it adds in)."""
+    rng = np.random.default_rng(3)
+    n = 40_000
+    start = pd.Timestamp("2020-01-01", tz="UTC")
+    rows = pd.DataFrame(
+        {
+            s.CUSTOMER_ID: [f"c{i}" for i in rng.integers(0, 300, n)],
+            s.TS: start + pd.to_timedelta(rng.integers(0, 270 * 24, n), unit="h"),
+            s.AMOUNT: np.round(rng.gamma(1.5, 40.0, n) * np.where(rng.random(n) < 0.05, -1, 1), 2),
+            s.ORDER_ID: pd.Series([None] * n, dtype="str"),
+        }
+    )
+    by_hand = tx_frame(  # x: 0.1 + 0.2 + 0.3 on one day; y: gaps of 1, 2 and 4 days
+        [("x", "2020-02-01 09:00", 0.1), ("x", "2020-02-01 10:00", 0.2), ("x", "2020-02-01 11:00", 0.3)]
+        + [("y", f"{day} 12:00", 1.0) for day in ("2020-02-01", "2020-02-02", "2020-02-04", "2020-02-08")]
+    )
+    rows = pd.concat([rows, by_hand], ignore_index=True)
+    files = {"in order": rows, "reversed": rows[::-1], "shuffled": rows.sample(frac=1.0, random_state=5)}
+    for name, frame in files.items():
+        write_table(frame.reset_index(drop=True), tmp_path / f"{name}.parquet", s.TRANSACTIONS)
+    shuffled = tmp_path / "shuffled.parquet"
+    pd.read_parquet(shuffled).to_parquet(shuffled, row_group_size=1_000)  # parallel scans in DuckDB
+
+    first = _engine_tables(tmp_path / "in order.parquet", threads=1)
+    for other in (_engine_tables(tmp_path / "reversed.parquet", threads=1), _engine_tables(shuffled, threads=4)):
+        for table, frame in first.items():
+            pd.testing.assert_frame_equal(other[table], frame, check_exact=True, obj=table)
+
+    features = first["features"]
+    f = features[pd.to_datetime(features[s.CUTOFF]) == pd.Timestamp("2020-03-31")].set_index(s.CUSTOMER_ID)
+    assert f.loc["x", s.TOTAL_SPEND] == 0.6  # the double nearest the exact sum, not 0.6000000000000001
+    assert f.loc["y", s.GAP_STD_DAYS] == math.sqrt(statistics.variance([1, 2, 4]))  # exact variance, rounded once

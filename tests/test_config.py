@@ -84,6 +84,13 @@ def test_amount_and_quantity_are_exclusive(params: dict[str, Any]) -> None:
         section(params, "ingest", IngestConfig)
 
 
+@pytest.mark.parametrize("value", [0, -5.0, 1e12])
+def test_max_abs_amount_is_bounded(params: dict[str, Any], value: float) -> None:
+    params["ingest"]["max_abs_amount"] = value  # amounts are summed as exact decimals: 12 digits before the point
+    with pytest.raises(ConfigError, match=r"ingest\.max_abs_amount must be > 0 and at most 999999999999, got"):
+        section(params, "ingest", IngestConfig)
+
+
 def test_duplicate_key_needs_order_id(params: dict[str, Any]) -> None:
     params["ingest"]["duplicate_key"] = ["customer_id", "date"]
     with pytest.raises(ConfigError, match=r"must include the mapped order id column"):

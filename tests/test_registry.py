@@ -59,6 +59,27 @@ def test_a_champion_that_cannot_be_compared_is_kept() -> None:
         gate.decide("roc_auc", -0.1, 0.9, None)
 
 
+def test_a_recorded_decision_stands_while_its_champion_does() -> None:
+    first = gate.decide("roc_auc", 0.002, 0.80, None)  # v1: champion, none before it
+    assert gate.decision_stands(first, "1", "1", "roc_auc", 0.002)
+    assert not gate.decision_stands(first, "1", "4", "roc_auc", 0.002)  # v4 has taken the alias since
+    assert not gate.decision_stands(first, "1", "1", "roc_auc", 0.01)  # another rule might decide otherwise
+    assert not gate.decision_stands(first, "1", "1", "pr_auc", 0.002)
+    lost = gate.decide("roc_auc", 0.002, 0.79, gate.ChampionFigure("1", 0.80, how="same holdout"))  # v2
+    assert gate.decision_stands(lost, "2", "1", "roc_auc", 0.002)
+    assert not gate.decision_stands(lost, "2", "3", "roc_auc", 0.002)
+    unjudged = gate.decide("roc_auc", 0.002, math.nan, None)
+    assert gate.decision_stands(unjudged, "1", None, "roc_auc", 0.002)
+
+
+def test_content_fingerprint_sees_every_bit_and_no_key_order() -> None:
+    doc = {"params": {"r": 0.2425, "alpha": 4.414}, "trees": "tree\n"}
+    assert gate.content_fingerprint(doc) == gate.content_fingerprint({"trees": "tree\n", **doc})
+    assert gate.content_fingerprint({**doc, "params": {"r": 0.2425 + 2**-54, "alpha": 4.414}}) != (
+        gate.content_fingerprint(doc)
+    )
+
+
 def test_one_registered_model_per_data_source() -> None:
     assert tracking.registered_name("churn-clv-churn", "cdnow") == "churn-clv-churn-cdnow"
     path = "../shared/data/online_retail/online_retail_2010-12-01_2011-12-09.csv.gz"
@@ -149,6 +170,10 @@ def champion_of(name: str) -> str:
     return str(mlflow.MlflowClient().get_model_version_by_alias(name, "champion").version)
 
 
+def versions_of(name: str) -> list[str]:
+    return sorted(str(mv.version) for mv in mlflow.MlflowClient().search_model_versions(f"name = '{name}'"))
+
+
 def run_tags(version: str, name: str) -> dict[str, str]:
     mv = mlflow.MlflowClient().get_model_version(name, version)
     return dict(mlflow.MlflowClient().get_run(mv.run_id).data.tags)
@@ -180,12 +205,13 @@ def test_a_weaker_churn_model_leaves_the_champion_where_it_was(run_churn: Runner
     assert registered == "| registered as | v2 challenger | v1 champion |"
     assert float(tags["registry.champion_value"]) == pytest.approx(first["model"]["roc_auc"], abs=1e-6)
 
-    # pinning the weak version scores with it; the gate still judges the new run on its own
+    # pinning the weak version scores with it. The run trains the first run's model again (registry settings are
+    # not model settings): v1 is reused with its decision, and nothing new is registered
     pinned = run_churn(lambda p: p["churn"]["registry"].update(score_version=2))
     assert pinned["scored_with"] == {"source": "pinned", "version": "2"}
     assert not pinned["p_churn"].equals(first["p_churn"])
-    assert pinned["registry"]["alias"] == "challenger" and "no better" in pinned["registry"]["reason"]
-    assert champion_of(name) == "1"
+    assert pinned["registry"] == first["registry"]
+    assert champion_of(name) == "1" and versions_of(name) == ["1", "2"]
 
     with pytest.raises(InputError, match=r"score_version=9: churn-clv-churn-cdnow_sample has no such version"):
         run_churn(lambda p: p["churn"]["registry"].update(score_version=9))
@@ -213,6 +239,26 @@ def test_a_version_is_loaded_from_plain_numbers_never_from_a_pickle(run_churn: R
 
 
 @pytest.mark.slow
+def test_retraining_the_same_churn_model_registers_nothing(run_churn: Runner) -> None:
+    """The same data and settings give the same trees: the rerun reuses v1 and reports its decision, so its metrics
+    file is the first one's byte for byte (DVC sees no change) and the registry holds one version."""
+    name = project_params()["churn"]["registry"]["model_name"] + "-cdnow_sample"
+    first = run_churn()
+    again = run_churn()
+    assert {k: v for k, v in again.items() if k != "p_churn"} == {k: v for k, v in first.items() if k != "p_churn"}
+    pd.testing.assert_series_equal(again["p_churn"], first["p_churn"], check_exact=True)
+    assert again["registry"]["alias"] == "champion" and "no champion yet" in again["registry"]["reason"]
+    assert versions_of(name) == ["1"] and champion_of(name) == "1"
+    latest = mlflow.MlflowClient().search_runs(
+        [mlflow.get_experiment_by_name(project_params()["base"]["mlflow_experiment"]).experiment_id],
+        filter_string="tags.stage = 'churn'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )[0]
+    assert latest.data.tags["registry.version"] == "1" and latest.data.tags["registry.reused"] == "true"
+
+
+@pytest.mark.slow
 def test_a_better_churn_model_takes_the_alias(run_churn: Runner) -> None:
     name = project_params()["churn"]["registry"]["model_name"] + "-cdnow_sample"
     weak = run_churn(weakened)
@@ -221,6 +267,10 @@ def test_a_better_churn_model_takes_the_alias(run_churn: Runner) -> None:
     assert better["registry"]["alias"] == "champion" and better["registry"]["champion_version"] == "1"
     assert "better by" in better["registry"]["reason"]
     assert champion_of(name) == "2" and better["scored_with"]["source"] == "this run"
+    # v1's "champion" no longer stands now that v2 holds the alias: the same weak model is judged again, and loses
+    weak_again = run_churn(weakened)
+    assert weak_again["registry"]["alias"] == "challenger" and weak_again["registry"]["champion_version"] == "2"
+    assert champion_of(name) == "2" and versions_of(name) == ["1", "2", "3"]
 
 
 @pytest.mark.slow
@@ -281,6 +331,12 @@ def test_clv_gate_and_scoring_with_the_champion(sample: Path, tmp_path: Path, st
     assert second["scored_with"] == {"source": "champion", "version": "1"}
     pd.testing.assert_series_equal(second_clv, first_clv, rtol=1e-9)  # the champion's stored parameters scored
     assert champion_of(name) == "1"
+    # the same fit again: v2 is reused with its decision, and the metrics and parameters files do not change
+    params_json = (tmp_path / "art" / "params.json").read_bytes()
+    third, third_clv = run(lambda p: p["clv"]["registry"].update(min_improvement=1.0))
+    assert third == second and (tmp_path / "art" / "params.json").read_bytes() == params_json
+    pd.testing.assert_series_equal(third_clv, second_clv, check_exact=True)
+    assert versions_of(name) == ["1", "2"] and champion_of(name) == "1"
 
 
 @pytest.mark.slow
