@@ -221,3 +221,12 @@ def test_a_denied_folder_is_one_line(
         f"error: {tmp_path}/data: Permission denied; make it readable and writable for this user (the previous "
         "outputs are unchanged)"
     ]
+
+
+def test_a_damaged_file_between_stages_names_the_stage_that_writes_it() -> None:
+    dvc_yaml = ROOT / "dvc.yaml"
+    assert cli.writer_stage(Path("data/features.parquet"), dvc_yaml) == "features"
+    assert cli.writer_stage(Path("./data/clv.parquet"), dvc_yaml) == "clv"
+    assert cli.writer_stage(Path("metrics/churn.json"), dvc_yaml) == "churn"
+    assert cli.writer_stage(Path("data/elsewhere.parquet"), dvc_yaml) is None
+    assert cli.writer_stage(Path("data/features.parquet"), ROOT / "no-such-dvc.yaml") is None
