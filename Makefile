@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install java run weekly audit compare ui test lint typecheck pytest bench bench-features bench-clv bench-churn reproduce-cdnow lock clean
+.PHONY: install java run weekly train audit compare ui test lint typecheck pytest bench bench-features bench-clv bench-churn reproduce-cdnow lock clean
 
 install: $(STAMP)
 
@@ -36,19 +36,23 @@ run: install
 	@echo
 	@echo "Outputs:"
 	@echo "  clean transactions   data/transactions.parquet  (rejected rows: data/quarantine.parquet)"
-	@echo "  features and labels  data/features.parquet"
-	@echo "  customer value       data/clv.parquet  (parameters: artifacts/clv/params.json; dvc plots show)"
-	@echo "  churn risk, reasons  data/churn.parquet  (model: artifacts/churn/; metrics/churn.json)"
+	@echo "  training features    data/features.parquet  (as of train.as_of)"
+	@echo "  models               artifacts/clv/params.json, artifacts/churn/  (metrics/clv.json, churn.json; dvc plots show)"
+	@echo "  week's snapshot      data/snapshot.parquet  (as of score.as_of)"
+	@echo "  customer value       data/clv.parquet"
+	@echo "  churn risk, reasons  data/churn.parquet"
 	@echo "  scores and segments  data/scores.parquet  (KPIs: data/segments.csv; metrics/score.json)"
 	@echo "  weekly list, summary reports/weekly/<year>-W<week>/  (churn_risk.csv, summary.html)"
 	@echo "  MLflow runs          mlflow ui --host 127.0.0.1 --backend-store-uri sqlite:///mlflow.db"
 	@echo "  metrics              metrics/*.json   (dvc metrics show)"
 	@echo "  every row accounted  make audit"
 
-# The weekly churn-risk list as of AS_OF (YYYY-MM-DD): every stage reruns on the history before that day and
-# writes reports/weekly/<ISO year>-W<week>/. Several dates back-fill several weeks: AS_OF="1998-02-23 1998-03-02".
-# Without AS_OF: the day after the last purchase. Each week is a DVC experiment (`dvc exp show` lists them);
-# params.yaml keeps the last date in score.as_of (only that line changes).
+# The weekly churn-risk list as of AS_OF (YYYY-MM-DD): the week's snapshot scored by the serving models, written to
+# reports/weekly/<ISO year>-W<week>/. Nothing is retrained unless the models are older than
+# train.max_model_age_days, or the week is before their training date (a back-fill: models trained as of that
+# week). Several dates back-fill several weeks: AS_OF="1998-02-23 1998-03-02". Without AS_OF: the day after the
+# last purchase. Each week is a DVC experiment (`dvc exp show` lists them); params.yaml keeps the last dates.
+# `make train AS_OF=...` retrains as of that date on purpose.
 AS_OF ?=
 # The last LAST runs of the clv and churn stages side by side: changed params, holdout metrics, best in bold.
 # Also written to reports/compare.md.
@@ -65,10 +69,18 @@ audit: install
 
 weekly: install
 	@for day in $(or $(AS_OF),null); do \
-	  python -m pipeline.config --set-as-of "$$day"; \
+	  start=$$SECONDS; \
+	  python -m pipeline.schedule --as-of "$$day"; \
 	  echo "== churn-risk list as of $$day"; \
 	  dvc exp run; \
+	  echo "== week $$day: $$((SECONDS - start)) s"; \
 	done
+
+train: install
+	@start=$$SECONDS; \
+	python -m pipeline.schedule --train --as-of "$(or $(AS_OF),null)"; \
+	dvc exp run; \
+	echo "== trained as of $(or $(AS_OF),the end of the log): $$((SECONDS - start)) s"
 
 test: lint typecheck pytest
 

@@ -27,6 +27,7 @@ def resolve_cutoffs(
     count: int,
     horizon_days: int,
     as_of: dt.date | None,
+    as_of_key: str = "score.as_of",
 ) -> Cutoffs:
     """Resolve the configured cutoffs against the data.
 
@@ -35,21 +36,10 @@ def resolve_cutoffs(
     usable only if its whole label horizon lies on or before the scoring cutoff and the last transaction day:
     when back-filling an old week, no later data may train the model. ``count`` generated cutoffs step back
     ``every_days`` from the last usable one; generated cutoffs before the first transaction day are skipped
-    (and reported), explicit ones that do not fit are an error.
+    (and reported), explicit ones that do not fit are an error. ``as_of_key`` names the setting ``as_of`` came
+    from in errors (the training stages anchor on ``train.as_of``).
     """
-    scoring = (as_of - dt.timedelta(days=1)) if as_of is not None else last_day
-    if scoring < first_day:
-        raise InputError(
-            f"score.as_of={as_of} is on or before the first transaction day {first_day}: there is no history "
-            "to score; set score.as_of to a later date or null"
-        )
-    if scoring > last_day + dt.timedelta(days=horizon_days):
-        # Every customer would look silent for want of data, not of purchases, and be scored as churned.
-        raise InputError(
-            f"score.as_of={as_of} is more than horizon_days {horizon_days} after the last transaction day "
-            f"{last_day}: the log is missing the recent weeks; load a newer export or set score.as_of to "
-            f"{last_day + dt.timedelta(days=1)} or earlier"
-        )
+    scoring = scoring_cutoff(first_day, last_day, horizon_days=horizon_days, as_of=as_of, as_of_key=as_of_key)
     last_usable = min(scoring, last_day) - dt.timedelta(days=horizon_days)
     for c in explicit:
         if c > last_usable:
@@ -71,3 +61,26 @@ def resolve_cutoffs(
             "set features.cutoffs or features.cutoff_schedule.count, or shorten features.horizon_days"
         )
     return Cutoffs(training=training, scoring=scoring, skipped_before_data=skipped)
+
+
+def scoring_cutoff(
+    first_day: dt.date, last_day: dt.date, *, horizon_days: int, as_of: dt.date | None, as_of_key: str = "score.as_of"
+) -> dt.date:
+    """The last day of history before ``as_of`` (default: the last transaction day), checked against the data.
+
+    A date further than one horizon past the data is an error: every customer would look silent for want of data,
+    not of purchases, and be scored as churned.
+    """
+    last = (as_of - dt.timedelta(days=1)) if as_of is not None else last_day
+    if last < first_day:
+        raise InputError(
+            f"{as_of_key}={as_of} is on or before the first transaction day {first_day}: there is no history "
+            f"before it; set {as_of_key} to a later date or null"
+        )
+    if last > last_day + dt.timedelta(days=horizon_days):
+        raise InputError(
+            f"{as_of_key}={as_of} is more than horizon_days {horizon_days} after the last transaction day "
+            f"{last_day}: the log is missing the recent weeks; load a newer export or set {as_of_key} to "
+            f"{last_day + dt.timedelta(days=1)} or earlier"
+        )
+    return last

@@ -1,17 +1,17 @@
-"""Stage ``clv``: fit BTYD + Gamma-Gamma at the calibration cutoff, judge them on its horizon, refit and score.
+"""Stage ``train_clv``: fit BTYD + Gamma-Gamma at the calibration cutoff, judge them on its horizon, refit as of
+the training date and register the model. It scores no customer: the ``score`` stage does, every week.
 
 1. At ``clv.calibration_cutoff`` (a training cutoff of the features table) every candidate purchase model and
    the Gamma-Gamma spend model are fitted and evaluated on the labelled horizon that follows
    (``features.horizon_days``), next to a naive baseline; ``clv.model: auto`` keeps the best candidate by
    ``clv.selection_metric``.
-2. The chosen model is refitted on all history up to the scoring cutoff and scores every customer: P(alive),
-   expected purchases over the horizon, expected order value, CLV (discounted profit over
-   ``clv.clv_horizon_months``) with bootstrap 5th-95th percentiles, and a value tier.
-3. Registry: every tracked run registers its model (``clv.registry.model_name``). The alias ``champion`` moves to
-   it only if its ``clv.registry.metric`` beats the champion's on the same calibration holdout by
-   ``min_improvement``; otherwise it is ``challenger`` and the champion's stored scoring parameters score the
-   customers. The bootstrap band is then still this run's refit's (the parameter uncertainty of a fit on this
-   history), widened to hold the champion's point value.
+2. The chosen model is refitted on all history before the training date ``train.as_of``, and refitted again on
+   ``clv.bootstrap_samples`` resamples of its customers: the replicates' parameters are the model's uncertainty,
+   from which the score stage draws each customer's 5th-95th percentile CLV.
+3. Registry (``pipeline.registry``): every tracked run registers its model (``clv.registry.model_name``). The
+   alias ``champion`` moves to it only if its ``clv.registry.metric`` beats the champion's on the same calibration
+   holdout by ``min_improvement``; otherwise it is ``challenger``. A run trained before the champion's training
+   date is a back-fill and takes no alias.
 """
 
 from __future__ import annotations
@@ -35,12 +35,13 @@ import pyarrow.parquet as pq
 from features import schemas as s
 from features.behaviour import DAYS_PER_UNIT, btyd_summary, daily_repeat_purchases, purchase_days
 from features.errors import InputError
-from models import clv, gate
+from models import bootstrap, clv, gate
 from models.evaluation import better, decile_table, holdout_metrics, round_metrics
-from pipeline import cli, plots, tracking
-from pipeline.config import BaseConfig, ClvConfig, FeaturesConfig, ingest_source, load_params, section
+from pipeline import cli, parallel, plots, registry, tracking
+from pipeline.config import BaseConfig, ClvConfig, FeaturesConfig, ingest_source, load_params, section, training_as_of
 from pipeline.engine import backend, open_transactions
-from pipeline.io import finite_json, write_csv, write_json, write_table
+from pipeline.features import history_end
+from pipeline.io import finite_json, write_csv, write_json
 from pipeline.progress import Progress
 
 log = logging.getLogger("clv")
@@ -79,24 +80,12 @@ def training_cutoffs(path: Path) -> list[dt.date]:
     return sorted(pd.Timestamp(v).date() for v in values)
 
 
-def read_snapshot(path: Path, *, scoring: bool, cutoff: dt.date | None = None) -> pd.DataFrame:
-    """One snapshot of the features table: the scoring rows, or the training rows of ``cutoff``."""
-    filters: list[tuple[str, str, Any]] = [(s.IS_SCORING, "=", scoring)]
-    if cutoff is not None:
-        filters.append((s.CUTOFF, "=", pd.Timestamp(cutoff)))
-    frame = pq.read_table(path, columns=SNAPSHOT_COLUMNS, filters=filters).to_pandas()
+def read_snapshot(path: Path, cutoff: dt.date) -> pd.DataFrame:
+    """The training rows of one cutoff of the features table."""
+    frame = pq.read_table(path, columns=SNAPSHOT_COLUMNS, filters=[(s.CUTOFF, "=", pd.Timestamp(cutoff))]).to_pandas()
     if frame.empty:
-        what = "scoring rows" if scoring else f"training rows at cutoff {cutoff}"
-        raise InputError(f"{path}: no {what}; rebuild it with the features stage")
+        raise InputError(f"{path}: no training rows at cutoff {cutoff}; rebuild it with the features stage")
     return frame.reset_index(drop=True)
-
-
-def scoring_cutoff(path: Path) -> dt.date:
-    """The features table's scoring cutoff (the last day of history before ``score.as_of``)."""
-    values = pc.unique(pq.read_table(path, columns=[s.CUTOFF], filters=[(s.IS_SCORING, "=", True)])[s.CUTOFF])
-    if len(values) != 1:
-        raise InputError(f"{path}: {len(values)} scoring cutoffs, expected one; rebuild it with the features stage")
-    return pd.Timestamp(values[0].as_py()).date()
 
 
 def btyd_snapshot(transactions: Path, base: BaseConfig, cutoff: dt.date) -> pd.DataFrame:
@@ -237,23 +226,7 @@ def choose(candidates: dict[str, Candidate], metric: str) -> Candidate:
     return best
 
 
-# --- registry: the champion gate and the parameters that score -------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Serving:
-    """The gate's decision for this run's CLV model, and the stored parameters that score instead (if any).
-
-    ``spec`` is None when this run's refit scores; otherwise the ``scoring`` section of the champion's (or the
-    pinned version's) params.json. ``version_tags`` go on this run's registered version.
-    """
-
-    model_name: str  # the registered model: ``<stage>.registry.model_name`` for this data source
-    decision: gate.Decision | None
-    spec: dict[str, Any] | None
-    scored_with: dict[str, Any]
-    version_tags: dict[str, str]
-    reused: tracking.RegisteredVersion | None = None  # already holds this model and holdout: nothing to register
+# --- registry: the champion's figure on this run's holdout -----------------------------------------------------
 
 
 def version_params(version: tracking.RegisteredVersion) -> dict[str, Any]:
@@ -286,94 +259,51 @@ def champion_figure(
     cutoff: dt.date,
     holdout_sha: str,
     settings: clv.ValueSettings,
-) -> tuple[gate.ChampionFigure, dict[str, Any] | None]:
-    """The champion's ``metric`` on this run's calibration holdout, and its params.json when it was fetched.
+) -> gate.ChampionFigure:
+    """The champion's ``metric`` on this run's calibration holdout.
 
     Same rows and outcomes (equal fingerprints): its logged figure. Otherwise its calibration-period fit is applied
     to these rows, unless it was calibrated on a later cutoff (its fit then saw part of this holdout).
     """
     logged = version.tags.get(f"holdout.{metric}")
     if version.tags.get("holdout.sha") == holdout_sha and logged is not None:
-        return gate.ChampionFigure(version.version, float(logged), how="same holdout, its logged figure"), None
+        return gate.ChampionFigure(version.version, float(logged), how="same holdout, its logged figure")
     its_cutoff = version.tags.get("holdout.cutoff")
     if its_cutoff and dt.date.fromisoformat(its_cutoff) > cutoff:
         why = f"it was calibrated on {its_cutoff}, after this holdout's cutoff {cutoff}"
-        return gate.ChampionFigure(version.version, None, why_not=why), None
-    doc = version_params(version)
-    value = float(rescore_calibration(doc, cal, settings)[metric])
-    return gate.ChampionFigure(version.version, value, how="its calibration fit on these rows"), doc
+        return gate.ChampionFigure(version.version, None, why_not=why)
+    value = float(rescore_calibration(version_params(version), cal, settings)[metric])
+    return gate.ChampionFigure(version.version, value, how="its calibration fit on these rows")
 
 
-def serving(
+def judge(
     cfg: ClvConfig,
     chosen: Candidate,
     cal: pd.DataFrame,
     cutoff: dt.date,
-    scoring: dt.date,
+    as_of: dt.date,
     settings: clv.ValueSettings,
-    source: str,
+    name: str,
     model_sha: str,
-) -> Serving:
-    """Judge this run's model against the registered champion; pick the parameters that score this week.
-
-    This run's refit scores when it becomes champion. Otherwise the champion's stored scoring parameters do,
-    unless they were fitted on history after this run's scoring date (a back-fill): then this run's refit scores,
-    with a warning. ``clv.registry.score_version`` pins a version instead. ``model_sha`` fingerprints this run's
-    params.json without ``scored_with``: a version holding the same, judged on the same holdout, is reused with
-    its recorded decision while that decision stands (``gate.decision_stands``).
-    """
+) -> registry.Judgement:
+    """This run's model against the registered champion, on the calibration holdout (``pipeline.registry``)."""
     reg = cfg.registry
-    name = tracking.registered_name(reg.model_name, source)
     holdout_sha = gate.holdout_fingerprint(
         cutoff,
         cal[s.CUSTOMER_ID],
         {s.FUTURE_PURCHASES: cal[s.FUTURE_PURCHASES], s.FUTURE_SPEND: cal[s.FUTURE_SPEND]},
     )
-    tags = {
-        "model.sha": model_sha,
-        "holdout.sha": holdout_sha,
-        "holdout.cutoff": str(cutoff),
-        "scoring_cutoff": str(scoring),
-        **{f"holdout.{k}": repr(float(v)) for k, v in chosen.metrics.items() if isinstance(v, int | float)},
-    }
-    current = tracking.registered_version(name, alias=gate.CHAMPION)
-    # a rerun that fitted this very model: its version and recorded decision, unless the champion has moved since
-    same = {"model.sha": model_sha, "holdout.sha": holdout_sha}
-    standing = tracking.standing_version(name, same, current, reg.metric, reg.min_improvement)
-    reused: tracking.RegisteredVersion | None = None
-    doc: dict[str, Any] | None = None
-    if standing:
-        reused, decision = standing
-        log.info("registry %s: v%s is this model on this holdout; its decision stands", name, reused.version)
-    else:
-        figure, doc = (
-            champion_figure(current, reg.metric, cal, cutoff, holdout_sha, settings) if current else (None, None)
-        )
-        decision = gate.decide(reg.metric, reg.min_improvement, float(chosen.metrics[reg.metric]), figure)
-        log.info("registry %s: this run's model becomes %s: %s", name, decision.alias, decision.reason)
-
-    def too_late(version: tracking.RegisteredVersion) -> str | None:
-        seen = version.tags.get("scoring_cutoff")
-        if seen and dt.date.fromisoformat(seen) > scoring:
-            return f"it was fitted on history up to {seen}, after this run's scoring cutoff {scoring}"
-        return None
-
-    if reg.score_version is not None:
-        pinned = tracking.pinned_version(name, reg.score_version, "clv.registry.score_version")
-        why = too_late(pinned)
-        if why:
-            raise InputError(f"clv.registry.score_version={reg.score_version} cannot score this run: {why}")
-        spec = version_params(pinned)["scoring"]
-        return Serving(name, decision, spec, {"source": "pinned", "version": pinned.version}, tags, reused)
-    if decision.alias == gate.CHAMPION or current is None:  # reused as champion: it is the champion
-        return Serving(name, decision, None, {"source": "this run", "version": None}, tags, reused)
-    why = too_late(current)
-    if why:
-        log.warning("champion v%s cannot score this run (%s); this run's refit scores instead", current.version, why)
-        scored_with = {"source": "this run", "version": None, "champion_unusable": why}
-        return Serving(name, decision, None, scored_with, tags, reused)
-    spec = (doc or version_params(current))["scoring"]
-    return Serving(name, decision, spec, {"source": "champion", "version": current.version}, tags, reused)
+    return registry.judge(
+        name,
+        as_of=as_of,
+        model_sha=model_sha,
+        holdout_sha=holdout_sha,
+        figures={k: v for k, v in chosen.metrics.items() if isinstance(v, int | float)},
+        metric=reg.metric,
+        min_improvement=reg.min_improvement,
+        champion_figure=lambda v: champion_figure(v, reg.metric, cal, cutoff, holdout_sha, settings),
+        tags={"holdout.cutoff": str(cutoff)},
+    )
 
 
 # --- plots ----------------------------------------------------------------------------------------------------
@@ -423,18 +353,6 @@ def cumulative_tracking(
     )
 
 
-def _repeat_corr(table: pd.DataFrame) -> float:
-    """Pearson correlation of frequency and monetary value over the repeat buyers of the scored table.
-
-    Taken on the table's own order (highest CLV first, then id), not the engine's: a float sum depends on the order
-    it adds in, and the metric must not change from run to run.
-    """
-    repeat = table[table[s.FREQUENCY] > 0]
-    return float(
-        np.corrcoef(repeat[s.FREQUENCY].to_numpy(np.float64), repeat[s.MONETARY_VALUE].to_numpy(np.float64))[0, 1]
-    )
-
-
 def p_alive_grid(model: clv.PurchaseModel, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """P(alive) over frequency x recency for a customer of the largest age T (cells with f = 0 < recency are NaN)."""
     f_max = int(max(10, np.quantile(frame[s.FREQUENCY], 0.99)))
@@ -453,7 +371,6 @@ def p_alive_grid(model: clv.PurchaseModel, frame: pd.DataFrame) -> tuple[np.ndar
 
 @dataclasses.dataclass(frozen=True)
 class Outputs:
-    clv: Path
     artifacts: Path
     metrics: Path
     plots: Path
@@ -467,34 +384,28 @@ class Outputs:
         return self.artifacts / "plots"
 
 
-def run(
-    base: BaseConfig,
-    fcfg: FeaturesConfig,
-    cfg: ClvConfig,
-    transactions: Path,
-    features: Path,
-    out: Outputs,
-    *,
-    source: str,
-    track: bool = True,
-) -> dict[str, Any]:
-    """Fit, evaluate, choose, refit and score; write the table, parameters, metrics and plots; log to MLflow."""
-    _check_columns(features)
-    settings = value_settings(base, fcfg, cfg)
-    ladder = cfg.penalizer_ladder
-    unit = base.time_unit
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """Every candidate fitted at the calibration cutoff, the one chosen, and the spend model they share."""
 
-    # 1. calibration: every candidate on the same spend model, judged on the labelled horizon
-    cutoff = resolve_calibration(features, cfg)
-    cal = read_snapshot(features, scoring=False, cutoff=cutoff)
+    cutoff: dt.date
+    candidates: dict[str, Candidate]
+    failed: dict[str, str]
+    chosen: Candidate
+    spend: clv.SpendModel
+    spend_left_out: int
+
+
+def calibrate(cal: pd.DataFrame, cutoff: dt.date, cfg: ClvConfig, settings: clv.ValueSettings) -> Calibration:
+    """Fit and judge every candidate on the calibration rows; ``clv.model: auto`` keeps the best."""
     _check_enough_history(cal, f"calibration cutoff {cutoff}")
-    spend_cal, spend_left_out_cal = fit_spend(cal, ladder)
+    spend, left_out = fit_spend(cal, cfg.penalizer_ladder)
     names: tuple[clv.ModelName, ...] = clv.MODEL_NAMES if cfg.model == "auto" else (cfg.model,)
     candidates: dict[str, Candidate] = {}
     failed: dict[str, str] = {}
     for name in names:
         try:
-            candidates[name] = evaluate_candidate(name, cal, spend_cal, settings, ladder)
+            candidates[name] = evaluate_candidate(name, cal, spend, settings, cfg.penalizer_ladder)
         except clv.ClvFitError as exc:
             if cfg.model != "auto":
                 raise
@@ -509,20 +420,33 @@ def run(
         chosen.metrics[cfg.selection_metric],
         ", ".join(f"{n} {c.metrics[cfg.selection_metric]:.4g}" for n, c in candidates.items()),
     )
+    return Calibration(cutoff, candidates, failed, chosen, spend, left_out)
 
-    # 2. scoring: refit the chosen model on all history up to the scoring cutoff; the champion's stored
-    #    parameters score instead when this run's model did not replace it
-    #    (the BTYD columns alone, straight from the transactions: the fast path for tens of millions of customers)
-    sc_cutoff = scoring_cutoff(features)
-    sc = btyd_snapshot(transactions, base, sc_cutoff)
-    _check_enough_history(sc, "scoring cutoff")
+
+@dataclasses.dataclass(frozen=True)
+class ServingFit:
+    """The chosen model refitted on every customer's history up to ``end``, and its bootstrap replicates."""
+
+    end: dt.date
+    snapshot: pd.DataFrame
+    purchases: clv.PurchaseModel
+    spend: clv.SpendModel
+    spend_left_out: int
+    replicates: bootstrap.Replicates
+
+
+def fit_as_of(transactions: Path, base: BaseConfig, cfg: ClvConfig, end: dt.date, model: clv.ModelName) -> ServingFit:
+    """Refit ``model`` and Gamma-Gamma on all history up to ``end`` (the BTYD columns alone, straight from the
+    transactions: the fast path for tens of millions of customers), then on resamples of its customers."""
+    sc = btyd_snapshot(transactions, base, end)
+    _check_enough_history(sc, f"training date's history (up to {end})")
     f, r, t, m = _arrays(sc)
     hist = clv.histories(f, r, t)
-    purchases = clv.PurchaseModel(chosen.model.model, ladder).fit_histories(hist)
-    spend, spend_left_out = fit_spend(sc, ladder)
+    purchases = clv.PurchaseModel(model, cfg.penalizer_ladder).fit_histories(hist)
+    spend, left_out = fit_spend(sc, cfg.penalizer_ladder)
     log.info("bootstrap: refitting on %d resamples of the customers for CLV intervals", cfg.bootstrap_samples)
     with Progress("clv: bootstrap refits", total=cfg.bootstrap_samples, unit="refits") as shown:
-        boot = clv.bootstrap_clv(
+        replicates = bootstrap.refit_replicates(
             purchases,
             spend,
             f,
@@ -531,137 +455,140 @@ def run(
             m,
             clv.usable_spend(f, m),
             samples=cfg.bootstrap_samples,
-            processes=cfg.bootstrap_processes,
             seed=base.seed,
-            months=settings.months,
-            discount_rate_monthly=settings.discount_rate_monthly,
-            units_per_month=settings.units_per_month,
-            margin_ratio=settings.margin_ratio,
+            map_fn=parallel.process_map(cfg.bootstrap_processes, len(hist)),
             on_replicate=shown.advance,
         )
+    return ServingFit(end, sc, purchases, spend, left_out, replicates)
 
-    # 3. parameters with uncertainty, for reviewers and for the pyfunc: the model a registered version holds
-    boot_params = pd.DataFrame(boot.params)
-    model_doc = finite_json(
+
+def model_document(
+    base: BaseConfig,
+    fcfg: FeaturesConfig,
+    cfg: ClvConfig,
+    calib: Calibration,
+    fit: ServingFit,
+    settings: clv.ValueSettings,
+) -> dict[str, Any]:
+    """params.json: what a registered version holds (the calibration fits and the serving fit with its
+    replicates), all the score stage and the pyfunc need to value customers."""
+    boot_params = pd.DataFrame([{**p.purchases, **p.spend} for p in fit.replicates.params])
+    return finite_json(
         {
-            "time_unit": unit,
+            "time_unit": base.time_unit,
+            "trained_as_of": str(fit.end + dt.timedelta(days=1)),
             "calibration": {
-                "cutoff": str(cutoff),
+                "cutoff": str(calib.cutoff),
                 "horizon_days": fcfg.horizon_days,
-                "candidates": {n: c.model.report().to_dict() for n, c in candidates.items()},
-                "failed_candidates": failed,
-                "gamma_gamma": spend_cal.report().to_dict(),
+                "candidates": {n: c.model.report().to_dict() for n, c in calib.candidates.items()},
+                "failed_candidates": calib.failed,
+                "gamma_gamma": calib.spend.report().to_dict(),
             },
             "scoring": {
-                "cutoff": str(sc_cutoff),
-                "model": purchases.model,
-                "purchases": purchases.report().to_dict(),
-                "gamma_gamma": spend.report().to_dict(),
+                "cutoff": str(fit.end),
+                "model": fit.purchases.model,
+                "purchases": fit.purchases.report().to_dict(),
+                "gamma_gamma": fit.spend.report().to_dict(),
                 "settings": dataclasses.asdict(settings),
                 "bootstrap": {
                     "samples": cfg.bootstrap_samples,
-                    "failed": boot.failed,
+                    "failed": fit.replicates.failed,
                     "seed": base.seed,
                     "param_p05": boot_params.quantile(0.05).to_dict(),
                     "param_p95": boot_params.quantile(0.95).to_dict(),
+                    "replicates": fit.replicates.to_dict(),
                 },
             },
         }
     )
-    if track:
-        serve = serving(cfg, chosen, cal, cutoff, sc_cutoff, settings, source, gate.content_fingerprint(model_doc))
-    else:
-        registered = tracking.registered_name(cfg.registry.model_name, source)
-        serve = Serving(registered, None, None, {"source": "this run", "version": None}, {})
-    if serve.spec is None:
-        scored = clv.score(purchases, spend.params_, f, r, t, m, settings, customer_histories=hist)
-    else:
-        stored = clv.purchase_model_from_params(serve.spec["model"], serve.spec["purchases"]["params"])
-        scored = clv.score(stored, serve.spec["gamma_gamma"]["params"], f, r, t, m, settings, customer_histories=hist)
-    table = pd.DataFrame(
+
+
+def stage_metrics(
+    calib: Calibration, fit: ServingFit, judgement: registry.Judgement, cal: pd.DataFrame, settings: clv.ValueSettings
+) -> dict[str, Any]:
+    repeat = fit.snapshot[s.FREQUENCY] > 0
+    return round_metrics(
         {
-            s.CUSTOMER_ID: sc[s.CUSTOMER_ID],
-            s.CUTOFF: sc[s.CUTOFF],
-            s.FREQUENCY: sc[s.FREQUENCY],
-            s.RECENCY: r,
-            s.T: t,
-            s.MONETARY_VALUE: m,
-            s.P_ALIVE: scored["p_alive"],
-            s.EXPECTED_PURCHASES: scored["expected_purchases"],
-            s.EXPECTED_ORDER_VALUE: scored["expected_order_value"],
-            s.CLV: scored["clv"],
-            # the point estimate can sit outside a skewed bootstrap band; widen the band to hold it
-            s.CLV_P05: np.minimum(boot.clv_low, scored["clv"]),
-            s.CLV_P95: np.maximum(boot.clv_high, scored["clv"]),
+            "chosen_model": calib.chosen.name,
+            "model": calib.chosen.metrics,
+            "candidates": {n: c.metrics for n, c in calib.candidates.items()},
+            "baselines": {BASELINE: baseline_metrics(cal, settings)},
+            "registry": judgement.as_dict(),
+            "training": {
+                "trained_as_of": str(fit.end + dt.timedelta(days=1)),
+                "customers": len(fit.snapshot),
+                "repeat_customer_share": float(repeat.mean()),
+                "spend_left_out_repeat_buyers": fit.spend_left_out,
+                "calibration_spend_left_out_repeat_buyers": calib.spend_left_out,
+                "bootstrap_failed": fit.replicates.failed,
+            },
         }
     )
-    if cfg.acquisition_cost is not None:
-        table[s.CLV_NET] = table[s.CLV] - cfg.acquisition_cost
-    q = cfg.value_tier_quantiles
-    table[s.VALUE_TIER] = clv.value_tiers(table[s.CLV].to_numpy(), high=q.high, mid=q.mid)
-    # highest value first, ties by customer id: the same table whatever order the engine returned the rows in
-    table = table.sort_values([s.CLV, s.CUSTOMER_ID], ascending=[False, True], kind="stable").reset_index(drop=True)
-    write_table(table, out.clv, s.clv_schema(with_net=cfg.acquisition_cost is not None))
 
-    params_doc = {"time_unit": unit, "scored_with": serve.scored_with}
-    write_json(finite_json({**params_doc, **model_doc}), out.params_json)
 
-    # 4. metrics
-    repeat = sc[s.FREQUENCY] > 0
-    tiers = table[s.VALUE_TIER].value_counts()
-    metrics: dict[str, Any] = {
-        "chosen_model": chosen.name,
-        "model": chosen.metrics,
-        "candidates": {n: c.metrics for n, c in candidates.items()},
-        "baselines": {BASELINE: baseline_metrics(cal, settings)},
-        "registry": {
-            "model_name": serve.model_name,
-            **(serve.decision.as_dict() if serve.decision else {"alias": None, "reason": "not tracked: no registry"}),
-        },
-        "scored_with": serve.scored_with,
-        "scoring": {
-            "customers": len(table),
-            "clv_total": float(table[s.CLV].sum()),
-            "clv_mean": float(table[s.CLV].mean()),
-            "p_alive_mean": float(table[s.P_ALIVE].mean()),
-            "expected_purchases_total": float(table[s.EXPECTED_PURCHASES].sum()),
-            "repeat_customer_share": float(repeat.mean()),
-            "spend_left_out_repeat_buyers": spend_left_out,
-            "calibration_spend_left_out_repeat_buyers": spend_left_out_cal,
-            "bootstrap_failed": boot.failed,
-            "frequency_monetary_corr": _repeat_corr(table) if repeat.sum() > 2 else None,
-            "tier_customers": {tier: int(tiers.get(tier, 0)) for tier in s.VALUE_TIERS},
-            "tier_clv_share": {
-                tier: float(table.loc[table[s.VALUE_TIER] == tier, s.CLV].sum() / max(table[s.CLV].sum(), 1e-12))
-                for tier in s.VALUE_TIERS
-            },
-        },
-    }
-    metrics = round_metrics(metrics)
-    summary = metrics["scoring"]
-    write_json(metrics, out.metrics)
-
-    # 5. plots: data for DVC, images for DVC and MLflow
+def write_plots(
+    out: Outputs,
+    transactions: Path,
+    base: BaseConfig,
+    fcfg: FeaturesConfig,
+    cal: pd.DataFrame,
+    calib: Calibration,
+    fit: ServingFit,
+) -> None:
+    """Data for DVC's plots, images for DVC and MLflow."""
+    chosen = calib.chosen
     freq_table = by_frequency(cal, chosen.expected_purchases)
-    cumulative = cumulative_tracking(transactions, base, cutoff, fcfg.horizon_days, chosen.model, cal)
+    cumulative = cumulative_tracking(transactions, base, calib.cutoff, fcfg.horizon_days, chosen.model, cal)
     deciles = decile_table(chosen.clv, chosen.expected_spend, cal[s.FUTURE_SPEND].to_numpy(np.float64))
     out.plots.mkdir(parents=True, exist_ok=True)
     write_csv(freq_table, out.plots / "by_frequency.csv")
     write_csv(cumulative, out.plots / "cumulative.csv")
     write_csv(deciles, out.plots / "deciles.csv")
-    _render(out.figures, freq_table, cumulative, deciles, p_alive_grid(purchases, sc), cutoff, chosen.name, unit)
+    grid = p_alive_grid(fit.purchases, fit.snapshot)
+    _render(out.figures, freq_table, cumulative, deciles, grid, calib.cutoff, chosen.name, base.time_unit)
 
+
+def run(
+    base: BaseConfig,
+    fcfg: FeaturesConfig,
+    cfg: ClvConfig,
+    transactions: Path,
+    features: Path,
+    out: Outputs,
+    *,
+    source: str,
+    as_of: dt.date | None = None,
+    track: bool = True,
+) -> dict[str, Any]:
+    """Fit, evaluate and choose at the calibration cutoff, refit as of the training date ``as_of``, register;
+    write the parameters, metrics and plots. Returns the metrics."""
+    _check_columns(features)
+    settings = value_settings(base, fcfg, cfg)
+    cutoff = resolve_calibration(features, cfg)
+    cal = read_snapshot(features, cutoff)
+    calib = calibrate(cal, cutoff, cfg, settings)
+    fit = fit_as_of(transactions, base, cfg, history_end(transactions, base, fcfg, as_of), calib.chosen.model.model)
+    doc = model_document(base, fcfg, cfg, calib, fit, settings)
+    name = tracking.registered_name(cfg.registry.model_name, source)
+    trained = fit.end + dt.timedelta(days=1)
+    sha = gate.content_fingerprint(doc)
+    judgement = (
+        judge(cfg, calib.chosen, cal, cutoff, trained, settings, name, sha) if track else registry.untracked(name)
+    )
+    write_json(doc, out.params_json)
+    metrics = stage_metrics(calib, fit, judgement, cal, settings)
+    write_json(metrics, out.metrics)
+    write_plots(out, transactions, base, fcfg, cal, calib, fit)
     if track:
-        _track(base, fcfg, cfg, transactions, features, out, metrics, table, serve)
+        _track(base, fcfg, cfg, transactions, features, out, metrics, fit.snapshot, judgement)
     log.info(
-        "%d customers scored with %s: CLV total %.0f (tiers %s); holdout %s purchases actual %.0f vs predicted %.0f",
-        len(table),
-        chosen.name,
-        summary["clv_total"],
-        summary["tier_customers"],
+        "%s trained as of %s on %d customers; holdout %s purchases actual %.0f vs predicted %.0f",
+        calib.chosen.name,
+        trained,
+        len(fit.snapshot),
         cutoff,
-        chosen.metrics["purchases_actual"],
-        chosen.metrics["purchases_predicted"],
+        calib.chosen.metrics["purchases_actual"],
+        calib.chosen.metrics["purchases_predicted"],
     )
     return metrics
 
@@ -723,31 +650,32 @@ def _track(
     features: Path,
     out: Outputs,
     metrics: dict[str, Any],
-    table: pd.DataFrame,
-    serve: Serving,
+    snapshot: pd.DataFrame,
+    judgement: registry.Judgement,
 ) -> None:
     params = {
         "clv": dataclasses.asdict(cfg),
         "base": {"time_unit": base.time_unit, "seed": base.seed},
         "features": {"horizon_days": fcfg.horizon_days},
+        "train": {"as_of": metrics["training"]["trained_as_of"]},
     }
-    tags = {**tracking.data_fingerprint(transactions), "clv.chosen_model": str(metrics["chosen_model"])}
+    tags = {
+        **tracking.data_fingerprint(transactions),
+        "clv.chosen_model": str(metrics["chosen_model"]),
+        "run.kind": "training",
+        registry.TRAINED_AS_OF: str(metrics["training"]["trained_as_of"]),
+    }
     with tracking.stage_run(base.mlflow_experiment, "clv", params, tags, inputs=[transactions, features]):
-        tracking.log_metrics({k: v for k, v in metrics.items() if k not in ("chosen_model", "scored_with")})
+        tracking.log_metrics({k: v for k, v in metrics.items() if k != "chosen_model"})
         tracking.log_artifacts({"clv": out.params_json, "plots": out.figures, "plot_data": out.plots})
-        example = table[[s.FREQUENCY, s.RECENCY, s.T, s.MONETARY_VALUE]].head(20).astype("float64")
-        uri = tracking.log_clv_model(out.params_json, example)
-        if serve.decision is not None:
-            tracking.register_decision(
-                serve.model_name, uri, serve.decision, serve.version_tags, serve.scored_with["version"], serve.reused
-            )
+        example = snapshot[[s.FREQUENCY, s.RECENCY, s.T, s.MONETARY_VALUE]].head(20).astype("float64")
+        registry.record(judgement, tracking.log_clv_model(out.params_json, example))
 
 
 def main(argv: Sequence[str]) -> None:
     p = cli.parser(__doc__.splitlines()[0])
     cli.input_file(p, "--transactions")
     cli.input_file(p, "--features")
-    cli.output(p, "--clv")
     cli.output(p, "--artifacts", directory=True)
     cli.output(p, "--metrics")
     cli.output(p, "--plots", directory=True)
@@ -759,8 +687,9 @@ def main(argv: Sequence[str]) -> None:
         section(params, "clv", ClvConfig),
         args.transactions,
         args.features,
-        Outputs(clv=args.clv, artifacts=args.artifacts, metrics=args.metrics, plots=args.plots),
+        Outputs(artifacts=args.artifacts, metrics=args.metrics, plots=args.plots),
         source=ingest_source(params),
+        as_of=training_as_of(params),
     )
 
 

@@ -467,6 +467,18 @@ class ScoreConfig:
             raise ConfigError(f"score.drift_warning_psi must be > 0, got {self.drift_warning_psi}")
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """When the models are trained: on history before ``as_of`` (null: all of the log), and how old the serving
+    models may grow before ``make weekly`` retrains them."""
+
+    as_of: dt.date | None
+    max_model_age_days: int
+
+    def __post_init__(self) -> None:
+        _check_days("train.max_model_age_days", self.max_model_age_days)
+
+
 def ingest_source(params: dict[str, Any]) -> str:
     """``ingest.source`` alone, for the stages that name their registered models after the data they learn from."""
     source = params.get("ingest", {}).get("source") if isinstance(params.get("ingest"), dict) else None
@@ -475,41 +487,62 @@ def ingest_source(params: dict[str, Any]) -> str:
     return source
 
 
+def _date_setting(params: dict[str, Any], key: str, meaning: str) -> dt.date | None:
+    name, field = key.split(".")
+    raw = params.get(name)
+    if not isinstance(raw, dict) or field not in raw:
+        raise ConfigError(f"params.yaml: {key} is missing (null {meaning})")
+    return typing.cast(dt.date | None, _coerce(raw[field], dt.date | None, key))
+
+
 def scoring_as_of(params: dict[str, Any]) -> dt.date | None:
-    """``score.as_of`` alone: the features stage needs the scoring date but none of the other score settings."""
-    raw = params.get("score")
-    if not isinstance(raw, dict) or "as_of" not in raw:
-        raise ConfigError("params.yaml: score.as_of is missing (null scores as of the day after the last purchase)")
-    return typing.cast(dt.date | None, _coerce(raw["as_of"], dt.date | None, "score.as_of"))
+    """``score.as_of`` alone: the snapshot stage needs the scoring date but none of the other score settings."""
+    return _date_setting(params, "score.as_of", "scores as of the day after the last purchase")
 
 
-def set_scoring_as_of(path: str | Path, as_of: dt.date | None) -> None:
-    """Set ``score.as_of`` in ``path`` in place, leaving every other line and comment as it was.
+def training_as_of(params: dict[str, Any]) -> dt.date | None:
+    """``train.as_of`` alone: the training date the features and training stages anchor on."""
+    return _date_setting(params, "train.as_of", "trains on the whole log")
+
+
+AS_OF_KEYS = ("score.as_of", "train.as_of")
+
+
+def set_as_of(path: str | Path, key: str, as_of: dt.date | None) -> None:
+    """Set ``key`` (``score.as_of`` or ``train.as_of``) in ``path`` in place, leaving every other line and comment
+    as it was.
 
     ``dvc exp run -S`` would rewrite the whole file in its own YAML style; ``make weekly`` changes one value only.
     """
+    if key not in AS_OF_KEYS:
+        raise ConfigError(f"set_as_of: {key} is not one of {AS_OF_KEYS}")
+    name, field = key.split(".")
     p = Path(path)
     lines = p.read_text(encoding="utf-8").splitlines(keepends=True)
     value = "null" if as_of is None else f"'{as_of.isoformat()}'"
-    in_score = False
+    inside = False
     for i, line in enumerate(lines):
         if re.match(r"^\S", line):
-            in_score = re.match(r"^score:\s*(#.*)?$", line) is not None
+            inside = re.match(rf"^{name}:\s*(#.*)?$", line) is not None
             continue
-        m = re.match(r"^([ \t]+as_of:)([ \t]*)([^#\n]*?)([ \t]*#.*)?(\n?)$", line)
-        if in_score and m:
+        m = re.match(rf"^([ \t]+{field}:)([ \t]*)([^#\n]*?)([ \t]*#.*)?(\n?)$", line)
+        if inside and m:
             lines[i] = f"{m.group(1)} {value}{m.group(4) or ''}{m.group(5)}"
             break
     else:
-        raise ConfigError(f"{p}: no score.as_of line to set; add `as_of: null` under `score:`")
+        raise ConfigError(f"{p}: no {key} line to set; add `{field}: null` under `{name}:`")
     text = "".join(lines)
     try:
-        written = scoring_as_of(yaml.safe_load(text))
+        written = _date_setting(yaml.safe_load(text), key, "")
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: setting score.as_of would break the file ({str(exc).splitlines()[0]})") from exc
+        raise ConfigError(f"{p}: setting {key} would break the file ({str(exc).splitlines()[0]})") from exc
     if written != as_of:  # never leave a file that says something else
-        raise ConfigError(f"{p}: could not set score.as_of to {value}")
+        raise ConfigError(f"{p}: could not set {key} to {value}")
     p.write_text(text, encoding="utf-8")
+
+
+def set_scoring_as_of(path: str | Path, as_of: dt.date | None) -> None:
+    set_as_of(path, "score.as_of", as_of)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -536,6 +569,7 @@ SECTIONS: dict[str, type] = {
     "clv": ClvConfig,
     "churn": ChurnConfig,
     "score": ScoreConfig,
+    "train": TrainConfig,
 }
 
 C = TypeVar("C")

@@ -1,16 +1,27 @@
-"""Stage ``score``: churn risk x customer value for every customer in the population, with a segment and an action.
+"""Stage ``score``: the week's batch scoring run. The serving models value and rank every customer as of
+``score.as_of``; nothing is trained here.
 
-Joins the churn stage's scored population (``p_churn`` and reasons) with the clv stage's value (CLV, its
-interval, P(alive), value tier) as of the same scoring cutoff, adds the risk tier, the value x risk segment, its
-retention action from ``score.segments`` and ``value_at_risk`` = p_churn x clv, and the recent behaviour the
-KPIs need (revenue over the last ``features.horizon_days``, net of returns). Writes ``data/scores.parquet``
-sorted by value at risk, the overall and per-segment KPIs to ``metrics/score.json``, and an MLflow run.
+1. The serving models (``pipeline.registry.serving``): the pinned version, else the champion, else the model
+   the training stage left in the workspace; never one trained on history after the scoring date.
+2. Value: CLV (discounted profit over ``clv.clv_horizon_months``), P(alive), expected purchases and order
+   value for every customer of the snapshot, and the 5th-95th percentile CLV over the serving model's
+   bootstrap replicates (``data/clv.parquet``).
+3. Risk: the churn population's calibrated ``p_churn`` (BG/NBD features fitted on this snapshot's history, as
+   at every training cutoff), and value at risk = p_churn x CLV, computed once. TreeSHAP reasons go to the
+   first ``churn.max_explained_customers`` of the list by value at risk (``data/churn.parquet``).
+4. Drift: the population stability index of every model feature and of ``p_churn`` between the last training
+   cutoff and this snapshot (``data/drift.parquet``).
+5. The scores table: risk tier, value x risk segment and its retention action from ``score.segments``, and the
+   recent behaviour the KPIs need (revenue over the last ``features.horizon_days``, net of returns), sorted by
+   value at risk (``data/scores.parquet``); KPIs overall and per segment (``data/segments.csv``,
+   ``metrics/score.json``), and an MLflow run of kind ``scoring``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,17 +30,30 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-import pyarrow.parquet as pq
 
 from features import schemas as s
 from features.behaviour import net_revenue
 from features.errors import InputError
+from models import bootstrap, clv, monitoring
+from models import churn as cm
 from models import segments as seg
 from models.evaluation import round_metrics
-from pipeline import cli, tracking
-from pipeline.config import BaseConfig, ClvConfig, FeaturesConfig, ScoreConfig, load_params, section
+from pipeline import churn as churn_stage
+from pipeline import cli, registry, spark, tracking
+from pipeline import clv as clv_stage
+from pipeline.config import (
+    BaseConfig,
+    ChurnConfig,
+    ClvConfig,
+    FeaturesConfig,
+    ScoreConfig,
+    ingest_source,
+    load_params,
+    section,
+)
 from pipeline.engine import backend, open_transactions
 from pipeline.io import finite_json, read_table, write_csv, write_json, write_table
+from pipeline.progress import Progress
 
 log = logging.getLogger("score")
 
@@ -37,10 +61,34 @@ SNAPSHOT_COLUMNS = [s.CUSTOMER_ID, s.CUTOFF, s.DAYS_SINCE_LAST_PURCHASE, s.TENUR
 
 
 @dataclasses.dataclass(frozen=True)
+class Inputs:
+    snapshot: Path
+    features: Path  # the training features: its last training cutoff is the drift reference
+    transactions: Path
+    clv_artifacts: Path
+    churn_artifacts: Path
+
+
+@dataclasses.dataclass(frozen=True)
 class Outputs:
+    clv: Path
+    churn: Path
+    drift: Path
     scores: Path
     metrics: Path
     segments: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The params sections the score stage reads."""
+
+    base: BaseConfig
+    features: FeaturesConfig
+    clv: ClvConfig
+    churn: ChurnConfig
+    score: ScoreConfig
+    source: str
 
 
 def iso_week(as_of: dt.date) -> str:
@@ -57,22 +105,6 @@ def grid(cfg: ScoreConfig) -> dict[tuple[str, str], tuple[str, str]]:
             cell = cfg.segments.cell(v, r)
             cells[(v, r)] = (cell.name, cell.action)
     return cells
-
-
-def read_value(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise InputError(f"{path}: file not found; run the clv stage first (`dvc repro`)")
-    with_net = s.CLV_NET in pq.read_schema(path).names
-    return read_table(path, s.clv_schema(with_net))
-
-
-def read_snapshot(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise InputError(f"{path}: file not found; run the features stage first (`dvc repro`)")
-    frame = pq.read_table(path, columns=SNAPSHOT_COLUMNS, filters=[(s.IS_SCORING, "=", True)]).to_pandas()
-    if frame.empty:
-        raise InputError(f"{path}: no scoring rows; rebuild it with the features stage")
-    return frame
 
 
 def _one_cutoff(frames: dict[str, pd.DataFrame]) -> pd.Timestamp:
@@ -151,40 +183,291 @@ def build_scores(
     return frame[list(s.scores_schema(s.CLV_NET in frame).columns)]
 
 
-def run(
-    base: BaseConfig,
-    fcfg: FeaturesConfig,
-    ccfg: ClvConfig,
-    cfg: ScoreConfig,
-    *,
-    churn: Path,
-    value: Path,
-    features: Path,
-    transactions: Path,
-    out: Outputs,
-    track: bool = True,
-) -> dict[str, Any]:
-    """Score, segment and write; returns the metrics."""
-    churned = read_table(churn, s.churn_schema())
-    valued = read_value(value)
-    snapshot = read_snapshot(features)
-    cutoff = _one_cutoff({"churn": churned, "clv": valued, "features": snapshot})
-    con = backend(base)
-    start = cutoff.date() - dt.timedelta(days=fcfg.horizon_days)
-    revenue = net_revenue(open_transactions(con, transactions), start, cutoff.date()).to_pandas()
+# --- inputs -----------------------------------------------------------------------------------------------------
 
-    scores = build_scores(churned, valued, snapshot, revenue, cfg, horizon_days=fcfg.horizon_days)
+
+def read_snapshot(path: Path, fcfg: FeaturesConfig) -> tuple[pd.DataFrame, pd.Timestamp]:
+    """The scoring snapshot, checked against the features schema, and its cutoff."""
+    frame = read_table(path, s.feature_schema(fcfg.windows_days, fcfg.trend_window_days))
+    cutoffs = pd.unique(frame[s.CUTOFF])
+    if len(cutoffs) != 1 or not frame[s.IS_SCORING].all():
+        raise InputError(f"{path}: not one scoring snapshot ({len(cutoffs)} cutoffs); rerun the snapshot stage")
+    frame[s.CUTOFF] = frame[s.CUTOFF].astype("datetime64[us]")
+    return frame, pd.Timestamp(cutoffs[0])
+
+
+def read_json(path: Path, stage: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise InputError(f"{path}: file not found; run the {stage} stage first (`dvc repro`)")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not readable JSON ({exc}); rerun the {stage} stage") from exc
+    if not isinstance(doc, dict) or "trained_as_of" not in doc:
+        raise InputError(f"{path}: has no trained_as_of; rerun the {stage} stage")
+    return doc
+
+
+# --- the serving models -----------------------------------------------------------------------------------------
+
+
+def serving_clv(cfg: Settings, inp: Inputs, as_of: dt.date, track: bool) -> tuple[dict[str, Any], registry.Served]:
+    """The serving CLV model's params.json and where it came from."""
+    local = read_json(inp.clv_artifacts / "params.json", "train_clv")
+    served = registry.serving(
+        tracking.registered_name(cfg.clv.registry.model_name, cfg.source),
+        pinned=cfg.clv.registry.score_version,
+        pin_key="clv.registry.score_version",
+        scoring_as_of=as_of,
+        workspace_as_of=dt.date.fromisoformat(local["trained_as_of"]),
+        tracked=track,
+    )
+    doc = clv_stage.version_params(served.version) if served.version else local
+    if "replicates" not in doc["scoring"].get("bootstrap", {}):
+        raise InputError(
+            f"{served.model_name} v{served.version} holds no bootstrap replicates (registered before training and "
+            "scoring were separate stages), so no CLV band can be drawn; move the champion alias to a newer version "
+            "(make ui) or set clv.registry.score_version"
+        )
+    return doc, served
+
+
+def serving_churn(cfg: Settings, inp: Inputs, as_of: dt.date, track: bool) -> tuple[cm.ChurnModel, registry.Served]:
+    """The serving churn model and where it came from."""
+    card = read_json(inp.churn_artifacts / "model_card.json", "train_churn")
+    served = registry.serving(
+        tracking.registered_name(cfg.churn.registry.model_name, cfg.source),
+        pinned=cfg.churn.registry.score_version,
+        pin_key="churn.registry.score_version",
+        scoring_as_of=as_of,
+        workspace_as_of=dt.date.fromisoformat(card["trained_as_of"]),
+        tracked=track,
+    )
+    model = (
+        churn_stage.load_version(served.version) if served.version else churn_stage.load_trained(inp.churn_artifacts)
+    )
+    return model, served
+
+
+# --- value ------------------------------------------------------------------------------------------------------
+
+
+def value_table(snapshot: pd.DataFrame, doc: dict[str, Any], cfg: Settings) -> pd.DataFrame:
+    """Every snapshot customer's value by the serving CLV model (``clv_schema`` columns, highest CLV first)."""
+    settings = clv_stage.value_settings(cfg.base, cfg.features, cfg.clv)
+    spec = doc["scoring"]
+    f, r, t, m = (snapshot[c].to_numpy(np.float64) for c in (s.FREQUENCY, s.RECENCY, s.T, s.MONETARY_VALUE))
+    hist = clv.histories(f, r, t)
+    purchases = clv.purchase_model_from_params(spec["model"], spec["purchases"]["params"])
+    scored = clv.score(purchases, spec["gamma_gamma"]["params"], f, r, t, m, settings, customer_histories=hist)
+    low, high = bootstrap.clv_band(
+        bootstrap.Replicates.from_dict(spec["bootstrap"]["replicates"]),
+        f,
+        r,
+        t,
+        m,
+        months=settings.months,
+        discount_rate_monthly=settings.discount_rate_monthly,
+        units_per_month=settings.units_per_month,
+        margin_ratio=settings.margin_ratio,
+    )
+    table = pd.DataFrame(
+        {
+            s.CUSTOMER_ID: snapshot[s.CUSTOMER_ID].to_numpy(),
+            s.CUTOFF: snapshot[s.CUTOFF].to_numpy(),
+            s.FREQUENCY: snapshot[s.FREQUENCY].to_numpy(),
+            s.RECENCY: r,
+            s.T: t,
+            s.MONETARY_VALUE: m,
+            s.P_ALIVE: scored["p_alive"],
+            s.EXPECTED_PURCHASES: scored["expected_purchases"],
+            s.EXPECTED_ORDER_VALUE: scored["expected_order_value"],
+            s.CLV: scored["clv"],
+            # the point estimate can sit outside a skewed bootstrap band; widen the band to hold it
+            s.CLV_P05: np.minimum(low, scored["clv"]),
+            s.CLV_P95: np.maximum(high, scored["clv"]),
+        }
+    )
+    if cfg.clv.acquisition_cost is not None:
+        table[s.CLV_NET] = table[s.CLV] - cfg.clv.acquisition_cost
+    q = cfg.clv.value_tier_quantiles
+    table[s.VALUE_TIER] = clv.value_tiers(table[s.CLV].to_numpy(), high=q.high, mid=q.mid)
+    # highest value first, ties by customer id: the same table whatever order the rows came in
+    return table.sort_values([s.CLV, s.CUSTOMER_ID], ascending=[False, True], kind="stable").reset_index(drop=True)
+
+
+def value_metrics(table: pd.DataFrame) -> dict[str, Any]:
+    repeat = table[table[s.FREQUENCY] > 0]
+    tiers = table[s.VALUE_TIER].value_counts()
+    total = float(table[s.CLV].sum())
+    return {
+        "customers": len(table),
+        "clv_total": total,
+        "clv_mean": float(table[s.CLV].mean()),
+        "p_alive_mean": float(table[s.P_ALIVE].mean()),
+        "expected_purchases_total": float(table[s.EXPECTED_PURCHASES].sum()),
+        "repeat_customer_share": float(len(repeat) / max(len(table), 1)),
+        # on the table's own order (highest CLV first, then id): a float sum depends on the order it adds in
+        "frequency_monetary_corr": float(
+            np.corrcoef(repeat[s.FREQUENCY].to_numpy(np.float64), repeat[s.MONETARY_VALUE].to_numpy(np.float64))[0, 1]
+        )
+        if len(repeat) > 2
+        else None,
+        "tier_customers": {tier: int(tiers.get(tier, 0)) for tier in s.VALUE_TIERS},
+        "tier_clv_share": {
+            tier: float(table.loc[table[s.VALUE_TIER] == tier, s.CLV].sum() / max(total, 1e-12))
+            for tier in s.VALUE_TIERS
+        },
+    }
+
+
+# --- risk and reasons -------------------------------------------------------------------------------------------
+
+# Customers scored and explained per call: TreeSHAP's working memory stays bounded, and progress can be shown.
+SCORE_CHUNK_ROWS = 100_000
+
+
+def score_and_explain(
+    base: BaseConfig, frame: pd.DataFrame, model: cm.ChurnModel, medians: dict[str, float], *, explain: bool
+) -> pd.DataFrame:
+    """``models.churn.score_customers`` over ``frame`` (the ids and at least the model's features): on Spark's
+    executors, or here in chunks, so that only a chunk's feature matrix is copied at a time."""
+    if base.engine == "spark":  # TreeSHAP reasons are most of the time: spread them over the executors
+        needed = frame[[s.CUSTOMER_ID, s.CUTOFF, *model.features_]]
+        return spark.score_churn(base.spark, needed, model, medians, explain=explain)
+    what = "scored and explained" if explain else "scored"
+    with Progress(f"score: customers {what}", total=len(frame), unit="rows") as shown:
+        chunks = (frame.iloc[i : i + SCORE_CHUNK_ROWS] for i in range(0, len(frame), SCORE_CHUNK_ROWS))
+        parts = [cm.score_customers(model, chunk, medians, explain=explain) for chunk in shown.each(chunks, len)]
+    return pd.concat(parts, ignore_index=True)
+
+
+def model_rows(path: Path, cutoff: pd.Timestamp, cfg: Settings, model: cm.ChurnModel, where: str) -> pd.DataFrame:
+    """One cutoff's churn population with every feature the model needs (BTYD, attributes, derived)."""
+    tables, _ = churn_stage.read_attributes(cfg.churn)
+    rows, _ = churn_stage.modelling_table(path, [cutoff], cfg.base, cfg.features, cfg.churn, tables)
+    missing = [c for c in model.features_ if c not in rows.columns]
+    if missing:
+        raise InputError(f"score: the serving churn model needs feature(s) {missing[:5]} that the {where} lacks")
+    return rows.reset_index(drop=True)
+
+
+def risk_table(population: pd.DataFrame, value: pd.DataFrame, model: cm.ChurnModel, cfg: Settings) -> pd.DataFrame:
+    """p_churn for the population, and reasons for the first ``churn.max_explained_customers`` of the list by
+    value at risk (p_churn x CLV, the list's own order: ``models.segments.list_order``); riskiest first."""
+    if population.empty:
+        raise InputError(
+            f"score: no customer bought within {cfg.churn.population_lookback_days} days of the scoring cutoff; "
+            "raise churn.population_lookback_days"
+        )
+    medians = population[list(model.features_)].median(numeric_only=True).to_dict()
+    cap = cfg.churn.max_explained_customers
+    scored = score_and_explain(cfg.base, population, model, medians, explain=len(population) <= cap)
+    if len(population) > cap:
+        (in_value,) = rows_of(scored[s.CUSTOMER_ID], [value])
+        ranked = scored[[s.CUSTOMER_ID, s.P_CHURN]].assign(
+            **{s.VALUE_AT_RISK: scored[s.P_CHURN].to_numpy(np.float64) * value[s.CLV].to_numpy(np.float64)[in_value]}
+        )
+        first = seg.list_order(ranked)[s.CUSTOMER_ID].iloc[:cap]
+        explained = score_and_explain(
+            cfg.base, population[population[s.CUSTOMER_ID].isin(first)], model, medians, explain=True
+        )
+        scored = scored.drop(columns=list(s.REASONS)).merge(
+            explained[[s.CUSTOMER_ID, *s.REASONS]], on=s.CUSTOMER_ID, how="left"
+        )  # both one row per customer: a subset of the same scoring rows
+        log.info("reasons for the first %d customers of the list by value at risk (of %d)", len(first), len(scored))
+    return scored.sort_values([s.P_CHURN, s.CUSTOMER_ID], ascending=[False, True], ignore_index=True)
+
+
+def drift_table(
+    model: cm.ChurnModel, reference: pd.DataFrame, population: pd.DataFrame, churned: pd.DataFrame, bins: int
+) -> pd.DataFrame:
+    """PSI of ``p_churn`` and of each model feature: the reference cutoff's population against this week's."""
+    columns = list(model.features_)
+    ref_p = model.calibrator_.transform(model.raw_probability(reference[columns]))
+    (at,) = rows_of(population[s.CUSTOMER_ID], [churned])
+    cur_p = churned[s.P_CHURN].to_numpy(np.float64)[at]
+    ref = reference[columns].assign(**{s.P_CHURN: ref_p})
+    cur = population[columns].assign(**{s.P_CHURN: cur_p})
+    return monitoring.drift_table(ref, cur, [s.P_CHURN, *columns], bins)
+
+
+def reference_cutoff(features: Path, fcfg: FeaturesConfig) -> pd.Timestamp:
+    """The last training cutoff of the features table: the population the drift is measured against."""
+    labelled, _ = churn_stage.read_cutoffs(features)
+    return cm.split_cutoffs(labelled, fcfg.horizon_days).training[-1]
+
+
+# --- the stage --------------------------------------------------------------------------------------------------
+
+
+def run(cfg: Settings, inp: Inputs, out: Outputs, *, track: bool = True) -> dict[str, Any]:
+    """Score, value, segment and write the week's tables; returns the metrics."""
+    snapshot, cutoff = read_snapshot(inp.snapshot, cfg.features)
+    as_of = (cutoff + pd.Timedelta(days=1)).date()
+    clv_doc, clv_served = serving_clv(cfg, inp, as_of, track)
+    value = value_table(snapshot, clv_doc, cfg)
+    write_table(value, out.clv, s.clv_schema(with_net=cfg.clv.acquisition_cost is not None))
+
+    model, churn_served = serving_churn(cfg, inp, as_of, track)
+    population = model_rows(inp.snapshot, cutoff, cfg, model, "scoring snapshot")
+    churned = risk_table(population, value, model, cfg)
+    write_table(churned, out.churn, s.churn_schema())
+    ref_cutoff = reference_cutoff(inp.features, cfg.features)
+    reference = model_rows(inp.features, ref_cutoff, cfg, model, "training features")
+    drift = drift_table(model, reference, population, churned, cfg.churn.drift_bins)
+    drift["reference_cutoff"], drift["scoring_cutoff"] = ref_cutoff, cutoff
+    write_table(drift, out.drift, s.drift_schema())
+
+    start = cutoff.date() - dt.timedelta(days=cfg.features.horizon_days)
+    revenue = net_revenue(open_transactions(backend(cfg.base), inp.transactions), start, cutoff.date()).to_pandas()
+    kept = snapshot[SNAPSHOT_COLUMNS]
+    scores = build_scores(churned, value, kept, revenue, cfg.score, horizon_days=cfg.features.horizon_days)
     write_table(scores, out.scores, s.scores_schema(s.CLV_NET in scores))
-    order = seg.segment_order(grid(cfg))
-    kpis = seg.kpi_table(scores, order, margin_ratio=ccfg.margin_ratio)
+    kpis = seg.kpi_table(scores, seg.segment_order(grid(cfg.score)), margin_ratio=cfg.clv.margin_ratio)
     write_csv(kpis, out.segments, undefined_allowed=seg.KPI_COLUMNS)
 
-    as_of = (cutoff + pd.Timedelta(days=1)).date()
+    metrics = score_metrics(cfg, as_of, scores, kpis, value, churned, drift)
+    metrics["served"] = {"clv": clv_served.as_dict(), "churn": churn_served.as_dict()}
+    metrics["value"]["trained_as_of"] = clv_doc["trained_as_of"]
+    metrics = finite_json(round_metrics(metrics))
+    write_json(metrics, out.metrics)
+    if track:
+        _track(cfg, inp, out, metrics)
+    top = scores.iloc[0] if len(scores) else None
+    log.info(
+        "%d customers scored as of %s (%s) with clv %s and churn %s: value at risk %.0f, %d in the high risk tier%s",
+        len(scores),
+        as_of,
+        metrics["week"],
+        _named(clv_served),
+        _named(churn_served),
+        metrics["overall"]["value_at_risk"],
+        metrics["risk_tiers"]["high"],
+        f"; first on the list: {top[s.CUSTOMER_ID]} ({top[s.SEGMENT]})" if top is not None else "",
+    )
+    return metrics
+
+
+def _named(served: registry.Served) -> str:
+    return f"v{served.version.version} ({served.source})" if served.version else f"the {served.source}'s model"
+
+
+def score_metrics(
+    cfg: Settings,
+    as_of: dt.date,
+    scores: pd.DataFrame,
+    kpis: pd.DataFrame,
+    value: pd.DataFrame,
+    churned: pd.DataFrame,
+    drift: pd.DataFrame,
+) -> dict[str, Any]:
     overall = kpis[kpis[s.SEGMENT] == seg.ALL].iloc[0]
-    metrics: dict[str, Any] = {
+    p_churn = churned[s.P_CHURN].to_numpy(np.float64)
+    return {
         "as_of": str(as_of),
         "week": iso_week(as_of),
-        "horizon_days": fcfg.horizon_days,
+        "horizon_days": cfg.features.horizon_days,
         "overall": {k: float(overall[k]) for k in seg.KPI_COLUMNS},
         "risk_tiers": {r: int((scores[s.RISK_TIER] == r).sum()) for r in seg.RISK_TIERS},
         # keyed by tiers, not by name: MLflow metric keys cannot hold the commas of "high value, at risk"
@@ -195,55 +478,63 @@ def run(
                 "value_at_risk": float(row["value_at_risk"]),
                 "churn_rate": float(row["churn_rate"]),
             }
-            for (v, r), (name, _) in grid(cfg).items()
+            for (v, r), (name, _) in grid(cfg.score).items()
             for row in [kpis[kpis[s.SEGMENT] == name].iloc[0]]
         },
+        "value": value_metrics(value),
+        "risk": {
+            "customers": len(churned),
+            "customers_explained": int(churned[s.REASONS[0]].notna().sum()),
+            "p_churn_mean": float(p_churn.mean()),
+            "expected_churners": float(p_churn.sum()),
+            "customers_at_p_churn_0_5_or_more": int((p_churn >= 0.5).sum()),
+        },
+        "drift": {
+            "reference_cutoff": str(pd.Timestamp(drift["reference_cutoff"].iloc[0]).date()),
+            "p_churn_psi": float(drift.loc[drift[s.DRIFT_FEATURE] == s.P_CHURN, s.PSI].iloc[0]),
+            "max_feature_psi": float(drift.loc[drift[s.DRIFT_FEATURE] != s.P_CHURN, s.PSI].max()),
+        },
     }
-    metrics = finite_json(round_metrics(metrics))
-    write_json(metrics, out.metrics)
-    if track:
-        _track(base, cfg, [churn, value, features, transactions], out, metrics)
-    top = scores.iloc[0] if len(scores) else None
-    log.info(
-        "%d customers scored as of %s (%s): value at risk %.0f, %d in the high risk tier%s",
-        len(scores),
-        as_of,
-        metrics["week"],
-        metrics["overall"]["value_at_risk"],
-        metrics["risk_tiers"]["high"],
-        f"; first on the list: {top[s.CUSTOMER_ID]} ({top[s.SEGMENT]})" if top is not None else "",
-    )
-    return metrics
 
 
-def _track(base: BaseConfig, cfg: ScoreConfig, inputs: list[Path], out: Outputs, metrics: dict[str, Any]) -> None:
-    transactions = inputs[-1]
-    tags = {**tracking.data_fingerprint(transactions), "score.as_of": metrics["as_of"], "score.week": metrics["week"]}
-    params = {"score": dataclasses.asdict(cfg)}
-    with tracking.stage_run(base.mlflow_experiment, "score", params, tags, inputs=inputs):
-        tracking.log_metrics({k: v for k, v in metrics.items() if k in ("overall", "risk_tiers", "segments")})
+def _track(cfg: Settings, inp: Inputs, out: Outputs, metrics: dict[str, Any]) -> None:
+    served = metrics["served"]
+    tags = {
+        **tracking.data_fingerprint(inp.snapshot),
+        "run.kind": "scoring",
+        "score.as_of": metrics["as_of"],
+        "score.week": metrics["week"],
+        **{f"served.{k}.{f}": str(v[f]) for k, v in served.items() for f in ("source", "version")},
+    }
+    params = {"score": dataclasses.asdict(cfg.score)}
+    with tracking.stage_run(cfg.base.mlflow_experiment, "score", params, tags, inputs=[inp.snapshot, inp.transactions]):
+        tracking.log_metrics(
+            {k: v for k, v in metrics.items() if k in ("overall", "risk_tiers", "segments", "value", "risk", "drift")}
+        )
         tracking.log_artifacts({"score": out.segments})
 
 
 def main(argv: Sequence[str]) -> None:
     p = cli.parser(__doc__.splitlines()[0])
-    for name in ("churn", "clv", "features", "transactions"):
+    for name in ("snapshot", "features", "transactions"):
         cli.input_file(p, f"--{name}")
-    for name in ("scores", "metrics", "segments"):
+    for name in ("clv-artifacts", "churn-artifacts"):
+        p.add_argument(f"--{name}", type=Path, required=True, help="the training stage's model folder")
+    for name in ("clv", "churn", "drift", "scores", "metrics", "segments"):
         cli.output(p, f"--{name}")
     args = p.parse_args(argv)
     params = load_params(args.params)
-    run(
+    cfg = Settings(
         section(params, "base", BaseConfig),
         section(params, "features", FeaturesConfig),
         section(params, "clv", ClvConfig),
+        section(params, "churn", ChurnConfig),
         section(params, "score", ScoreConfig),
-        churn=args.churn,
-        value=args.clv,
-        features=args.features,
-        transactions=args.transactions,
-        out=Outputs(scores=args.scores, metrics=args.metrics, segments=args.segments),
+        ingest_source(params),
     )
+    inputs = Inputs(args.snapshot, args.features, args.transactions, args.clv_artifacts, args.churn_artifacts)
+    outputs = Outputs(args.clv, args.churn, args.drift, args.scores, args.metrics, args.segments)
+    run(cfg, inputs, outputs)
 
 
 if __name__ == "__main__":

@@ -488,14 +488,12 @@ def register_decision(
     model_uri: str,
     decision: Decision,
     version_tags: Mapping[str, str],
-    scored_version: str | None,
     reused: RegisteredVersion | None = None,
 ) -> str:
     """Register the active run's model with the gate's alias; tag the run and the version with the decision.
 
-    ``scored_version`` is the version that scored this run's customers (None: this run's own model). ``reused`` is
-    a version already holding this very model, judged on the same holdout: nothing is registered and no alias
-    moves; the run is tagged with that version (``registry.reused``) and its recorded decision.
+    ``reused`` is a version already holding this very model, judged on the same holdout: nothing is registered and
+    no alias moves; the run is tagged with that version (``registry.reused``) and its recorded decision.
     """
     tags = decision_tags(name, decision)
     if reused is None:
@@ -504,16 +502,31 @@ def register_decision(
     else:
         version = reused.version
         log.info("%s v%s already holds this model, judged on the same holdout: nothing registered", name, version)
-    scored = scored_version or version
     mlflow.set_tags(
         {
             **tags,
             "registry.version": version,
             "registry.reused": str(reused is not None).lower(),
-            "registry.scored_with_version": scored,
         }
     )
-    log.info("customers scored with %s v%s", name, scored)
+    return version
+
+
+def register_backfill(
+    name: str, model_uri: str, version_tags: Mapping[str, str], reused: RegisteredVersion | None = None
+) -> str:
+    """Register the active run's back-fill model with no alias (``reused``: a version already holding it)."""
+    if reused is None:
+        mlflow.set_tracking_uri(tracking_uri())
+        mv = mlflow.register_model(model_uri, name, tags={**version_tags, "run_id": _active_run_id()})
+        version = str(mv.version)
+        log.info("registered %s v%s as a back-fill (no alias)", name, version)
+    else:
+        version = reused.version
+        log.info("%s v%s already holds this back-fill model: nothing registered", name, version)
+    mlflow.set_tags(
+        {"registry.version": version, "registry.reused": str(reused is not None).lower(), "backfill": "true"}
+    )
     return version
 
 
