@@ -35,8 +35,14 @@ import pyarrow.parquet as pq
 from features import schemas as s
 from features.behaviour import DAYS_PER_UNIT, btyd_summary, daily_repeat_purchases, purchase_days
 from features.errors import InputError
-from models import clv, gate
+from models import gate
+from models.bootstrap import bootstrap_clv
+from models.clv_base import DAYS_PER_MONTH, MIN_CUSTOMERS_TO_FIT, MODEL_NAMES, ClvFitError, ModelName
 from models.evaluation import better, decile_table, holdout_metrics, round_metrics
+from models.histories import histories
+from models.purchases import PurchaseModel, purchase_model_from_params
+from models.spend import SpendModel, usable_spend
+from models.value import ValueSettings, score, value_tiers
 from pipeline import cli, plots, tracking
 from pipeline.config import BaseConfig, ClvConfig, FeaturesConfig, ingest_source, load_params, section
 from pipeline.engine import backend, open_transactions
@@ -127,12 +133,12 @@ def resolve_calibration(path: Path, cfg: ClvConfig) -> dt.date:
     return cfg.calibration_cutoff
 
 
-def value_settings(base: BaseConfig, fcfg: FeaturesConfig, cfg: ClvConfig) -> clv.ValueSettings:
+def value_settings(base: BaseConfig, fcfg: FeaturesConfig, cfg: ClvConfig) -> ValueSettings:
     unit_days = DAYS_PER_UNIT[base.time_unit]
-    return clv.ValueSettings(
+    return ValueSettings(
         horizon_units=fcfg.horizon_days / unit_days,
         months=cfg.clv_horizon_months,
-        units_per_month=clv.DAYS_PER_MONTH / unit_days,
+        units_per_month=DAYS_PER_MONTH / unit_days,
         discount_rate_monthly=cfg.discount_rate_monthly,
         margin_ratio=cfg.margin_ratio,
     )
@@ -150,9 +156,9 @@ def _arrays(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
 def _check_enough_history(frame: pd.DataFrame, where: str) -> None:
     """One-line errors for a snapshot no BTYD model can be fitted on: too few customers, or no repeat buyer."""
     n = len(frame)
-    if n < clv.MIN_CUSTOMERS_TO_FIT:
+    if n < MIN_CUSTOMERS_TO_FIT:
         raise InputError(
-            f"clv: the {where} has {n} customer(s); the BTYD models need at least {clv.MIN_CUSTOMERS_TO_FIT}. "
+            f"clv: the {where} has {n} customer(s); the BTYD models need at least {MIN_CUSTOMERS_TO_FIT}. "
             "Use a log with more customers"
         )
     if not (frame[s.FREQUENCY] > 0).any():
@@ -162,10 +168,10 @@ def _check_enough_history(frame: pd.DataFrame, where: str) -> None:
         )
 
 
-def fit_spend(frame: pd.DataFrame, ladder: Sequence[float]) -> tuple[clv.SpendModel, int]:
+def fit_spend(frame: pd.DataFrame, ladder: Sequence[float]) -> tuple[SpendModel, int]:
     """Gamma-Gamma on the repeat buyers with positive mean spend; also returns how many repeat buyers were left out."""
     f, _, _, m = _arrays(frame)
-    ok = clv.usable_spend(f, m)
+    ok = usable_spend(f, m)
     left_out = int(((f > 0) & ~ok).sum())
     if left_out:
         log.info(
@@ -173,7 +179,7 @@ def fit_spend(frame: pd.DataFrame, ladder: Sequence[float]) -> tuple[clv.SpendMo
             "they get the population mean spend",
             left_out,
         )
-    return clv.SpendModel(ladder).fit(f[ok], m[ok]), left_out
+    return SpendModel(ladder).fit(f[ok], m[ok]), left_out
 
 
 # --- calibration: candidates, baseline, choice ----------------------------------------------------------------
@@ -182,7 +188,7 @@ def fit_spend(frame: pd.DataFrame, ladder: Sequence[float]) -> tuple[clv.SpendMo
 @dataclasses.dataclass(frozen=True)
 class Candidate:
     name: str
-    model: clv.PurchaseModel
+    model: PurchaseModel
     expected_purchases: np.ndarray
     expected_spend: np.ndarray
     clv: np.ndarray
@@ -190,15 +196,15 @@ class Candidate:
 
 
 def evaluate_candidate(
-    name: clv.ModelName,
+    name: ModelName,
     cal: pd.DataFrame,
-    spend: clv.SpendModel,
-    settings: clv.ValueSettings,
+    spend: SpendModel,
+    settings: ValueSettings,
     ladder: Sequence[float],
 ) -> Candidate:
     f, r, t, m = _arrays(cal)
-    pm = clv.PurchaseModel(name, ladder).fit(f, r, t)
-    scored = clv.score(pm, spend.params_, f, r, t, m, settings)
+    pm = PurchaseModel(name, ladder).fit(f, r, t)
+    scored = score(pm, spend.params_, f, r, t, m, settings)
     spend_predicted = scored["expected_purchases"] * scored["expected_order_value"]
     metrics = holdout_metrics(
         scored["expected_purchases"],
@@ -212,7 +218,7 @@ def evaluate_candidate(
     return Candidate(name, pm, scored["expected_purchases"], spend_predicted, scored["clv"], metrics)
 
 
-def baseline_metrics(cal: pd.DataFrame, settings: clv.ValueSettings) -> dict[str, Any]:
+def baseline_metrics(cal: pd.DataFrame, settings: ValueSettings) -> dict[str, Any]:
     """Each customer keeps their historical repeat-purchase and repeat-spend rate per unit of age, times the horizon."""
     f, _, t, m = _arrays(cal)
     age = np.where(t > 0, t, np.inf)  # first bought on the cutoff day: no rate observed yet
@@ -264,12 +270,12 @@ def version_params(version: tracking.RegisteredVersion) -> dict[str, Any]:
     return doc
 
 
-def rescore_calibration(doc: dict[str, Any], cal: pd.DataFrame, settings: clv.ValueSettings) -> dict[str, Any]:
+def rescore_calibration(doc: dict[str, Any], cal: pd.DataFrame, settings: ValueSettings) -> dict[str, Any]:
     """A stored model's holdout metrics on this run's calibration rows: its calibration-period fit, no refit."""
     name = doc["scoring"]["model"]
-    purchases = clv.purchase_model_from_params(name, doc["calibration"]["candidates"][name]["params"])
+    purchases = purchase_model_from_params(name, doc["calibration"]["candidates"][name]["params"])
     f, r, t, m = _arrays(cal)
-    scored = clv.score(purchases, doc["calibration"]["gamma_gamma"]["params"], f, r, t, m, settings)
+    scored = score(purchases, doc["calibration"]["gamma_gamma"]["params"], f, r, t, m, settings)
     return holdout_metrics(
         scored["expected_purchases"],
         cal[s.FUTURE_PURCHASES].to_numpy(np.float64),
@@ -285,7 +291,7 @@ def champion_figure(
     cal: pd.DataFrame,
     cutoff: dt.date,
     holdout_sha: str,
-    settings: clv.ValueSettings,
+    settings: ValueSettings,
 ) -> tuple[gate.ChampionFigure, dict[str, Any] | None]:
     """The champion's ``metric`` on this run's calibration holdout, and its params.json when it was fetched.
 
@@ -310,7 +316,7 @@ def serving(
     cal: pd.DataFrame,
     cutoff: dt.date,
     scoring: dt.date,
-    settings: clv.ValueSettings,
+    settings: ValueSettings,
     source: str,
     model_sha: str,
 ) -> Serving:
@@ -398,7 +404,7 @@ def cumulative_tracking(
     base: BaseConfig,
     cutoff: dt.date,
     horizon_days: int,
-    model: clv.PurchaseModel,
+    model: PurchaseModel,
     cal: pd.DataFrame,
 ) -> pd.DataFrame:
     """Cumulative repeat purchases by the calibration customers over the holdout, actual vs predicted, by week.
@@ -435,7 +441,7 @@ def _repeat_corr(table: pd.DataFrame) -> float:
     )
 
 
-def p_alive_grid(model: clv.PurchaseModel, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def p_alive_grid(model: PurchaseModel, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """P(alive) over frequency x recency for a customer of the largest age T (cells with f = 0 < recency are NaN)."""
     f_max = int(max(10, np.quantile(frame[s.FREQUENCY], 0.99)))
     t_max = float(frame[s.T].max())
@@ -489,13 +495,13 @@ def run(
     cal = read_snapshot(features, scoring=False, cutoff=cutoff)
     _check_enough_history(cal, f"calibration cutoff {cutoff}")
     spend_cal, spend_left_out_cal = fit_spend(cal, ladder)
-    names: tuple[clv.ModelName, ...] = clv.MODEL_NAMES if cfg.model == "auto" else (cfg.model,)
+    names: tuple[ModelName, ...] = MODEL_NAMES if cfg.model == "auto" else (cfg.model,)
     candidates: dict[str, Candidate] = {}
     failed: dict[str, str] = {}
     for name in names:
         try:
             candidates[name] = evaluate_candidate(name, cal, spend_cal, settings, ladder)
-        except clv.ClvFitError as exc:
+        except ClvFitError as exc:
             if cfg.model != "auto":
                 raise
             failed[name] = str(exc)
@@ -517,19 +523,19 @@ def run(
     sc = btyd_snapshot(transactions, base, sc_cutoff)
     _check_enough_history(sc, "scoring cutoff")
     f, r, t, m = _arrays(sc)
-    hist = clv.histories(f, r, t)
-    purchases = clv.PurchaseModel(chosen.model.model, ladder).fit_histories(hist)
+    hist = histories(f, r, t)
+    purchases = PurchaseModel(chosen.model.model, ladder).fit_histories(hist)
     spend, spend_left_out = fit_spend(sc, ladder)
     log.info("bootstrap: refitting on %d resamples of the customers for CLV intervals", cfg.bootstrap_samples)
     with Progress("clv: bootstrap refits", total=cfg.bootstrap_samples, unit="refits") as shown:
-        boot = clv.bootstrap_clv(
+        boot = bootstrap_clv(
             purchases,
             spend,
             f,
             r,
             t,
             m,
-            clv.usable_spend(f, m),
+            usable_spend(f, m),
             samples=cfg.bootstrap_samples,
             processes=cfg.bootstrap_processes,
             seed=base.seed,
@@ -574,10 +580,10 @@ def run(
         registered = tracking.registered_name(cfg.registry.model_name, source)
         serve = Serving(registered, None, None, {"source": "this run", "version": None}, {})
     if serve.spec is None:
-        scored = clv.score(purchases, spend.params_, f, r, t, m, settings, customer_histories=hist)
+        scored = score(purchases, spend.params_, f, r, t, m, settings, customer_histories=hist)
     else:
-        stored = clv.purchase_model_from_params(serve.spec["model"], serve.spec["purchases"]["params"])
-        scored = clv.score(stored, serve.spec["gamma_gamma"]["params"], f, r, t, m, settings, customer_histories=hist)
+        stored = purchase_model_from_params(serve.spec["model"], serve.spec["purchases"]["params"])
+        scored = score(stored, serve.spec["gamma_gamma"]["params"], f, r, t, m, settings, customer_histories=hist)
     table = pd.DataFrame(
         {
             s.CUSTOMER_ID: sc[s.CUSTOMER_ID],
@@ -598,7 +604,7 @@ def run(
     if cfg.acquisition_cost is not None:
         table[s.CLV_NET] = table[s.CLV] - cfg.acquisition_cost
     q = cfg.value_tier_quantiles
-    table[s.VALUE_TIER] = clv.value_tiers(table[s.CLV].to_numpy(), high=q.high, mid=q.mid)
+    table[s.VALUE_TIER] = value_tiers(table[s.CLV].to_numpy(), high=q.high, mid=q.mid)
     # highest value first, ties by customer id: the same table whatever order the engine returned the rows in
     table = table.sort_values([s.CLV, s.CUSTOMER_ID], ascending=[False, True], kind="stable").reset_index(drop=True)
     write_table(table, out.clv, s.clv_schema(with_net=cfg.acquisition_cost is not None))
