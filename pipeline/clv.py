@@ -36,7 +36,7 @@ from features import schemas as s
 from features.behaviour import DAYS_PER_UNIT, btyd_summary, daily_repeat_purchases, purchase_days
 from features.errors import InputError
 from models import gate
-from models.bootstrap import bootstrap_clv
+from models.bootstrap import clv_band, refit_replicates
 from models.clv_base import DAYS_PER_MONTH, MIN_CUSTOMERS_TO_FIT, MODEL_NAMES, ClvFitError, ModelName
 from models.evaluation import better, decile_table, holdout_metrics, round_metrics
 from models.histories import histories
@@ -47,6 +47,7 @@ from pipeline import cli, plots, tracking
 from pipeline.config import BaseConfig, ClvConfig, FeaturesConfig, ingest_source, load_params, section
 from pipeline.engine import backend, open_transactions
 from pipeline.io import finite_json, write_csv, write_json, write_table
+from pipeline.parallel import process_map
 from pipeline.progress import Progress
 
 log = logging.getLogger("clv")
@@ -528,7 +529,7 @@ def run(
     spend, spend_left_out = fit_spend(sc, ladder)
     log.info("bootstrap: refitting on %d resamples of the customers for CLV intervals", cfg.bootstrap_samples)
     with Progress("clv: bootstrap refits", total=cfg.bootstrap_samples, unit="refits") as shown:
-        boot = bootstrap_clv(
+        replicates = refit_replicates(
             purchases,
             spend,
             f,
@@ -537,17 +538,24 @@ def run(
             m,
             usable_spend(f, m),
             samples=cfg.bootstrap_samples,
-            processes=cfg.bootstrap_processes,
             seed=base.seed,
-            months=settings.months,
-            discount_rate_monthly=settings.discount_rate_monthly,
-            units_per_month=settings.units_per_month,
-            margin_ratio=settings.margin_ratio,
+            map_fn=process_map(cfg.bootstrap_processes, len(hist)),
             on_replicate=shown.advance,
         )
+    band_low, band_high = clv_band(
+        replicates,
+        f,
+        r,
+        t,
+        m,
+        months=settings.months,
+        discount_rate_monthly=settings.discount_rate_monthly,
+        units_per_month=settings.units_per_month,
+        margin_ratio=settings.margin_ratio,
+    )
 
     # 3. parameters with uncertainty, for reviewers and for the pyfunc: the model a registered version holds
-    boot_params = pd.DataFrame(boot.params)
+    boot_params = pd.DataFrame([{**rep.purchases, **rep.spend} for rep in replicates.params])
     model_doc = finite_json(
         {
             "time_unit": unit,
@@ -566,10 +574,12 @@ def run(
                 "settings": dataclasses.asdict(settings),
                 "bootstrap": {
                     "samples": cfg.bootstrap_samples,
-                    "failed": boot.failed,
+                    "failed": replicates.failed,
                     "seed": base.seed,
                     "param_p05": boot_params.quantile(0.05).to_dict(),
                     "param_p95": boot_params.quantile(0.95).to_dict(),
+                    # every replicate's parameters: a later scoring run can compute the band without refitting
+                    "replicates": replicates.to_dict(),
                 },
             },
         }
@@ -597,8 +607,8 @@ def run(
             s.EXPECTED_ORDER_VALUE: scored["expected_order_value"],
             s.CLV: scored["clv"],
             # the point estimate can sit outside a skewed bootstrap band; widen the band to hold it
-            s.CLV_P05: np.minimum(boot.clv_low, scored["clv"]),
-            s.CLV_P95: np.maximum(boot.clv_high, scored["clv"]),
+            s.CLV_P05: np.minimum(band_low, scored["clv"]),
+            s.CLV_P95: np.maximum(band_high, scored["clv"]),
         }
     )
     if cfg.acquisition_cost is not None:
@@ -634,7 +644,7 @@ def run(
             "repeat_customer_share": float(repeat.mean()),
             "spend_left_out_repeat_buyers": spend_left_out,
             "calibration_spend_left_out_repeat_buyers": spend_left_out_cal,
-            "bootstrap_failed": boot.failed,
+            "bootstrap_failed": replicates.failed,
             "frequency_monetary_corr": _repeat_corr(table) if repeat.sum() > 2 else None,
             "tier_customers": {tier: int(tiers.get(tier, 0)) for tier in s.VALUE_TIERS},
             "tier_clv_share": {

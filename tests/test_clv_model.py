@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import json
 import re
 from typing import Any
 
@@ -12,11 +15,10 @@ import pytest
 from lifetimes import BetaGeoFitter, GammaGammaFitter, ParetoNBDFitter
 from lifetimes.utils import ConvergenceError
 
-import models.bootstrap
 import models.purchases
 from features import schemas as s
 from features.errors import InputError
-from models.bootstrap import PARALLEL_MIN_HISTORIES, bootstrap_clv
+from models.bootstrap import Replicates, clv_band, refit_replicates
 from models.clv_base import ClvFitError
 from models.histories import unique_histories
 from models.likelihoods import AnalyticBetaGeoFitter
@@ -281,55 +283,117 @@ def test_standard_errors_and_intervals(cdnow: pd.DataFrame) -> None:
     assert report.standard_errors["r"] == pytest.approx(0.0126, abs=0.001)
 
 
-def test_bootstrap_is_seeded_and_brackets_the_estimate(cdnow: pd.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
-    f, r, t = _frt(cdnow)
-    m = cdnow[s.MONETARY_VALUE].to_numpy(float)
-    purchases = PurchaseModel("bgnbd", NO_REMEDY).fit(f, r, t)
+# A month of 4.348 weeks, 1% a month, 30% margin: the value settings of the bootstrap tests.
+BAND = dict(months=12, discount_rate_monthly=0.01, units_per_month=4.348, margin_ratio=0.3)
+
+
+def _fitted(frame: pd.DataFrame) -> tuple[PurchaseModel, SpendModel, tuple[np.ndarray, ...], np.ndarray]:
+    """BG/NBD and Gamma-Gamma without remedies on ``frame``, its (f, r, T, m) and its usable-spend mask."""
+    f, r, t = _frt(frame)
+    m = frame[s.MONETARY_VALUE].to_numpy(float)
     ok = usable_spend(f, m)
-    spend = SpendModel(NO_REMEDY).fit(f[ok], m[ok])
-    kwargs: dict[str, Any] = dict(
-        samples=20, seed=7, months=12, discount_rate_monthly=0.01, units_per_month=4.348, margin_ratio=0.3
-    )
-    one = bootstrap_clv(purchases, spend, f, r, t, m, ok, **kwargs)
-    two = bootstrap_clv(purchases, spend, f, r, t, m, ok, **kwargs)
-    np.testing.assert_array_equal(one.clv_low, two.clv_low)
-    # refitted in two worker processes (forced below the size where they pay off): the very same bands
-    monkeypatch.setattr(models.bootstrap, "PARALLEL_MIN_HISTORIES", 0)
+    return PurchaseModel("bgnbd", NO_REMEDY).fit(f, r, t), SpendModel(NO_REMEDY).fit(f[ok], m[ok]), (f, r, t, m), ok
+
+
+def test_bootstrap_is_seeded_and_brackets_the_estimate(cdnow: pd.DataFrame) -> None:
+    purchases, spend, (f, r, t, m), ok = _fitted(cdnow)
     ticks: list[None] = []
-    par = bootstrap_clv(
-        purchases, spend, f, r, t, m, ok, processes=2, on_replicate=lambda: ticks.append(None), **kwargs
+    one = refit_replicates(
+        purchases, spend, f, r, t, m, ok, samples=20, seed=7, on_replicate=lambda: ticks.append(None)
     )
-    np.testing.assert_array_equal(par.clv_low, one.clv_low)
-    np.testing.assert_array_equal(par.clv_high, one.clv_high)
-    assert par.params == one.params and len(ticks) == 20
-    assert one.failed == 0 and len(one.params) == 20
+    two = refit_replicates(purchases, spend, f, r, t, m, ok, samples=20, seed=7)
+    assert one == two and len(ticks) == 20
+    assert one.failed == 0 and len(one.params) == 20 and one.model == "bgnbd"
+    low, high = clv_band(one, f, r, t, m, **BAND)
     point = score(purchases, spend.params_, f, r, t, m, ValueSettings(39, 12, 4.348, 0.01, 0.3))["clv"]
-    assert np.all(one.clv_low <= one.clv_high)
-    inside = np.mean((one.clv_low <= point) & (point <= one.clv_high))
+    assert np.all(low <= high)
+    inside = np.mean((low <= point) & (point <= high))
     assert inside > 0.9  # the full-data estimate sits inside almost every customer's band
 
 
-def test_bootstrap_in_worker_processes_matches_one_process_past_the_size_they_start_at() -> None:
-    """Past PARALLEL_MIN_HISTORIES the sums are long enough for BLAS to split them over threads: the refits run
-    single-threaded everywhere, so two worker processes give the very bands one process gives."""
-    rng = np.random.default_rng(3)
-    n = 90_000
-    t = rng.integers(30, 540, n) / 7.0
-    f = rng.poisson(1.5, n).astype(float)
-    r = np.where(f > 0, np.floor(rng.uniform(0, 1, n) * t * 7) / 7.0, 0.0)
-    m = np.where(f > 0, np.round(rng.gamma(6.0, 5.0, n), 2), 0.0)
-    purchases = PurchaseModel("bgnbd", NO_REMEDY).fit(f, r, t)
-    assert purchases.n_histories_ > PARALLEL_MIN_HISTORIES
-    ok = usable_spend(f, m)
-    spend = SpendModel(NO_REMEDY).fit(f[ok], m[ok])
-    kwargs: dict[str, Any] = dict(
-        samples=4, seed=11, months=12, discount_rate_monthly=0.01, units_per_month=4.348, margin_ratio=0.3
+def test_band_on_the_fitted_customers_is_the_one_bootstrap_clv_gave(cdnow: pd.DataFrame) -> None:
+    """Pinned to the bands of ``bootstrap_clv`` (models/clv.py before the split, which refitted and evaluated in
+    one call) on the same customers, samples, seed and settings: storing parameters and evaluating them later
+    changes no bit."""
+    purchases, spend, (f, r, t, m), ok = _fitted(cdnow)
+    low, high = clv_band(refit_replicates(purchases, spend, f, r, t, m, ok, samples=20, seed=7), f, r, t, m, **BAND)
+    assert (low.sum(), high.sum()) == (19174.71690089688, 24091.0146085801)
+    at = cdnow[s.CUSTOMER_ID].isin(["0001", "0002", "0101"]).to_numpy()
+    assert low[at].tolist() == [9.684691980454902, 1.0646425723667634, 19.76013940867166]
+    assert high[at].tolist() == [11.389659709713042, 1.68903587035143, 24.392994005246937]
+
+
+def test_band_from_replicates_fitted_on_other_customers(cdnow: pd.DataFrame) -> None:
+    """Fitted as of training on one half of the customers, the band is computed on the other half, whose
+    histories the replicates never saw: it brackets those customers' point estimates from the same models."""
+    train = np.random.default_rng(2).random(len(cdnow)) < 0.5
+    purchases, spend, (f, r, t, m), ok = _fitted(cdnow[train])
+    replicates = refit_replicates(purchases, spend, f, r, t, m, ok, samples=20, seed=7)
+    _, _, (f2, r2, t2, m2), _ = _fitted(cdnow[~train])
+    low, high = clv_band(replicates, f2, r2, t2, m2, **BAND)
+    point = score(purchases, spend.params_, f2, r2, t2, m2, ValueSettings(39, 12, 4.348, 0.01, 0.3))["clv"]
+    assert len(low) == len(high) == int((~train).sum())
+    assert np.all(low <= high) and np.all(np.isfinite(low)) and np.all(low >= 0)
+    assert np.mean((low <= point) & (point <= high)) > 0.9
+    # customers who share a history, spend and all, share a band whichever set they are scored in
+    both_low, _ = clv_band(replicates, np.r_[f2, f], np.r_[r2, r], np.r_[t2, t], np.r_[m2, m], **BAND)
+    np.testing.assert_array_equal(both_low[: len(low)], low)
+
+
+def test_replicates_round_trip_through_json_exactly(cdnow: pd.DataFrame) -> None:
+    purchases, spend, (f, r, t, m), ok = _fitted(cdnow)
+    replicates = refit_replicates(purchases, spend, f, r, t, m, ok, samples=4, seed=3)
+    back = Replicates.from_dict(json.loads(json.dumps(replicates.to_dict())))
+    assert back == replicates  # every float to the bit
+    np.testing.assert_array_equal(clv_band(back, f, r, t, m, **BAND)[0], clv_band(replicates, f, r, t, m, **BAND)[0])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d.pop("failed"), "missing fields ['failed']"),
+        (lambda d: d.update(extra=1), "unknown fields ['extra']"),
+        (lambda d: d.update(model="nbd"), "model must be one of bgnbd, mbgnbd, pareto_nbd; got 'nbd'"),
+        (lambda d: d.update(failed=-1), "failed must be a count >= 0; got -1"),
+        (lambda d: d["params"][1]["purchases"].pop("alpha"), "params[1].purchases must hold ['r', 'alpha', 'a', 'b']"),
+        (lambda d: d["params"][0]["spend"].update(q=None), "params[0].spend has non-finite or non-numeric values"),
+    ],
+)
+def test_bad_stored_replicates_are_rejected(change: Any, message: str) -> None:
+    rep = {"purchases": {"r": 0.2, "alpha": 4.0, "a": 0.8, "b": 2.4}, "spend": {"p": 6.0, "q": 3.7, "v": 15.0}}
+    doc = {"model": "bgnbd", "failed": 0, "params": [copy.deepcopy(rep), copy.deepcopy(rep)]}
+    change(doc)
+    with pytest.raises(InputError, match=re.escape(message)):
+        Replicates.from_dict(doc)
+
+
+def test_band_refuses_bad_histories_and_no_replicates(cdnow: pd.DataFrame) -> None:
+    replicates = Replicates.from_dict(
+        {
+            "model": "bgnbd",
+            "failed": 0,
+            "params": [
+                {"purchases": {"r": 0.2, "alpha": 4.0, "a": 0.8, "b": 2.4}, "spend": {"p": 6.0, "q": 3.7, "v": 15.0}}
+            ],
+        }
     )
-    one = bootstrap_clv(purchases, spend, f, r, t, m, ok, processes=1, **kwargs)
-    two = bootstrap_clv(purchases, spend, f, r, t, m, ok, processes=2, **kwargs)
-    assert one.failed == two.failed == 0 and one.params == two.params
-    np.testing.assert_array_equal(one.clv_low, two.clv_low)
-    np.testing.assert_array_equal(one.clv_high, two.clv_high)
+    with pytest.raises(InputError, match=re.escape("frequency: 1 non-integer values (e.g. 1.5)")):
+        clv_band(replicates, [1.5, 2.0], [1.0, 2.0], [3.0, 3.0], [10.0, 5.0], **BAND)
+    with pytest.raises(InputError, match="lengths differ"):
+        clv_band(replicates, [1.0, 2.0], [1.0, 2.0], [3.0, 3.0], [10.0], **BAND)
+    with pytest.raises(InputError, match="none to evaluate"):
+        clv_band(dataclasses.replace(replicates, params=()), [1.0], [1.0], [3.0], [10.0], **BAND)
+
+
+def test_too_many_failed_replicates_is_an_error(cdnow: pd.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
+    purchases, spend, (f, r, t, m), ok = _fitted(cdnow)
+
+    def never(*args: Any, **kwargs: Any) -> Any:
+        raise ConvergenceError("The model did not converge.")
+
+    monkeypatch.setattr(AnalyticBetaGeoFitter, "_fit", never)  # after the full fit: every refit fails
+    with pytest.raises(ClvFitError, match=r"bootstrap: 4 of 4 replicates failed to fit; .*try 0\.001\)"):
+        refit_replicates(purchases, spend, f, r, t, m, ok, samples=4, seed=1)
 
 
 def test_value_tiers_follow_quantiles() -> None:
@@ -367,9 +431,6 @@ def test_scores_and_bootstrap_do_not_depend_on_row_order(cdnow: pd.DataFrame) ->
     m = cdnow[s.MONETARY_VALUE].to_numpy(float)
     perm = np.random.default_rng(11).permutation(len(f))
     settings = ValueSettings(39, 12, 4.348, 0.01, 0.3)
-    kwargs: dict[str, Any] = dict(
-        samples=8, seed=5, months=12, discount_rate_monthly=0.01, units_per_month=4.348, margin_ratio=0.3
-    )
     out = []
     for order in (np.arange(len(f)), perm):
         ff, rr, tt, mm = f[order], r[order], t[order], m[order]
@@ -377,9 +438,11 @@ def test_scores_and_bootstrap_do_not_depend_on_row_order(cdnow: pd.DataFrame) ->
         ok = usable_spend(ff, mm)
         spend = SpendModel(NO_REMEDY).fit(ff[ok], mm[ok])
         scored = score(purchases, spend.params_, ff, rr, tt, mm, settings)
-        boot = bootstrap_clv(purchases, spend, ff, rr, tt, mm, ok, **kwargs)
+        low, high = clv_band(
+            refit_replicates(purchases, spend, ff, rr, tt, mm, ok, samples=8, seed=5), ff, rr, tt, mm, **BAND
+        )
         back = np.argsort(order)
-        out.append((purchases.params_, spend.params_, scored["clv"][back], boot.clv_low[back], boot.clv_high[back]))
+        out.append((purchases.params_, spend.params_, scored["clv"][back], low[back], high[back]))
     (p1, s1, c1, l1, h1), (p2, s2, c2, l2, h2) = out
     assert p1 == p2 and s1 == s2
     np.testing.assert_array_equal(c1, c2)
