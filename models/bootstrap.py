@@ -117,14 +117,11 @@ def _records(
     in a refit and get the same band, so both steps work per record and the cost grows with records, not customers.
     Records come sorted by value, so nothing depends on the order of the rows.
     """
-    # The records are told apart to 1e-9 in spend: a mean spend summed in another order by the engine (a last-bit
-    # difference) must not make a new record, which would shift every later draw of the multinomial.
+    # Spend is told apart to the bit: the features stage sums money exactly (decimals) and divides once, so a
+    # customer's mean spend no longer depends on the order the engine adds in, and no rounding is needed to keep
+    # the records (and so every draw of the multinomial) the same from run to run.
     records = unique_histories(
-        frequency=frequency,
-        recency=recency,
-        T=T,
-        monetary_value=np.round(monetary_value, 9),
-        ok=spend_ok.astype(np.float64),
+        frequency=frequency, recency=recency, T=T, monetary_value=monetary_value, ok=spend_ok.astype(np.float64)
     )
     rv = records.values
     return records, unique_histories(frequency=rv["frequency"], recency=rv["recency"], T=rv["T"])

@@ -43,9 +43,9 @@ class SpendModel:
     def fit(self, frequency: Any, monetary_value: Any) -> Self:
         """Fit on repeat buyers: ``frequency`` >= 1 and ``monetary_value`` > 0 (the mean repeat spend)."""
         f, m = check_spend(frequency, monetary_value)
-        # Spend told apart to 1e-9, as in the bootstrap: a mean spend summed in another order by the engine (a
-        # last-bit difference from run to run) would otherwise split a history in two and move the optimiser's
-        # path along the flat (p, q, v) ridge, by up to 1e-4 relative at 10M customers.
+        # Spend told apart to 1e-9: a mean spend summed in another order by the engine (a last-bit difference
+        # from run to run) would otherwise split a history in two and move the optimiser's path along the flat
+        # (p, q, v) ridge, by up to 1e-4 relative at 10M customers.
         h = unique_histories(frequency=f, monetary_value=np.round(m, 9))
         return self.fit_histories(h)
 
