@@ -1,4 +1,5 @@
-"""Benchmark of the project's CLV fitting (models.clv) against plain lifetimes, on one synthetic log, in one run.
+"""Benchmark of the project's CLV fitting (models.purchases, models.spend) against plain lifetimes, on one
+synthetic log, in one run.
 
 Run from the repository root: ``python -m bench.clv --customers 1000000`` (``--skip-naive`` skips plain lifetimes).
 
@@ -46,17 +47,19 @@ def _project(data: Path, out: Path) -> dict[str, Any]:
     import numpy as np
     import pandas as pd
 
-    from models import clv
+    from models.purchases import PurchaseModel
+    from models.spend import SpendModel, usable_spend
+    from models.value import score
 
     frame = pd.read_parquet(data)
     f, r, T, m = (frame[c].to_numpy(np.float64) for c in SUMMARY_COLUMNS)
     rss_read = harness.status_mb("VmRSS")
     t0 = time.perf_counter()
-    pm = clv.PurchaseModel("bgnbd", PENALIZER_LADDER).fit(f, r, T)
-    ok = clv.usable_spend(f, m)
-    sm = clv.SpendModel(PENALIZER_LADDER).fit(f[ok], m[ok])
+    pm = PurchaseModel("bgnbd", PENALIZER_LADDER).fit(f, r, T)
+    ok = usable_spend(f, m)
+    sm = SpendModel(PENALIZER_LADDER).fit(f[ok], m[ok])
     settings = harness.clv_settings()
-    scored = clv.score(pm, sm.params_, f, r, T, m, settings)
+    scored = score(pm, sm.params_, f, r, T, m, settings)
     wall = time.perf_counter() - t0
     peak = harness.peak()
     pd.DataFrame(scored).to_parquet(out / "project.parquet")

@@ -74,9 +74,9 @@ DAYS_PER_MONTH = 30.0  # lifetimes' customer_lifetime_value counts a month as 30
 
 def clv_settings() -> Any:
     """The project's ``ValueSettings`` for that path (revenue, not profit: lifetimes has no margin)."""
-    from models import clv
+    from models.value import ValueSettings
 
-    return clv.ValueSettings(
+    return ValueSettings(
         horizon_units=HORIZON_DAYS,
         months=MONTHS,
         units_per_month=DAYS_PER_MONTH,

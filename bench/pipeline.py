@@ -14,8 +14,8 @@ child it waited for):
   the dates adapted to the synthetic log. MLflow logs to a scratch store there.
 - **CLV path, project**: what the clv stage does to score every customer, step by step: its BTYD snapshot from
   the clean transactions (``pipeline.clv.btyd_snapshot``: two DuckDB group-bys, rows in the engine's order), then
-  ``models.clv``: BG/NBD and Gamma-Gamma on weighted unique histories, and P(alive), expected purchases, expected
-  order value and 12-month CLV for every customer.
+  ``models.purchases``, ``models.spend`` and ``models.value``: BG/NBD and Gamma-Gamma on weighted unique
+  histories, and P(alive), expected purchases, expected order value and 12-month CLV for every customer.
 - **CLV path, naive**: lifetimes as its documentation shows it: ``summary_data_from_transaction_data``,
   ``BetaGeoFitter.fit``, ``GammaGammaFitter.fit`` on the repeat buyers, ``customer_lifetime_value`` over 12
   months, one row per customer, at the same cutoff.
@@ -113,7 +113,10 @@ def project_clv_step(transactions: Path, out: Path) -> dict[str, Any]:
     """The clv stage's scoring path at ``CUTOFF``: its BTYD snapshot, fits and scoring (``pipeline.clv``)."""
     import numpy as np
 
-    from models import clv
+    from models.histories import histories
+    from models.purchases import PurchaseModel
+    from models.spend import SpendModel, usable_spend
+    from models.value import score
     from pipeline.clv import btyd_snapshot
 
     base = harness.bench_base()
@@ -121,14 +124,14 @@ def project_clv_step(transactions: Path, out: Path) -> dict[str, Any]:
     frame = btyd_snapshot(transactions, base, dt.date.fromisoformat(CUTOFF))
     f, r, T, m = (frame[c].to_numpy(np.float64) for c in ("frequency", "recency", "T", "monetary_value"))
     lap("rfm_summary")
-    hist = clv.histories(f, r, T)
-    purchases = clv.PurchaseModel("bgnbd", PENALIZER_LADDER).fit_histories(hist)
+    hist = histories(f, r, T)
+    purchases = PurchaseModel("bgnbd", PENALIZER_LADDER).fit_histories(hist)
     lap("bgnbd_fit")
-    ok = clv.usable_spend(f, m)
-    spend = clv.SpendModel(PENALIZER_LADDER).fit(f[ok], m[ok])
+    ok = usable_spend(f, m)
+    spend = SpendModel(PENALIZER_LADDER).fit(f[ok], m[ok])
     lap("gamma_gamma_fit")
     settings = harness.clv_settings()
-    scored = clv.score(purchases, spend.params_, f, r, T, m, settings, customer_histories=hist)
+    scored = score(purchases, spend.params_, f, r, T, m, settings, customer_histories=hist)
     lap("clv_12_months")
     return {
         "steps": lap.steps,

@@ -36,8 +36,10 @@ from features.behaviour import DAYS_PER_UNIT
 from features.errors import InputError
 from features.sampling import cutoff_seed
 from models import churn as cm
-from models import clv, gate
+from models import gate
+from models.clv_base import ClvFitError
 from models.evaluation import calibration_table, churn_metrics, lift_table, pr_points, roc_points, round_metrics
+from models.purchases import PurchaseModel
 from pipeline import cli, plots, registry, tracking
 from pipeline.config import (
     AttributeTable,
@@ -156,12 +158,12 @@ def btyd_columns(snapshot: pd.DataFrame, horizon_units: float, ladder: Sequence[
     f, r, t = (snapshot[c].to_numpy(np.float64) for c in (s.FREQUENCY, s.RECENCY, s.T))
     out = pd.DataFrame(index=snapshot.index, columns=list(cm.BTYD_COLUMNS), dtype="float64")
     try:
-        model = clv.PurchaseModel("bgnbd", ladder).fit(f, r, t)
+        model = PurchaseModel("bgnbd", ladder).fit(f, r, t)
         alive = model.p_alive(f, r, t)
         out[cm.BTYD_P_ALIVE] = alive
         out[cm.BTYD_EXPECTED_PURCHASES] = model.expected_purchases(horizon_units, f, r, t)
         out[cm.BTYD_P_NO_PURCHASE] = cm.btyd_no_purchase(model.params_, f, t, alive, horizon_units)
-    except clv.ClvFitError as exc:
+    except ClvFitError as exc:
         log.warning("BG/NBD at cutoff %s failed; its BTYD features are missing: %s", cutoff, exc)
         return out, BtydFit(cutoff, len(snapshot), None, str(exc))
     report = model.report()

@@ -35,8 +35,14 @@ import pyarrow.parquet as pq
 from features import schemas as s
 from features.behaviour import DAYS_PER_UNIT, btyd_summary, daily_repeat_purchases, purchase_days
 from features.errors import InputError
-from models import bootstrap, clv, gate
+from models import bootstrap, gate
+from models.clv_base import DAYS_PER_MONTH, MIN_CUSTOMERS_TO_FIT, MODEL_NAMES, ClvFitError, ModelName
 from models.evaluation import better, decile_table, holdout_metrics, round_metrics
+from models.histories import histories
+from models.purchases import PurchaseModel, purchase_model_from_params
+from models.spend import SpendModel, usable_spend
+from models.value import ValueSettings
+from models.value import score as score_value
 from pipeline import cli, parallel, plots, registry, tracking
 from pipeline.config import BaseConfig, ClvConfig, FeaturesConfig, ingest_source, load_params, section, training_as_of
 from pipeline.engine import backend, open_transactions
@@ -116,12 +122,12 @@ def resolve_calibration(path: Path, cfg: ClvConfig) -> dt.date:
     return cfg.calibration_cutoff
 
 
-def value_settings(base: BaseConfig, fcfg: FeaturesConfig, cfg: ClvConfig) -> clv.ValueSettings:
+def value_settings(base: BaseConfig, fcfg: FeaturesConfig, cfg: ClvConfig) -> ValueSettings:
     unit_days = DAYS_PER_UNIT[base.time_unit]
-    return clv.ValueSettings(
+    return ValueSettings(
         horizon_units=fcfg.horizon_days / unit_days,
         months=cfg.clv_horizon_months,
-        units_per_month=clv.DAYS_PER_MONTH / unit_days,
+        units_per_month=DAYS_PER_MONTH / unit_days,
         discount_rate_monthly=cfg.discount_rate_monthly,
         margin_ratio=cfg.margin_ratio,
     )
@@ -139,9 +145,9 @@ def _arrays(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
 def _check_enough_history(frame: pd.DataFrame, where: str) -> None:
     """One-line errors for a snapshot no BTYD model can be fitted on: too few customers, or no repeat buyer."""
     n = len(frame)
-    if n < clv.MIN_CUSTOMERS_TO_FIT:
+    if n < MIN_CUSTOMERS_TO_FIT:
         raise InputError(
-            f"clv: the {where} has {n} customer(s); the BTYD models need at least {clv.MIN_CUSTOMERS_TO_FIT}. "
+            f"clv: the {where} has {n} customer(s); the BTYD models need at least {MIN_CUSTOMERS_TO_FIT}. "
             "Use a log with more customers"
         )
     if not (frame[s.FREQUENCY] > 0).any():
@@ -151,10 +157,10 @@ def _check_enough_history(frame: pd.DataFrame, where: str) -> None:
         )
 
 
-def fit_spend(frame: pd.DataFrame, ladder: Sequence[float]) -> tuple[clv.SpendModel, int]:
+def fit_spend(frame: pd.DataFrame, ladder: Sequence[float]) -> tuple[SpendModel, int]:
     """Gamma-Gamma on the repeat buyers with positive mean spend; also returns how many repeat buyers were left out."""
     f, _, _, m = _arrays(frame)
-    ok = clv.usable_spend(f, m)
+    ok = usable_spend(f, m)
     left_out = int(((f > 0) & ~ok).sum())
     if left_out:
         log.info(
@@ -162,7 +168,7 @@ def fit_spend(frame: pd.DataFrame, ladder: Sequence[float]) -> tuple[clv.SpendMo
             "they get the population mean spend",
             left_out,
         )
-    return clv.SpendModel(ladder).fit(f[ok], m[ok]), left_out
+    return SpendModel(ladder).fit(f[ok], m[ok]), left_out
 
 
 # --- calibration: candidates, baseline, choice ----------------------------------------------------------------
@@ -171,7 +177,7 @@ def fit_spend(frame: pd.DataFrame, ladder: Sequence[float]) -> tuple[clv.SpendMo
 @dataclasses.dataclass(frozen=True)
 class Candidate:
     name: str
-    model: clv.PurchaseModel
+    model: PurchaseModel
     expected_purchases: np.ndarray
     expected_spend: np.ndarray
     clv: np.ndarray
@@ -179,15 +185,15 @@ class Candidate:
 
 
 def evaluate_candidate(
-    name: clv.ModelName,
+    name: ModelName,
     cal: pd.DataFrame,
-    spend: clv.SpendModel,
-    settings: clv.ValueSettings,
+    spend: SpendModel,
+    settings: ValueSettings,
     ladder: Sequence[float],
 ) -> Candidate:
     f, r, t, m = _arrays(cal)
-    pm = clv.PurchaseModel(name, ladder).fit(f, r, t)
-    scored = clv.score(pm, spend.params_, f, r, t, m, settings)
+    pm = PurchaseModel(name, ladder).fit(f, r, t)
+    scored = score_value(pm, spend.params_, f, r, t, m, settings)
     spend_predicted = scored["expected_purchases"] * scored["expected_order_value"]
     metrics = holdout_metrics(
         scored["expected_purchases"],
@@ -201,7 +207,7 @@ def evaluate_candidate(
     return Candidate(name, pm, scored["expected_purchases"], spend_predicted, scored["clv"], metrics)
 
 
-def baseline_metrics(cal: pd.DataFrame, settings: clv.ValueSettings) -> dict[str, Any]:
+def baseline_metrics(cal: pd.DataFrame, settings: ValueSettings) -> dict[str, Any]:
     """Each customer keeps their historical repeat-purchase and repeat-spend rate per unit of age, times the horizon."""
     f, _, t, m = _arrays(cal)
     age = np.where(t > 0, t, np.inf)  # first bought on the cutoff day: no rate observed yet
@@ -237,12 +243,12 @@ def version_params(version: tracking.RegisteredVersion) -> dict[str, Any]:
     return doc
 
 
-def rescore_calibration(doc: dict[str, Any], cal: pd.DataFrame, settings: clv.ValueSettings) -> dict[str, Any]:
+def rescore_calibration(doc: dict[str, Any], cal: pd.DataFrame, settings: ValueSettings) -> dict[str, Any]:
     """A stored model's holdout metrics on this run's calibration rows: its calibration-period fit, no refit."""
     name = doc["scoring"]["model"]
-    purchases = clv.purchase_model_from_params(name, doc["calibration"]["candidates"][name]["params"])
+    purchases = purchase_model_from_params(name, doc["calibration"]["candidates"][name]["params"])
     f, r, t, m = _arrays(cal)
-    scored = clv.score(purchases, doc["calibration"]["gamma_gamma"]["params"], f, r, t, m, settings)
+    scored = score_value(purchases, doc["calibration"]["gamma_gamma"]["params"], f, r, t, m, settings)
     return holdout_metrics(
         scored["expected_purchases"],
         cal[s.FUTURE_PURCHASES].to_numpy(np.float64),
@@ -258,7 +264,7 @@ def champion_figure(
     cal: pd.DataFrame,
     cutoff: dt.date,
     holdout_sha: str,
-    settings: clv.ValueSettings,
+    settings: ValueSettings,
 ) -> gate.ChampionFigure:
     """The champion's ``metric`` on this run's calibration holdout.
 
@@ -282,7 +288,7 @@ def judge(
     cal: pd.DataFrame,
     cutoff: dt.date,
     as_of: dt.date,
-    settings: clv.ValueSettings,
+    settings: ValueSettings,
     name: str,
     model_sha: str,
 ) -> registry.Judgement:
@@ -328,7 +334,7 @@ def cumulative_tracking(
     base: BaseConfig,
     cutoff: dt.date,
     horizon_days: int,
-    model: clv.PurchaseModel,
+    model: PurchaseModel,
     cal: pd.DataFrame,
 ) -> pd.DataFrame:
     """Cumulative repeat purchases by the calibration customers over the holdout, actual vs predicted, by week.
@@ -353,7 +359,7 @@ def cumulative_tracking(
     )
 
 
-def p_alive_grid(model: clv.PurchaseModel, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def p_alive_grid(model: PurchaseModel, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """P(alive) over frequency x recency for a customer of the largest age T (cells with f = 0 < recency are NaN)."""
     f_max = int(max(10, np.quantile(frame[s.FREQUENCY], 0.99)))
     t_max = float(frame[s.T].max())
@@ -392,21 +398,21 @@ class Calibration:
     candidates: dict[str, Candidate]
     failed: dict[str, str]
     chosen: Candidate
-    spend: clv.SpendModel
+    spend: SpendModel
     spend_left_out: int
 
 
-def calibrate(cal: pd.DataFrame, cutoff: dt.date, cfg: ClvConfig, settings: clv.ValueSettings) -> Calibration:
+def calibrate(cal: pd.DataFrame, cutoff: dt.date, cfg: ClvConfig, settings: ValueSettings) -> Calibration:
     """Fit and judge every candidate on the calibration rows; ``clv.model: auto`` keeps the best."""
     _check_enough_history(cal, f"calibration cutoff {cutoff}")
     spend, left_out = fit_spend(cal, cfg.penalizer_ladder)
-    names: tuple[clv.ModelName, ...] = clv.MODEL_NAMES if cfg.model == "auto" else (cfg.model,)
+    names: tuple[ModelName, ...] = MODEL_NAMES if cfg.model == "auto" else (cfg.model,)
     candidates: dict[str, Candidate] = {}
     failed: dict[str, str] = {}
     for name in names:
         try:
             candidates[name] = evaluate_candidate(name, cal, spend, settings, cfg.penalizer_ladder)
-        except clv.ClvFitError as exc:
+        except ClvFitError as exc:
             if cfg.model != "auto":
                 raise
             failed[name] = str(exc)
@@ -429,20 +435,20 @@ class ServingFit:
 
     end: dt.date
     snapshot: pd.DataFrame
-    purchases: clv.PurchaseModel
-    spend: clv.SpendModel
+    purchases: PurchaseModel
+    spend: SpendModel
     spend_left_out: int
     replicates: bootstrap.Replicates
 
 
-def fit_as_of(transactions: Path, base: BaseConfig, cfg: ClvConfig, end: dt.date, model: clv.ModelName) -> ServingFit:
+def fit_as_of(transactions: Path, base: BaseConfig, cfg: ClvConfig, end: dt.date, model: ModelName) -> ServingFit:
     """Refit ``model`` and Gamma-Gamma on all history up to ``end`` (the BTYD columns alone, straight from the
     transactions: the fast path for tens of millions of customers), then on resamples of its customers."""
     sc = btyd_snapshot(transactions, base, end)
     _check_enough_history(sc, f"training date's history (up to {end})")
     f, r, t, m = _arrays(sc)
-    hist = clv.histories(f, r, t)
-    purchases = clv.PurchaseModel(model, cfg.penalizer_ladder).fit_histories(hist)
+    hist = histories(f, r, t)
+    purchases = PurchaseModel(model, cfg.penalizer_ladder).fit_histories(hist)
     spend, left_out = fit_spend(sc, cfg.penalizer_ladder)
     log.info("bootstrap: refitting on %d resamples of the customers for CLV intervals", cfg.bootstrap_samples)
     with Progress("clv: bootstrap refits", total=cfg.bootstrap_samples, unit="refits") as shown:
@@ -453,7 +459,7 @@ def fit_as_of(transactions: Path, base: BaseConfig, cfg: ClvConfig, end: dt.date
             r,
             t,
             m,
-            clv.usable_spend(f, m),
+            usable_spend(f, m),
             samples=cfg.bootstrap_samples,
             seed=base.seed,
             map_fn=parallel.process_map(cfg.bootstrap_processes, len(hist)),
@@ -468,7 +474,7 @@ def model_document(
     cfg: ClvConfig,
     calib: Calibration,
     fit: ServingFit,
-    settings: clv.ValueSettings,
+    settings: ValueSettings,
 ) -> dict[str, Any]:
     """params.json: what a registered version holds (the calibration fits and the serving fit with its
     replicates), all the score stage and the pyfunc need to value customers."""
@@ -504,7 +510,7 @@ def model_document(
 
 
 def stage_metrics(
-    calib: Calibration, fit: ServingFit, judgement: registry.Judgement, cal: pd.DataFrame, settings: clv.ValueSettings
+    calib: Calibration, fit: ServingFit, judgement: registry.Judgement, cal: pd.DataFrame, settings: ValueSettings
 ) -> dict[str, Any]:
     repeat = fit.snapshot[s.FREQUENCY] > 0
     return round_metrics(

@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from features import schemas as s
-from models import clv
+from models.purchases import PurchaseModel
+from models.spend import SpendModel
 from pipeline import cli, features, ingest
 from pipeline.config import BaseConfig, CutoffSchedule, FeaturesConfig, IngestConfig, load_params, section
 from pipeline.io import write_json
@@ -73,9 +74,9 @@ def reproduce(params: dict[str, Any], workdir: Path) -> dict[str, Any]:
     r = cal[s.RECENCY].to_numpy(np.float64)
     t = cal[s.T].to_numpy(np.float64)
     m = cal[s.MONETARY_VALUE].to_numpy(np.float64)
-    purchases = clv.PurchaseModel("bgnbd", (0.0,)).fit(f, r, t)
+    purchases = PurchaseModel("bgnbd", (0.0,)).fit(f, r, t)
     repeat = f > 0
-    spend = clv.SpendModel((0.0,)).fit(f[repeat], m[repeat])
+    spend = SpendModel((0.0,)).fit(f[repeat], m[repeat])
     predicted = purchases.expected_purchases(HOLDOUT_DAYS / 7, f, r, t).sum()
     report = purchases.report()
     return {

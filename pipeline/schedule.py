@@ -30,7 +30,9 @@ def trained_as_of(paths: tuple[Path, ...] = TRAINED_AS_OF) -> dt.date | None:
     dates = []
     for path in paths:
         try:
-            dates.append(dt.date.fromisoformat(json.loads(path.read_text(encoding="utf-8"))["training"]["trained_as_of"]))
+            dates.append(
+                dt.date.fromisoformat(json.loads(path.read_text(encoding="utf-8"))["training"]["trained_as_of"])
+            )
         except (OSError, ValueError, KeyError, TypeError):
             return None
     return min(dates)

@@ -34,10 +34,14 @@ import pandas as pd
 from features import schemas as s
 from features.behaviour import net_revenue
 from features.errors import InputError
-from models import bootstrap, clv, monitoring
+from models import bootstrap, monitoring
 from models import churn as cm
 from models import segments as seg
 from models.evaluation import round_metrics
+from models.histories import histories
+from models.purchases import purchase_model_from_params
+from models.value import score as score_value
+from models.value import value_tiers
 from pipeline import churn as churn_stage
 from pipeline import cli, registry, spark, tracking
 from pipeline import clv as clv_stage
@@ -257,9 +261,9 @@ def value_table(snapshot: pd.DataFrame, doc: dict[str, Any], cfg: Settings) -> p
     settings = clv_stage.value_settings(cfg.base, cfg.features, cfg.clv)
     spec = doc["scoring"]
     f, r, t, m = (snapshot[c].to_numpy(np.float64) for c in (s.FREQUENCY, s.RECENCY, s.T, s.MONETARY_VALUE))
-    hist = clv.histories(f, r, t)
-    purchases = clv.purchase_model_from_params(spec["model"], spec["purchases"]["params"])
-    scored = clv.score(purchases, spec["gamma_gamma"]["params"], f, r, t, m, settings, customer_histories=hist)
+    hist = histories(f, r, t)
+    purchases = purchase_model_from_params(spec["model"], spec["purchases"]["params"])
+    scored = score_value(purchases, spec["gamma_gamma"]["params"], f, r, t, m, settings, customer_histories=hist)
     low, high = bootstrap.clv_band(
         bootstrap.Replicates.from_dict(spec["bootstrap"]["replicates"]),
         f,
@@ -291,7 +295,7 @@ def value_table(snapshot: pd.DataFrame, doc: dict[str, Any], cfg: Settings) -> p
     if cfg.clv.acquisition_cost is not None:
         table[s.CLV_NET] = table[s.CLV] - cfg.clv.acquisition_cost
     q = cfg.clv.value_tier_quantiles
-    table[s.VALUE_TIER] = clv.value_tiers(table[s.CLV].to_numpy(), high=q.high, mid=q.mid)
+    table[s.VALUE_TIER] = value_tiers(table[s.CLV].to_numpy(), high=q.high, mid=q.mid)
     # highest value first, ties by customer id: the same table whatever order the rows came in
     return table.sort_values([s.CLV, s.CUSTOMER_ID], ascending=[False, True], kind="stable").reset_index(drop=True)
 

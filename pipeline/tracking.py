@@ -276,21 +276,22 @@ class ClvPyfunc(PythonModel):
     """
 
     def load_context(self, context: Any) -> None:
-        from models import clv
+        from models.purchases import purchase_model_from_params
+        from models.value import ValueSettings
 
         spec = json.loads(Path(context.artifacts["clv_params"]).read_text(encoding="utf-8"))["scoring"]
-        self._purchases = clv.purchase_model_from_params(spec["model"], spec["purchases"]["params"])
+        self._purchases = purchase_model_from_params(spec["model"], spec["purchases"]["params"])
         self._spend = spec["gamma_gamma"]["params"]
-        self._settings = clv.ValueSettings(**spec["settings"])
+        self._settings = ValueSettings(**spec["settings"])
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        from models import clv
+        from models.value import score
 
         cols = ["frequency", "recency", "T", "monetary_value"]
         missing = [c for c in cols if c not in model_input.columns]
         if missing:
             raise ValueError(f"clv model input lacks column(s) {missing}; it needs {cols}")
-        out = clv.score(
+        out = score(
             self._purchases,
             self._spend,
             model_input["frequency"].to_numpy(),

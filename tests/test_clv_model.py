@@ -1,7 +1,11 @@
-"""models/clv.py: pinned to Fader, Hardie & Lee (2005) on CDNOW, checked against lifetimes, and every bad input."""
+"""The CLV models (models/purchases.py, spend.py, histories.py, bootstrap.py, value.py): pinned to Fader, Hardie
+& Lee (2005) on CDNOW, checked against lifetimes, and every bad input."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import json
 import re
 from typing import Any
 
@@ -11,10 +15,16 @@ import pytest
 from lifetimes import BetaGeoFitter, GammaGammaFitter, ParetoNBDFitter
 from lifetimes.utils import ConvergenceError
 
+import models.purchases
 from features import schemas as s
 from features.errors import InputError
-from models import clv
+from models.bootstrap import Replicates, clv_band, refit_replicates
+from models.clv_base import ClvFitError
+from models.histories import unique_histories
 from models.likelihoods import AnalyticBetaGeoFitter
+from models.purchases import PurchaseModel, _hyp2f1_series, purchase_model_from_params
+from models.spend import SpendModel, expected_order_value, usable_spend
+from models.value import ValueSettings, score, value_tiers
 from pipeline.reproduce_cdnow import HOLDOUT_DAYS, calibration_snapshot
 from tests.conftest import project_params
 
@@ -37,7 +47,7 @@ def _frt(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def test_bgnbd_reproduces_fader_hardie_lee_2005(cdnow: pd.DataFrame) -> None:
     f, r, t = _frt(cdnow)
-    model = clv.PurchaseModel("bgnbd", NO_REMEDY).fit(f, r, t)
+    model = PurchaseModel("bgnbd", NO_REMEDY).fit(f, r, t)
     p = model.params_
     assert (round(p["r"], 3), round(p["alpha"], 3), round(p["a"], 3), round(p["b"], 3)) == (0.243, 4.414, 0.793, 2.426)
     report = model.report()
@@ -49,7 +59,7 @@ def test_bgnbd_reproduces_fader_hardie_lee_2005(cdnow: pd.DataFrame) -> None:
 
 def test_gamma_gamma_reproduces_fader_hardie_lee_2005(cdnow: pd.DataFrame) -> None:
     repeat = cdnow[cdnow[s.FREQUENCY] > 0]
-    model = clv.SpendModel(NO_REMEDY).fit(repeat[s.FREQUENCY], repeat[s.MONETARY_VALUE])
+    model = SpendModel(NO_REMEDY).fit(repeat[s.FREQUENCY], repeat[s.MONETARY_VALUE])
     p = model.params_
     assert len(repeat) == 946
     assert (round(p["p"], 2), round(p["q"], 2), round(p["v"], 2)) == (6.25, 3.74, 15.44)
@@ -57,7 +67,7 @@ def test_gamma_gamma_reproduces_fader_hardie_lee_2005(cdnow: pd.DataFrame) -> No
 
 def test_pareto_nbd_log_likelihood_matches_published(cdnow: pd.DataFrame) -> None:
     # Fader, Hardie & Lee (2005a) report LL -9595.0 for the Pareto/NBD on the same calibration data.
-    report = clv.PurchaseModel("pareto_nbd", NO_REMEDY).fit(*_frt(cdnow)).report()
+    report = PurchaseModel("pareto_nbd", NO_REMEDY).fit(*_frt(cdnow)).report()
     assert round(report.log_likelihood, 1) == -9595.0
 
 
@@ -67,7 +77,7 @@ def test_pareto_nbd_log_likelihood_matches_published(cdnow: pd.DataFrame) -> Non
 @pytest.mark.parametrize(("name", "fitter"), [("bgnbd", BetaGeoFitter), ("pareto_nbd", ParetoNBDFitter)])
 def test_weighted_unique_fit_equals_per_customer_fit(cdnow: pd.DataFrame, name: Any, fitter: Any) -> None:
     f, r, t = _frt(cdnow)
-    ours = clv.PurchaseModel(name, NO_REMEDY).fit(f, r, t)
+    ours = PurchaseModel(name, NO_REMEDY).fit(f, r, t)
     # lifetimes starts Pareto/NBD from a random point; give it the wrapper's fixed start to compare like for like
     start = {"initial_params": np.ones(4)} if name == "pareto_nbd" else {}
     theirs = fitter().fit(f.astype(int), r, t, **start)
@@ -92,23 +102,21 @@ def test_clv_matches_lifetimes_customer_lifetime_value(cdnow: pd.DataFrame) -> N
     theirs = ggf.customer_lifetime_value(
         bgf, pd.Series(f), pd.Series(r), pd.Series(t), pd.Series(m), time=12, discount_rate=0.01, freq="W"
     )
-    purchases = clv.PurchaseModel("bgnbd", NO_REMEDY).fit(f, r, t)
-    spend = clv.SpendModel(NO_REMEDY).fit(f[f > 0], m[f > 0])
-    settings = clv.ValueSettings(
+    purchases = PurchaseModel("bgnbd", NO_REMEDY).fit(f, r, t)
+    spend = SpendModel(NO_REMEDY).fit(f[f > 0], m[f > 0])
+    settings = ValueSettings(
         horizon_units=39, months=12, units_per_month=4.345, discount_rate_monthly=0.01, margin_ratio=1.0
     )
-    ours = clv.score(purchases, spend.params_, f, r, t, m, settings)
+    ours = score(purchases, spend.params_, f, r, t, m, settings)
     np.testing.assert_allclose(ours["clv"], theirs.to_numpy(), rtol=1e-3)
-    half = clv.score(
-        purchases, spend.params_, f, r, t, m, clv.ValueSettings(**{**settings.__dict__, "margin_ratio": 0.5})
-    )
+    half = score(purchases, spend.params_, f, r, t, m, ValueSettings(**{**settings.__dict__, "margin_ratio": 0.5}))
     np.testing.assert_allclose(half["clv"], 0.5 * ours["clv"])
 
 
 def test_expected_order_value_shrinks_to_population_mean() -> None:
     params = {"p": 6.25, "q": 3.74, "v": 15.44}
     population = 6.25 * 15.44 / 2.74
-    out = clv.expected_order_value(params, np.array([0.0, 1.0, 50.0]), np.array([999.0, 100.0, 100.0]))
+    out = expected_order_value(params, np.array([0.0, 1.0, 50.0]), np.array([999.0, 100.0, 100.0]))
     assert out[0] == pytest.approx(population)  # a one-time buyer's own spend is ignored
     assert population < out[1] < out[2] < 100.0  # more purchases, more weight on the customer's own mean
 
@@ -132,7 +140,7 @@ def test_expected_order_value_shrinks_to_population_mean() -> None:
 )
 def test_bad_histories_are_rejected(f: Any, r: Any, t: Any, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
-        clv.PurchaseModel("bgnbd").fit(f, r, t)
+        PurchaseModel("bgnbd").fit(f, r, t)
 
 
 @pytest.mark.parametrize(
@@ -147,17 +155,17 @@ def test_bad_histories_are_rejected(f: Any, r: Any, t: Any, message: str) -> Non
 )
 def test_bad_spend_is_rejected(f: Any, m: Any, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
-        clv.SpendModel().fit(f, m)
+        SpendModel().fit(f, m)
 
 
 def test_predicting_before_fitting_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="not fitted yet"):
-        clv.PurchaseModel("bgnbd").p_alive([1], [1.0], [2.0])
+        PurchaseModel("bgnbd").p_alive([1], [1.0], [2.0])
 
 
 def test_unknown_model_is_rejected() -> None:
     with pytest.raises(ValueError, match="model must be one of bgnbd, mbgnbd, pareto_nbd"):
-        clv.PurchaseModel("nbd").fit([1], [1.0], [2.0])  # type: ignore[arg-type]
+        PurchaseModel("nbd").fit([1], [1.0], [2.0])  # type: ignore[arg-type]
 
 
 # --- convergence ----------------------------------------------------------------------------------------------
@@ -179,7 +187,7 @@ def test_boundary_optimum_is_found_without_a_penalizer() -> None:
     # asserted here). With the analytic gradient the first BFGS converges there, to the generating r and alpha, with
     # no remedy at all; the retry path is the next test's, by a forced failure.
     f, r, t = _no_dropout_log()
-    model = clv.PurchaseModel("bgnbd", NO_REMEDY).fit(f, r, t)
+    model = PurchaseModel("bgnbd", NO_REMEDY).fit(f, r, t)
     assert model.attempts_ == [{"penalizer_coef": 0.0, "variant": "bfgs", "outcome": "converged"}]
     assert model.params_["r"] == pytest.approx(0.7, abs=0.05)
     assert model.params_["alpha"] == pytest.approx(10.0, rel=0.1)
@@ -195,7 +203,7 @@ def test_a_failed_bfgs_is_retried_bounded(monkeypatch: pytest.MonkeyPatch) -> No
         return real(self, *args, bounds=bounds, **kwargs)
 
     monkeypatch.setattr(AnalyticBetaGeoFitter, "_fit", bounded_only)
-    model = clv.PurchaseModel("bgnbd", NO_REMEDY).fit(*_no_dropout_log())
+    model = PurchaseModel("bgnbd", NO_REMEDY).fit(*_no_dropout_log())
     assert [a["variant"] for a in model.attempts_] == ["bfgs", "bounded"]
     assert model.attempts_[0]["outcome"].startswith("ConvergenceError")
     assert model.attempts_[1]["outcome"] == "converged"
@@ -210,28 +218,28 @@ def test_every_remedy_failing_names_the_penalizer_to_try(monkeypatch: pytest.Mon
         raise ConvergenceError("The model did not converge.")
 
     monkeypatch.setattr(AnalyticBetaGeoFitter, "_fit", never)
-    with pytest.raises(clv.ClvFitError, match=r"penalizer_coef in \[0\.0, 0\.01\].*try 0\.1\)") as info:
-        clv.PurchaseModel("bgnbd", (0.0, 0.01)).fit([1, 2] * 10, [1.0, 2.0] * 10, [3.0, 3.0] * 10)
+    with pytest.raises(ClvFitError, match=r"penalizer_coef in \[0\.0, 0\.01\].*try 0\.1\)") as info:
+        PurchaseModel("bgnbd", (0.0, 0.01)).fit([1, 2] * 10, [1.0, 2.0] * 10, [3.0, 3.0] * 10)
     assert "penalizer_coef" in str(info.value)
 
 
 def test_too_few_customers_is_an_error_not_a_corner_fit() -> None:
-    with pytest.raises(clv.ClvFitError, match=r"bgnbd needs the histories of at least 20 customers, got 19"):
-        clv.PurchaseModel("bgnbd", NO_REMEDY).fit([1] * 19, [1.0] * 19, [3.0] * 19)
-    with pytest.raises(clv.ClvFitError, match=r"Gamma-Gamma needs at least 20 repeat buyers .* got 3"):
-        clv.SpendModel(NO_REMEDY).fit([1, 2, 3], [10.0, 20.0, 30.0])
+    with pytest.raises(ClvFitError, match=r"bgnbd needs the histories of at least 20 customers, got 19"):
+        PurchaseModel("bgnbd", NO_REMEDY).fit([1] * 19, [1.0] * 19, [3.0] * 19)
+    with pytest.raises(ClvFitError, match=r"Gamma-Gamma needs at least 20 repeat buyers .* got 3"):
+        SpendModel(NO_REMEDY).fit([1, 2, 3], [10.0, 20.0, 30.0])
 
 
 def test_overflowing_prediction_is_an_error_not_nan(cdnow: pd.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
     f, r, t = _frt(cdnow)
-    model = clv.PurchaseModel("bgnbd", NO_REMEDY).fit(f, r, t)
+    model = PurchaseModel("bgnbd", NO_REMEDY).fit(f, r, t)
     monkeypatch.setattr(
         BetaGeoFitter,
         "conditional_expected_number_of_purchases_up_to_time",
         lambda self, t_, f_, r_, T_: np.where(np.asarray(f_) > 5, np.inf, 1.0),
-    )
-    monkeypatch.setattr(clv, "_hyp2f1_series", lambda a, b, c, z: np.full(np.shape(a), np.inf))  # no rescue
-    with pytest.raises(clv.ClvFitError, match=r"non-finite .* penalizer_coef=0\.0; refit with a larger penalizer_coef"):
+    )  # and the series 2F1 cannot rescue it:
+    monkeypatch.setattr(models.purchases, "_hyp2f1_series", lambda a, b, c, z: np.full(np.shape(a), np.inf))
+    with pytest.raises(ClvFitError, match=r"non-finite .* penalizer_coef=0\.0; refit with a larger penalizer_coef"):
         model.expected_purchases(39, f, r, t)
 
 
@@ -242,13 +250,13 @@ def test_series_hypergeometric_matches_mpmath_where_scipy_does_not() -> None:
     b = np.array([47.395210578984695, 0.33171985607283966])
     c = np.array([26.618508517246678, 0.11555805363109833 + 0.33171985607283966 - 1])
     z = np.array([0.7844446885162242, 90.0 / (22.648489869675842 + 18.0 + 90.0)])
-    got = clv._hyp2f1_series(a, b, c, z)
+    got = _hyp2f1_series(a, b, c, z)
     np.testing.assert_allclose(got, [4130.11918176633272, -0.920171743691145650], rtol=1e-12)
 
 
 def test_expected_purchases_stay_finite_where_lifetimes_returns_nan() -> None:
     params = {"r": 0.5247584303430893, "alpha": 22.648489869675842, "a": 0.11555805363109833, "b": 0.33171985607283966}
-    model = clv.purchase_model_from_params("bgnbd", params)
+    model = purchase_model_from_params("bgnbd", params)
     f, r, t = np.array([0, 2]), np.array([0.0, 10.0]), np.array([18.0, 18.0])
     with np.errstate(all="ignore"):
         raw = model.fitter_.conditional_expected_number_of_purchases_up_to_time(90.0, f, r, t)
@@ -258,15 +266,15 @@ def test_expected_purchases_stay_finite_where_lifetimes_returns_nan() -> None:
 
 
 def test_gamma_gamma_infinite_mean_is_refused() -> None:
-    with pytest.raises(clv.ClvFitError, match=re.escape("q = 0.9 <= 1")):
-        clv.expected_order_value({"p": 1.0, "q": 0.9, "v": 1.0}, np.array([1.0]), np.array([1.0]))
+    with pytest.raises(ClvFitError, match=re.escape("q = 0.9 <= 1")):
+        expected_order_value({"p": 1.0, "q": 0.9, "v": 1.0}, np.array([1.0]), np.array([1.0]))
 
 
 # --- uncertainty ----------------------------------------------------------------------------------------------
 
 
 def test_standard_errors_and_intervals(cdnow: pd.DataFrame) -> None:
-    report = clv.PurchaseModel("bgnbd", NO_REMEDY).fit(*_frt(cdnow)).report()
+    report = PurchaseModel("bgnbd", NO_REMEDY).fit(*_frt(cdnow)).report()
     for name, value in report.params.items():
         low, high = report.interval_90[name]
         assert 0 < low < value < high
@@ -275,66 +283,128 @@ def test_standard_errors_and_intervals(cdnow: pd.DataFrame) -> None:
     assert report.standard_errors["r"] == pytest.approx(0.0126, abs=0.001)
 
 
-def test_bootstrap_is_seeded_and_brackets_the_estimate(cdnow: pd.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
-    f, r, t = _frt(cdnow)
-    m = cdnow[s.MONETARY_VALUE].to_numpy(float)
-    purchases = clv.PurchaseModel("bgnbd", NO_REMEDY).fit(f, r, t)
-    ok = clv.usable_spend(f, m)
-    spend = clv.SpendModel(NO_REMEDY).fit(f[ok], m[ok])
-    kwargs: dict[str, Any] = dict(
-        samples=20, seed=7, months=12, discount_rate_monthly=0.01, units_per_month=4.348, margin_ratio=0.3
-    )
-    one = clv.bootstrap_clv(purchases, spend, f, r, t, m, ok, **kwargs)
-    two = clv.bootstrap_clv(purchases, spend, f, r, t, m, ok, **kwargs)
-    np.testing.assert_array_equal(one.clv_low, two.clv_low)
-    # refitted in two worker processes (forced below the size where they pay off): the very same bands
-    monkeypatch.setattr(clv, "PARALLEL_MIN_HISTORIES", 0)
+# A month of 4.348 weeks, 1% a month, 30% margin: the value settings of the bootstrap tests.
+BAND = dict(months=12, discount_rate_monthly=0.01, units_per_month=4.348, margin_ratio=0.3)
+
+
+def _fitted(frame: pd.DataFrame) -> tuple[PurchaseModel, SpendModel, tuple[np.ndarray, ...], np.ndarray]:
+    """BG/NBD and Gamma-Gamma without remedies on ``frame``, its (f, r, T, m) and its usable-spend mask."""
+    f, r, t = _frt(frame)
+    m = frame[s.MONETARY_VALUE].to_numpy(float)
+    ok = usable_spend(f, m)
+    return PurchaseModel("bgnbd", NO_REMEDY).fit(f, r, t), SpendModel(NO_REMEDY).fit(f[ok], m[ok]), (f, r, t, m), ok
+
+
+def test_bootstrap_is_seeded_and_brackets_the_estimate(cdnow: pd.DataFrame) -> None:
+    purchases, spend, (f, r, t, m), ok = _fitted(cdnow)
     ticks: list[None] = []
-    par = clv.bootstrap_clv(
-        purchases, spend, f, r, t, m, ok, processes=2, on_replicate=lambda: ticks.append(None), **kwargs
+    one = refit_replicates(
+        purchases, spend, f, r, t, m, ok, samples=20, seed=7, on_replicate=lambda: ticks.append(None)
     )
-    np.testing.assert_array_equal(par.clv_low, one.clv_low)
-    np.testing.assert_array_equal(par.clv_high, one.clv_high)
-    assert par.params == one.params and len(ticks) == 20
-    assert one.failed == 0 and len(one.params) == 20
-    point = clv.score(purchases, spend.params_, f, r, t, m, clv.ValueSettings(39, 12, 4.348, 0.01, 0.3))["clv"]
-    assert np.all(one.clv_low <= one.clv_high)
-    inside = np.mean((one.clv_low <= point) & (point <= one.clv_high))
+    two = refit_replicates(purchases, spend, f, r, t, m, ok, samples=20, seed=7)
+    assert one == two and len(ticks) == 20
+    assert one.failed == 0 and len(one.params) == 20 and one.model == "bgnbd"
+    low, high = clv_band(one, f, r, t, m, **BAND)
+    point = score(purchases, spend.params_, f, r, t, m, ValueSettings(39, 12, 4.348, 0.01, 0.3))["clv"]
+    assert np.all(low <= high)
+    inside = np.mean((low <= point) & (point <= high))
     assert inside > 0.9  # the full-data estimate sits inside almost every customer's band
 
 
-def test_bootstrap_in_worker_processes_matches_one_process_past_the_size_they_start_at() -> None:
-    """Past PARALLEL_MIN_HISTORIES the sums are long enough for BLAS to split them over threads: the refits run
-    single-threaded everywhere, so two worker processes give the very bands one process gives."""
-    rng = np.random.default_rng(3)
-    n = 90_000
-    t = rng.integers(30, 540, n) / 7.0
-    f = rng.poisson(1.5, n).astype(float)
-    r = np.where(f > 0, np.floor(rng.uniform(0, 1, n) * t * 7) / 7.0, 0.0)
-    m = np.where(f > 0, np.round(rng.gamma(6.0, 5.0, n), 2), 0.0)
-    purchases = clv.PurchaseModel("bgnbd", NO_REMEDY).fit(f, r, t)
-    assert purchases.n_histories_ > clv.PARALLEL_MIN_HISTORIES
-    ok = clv.usable_spend(f, m)
-    spend = clv.SpendModel(NO_REMEDY).fit(f[ok], m[ok])
-    kwargs: dict[str, Any] = dict(
-        samples=4, seed=11, months=12, discount_rate_monthly=0.01, units_per_month=4.348, margin_ratio=0.3
+def test_band_on_the_fitted_customers_is_the_one_bootstrap_clv_gave(cdnow: pd.DataFrame) -> None:
+    """Pinned to the bands of ``bootstrap_clv`` (models/clv.py before the split, which refitted and evaluated in
+    one call) on the same customers, samples, seed and settings. Storing the parameters and evaluating them later
+    changed no bit; the spend refits' exact mean spend (no longer rounded to 1e-9) moves them by 3e-11 at most."""
+    purchases, spend, (f, r, t, m), ok = _fitted(cdnow)
+    low, high = clv_band(refit_replicates(purchases, spend, f, r, t, m, ok, samples=20, seed=7), f, r, t, m, **BAND)
+    assert (low.sum(), high.sum()) == pytest.approx((19174.71690089688, 24091.0146085801), rel=1e-10)
+    at = cdnow[s.CUSTOMER_ID].isin(["0001", "0002", "0101"]).to_numpy()
+    assert low[at] == pytest.approx([9.684691980454902, 1.0646425723667634, 19.76013940867166], rel=1e-10)
+    assert high[at] == pytest.approx([11.389659709713042, 1.68903587035143, 24.392994005246937], rel=1e-10)
+
+
+def test_band_from_replicates_fitted_on_other_customers(cdnow: pd.DataFrame) -> None:
+    """Fitted as of training on one half of the customers, the band is computed on the other half, whose
+    histories the replicates never saw: it brackets those customers' point estimates from the same models."""
+    train = np.random.default_rng(2).random(len(cdnow)) < 0.5
+    purchases, spend, (f, r, t, m), ok = _fitted(cdnow[train])
+    replicates = refit_replicates(purchases, spend, f, r, t, m, ok, samples=20, seed=7)
+    _, _, (f2, r2, t2, m2), _ = _fitted(cdnow[~train])
+    low, high = clv_band(replicates, f2, r2, t2, m2, **BAND)
+    point = score(purchases, spend.params_, f2, r2, t2, m2, ValueSettings(39, 12, 4.348, 0.01, 0.3))["clv"]
+    assert len(low) == len(high) == int((~train).sum())
+    assert np.all(low <= high) and np.all(np.isfinite(low)) and np.all(low >= 0)
+    assert np.mean((low <= point) & (point <= high)) > 0.9
+    # customers who share a history, spend and all, share a band whichever set they are scored in
+    both_low, _ = clv_band(replicates, np.r_[f2, f], np.r_[r2, r], np.r_[t2, t], np.r_[m2, m], **BAND)
+    np.testing.assert_array_equal(both_low[: len(low)], low)
+
+
+def test_replicates_round_trip_through_json_exactly(cdnow: pd.DataFrame) -> None:
+    purchases, spend, (f, r, t, m), ok = _fitted(cdnow)
+    replicates = refit_replicates(purchases, spend, f, r, t, m, ok, samples=4, seed=3)
+    back = Replicates.from_dict(json.loads(json.dumps(replicates.to_dict())))
+    assert back == replicates  # every float to the bit
+    np.testing.assert_array_equal(clv_band(back, f, r, t, m, **BAND)[0], clv_band(replicates, f, r, t, m, **BAND)[0])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d.pop("failed"), "missing fields ['failed']"),
+        (lambda d: d.update(extra=1), "unknown fields ['extra']"),
+        (lambda d: d.update(model="nbd"), "model must be one of bgnbd, mbgnbd, pareto_nbd; got 'nbd'"),
+        (lambda d: d.update(failed=-1), "failed must be a count >= 0; got -1"),
+        (lambda d: d["params"][1]["purchases"].pop("alpha"), "params[1].purchases must hold ['r', 'alpha', 'a', 'b']"),
+        (lambda d: d["params"][0]["spend"].update(q=None), "params[0].spend has non-finite or non-numeric values"),
+    ],
+)
+def test_bad_stored_replicates_are_rejected(change: Any, message: str) -> None:
+    rep = {"purchases": {"r": 0.2, "alpha": 4.0, "a": 0.8, "b": 2.4}, "spend": {"p": 6.0, "q": 3.7, "v": 15.0}}
+    doc = {"model": "bgnbd", "failed": 0, "params": [copy.deepcopy(rep), copy.deepcopy(rep)]}
+    change(doc)
+    with pytest.raises(InputError, match=re.escape(message)):
+        Replicates.from_dict(doc)
+
+
+def test_band_refuses_bad_histories_and_no_replicates(cdnow: pd.DataFrame) -> None:
+    replicates = Replicates.from_dict(
+        {
+            "model": "bgnbd",
+            "failed": 0,
+            "params": [
+                {"purchases": {"r": 0.2, "alpha": 4.0, "a": 0.8, "b": 2.4}, "spend": {"p": 6.0, "q": 3.7, "v": 15.0}}
+            ],
+        }
     )
-    one = clv.bootstrap_clv(purchases, spend, f, r, t, m, ok, processes=1, **kwargs)
-    two = clv.bootstrap_clv(purchases, spend, f, r, t, m, ok, processes=2, **kwargs)
-    assert one.failed == two.failed == 0 and one.params == two.params
-    np.testing.assert_array_equal(one.clv_low, two.clv_low)
-    np.testing.assert_array_equal(one.clv_high, two.clv_high)
+    with pytest.raises(InputError, match=re.escape("frequency: 1 non-integer values (e.g. 1.5)")):
+        clv_band(replicates, [1.5, 2.0], [1.0, 2.0], [3.0, 3.0], [10.0, 5.0], **BAND)
+    with pytest.raises(InputError, match="lengths differ"):
+        clv_band(replicates, [1.0, 2.0], [1.0, 2.0], [3.0, 3.0], [10.0], **BAND)
+    with pytest.raises(InputError, match="none to evaluate"):
+        clv_band(dataclasses.replace(replicates, params=()), [1.0], [1.0], [3.0], [10.0], **BAND)
+
+
+def test_too_many_failed_replicates_is_an_error(cdnow: pd.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
+    purchases, spend, (f, r, t, m), ok = _fitted(cdnow)
+
+    def never(*args: Any, **kwargs: Any) -> Any:
+        raise ConvergenceError("The model did not converge.")
+
+    monkeypatch.setattr(AnalyticBetaGeoFitter, "_fit", never)  # after the full fit: every refit fails
+    with pytest.raises(ClvFitError, match=r"bootstrap: 4 of 4 replicates failed to fit; .*try 0\.001\)"):
+        refit_replicates(purchases, spend, f, r, t, m, ok, samples=4, seed=1)
 
 
 def test_value_tiers_follow_quantiles() -> None:
-    tiers = clv.value_tiers(np.arange(100, dtype=float), high=0.8, mid=0.5)
+    tiers = value_tiers(np.arange(100, dtype=float), high=0.8, mid=0.5)
     assert (tiers == "high").sum() == 20 and (tiers == "mid").sum() == 30 and (tiers == "low").sum() == 50
 
 
 def test_unique_histories_are_sorted_weighted_and_invert() -> None:
     f = np.array([2.0, 0.0, 2.0, 1.0, 0.0, 2.0])
     r = np.array([5.0, 0.0, 5.0, 3.0, 0.0, 4.0])
-    h = clv.unique_histories(frequency=f, recency=r)
+    h = unique_histories(frequency=f, recency=r)
     assert h.values["frequency"].tolist() == [0.0, 1.0, 2.0, 2.0]
     assert h.values["recency"].tolist() == [0.0, 3.0, 4.0, 5.0]
     assert h.weight.tolist() == [2, 1, 1, 2]
@@ -348,7 +418,7 @@ def test_unique_histories_renumber_before_the_packed_key_would_overflow() -> Non
     cols["c0"][1000:] = cols["c0"][:2000]
     for k in cols:
         cols[k][2000:] = cols[k][:1000]  # rows 2000.. repeat rows 0..999
-    h = clv.unique_histories(**cols)
+    h = unique_histories(**cols)
     assert len(h) == 2000 and h.weight.sum() == 3000 and h.weight.max() == 2
     for k, v in cols.items():
         np.testing.assert_array_equal(h.values[k][h.inverse], v)
@@ -360,20 +430,19 @@ def test_scores_and_bootstrap_do_not_depend_on_row_order(cdnow: pd.DataFrame) ->
     f, r, t = _frt(cdnow)
     m = cdnow[s.MONETARY_VALUE].to_numpy(float)
     perm = np.random.default_rng(11).permutation(len(f))
-    settings = clv.ValueSettings(39, 12, 4.348, 0.01, 0.3)
-    kwargs: dict[str, Any] = dict(
-        samples=8, seed=5, months=12, discount_rate_monthly=0.01, units_per_month=4.348, margin_ratio=0.3
-    )
+    settings = ValueSettings(39, 12, 4.348, 0.01, 0.3)
     out = []
     for order in (np.arange(len(f)), perm):
         ff, rr, tt, mm = f[order], r[order], t[order], m[order]
-        purchases = clv.PurchaseModel("bgnbd", NO_REMEDY).fit(ff, rr, tt)
-        ok = clv.usable_spend(ff, mm)
-        spend = clv.SpendModel(NO_REMEDY).fit(ff[ok], mm[ok])
-        scored = clv.score(purchases, spend.params_, ff, rr, tt, mm, settings)
-        boot = clv.bootstrap_clv(purchases, spend, ff, rr, tt, mm, ok, **kwargs)
+        purchases = PurchaseModel("bgnbd", NO_REMEDY).fit(ff, rr, tt)
+        ok = usable_spend(ff, mm)
+        spend = SpendModel(NO_REMEDY).fit(ff[ok], mm[ok])
+        scored = score(purchases, spend.params_, ff, rr, tt, mm, settings)
+        low, high = clv_band(
+            refit_replicates(purchases, spend, ff, rr, tt, mm, ok, samples=8, seed=5), ff, rr, tt, mm, **BAND
+        )
         back = np.argsort(order)
-        out.append((purchases.params_, spend.params_, scored["clv"][back], boot.clv_low[back], boot.clv_high[back]))
+        out.append((purchases.params_, spend.params_, scored["clv"][back], low[back], high[back]))
     (p1, s1, c1, l1, h1), (p2, s2, c2, l2, h2) = out
     assert p1 == p2 and s1 == s2
     np.testing.assert_array_equal(c1, c2)
@@ -383,4 +452,4 @@ def test_scores_and_bootstrap_do_not_depend_on_row_order(cdnow: pd.DataFrame) ->
 
 def test_unique_histories_refuse_a_missing_value() -> None:
     with pytest.raises(InputError, match="monetary_value: 1 missing value"):
-        clv.unique_histories(frequency=np.array([1.0, 2.0]), monetary_value=np.array([np.nan, 3.0]))
+        unique_histories(frequency=np.array([1.0, 2.0]), monetary_value=np.array([np.nan, 3.0]))

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from features import schemas as s
+from models.bootstrap import Replicates, clv_band
 from pipeline import churn as churn_stage
 from pipeline import clv as clv_stage
 from pipeline import features as features_stage
@@ -122,6 +123,17 @@ def test_stages_in_dag_order(tmp_path: Path, params: dict[str, Any], monkeypatch
     assert cm["model"]["purchases_actual"] == training.loc[training[s.CUTOFF] == "1997-09-30", s.FUTURE_PURCHASES].sum()
     params_doc = json.loads((d / "artifacts/clv/params.json").read_text())
     assert params_doc["scoring"]["model"] == cm["chosen_model"]
+    # the stored replicates alone give the table's band back (what a scoring run without refits will do)
+    stored = params_doc["scoring"]["bootstrap"]["replicates"]
+    assert stored["model"] == cm["chosen_model"] and len(stored["params"]) == 10
+    fit = params_doc["scoring"]["settings"]
+    low, high = clv_band(
+        Replicates.from_dict(stored),
+        *(value[c].to_numpy(np.float64) for c in (s.FREQUENCY, s.RECENCY, s.T, s.MONETARY_VALUE)),
+        **{k: fit[k] for k in ("months", "discount_rate_monthly", "units_per_month", "margin_ratio")},
+    )
+    np.testing.assert_array_equal(np.minimum(low, value[s.CLV]), value[s.CLV_P05])
+    np.testing.assert_array_equal(np.maximum(high, value[s.CLV]), value[s.CLV_P95])
     cumulative = pd.read_csv(d / "plots/clv/cumulative.csv")
     assert cumulative["actual"].iloc[-1] == cm["model"]["purchases_actual"]
     assert cumulative["predicted"].iloc[-1] == pytest.approx(cm["model"]["purchases_predicted"], rel=1e-6)
