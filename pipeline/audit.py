@@ -4,9 +4,9 @@
 check. It exits with status 1 if a check fails, so it can gate a hand-over to marketing. The checks:
 
 * ingest: rows in = rows kept + rows quarantined, in the metrics and in the two files, reason by reason;
-* features: the scoring snapshot holds exactly the customers with a purchase day before the scoring date;
+* snapshot: the scoring snapshot holds exactly the customers with a purchase day before the scoring date;
 * clv: one value per scoring-snapshot customer; churn: one risk per customer of the active population;
-* score and report: the scores, and the weekly list of their week, hold the churn stage's customers;
+* score and report: the scores, and the weekly list of their week, hold the churn population the score stage scored;
 * every float column of every Parquet file, and every number in every CSV file, is finite (a null in a column
   the schema declares nullable, such as the gap of a one-purchase customer, is a missing value, not a NaN).
 """
@@ -77,7 +77,7 @@ def _one(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[Any, ...]:
 def population_checks(root: Path, lookback_days: int) -> list[Check]:
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    tx, feats = root / "data/transactions.parquet", root / "data/features.parquet"
+    tx, feats = root / "data/transactions.parquet", root / "data/snapshot.parquet"
     cutoff, scored = _one(
         con, f"SELECT max({s.CUTOFF}), count(*) FROM read_parquet({_path(feats)}) WHERE {s.IS_SCORING}"
     )
@@ -104,7 +104,7 @@ def population_checks(root: Path, lookback_days: int) -> list[Check]:
     list_rows = _rows(listed) if listed.is_file() else -1
     return [
         Check(
-            "features: a scoring row per buyer before the cutoff",
+            "snapshot: a row per buyer before the scoring cutoff",
             scored == buyers,
             f"{scored:,} of {buyers:,}"
             + (f" ({returns_only:,} customers with only returns have no purchase)" if returns_only else ""),

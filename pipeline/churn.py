@@ -27,6 +27,7 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+import pandera.pandas as pandera
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -52,7 +53,7 @@ from pipeline.config import (
     training_as_of,
 )
 from pipeline.features import history_end
-from pipeline.io import atomic_path, finite_json, write_csv, write_json
+from pipeline.io import atomic_path, finite_json, read_table, write_csv, write_json
 from pipeline.progress import Progress
 
 log = logging.getLogger("churn")
@@ -93,27 +94,31 @@ def check_features(path: Path, fcfg: FeaturesConfig) -> None:
 def read_features(path: Path, fcfg: FeaturesConfig) -> pd.DataFrame:
     """The whole stacked features table, checked against the features schema's columns."""
     check_features(path, fcfg)
-    frame = pd.read_parquet(path)
+    frame = read_table(path, _schema(fcfg))
     frame[s.CUTOFF] = frame[s.CUTOFF].astype("datetime64[us]")
     return frame
 
 
-def read_cutoffs(path: Path) -> tuple[list[pd.Timestamp], list[pd.Timestamp]]:
+def _schema(fcfg: FeaturesConfig) -> pandera.DataFrameSchema:
+    return s.feature_schema(fcfg.windows_days, fcfg.trend_window_days)
+
+
+def read_cutoffs(path: Path, fcfg: FeaturesConfig) -> tuple[list[pd.Timestamp], list[pd.Timestamp]]:
     """The labelled cutoffs and the scoring cutoff(s) of the features table, reading two columns only."""
-    marks = pd.read_parquet(path, columns=[s.CUTOFF, s.IS_SCORING]).drop_duplicates()
+    marks = read_table(path, _schema(fcfg), columns=[s.CUTOFF, s.IS_SCORING]).drop_duplicates()
     labelled = sorted(pd.Timestamp(c) for c in marks.loc[~marks[s.IS_SCORING], s.CUTOFF].unique())
     scoring = sorted(pd.Timestamp(c) for c in marks.loc[marks[s.IS_SCORING], s.CUTOFF].unique())
     return labelled, scoring
 
 
 def snapshots(
-    features: pd.DataFrame | Path, cutoffs: Sequence[pd.Timestamp]
+    features: pd.DataFrame | Path, cutoffs: Sequence[pd.Timestamp], fcfg: FeaturesConfig
 ) -> Iterator[tuple[pd.Timestamp, pd.DataFrame]]:
     """Each cutoff's rows in date order: from a loaded table, or read from the Parquet file one cutoff at a time
     (so the whole stack of cutoffs is never in memory at once)."""
     for cutoff in sorted(pd.Timestamp(c) for c in cutoffs):
         if isinstance(features, Path):
-            snapshot = pd.read_parquet(features, filters=[(s.CUTOFF, "=", cutoff)])
+            snapshot = read_table(features, _schema(fcfg), filters=[(s.CUTOFF, "=", cutoff)])
             snapshot[s.CUTOFF] = snapshot[s.CUTOFF].astype("datetime64[us]")
         else:
             snapshot = features[features[s.CUTOFF] == cutoff]
@@ -211,7 +216,7 @@ def modelling_table(
     horizon_units = fcfg.horizon_days / DAYS_PER_UNIT[base.time_unit]
     train_cutoffs = {pd.Timestamp(c) for c in training}
     per_cutoff = -(-cfg.max_training_rows // len(train_cutoffs)) if train_cutoffs else 0
-    for i, (cutoff, snapshot) in enumerate(snapshots(features, cutoffs), start=1):
+    for i, (cutoff, snapshot) in enumerate(snapshots(features, cutoffs, fcfg), start=1):
         if cfg.btyd_features:
             log.info("BG/NBD features at cutoff %s (%d of %d)", cutoff.date(), i, len(cutoffs))
             cols, fit = btyd_columns(snapshot, horizon_units, cfg.penalizer_ladder)
@@ -419,7 +424,7 @@ def read_attributes(cfg: ChurnConfig) -> tuple[dict[str, pd.DataFrame], dict[str
 def training_rows(features: Path, base: BaseConfig, fcfg: FeaturesConfig, cfg: ChurnConfig) -> Training:
     """The training and validation rows of the features table, with BTYD, attribute and derived features."""
     check_features(features, fcfg)
-    labelled, _ = read_cutoffs(features)
+    labelled, _ = read_cutoffs(features, fcfg)
     split = cm.split_cutoffs(labelled, fcfg.horizon_days)
     tables, counts = read_attributes(cfg)
     table, fits = modelling_table(

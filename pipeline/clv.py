@@ -29,7 +29,6 @@ import ibis
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features import schemas as s
@@ -47,7 +46,7 @@ from pipeline import cli, parallel, plots, registry, tracking
 from pipeline.config import BaseConfig, ClvConfig, FeaturesConfig, ingest_source, load_params, section, training_as_of
 from pipeline.engine import backend, open_transactions
 from pipeline.features import history_end
-from pipeline.io import finite_json, write_csv, write_json
+from pipeline.io import finite_json, read_table, write_csv, write_json
 from pipeline.progress import Progress
 
 log = logging.getLogger("clv")
@@ -79,16 +78,17 @@ def _check_columns(path: Path) -> None:
         raise InputError(f"{path}: columns {missing} are missing; rebuild it with the features stage")
 
 
-def training_cutoffs(path: Path) -> list[dt.date]:
+def training_cutoffs(path: Path, fcfg: FeaturesConfig) -> list[dt.date]:
     """The labelled cutoffs present in the features table, in order."""
-    table = pq.read_table(path, columns=[s.CUTOFF, s.IS_SCORING], filters=[(s.IS_SCORING, "=", False)])
-    values = pc.unique(table[s.CUTOFF]).to_pylist()
-    return sorted(pd.Timestamp(v).date() for v in values)
+    schema = s.feature_schema(fcfg.windows_days, fcfg.trend_window_days)
+    table = read_table(path, schema, columns=[s.CUTOFF, s.IS_SCORING], filters=[(s.IS_SCORING, "=", False)])
+    return sorted(pd.Timestamp(v).date() for v in table[s.CUTOFF].unique())
 
 
-def read_snapshot(path: Path, cutoff: dt.date) -> pd.DataFrame:
+def read_snapshot(path: Path, fcfg: FeaturesConfig, cutoff: dt.date) -> pd.DataFrame:
     """The training rows of one cutoff of the features table."""
-    frame = pq.read_table(path, columns=SNAPSHOT_COLUMNS, filters=[(s.CUTOFF, "=", pd.Timestamp(cutoff))]).to_pandas()
+    schema = s.feature_schema(fcfg.windows_days, fcfg.trend_window_days)
+    frame = read_table(path, schema, columns=SNAPSHOT_COLUMNS, filters=[(s.CUTOFF, "=", pd.Timestamp(cutoff))])
     if frame.empty:
         raise InputError(f"{path}: no training rows at cutoff {cutoff}; rebuild it with the features stage")
     return frame.reset_index(drop=True)
@@ -108,8 +108,8 @@ def btyd_snapshot(transactions: Path, base: BaseConfig, cutoff: dt.date) -> pd.D
     return frame
 
 
-def resolve_calibration(path: Path, cfg: ClvConfig) -> dt.date:
-    cutoffs = training_cutoffs(path)
+def resolve_calibration(path: Path, fcfg: FeaturesConfig, cfg: ClvConfig) -> dt.date:
+    cutoffs = training_cutoffs(path, fcfg)
     if not cutoffs:
         raise InputError(f"{path}: no labelled training cutoffs; the clv stage needs one to evaluate on")
     if cfg.calibration_cutoff is None:
@@ -570,8 +570,8 @@ def run(
     write the parameters, metrics and plots. Returns the metrics."""
     _check_columns(features)
     settings = value_settings(base, fcfg, cfg)
-    cutoff = resolve_calibration(features, cfg)
-    cal = read_snapshot(features, cutoff)
+    cutoff = resolve_calibration(features, fcfg, cfg)
+    cal = read_snapshot(features, fcfg, cutoff)
     calib = calibrate(cal, cutoff, cfg, settings)
     fit = fit_as_of(transactions, base, cfg, history_end(transactions, base, fcfg, as_of), calib.chosen.model.model)
     doc = model_document(base, fcfg, cfg, calib, fit, settings)

@@ -26,7 +26,7 @@ import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -395,12 +395,40 @@ def write_csv(frame: pd.DataFrame, path: str | Path, undefined_allowed: Iterable
         safe.to_csv(tmp, index=False)
 
 
-def read_table(path: str | Path, schema: pa.DataFrameSchema) -> pd.DataFrame:
-    """Read a Parquet file written by an earlier stage and validate it against ``schema``."""
+def read_table(
+    path: str | Path,
+    schema: pa.DataFrameSchema,
+    *,
+    columns: Sequence[str] | None = None,
+    filters: list[tuple[str, str, Any]] | None = None,
+) -> pd.DataFrame:
+    """Read a Parquet file written by an earlier stage and validate it against ``schema``.
+
+    ``columns`` reads (and checks) only those columns of the schema, ``filters`` only the matching rows (Arrow's
+    row filters), so a stage that needs one cutoff's four columns does not load the whole table to check it.
+    """
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: file not found; run the stage that writes it first (`dvc repro`)")
-    return validate(pd.read_parquet(p), schema, where=str(p))
+    if columns is not None:
+        unknown = [c for c in columns if c not in schema.columns]
+        if unknown:
+            raise ValueError(f"read_table: columns {unknown} are not in the schema")
+        schema = schema.select_columns(list(columns))
+        if schema.unique and not set(schema.unique) <= set(columns):  # a key not read cannot be checked
+            schema = _without_unique(schema)
+    try:
+        frame = pq.read_table(p, columns=list(columns) if columns is not None else None, filters=filters).to_pandas()
+    except (pa_arrow.ArrowInvalid, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{p}: not the table this stage expects ({first}); rerun the stage that writes it") from exc
+    return validate(frame, schema, where=str(p))
+
+
+def _without_unique(schema: pa.DataFrameSchema) -> pa.DataFrameSchema:
+    copy = schema.select_columns(list(schema.columns))
+    copy.unique = None
+    return copy
 
 
 def finite_json(value: Any) -> Any:

@@ -25,7 +25,7 @@ from models.purchases import PurchaseModel
 from models.spend import SpendModel
 from pipeline import cli, features, ingest
 from pipeline.config import BaseConfig, CutoffSchedule, FeaturesConfig, IngestConfig, load_params, section
-from pipeline.io import write_json
+from pipeline.io import read_table, write_json
 
 log = logging.getLogger("reproduce_cdnow")
 
@@ -62,9 +62,8 @@ def calibration_snapshot(params: dict[str, Any], workdir: Path) -> pd.DataFrame:
     feats = workdir / "features.parquet"
     ingest.run(ingest_cfg, tx, workdir / "quarantine.parquet", workdir / "ingest.json")
     features.run(base, feat_cfg, tx, feats, workdir / "features.json")
-    table = pd.read_parquet(feats)
-    cal = table[~table[s.IS_SCORING] & (table[s.CUTOFF] == pd.Timestamp(CALIBRATION_END))]
-    return cal.reset_index(drop=True)
+    schema = s.feature_schema(feat_cfg.windows_days, feat_cfg.trend_window_days)
+    return read_table(feats, schema, filters=[(s.CUTOFF, "=", pd.Timestamp(CALIBRATION_END))])
 
 
 def reproduce(params: dict[str, Any], workdir: Path) -> dict[str, Any]:

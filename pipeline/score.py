@@ -398,7 +398,7 @@ def drift_table(
 
 def reference_cutoff(features: Path, fcfg: FeaturesConfig) -> pd.Timestamp:
     """The last training cutoff of the features table: the population the drift is measured against."""
-    labelled, _ = churn_stage.read_cutoffs(features)
+    labelled, _ = churn_stage.read_cutoffs(features, fcfg)
     return cm.split_cutoffs(labelled, fcfg.horizon_days).training[-1]
 
 

@@ -15,12 +15,7 @@ import yaml
 
 from features import schemas as s
 from models.bootstrap import Replicates, clv_band
-from pipeline import churn as churn_stage
-from pipeline import clv as clv_stage
-from pipeline import features as features_stage
-from pipeline import ingest as ingest_stage
-from pipeline import report as report_stage
-from pipeline import score as score_stage
+from tests.stages import run_stage, run_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,64 +42,24 @@ def test_stages_in_dag_order(tmp_path: Path, params: dict[str, Any], monkeypatch
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
     d = tmp_path
-    ingest_stage.main(
-        [
-            "--params",
-            str(params_file),
-            "--transactions",
-            f"{d}/tx.parquet",
-            "--quarantine",
-            f"{d}/q.parquet",
-            "--metrics",
-            f"{d}/ingest.json",
-        ]
-    )
-    features_stage.main(
-        [
-            "--params",
-            str(params_file),
-            "--transactions",
-            f"{d}/tx.parquet",
-            "--features",
-            f"{d}/f.parquet",
-            "--metrics",
-            f"{d}/features.json",
-        ]
-    )
-    ingest_metrics = json.loads((d / "ingest.json").read_text())
+    run_stages(d, params_file, ("ingest", "features", "snapshot"))
+    ingest_metrics = json.loads((d / "metrics/ingest.json").read_text())
     assert ingest_metrics["rows_in"] == 6919 and ingest_metrics["rows_kept"] == 6919
     assert ingest_metrics["customers"] == 2357
-    f = pd.read_parquet(d / "f.parquet")
-    scoring = f[f[s.IS_SCORING]]
-    assert len(scoring) == 2357 and scoring[s.CHURNED].isna().all()
+    # the week's snapshot (as of score.as_of) is its own file: moving the scoring date leaves training alone
+    scoring = pd.read_parquet(d / "data/snapshot.parquet")
+    assert len(scoring) == 2357 and scoring[s.CHURNED].isna().all() and scoring[s.IS_SCORING].all()
     assert str(scoring[s.CUTOFF].iloc[0].date()) == "1998-06-30"
-    training = f[~f[s.IS_SCORING]]
-    assert training[s.CHURNED].notna().all()
+    training = pd.read_parquet(d / "data/features.parquet")
+    assert training[s.CHURNED].notna().all() and not training[s.IS_SCORING].any()
     # 1997-09-30 (explicit) plus 13 generated every 28 days back from 1998-04-01.
     assert training[s.CUTOFF].nunique() == 14
-    m = json.loads((d / "features.json").read_text())
-    assert m["training_rows"] == len(training)
+    m = json.loads((d / "metrics/features.json").read_text())
+    assert m["training_rows"] == len(training) and m["training_as_of"] == "1998-07-01"
     assert 0.5 < m["by_cutoff"]["1997-09-30"]["churn_rate"] < 0.9
 
-    clv_stage.main(
-        [
-            "--params",
-            str(params_file),
-            "--transactions",
-            f"{d}/tx.parquet",
-            "--features",
-            f"{d}/f.parquet",
-            "--clv",
-            f"{d}/clv.parquet",
-            "--artifacts",
-            f"{d}/artifacts/clv",
-            "--metrics",
-            f"{d}/clv.json",
-            "--plots",
-            f"{d}/plots/clv",
-        ]
-    )
-    value = pd.read_parquet(d / "clv.parquet")
+    run_stages(d, params_file, ("train_clv", "train_churn", "score"))
+    value = pd.read_parquet(d / "data/clv.parquet")
     assert len(value) == 2357 and value[s.CUSTOMER_ID].is_unique
     assert value[s.CLV].is_monotonic_decreasing  # marketing reads it top down
     assert ((value[s.CLV_P05] <= value[s.CLV]) & (value[s.CLV] <= value[s.CLV_P95])).all()
@@ -113,7 +68,7 @@ def test_stages_in_dag_order(tmp_path: Path, params: dict[str, Any], monkeypatch
     assert shares["high"] == pytest.approx(0.2, abs=0.01) and shares["mid"] == pytest.approx(0.3, abs=0.01)
     by_tier = value.groupby(s.VALUE_TIER)[s.CLV]
     assert by_tier.min()["high"] >= by_tier.max()["mid"] and by_tier.min()["mid"] >= by_tier.max()["low"]
-    cm = json.loads((d / "clv.json").read_text())
+    cm = json.loads((d / "metrics/clv.json").read_text())
     assert set(cm) >= {"chosen_model", "model", "candidates", "baselines"}
     assert cm["chosen_model"] in cm["candidates"] and set(cm["candidates"]) == {"bgnbd", "mbgnbd", "pareto_nbd"}
     names = {"purchases_actual", "purchases_predicted", "purchases_pct_error", "purchases_mae", "purchases_rmse"}
@@ -176,27 +131,7 @@ def _survey(path: Path) -> Path:
 
 
 def _check_churn(d: Path, params_file: Path, params: dict[str, Any], training: pd.DataFrame) -> None:
-    churn_stage.main(
-        [
-            "--params",
-            str(params_file),
-            "--features",
-            f"{d}/f.parquet",
-            "--churn",
-            f"{d}/churn.parquet",
-            "--artifacts",
-            f"{d}/artifacts/churn",
-            "--metrics",
-            f"{d}/churn.json",
-            "--plots",
-            f"{d}/plots/churn",
-            "--drift",
-            f"{d}/drift.parquet",
-            "--clv",
-            f"{d}/clv.parquet",
-        ]
-    )
-    m = json.loads((d / "churn.json").read_text())
+    m = json.loads((d / "metrics/churn.json").read_text())
     names = {"roc_auc", "pr_auc", "brier", "log_loss", "ece", "top_decile_lift", "precision_at_k", "recall_at_k"}
     assert names | {"n_train", "n_valid", "positive_rate"} <= set(m["model"])
     assert set(m["baselines"]) == {"btyd", "recency", "rfm"}
@@ -205,13 +140,16 @@ def _check_churn(d: Path, params_file: Path, params: dict[str, Any], training: p
     assert m["model"]["n_valid"] == len(valid)  # the 730-day lookback keeps all of CDNOW's 18 months
     assert m["model"]["positive_rate"] == pytest.approx(valid[s.CHURNED].mean(), abs=1e-6)
     assert m["model"]["roc_auc"] > 0.75 and m["model"]["ece"] < 0.05
-    assert m["btyd_fits"]["failed"] == 0 and m["btyd_fits"]["fitted"] == m["training"]["training_cutoffs"] + 2
+    assert m["btyd_fits"]["failed"] == 0 and m["btyd_fits"]["fitted"] == m["training"]["training_cutoffs"] + 1  # + validation
     assert m["attributes"]["survey"] == {"rows": 943, "used": 943, "missing_customer_id": 0, "unparseable_timestamp": 0}
     card = json.loads((d / "artifacts/churn/model_card.json").read_text())
     assert {"survey_nps_latest", "survey_nps_count", "btyd_p_no_purchase"} <= set(card["features"])
-    scored = pd.read_parquet(d / "churn.parquet")
+    scored = pd.read_parquet(d / "data/churn.parquet")
     assert len(scored) == 2357 and scored[s.P_CHURN].is_monotonic_decreasing
-    assert m["scoring"]["customers_explained"] == 1000 and scored["reason_1"].notna().sum() > 900
+    week = json.loads((d / "metrics/score.json").read_text())
+    assert week["risk"]["customers_explained"] == 1000 and scored["reason_1"].notna().sum() > 900
+    # a training run scores nobody; the weekly run says which models scored
+    assert "scoring" not in m and week["served"]["churn"]["source"] == "champion"
     for name in ("roc", "pr", "calibration", "lift"):
         assert len(pd.read_csv(d / f"plots/churn/{name}.csv")) > 5
         assert (d / f"artifacts/churn/plots/{name}.png").stat().st_size > 10_000
@@ -239,34 +177,14 @@ def _check_churn(d: Path, params_file: Path, params: dict[str, Any], training: p
     assert list(example.columns) == card["features"]
     np.testing.assert_allclose(flavour.predict(example), booster.predict(example), rtol=1e-12)
 
-    drift = pd.read_parquet(d / "drift.parquet")
+    drift = pd.read_parquet(d / "data/drift.parquet")
     assert set(drift["feature"]) == {s.P_CHURN, *card["features"]} and (drift["psi"] >= 0).all()
-    assert m["drift"]["reference_cutoff"] == m["training"]["last_training_cutoff"]
+    assert week["drift"]["reference_cutoff"] == m["training"]["last_training_cutoff"]
     _check_score_and_report(d, params_file, params, scored)
 
 
 def _check_score_and_report(d: Path, params_file: Path, params: dict[str, Any], churn: pd.DataFrame) -> None:
-    score_stage.main(
-        [
-            "--params",
-            str(params_file),
-            "--churn",
-            f"{d}/churn.parquet",
-            "--clv",
-            f"{d}/clv.parquet",
-            "--features",
-            f"{d}/f.parquet",
-            "--transactions",
-            f"{d}/tx.parquet",
-            "--scores",
-            f"{d}/scores.parquet",
-            "--segments",
-            f"{d}/segments.csv",
-            "--metrics",
-            f"{d}/score.json",
-        ]
-    )
-    scores = pd.read_parquet(d / "scores.parquet")
+    scores = pd.read_parquet(d / "data/scores.parquet")
     assert len(scores) == len(churn) and set(scores[s.CUSTOMER_ID]) == set(churn[s.CUSTOMER_ID])
     assert scores[s.VALUE_AT_RISK].is_monotonic_decreasing
     # the reasons went to the first 1,000 of the list: its head is explained, the rest is not
@@ -278,11 +196,11 @@ def _check_score_and_report(d: Path, params_file: Path, params: dict[str, Any], 
     high = scores[(scores[s.VALUE_TIER] == "high") & (scores[s.P_CHURN] >= 0.7)]
     assert (high[s.SEGMENT] == "high value, at risk").all() and len(high) > 0
     assert (high[s.RECOMMENDED_ACTION] == "priority retention call").all()
-    m = json.loads((d / "score.json").read_text())
+    m = json.loads((d / "metrics/score.json").read_text())
     assert m["week"] == "1998-W27" and m["overall"]["customers"] == len(scores)
     assert m["overall"]["value_at_risk"] == pytest.approx(scores[s.VALUE_AT_RISK].sum(), rel=1e-6)
     # retention over the last 90 days from the raw log: who bought in (cutoff - 90, cutoff] among earlier buyers
-    tx = pd.read_parquet(d / "tx.parquet")
+    tx = pd.read_parquet(d / "data/transactions.parquet")
     day = tx[s.TS].dt.tz_convert("UTC").dt.tz_localize(None).dt.normalize()
     cutoff = pd.Timestamp("1998-06-30")
     start = cutoff - pd.Timedelta(days=90)
@@ -294,9 +212,8 @@ def _check_score_and_report(d: Path, params_file: Path, params: dict[str, Any], 
     assert m["overall"]["revenue_last_horizon"] == pytest.approx(revenue, rel=1e-6)
     assert sum(v["customers"] for v in m["segments"].values()) == len(scores)
 
-    paths = ["--scores", f"{d}/scores.parquet", "--drift", f"{d}/drift.parquet", "--weekly", f"{d}/weekly"]
-    report_stage.main(["--params", str(params_file), *paths])
-    folder = d / "weekly" / "1998-W27"
+    run_stage("report", d, params_file)
+    folder = d / "reports/weekly" / "1998-W27"
     listed = pd.read_csv(folder / "churn_risk.csv", encoding="utf-8-sig", dtype=str)
     assert len(listed) == len(scores) and listed[s.CUSTOMER_ID].tolist() == scores[s.CUSTOMER_ID].tolist()
     assert (folder / "summary.html").stat().st_size > 20_000

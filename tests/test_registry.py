@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,9 @@ import yaml
 
 from features.errors import InputError
 from models import gate
-from pipeline import churn as churn_stage
-from pipeline import clv as clv_stage
 from pipeline import compare, tracking
-from pipeline import features as features_stage
-from pipeline import ingest as ingest_stage
 from tests.conftest import project_params
+from tests.stages import run_stages
 
 # --- the decision, by hand ------------------------------------------------------------------------------------
 
@@ -99,25 +97,20 @@ def test_holdout_fingerprint_ignores_row_order_and_sees_every_answer() -> None:
 # --- the stages against a registry ------------------------------------------------------------------------------
 
 
-def argv(**paths: Path) -> list[str]:
-    """A stage's command line, as dvc.yaml writes it: ``--name path`` for each argument."""
-    return [part for name, path in paths.items() for part in (f"--{name}", str(path))]
-
-
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Transactions and features of the CDNOW sample, built once for the module."""
+    """The CDNOW sample through every stage but score, built once for the module in a store of its own: each test
+    copies it and starts from an empty registry, where the score stage serves the workspace's trained models."""
     d = tmp_path_factory.mktemp("registry")
     params = project_params()
     params["ingest"]["source"] = "cdnow_sample"
+    params["clv"]["bootstrap_samples"] = 4
     file = d / "params.yaml"
     file.write_text(yaml.safe_dump(params))
-    ingest_stage.main(
-        argv(params=file, transactions=d / "tx.parquet", quarantine=d / "q.parquet", metrics=d / "ingest.json")
-    )
-    features_stage.main(
-        argv(params=file, transactions=d / "tx.parquet", features=d / "f.parquet", metrics=d / "features.json")
-    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{d}/fixture.db")
+        mp.chdir(d)
+        run_stages(d, file, ("ingest", "features", "snapshot", "train_clv", "train_churn"))
     return d
 
 
@@ -133,32 +126,37 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return uri
 
 
+def workspace(sample: Path, tmp_path: Path) -> Path:
+    d = tmp_path / "project"
+    if not d.exists():
+        shutil.copytree(sample, d, ignore=shutil.ignore_patterns("fixture.db", "mlruns", "params.yaml"))
+    return d
+
+
+def weekly_run(d: Path, stage: str, edit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """``stage`` (a training stage) then the score stage with params changed by ``edit``: the training metrics,
+    with ``scored_with`` (which version scored the week) and the customers' p_churn and clv."""
+    params = project_params()
+    params["ingest"]["source"] = "cdnow_sample"
+    params["clv"]["bootstrap_samples"] = 4
+    edit(params)
+    file = d / "params.yaml"
+    file.write_text(yaml.safe_dump(params))
+    run_stages(d, file, (stage, "score"))
+    kind = "churn" if stage == "train_churn" else "clv"
+    out: dict[str, Any] = json.loads((d / f"metrics/{kind}.json").read_text())
+    served = json.loads((d / "metrics/score.json").read_text())["served"][kind]
+    out["scored_with"] = {"source": served["source"], "version": served["version"]}
+    out["p_churn"] = pd.read_parquet(d / "data/churn.parquet").set_index("customer_id")["p_churn"].sort_index()
+    out["clv"] = pd.read_parquet(d / "data/clv.parquet").set_index("customer_id")["clv"].sort_index()
+    return out
+
+
 @pytest.fixture
 def run_churn(sample: Path, tmp_path: Path, store: str) -> Runner:
-    """Runs the churn stage through its DVC entry point with params changed by ``edit``; returns its metrics."""
-
-    def run(edit: Callable[[dict[str, Any]], None] = lambda p: None) -> dict[str, Any]:
-        params = project_params()
-        params["ingest"]["source"] = "cdnow_sample"
-        edit(params)
-        file = tmp_path / "params.yaml"
-        file.write_text(yaml.safe_dump(params))
-        churn_stage.main(
-            argv(
-                params=file,
-                features=sample / "f.parquet",
-                churn=tmp_path / "churn.parquet",
-                artifacts=tmp_path / "art",
-                metrics=tmp_path / "churn.json",
-                plots=tmp_path / "pl",
-                drift=tmp_path / "drift.parquet",
-            )
-        )
-        out: dict[str, Any] = json.loads((tmp_path / "churn.json").read_text())
-        out["p_churn"] = pd.read_parquet(tmp_path / "churn.parquet").set_index("customer_id")["p_churn"].sort_index()
-        return out
-
-    return run
+    """Trains the churn model and scores the week through their DVC entry points; returns the training metrics."""
+    d = workspace(sample, tmp_path)
+    return lambda edit=lambda p: None: weekly_run(d, "train_churn", edit)
 
 
 def weakened(params: dict[str, Any]) -> None:
@@ -183,7 +181,7 @@ def run_tags(version: str, name: str) -> dict[str, str]:
 def test_a_weaker_churn_model_leaves_the_champion_where_it_was(run_churn: Runner) -> None:
     name = project_params()["churn"]["registry"]["model_name"] + "-cdnow_sample"
     first = run_churn()
-    assert first["registry"]["alias"] == "champion" and first["scored_with"] == {"source": "this run", "version": None}
+    assert first["registry"]["alias"] == "champion" and first["scored_with"] == {"source": "champion", "version": "1"}
     assert champion_of(name) == "1"
 
     weak = run_churn(weakened)
@@ -197,7 +195,7 @@ def test_a_weaker_churn_model_leaves_the_champion_where_it_was(run_churn: Runner
     assert weak["scored_with"] == {"source": "champion", "version": "1"}
     pd.testing.assert_series_equal(weak["p_churn"], first["p_churn"])
     tags = run_tags("2", name)
-    assert tags["registry.alias"] == "challenger" and tags["registry.scored_with_version"] == "1"
+    assert tags["registry.alias"] == "challenger" and tags["run.kind"] == "training"
     table = compare.stage_table(
         "churn", tracking.recent_stage_runs(project_params()["base"]["mlflow_experiment"], "churn", 5)
     )
@@ -245,7 +243,9 @@ def test_retraining_the_same_churn_model_registers_nothing(run_churn: Runner) ->
     name = project_params()["churn"]["registry"]["model_name"] + "-cdnow_sample"
     first = run_churn()
     again = run_churn()
-    assert {k: v for k, v in again.items() if k != "p_churn"} == {k: v for k, v in first.items() if k != "p_churn"}
+    assert {k: v for k, v in again.items() if k not in ("p_churn", "clv")} == {
+        k: v for k, v in first.items() if k not in ("p_churn", "clv")
+    }
     pd.testing.assert_series_equal(again["p_churn"], first["p_churn"], check_exact=True)
     assert again["registry"]["alias"] == "champion" and "no champion yet" in again["registry"]["reason"]
     assert versions_of(name) == ["1"] and champion_of(name) == "1"
@@ -266,7 +266,7 @@ def test_a_better_churn_model_takes_the_alias(run_churn: Runner) -> None:
     better = run_churn()
     assert better["registry"]["alias"] == "champion" and better["registry"]["champion_version"] == "1"
     assert "better by" in better["registry"]["reason"]
-    assert champion_of(name) == "2" and better["scored_with"]["source"] == "this run"
+    assert champion_of(name) == "2" and better["scored_with"] == {"source": "champion", "version": "2"}
     # v1's "champion" no longer stands now that v2 holds the alias: the same weak model is judged again, and loses
     weak_again = run_churn(weakened)
     assert weak_again["registry"]["alias"] == "challenger" and weak_again["registry"]["champion_version"] == "2"
@@ -284,41 +284,33 @@ def test_a_different_holdout_rescores_the_champion_and_a_later_one_is_not_used(r
     assert reg["champion_value"] != pytest.approx(first["model"]["roc_auc"], abs=1e-6)
     assert 0.5 < reg["champion_value"] < 1.0
 
-    # a champion trained on history after this run's dates (a back-fill) neither judges nor scores it
+    # a champion trained on history after this run's training date makes this run a back-fill: registered with
+    # no alias, and the champion, trained after this week, does not score it either
     client = mlflow.MlflowClient()
     champ = champion_of(name)
-    client.set_model_version_tag(name, champ, "holdout.cutoff", "1999-01-01")
-    client.set_model_version_tag(name, champ, "holdout.sha", "another holdout")
-    client.set_model_version_tag(name, champ, "scoring_cutoff", "1999-04-01")
+    client.set_model_version_tag(name, champ, "trained_as_of", "1999-04-01")
+    aliases = {mv.version: mv.aliases for mv in client.search_model_versions(f"name = '{name}'")}
     late = run_churn()
-    assert "cannot be compared" in late["registry"]["reason"] and late["registry"]["alias"] == "challenger"
-    assert late["scored_with"]["source"] == "this run"
-    assert "after this run's scoring cutoff" in late["scored_with"]["champion_unusable"]
+    assert late["registry"]["alias"] is None and "back-fill" in late["registry"]["reason"]
+    assert late["scored_with"] == {"source": "training run", "version": None}
+    newest = max(client.search_model_versions(f"name = '{name}'"), key=lambda mv: int(mv.version))
+    assert newest.tags["backfill"] == "true" and newest.aliases == []
+    assert {mv.version: mv.aliases for mv in client.search_model_versions(f"name = '{name}'")} == {
+        **aliases,
+        newest.version: [],
+    }
     assert champion_of(name) == champ
+    # the same back-fill again reuses its version
+    assert run_churn()["registry"] == late["registry"] and len(versions_of(name)) == len(aliases) + 1
 
 
 @pytest.mark.slow
 def test_clv_gate_and_scoring_with_the_champion(sample: Path, tmp_path: Path, store: str) -> None:
+    d = workspace(sample, tmp_path)
+
     def run(edit: Callable[[dict[str, Any]], None] = lambda p: None) -> tuple[dict[str, Any], pd.Series]:
-        params = project_params()
-        params["ingest"]["source"] = "cdnow_sample"
-        params["clv"]["bootstrap_samples"] = 4
-        edit(params)
-        file = tmp_path / "params.yaml"
-        file.write_text(yaml.safe_dump(params))
-        clv_stage.main(
-            argv(
-                params=file,
-                transactions=sample / "tx.parquet",
-                features=sample / "f.parquet",
-                clv=tmp_path / "clv.parquet",
-                artifacts=tmp_path / "art",
-                metrics=tmp_path / "m.json",
-                plots=tmp_path / "pl",
-            )
-        )
-        clv = pd.read_parquet(tmp_path / "clv.parquet").set_index("customer_id")["clv"].sort_index()
-        return json.loads((tmp_path / "m.json").read_text()), clv
+        out = weekly_run(d, "train_clv", edit)
+        return {k: v for k, v in out.items() if k not in ("p_churn", "clv")}, out["clv"]
 
     name = project_params()["clv"]["registry"]["model_name"] + "-cdnow_sample"
     # Pareto/NBD alone first: then auto (which picks by the same metric) can only match or beat it
@@ -332,9 +324,9 @@ def test_clv_gate_and_scoring_with_the_champion(sample: Path, tmp_path: Path, st
     pd.testing.assert_series_equal(second_clv, first_clv, rtol=1e-9)  # the champion's stored parameters scored
     assert champion_of(name) == "1"
     # the same fit again: v2 is reused with its decision, and the metrics and parameters files do not change
-    params_json = (tmp_path / "art" / "params.json").read_bytes()
+    params_json = (d / "artifacts/clv/params.json").read_bytes()
     third, third_clv = run(lambda p: p["clv"]["registry"].update(min_improvement=1.0))
-    assert third == second and (tmp_path / "art" / "params.json").read_bytes() == params_json
+    assert third == second and (d / "artifacts/clv/params.json").read_bytes() == params_json
     pd.testing.assert_series_equal(third_clv, second_clv, check_exact=True)
     assert versions_of(name) == ["1", "2"] and champion_of(name) == "1"
 
