@@ -140,7 +140,9 @@ def _check_churn(d: Path, params_file: Path, params: dict[str, Any], training: p
     assert m["model"]["n_valid"] == len(valid)  # the 730-day lookback keeps all of CDNOW's 18 months
     assert m["model"]["positive_rate"] == pytest.approx(valid[s.CHURNED].mean(), abs=1e-6)
     assert m["model"]["roc_auc"] > 0.75 and m["model"]["ece"] < 0.05
-    assert m["btyd_fits"]["failed"] == 0 and m["btyd_fits"]["fitted"] == m["training"]["training_cutoffs"] + 1  # + validation
+    assert (
+        m["btyd_fits"]["failed"] == 0 and m["btyd_fits"]["fitted"] == m["training"]["training_cutoffs"] + 1
+    )  # + validation
     assert m["attributes"]["survey"] == {"rows": 943, "used": 943, "missing_customer_id": 0, "unparseable_timestamp": 0}
     card = json.loads((d / "artifacts/churn/model_card.json").read_text())
     assert {"survey_nps_latest", "survey_nps_count", "btyd_p_no_purchase"} <= set(card["features"])

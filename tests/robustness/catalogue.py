@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from features import schemas as s
 from tests.conftest import ONLINE_RETAIL_INGEST
 
-STAGES = ("ingest", "features", "clv", "churn")
+STAGES = ("ingest", "features", "train_clv", "train_churn", "snapshot", "score")
 HEADER = "customer_id,date,amount"
 
 
@@ -528,7 +528,7 @@ CASES: list[Case] = [
         "one_customer",
         lines(*[f"1,{dt.date(2020, 1, 1) + dt.timedelta(days=7 * i)},10.0" for i in range(80)]),
         Fails(
-            "clv",
+            "train_clv",
             "clv: the calibration cutoff 2021-04-08 has 1 customer(s); the BTYD models need at least 20. "
             "Use a log with more customers",
         ),
@@ -537,7 +537,7 @@ CASES: list[Case] = [
         "all_one_time_buyers",
         lambda: history(400, one_time=True),
         Fails(
-            "clv",
+            "train_clv",
             "clv: at the calibration cutoff 2021-09-01 all 336 customers bought on one day only, so Gamma-Gamma has "
             "no repeat spend to learn from; use a longer history, or a later clv.calibration_cutoff",
         ),
@@ -545,7 +545,7 @@ CASES: list[Case] = [
     Case(
         "a_customer_with_thousands_of_purchases",
         lambda: history(extra=[f"9999,{dt.date(2020, 1, 1) + dt.timedelta(days=i // 3)},5.0" for i in range(3 * 730)]),
-        Runs("churn", whale_is_scored),
+        Runs("score", whale_is_scored),
     ),
     # --- dates and params ------------------------------------------------------------------------------------------
     Case(
@@ -581,17 +581,48 @@ CASES: list[Case] = [
         "scoring_date_before_the_data",
         lambda: history(),
         Fails(
-            "features",
-            "score.as_of=2019-01-01 is on or before the first transaction day 2020-01-01: there is no history to "
-            "score; set score.as_of to a later date or null",
+            "snapshot",
+            "score.as_of=2019-01-01 is on or before the first transaction day 2020-01-01: there is no history "
+            "before it; set score.as_of to a later date or null",
         ),
         params={"score.as_of": "2019-01-01"},
+    ),
+    Case(
+        "training_date_before_the_data",
+        lambda: history(),
+        Fails(
+            "features",
+            "train.as_of=2019-01-01 is on or before the first transaction day 2020-01-01: there is no history "
+            "before it; set train.as_of to a later date or null",
+        ),
+        params={"train.as_of": "2019-01-01"},
+    ),
+    Case(
+        "training_date_long_after_the_data",
+        lambda: history(),
+        Fails(
+            "features",
+            "train.as_of=2023-01-01 is more than horizon_days 90 after the last transaction day 2021-12-31: the log "
+            "is missing the recent weeks; load a newer export or set train.as_of to 2022-01-01 or earlier",
+        ),
+        params={"train.as_of": "2023-01-01"},
+    ),
+    Case(
+        "scoring_date_before_the_training_date",  # a back-fill DVC alone cannot do: the models saw later weeks
+        lambda: history(),
+        Fails(
+            "score",
+            "score: the models were trained as of 2022-01-01, after score.as_of 2021-06-01, and no registered model is "
+            "older (champion v1 was trained as of 2022-01-01, after this week); back-fill that week with "
+            "`make weekly AS_OF=2021-06-01`, which trains models as of it",
+        ),
+        params={"score.as_of": "2021-06-01"},
     ),
     Case(
         "scoring_date_long_after_the_data",
         lambda: history(),
         Fails(
-            "features",
+            "snapshot",
             "score.as_of=2023-01-01 is more than horizon_days 90 after the last transaction day 2021-12-31: the log "
             "is missing the recent weeks; load a newer export or set score.as_of to 2022-01-01 or earlier",
         ),
@@ -626,7 +657,7 @@ CASES: list[Case] = [
         Fails(
             "ingest",
             "{params}: unknown section 'scroe' (did you mean 'score'?); the sections are base, ingest, features, clv, "
-            "churn, score",
+            "churn, score, train",
         ),
         params_text=lambda text: text + "scroe:\n  pseudonymise_ids: true\n",
     ),
@@ -649,13 +680,13 @@ CASES: list[Case] = [
     Case(
         "not_a_number_setting",
         lambda: history(),
-        Fails("clv", "clv.registry.min_improvement: expected a finite number, got nan"),
+        Fails("train_clv", "clv.registry.min_improvement: expected a finite number, got nan"),
         params={"clv.registry.min_improvement": float("nan")},
     ),
     Case(
         "infinite_setting",
         lambda: history(),
-        Fails("clv", "clv.discount_rate_monthly: expected a finite number, got inf"),
+        Fails("train_clv", "clv.discount_rate_monthly: expected a finite number, got inf"),
         params={"clv.discount_rate_monthly": float("inf")},
     ),
     Case(
@@ -702,7 +733,7 @@ CASES: list[Case] = [
         "registry_name_mlflow_rejects",
         lambda: history(),
         Fails(
-            "clv",
+            "train_clv",
             "clv.registry.model_name must be letters, digits, '_', '-', '.' or spaces, starting with a letter or digit "
             "(at most 200 characters); got 'team/clv'",
         ),
@@ -714,30 +745,30 @@ CASES: list[Case] = [
         lambda: history(),
         Fails(
             "features",
-            "{dir}/tx.parquet: the file is empty (0 bytes); it is damaged or was cut short: rerun the stage that "
+            "{dir}/data/transactions.parquet: the file is empty (0 bytes); it is damaged or was cut short: rerun the stage that "
             "writes it (`dvc repro --force`)",
         ),
-        damage=("ingest", cut_short("tx.parquet", 0)),
+        damage=("ingest", cut_short("data/transactions.parquet", 0)),
     ),
     Case(
         "features_cut_short_between_stages",
         lambda: history(),
         Fails(
-            "clv",
-            "{dir}/f.parquet: not a readable Parquet file (Parquet magic bytes not found in footer); it is damaged or "
+            "train_clv",
+            "{dir}/data/features.parquet: not a readable Parquet file (Parquet magic bytes not found in footer); it is damaged or "
             "was cut short: rerun the stage that writes it (`dvc repro --force`)",
         ),
-        damage=("features", cut_short("f.parquet", 5000)),
+        damage=("features", cut_short("data/features.parquet", 5000)),
     ),
     Case(
         "features_with_a_bad_sector_between_stages",
         lambda: history(),
         Fails(
-            "clv",
-            "{dir}/f.parquet: not a readable Parquet file (Couldn't deserialize thrift: No more data to read); it is "
+            "train_clv",
+            "{dir}/data/features.parquet: not a readable Parquet file (Couldn't deserialize thrift: No more data to read); it is "
             "damaged or was cut short: rerun the stage that writes it (`dvc repro --force`)",
         ),
-        damage=("features", scrambled("f.parquet", 200, -2000)),  # all but the footer
+        damage=("features", scrambled("data/features.parquet", 200, -2000)),  # all but the footer
     ),
     # --- dates without a time of day: the day the log says, whatever ingest.timezone --------------------------
     Case(

@@ -11,26 +11,10 @@ import pytest
 import yaml
 
 from features import schemas as s
-from pipeline import churn, cli, clv, features, ingest
+from pipeline import cli
 from tests.conftest import project_params
+from tests.stages import MODULES, argv
 from tests.robustness.catalogue import CASES, STAGES, Case, Fails, Folder, Quarantines, Runs
-
-MODULES = {"ingest": ingest, "features": features, "clv": clv, "churn": churn}
-
-
-def stage_args(stage: str, d: Path) -> list[str]:
-    return {
-        "ingest": ["--transactions", f"{d}/tx.parquet", "--quarantine", f"{d}/q.parquet", "--metrics", f"{d}/i.json"],
-        "features": ["--transactions", f"{d}/tx.parquet", "--features", f"{d}/f.parquet", "--metrics", f"{d}/f.json"],
-        "clv": [
-            *("--transactions", f"{d}/tx.parquet", "--features", f"{d}/f.parquet", "--clv", f"{d}/clv.parquet"),
-            *("--artifacts", f"{d}/artifacts/clv", "--metrics", f"{d}/clv.json", "--plots", f"{d}/plots/clv"),
-        ],
-        "churn": [
-            *("--features", f"{d}/f.parquet", "--churn", f"{d}/churn.parquet", "--artifacts", f"{d}/artifacts/churn"),
-            *("--metrics", f"{d}/churn.json", "--plots", f"{d}/plots/churn", "--drift", f"{d}/drift.parquet"),
-        ],
-    }[stage]
 
 
 def case_params(case: Case, source: Path) -> dict[str, Any]:
@@ -80,7 +64,7 @@ def test_catalogue_case(
     last = STAGES.index(case.last_stage)
     for stage in STAGES[: last + 1]:
         capsys.readouterr()
-        args = ["--params", str(params_file), *stage_args(stage, tmp_path)]
+        args = argv(stage, tmp_path, params_file)
         failing = isinstance(case.expect, Fails) and stage == case.expect.stage
         if failing:
             with pytest.raises(SystemExit) as stopped:
@@ -98,14 +82,16 @@ def test_catalogue_case(
 
     if isinstance(case.expect, Runs):
         ran = STAGES[: last + 1]
-        outputs = {name: pd.read_parquet(tmp_path / f"{name}.parquet") for name in ("clv", "churn") if name in ran}
+        outputs = {
+            name: pd.read_parquet(tmp_path / f"data/{name}.parquet") for name in ("clv", "churn") if "score" in ran
+        }
         case.expect.check(outputs)
 
 
 def check_nothing_lost(d: Path, case: Case) -> None:
     """Rows in = rows kept + rows quarantined, in the metrics and in the two files; reasons as the case expects."""
-    metrics = json.loads((d / "i.json").read_text())
-    tx, q = pd.read_parquet(d / "tx.parquet"), pd.read_parquet(d / "q.parquet")
+    metrics = json.loads((d / "metrics/ingest.json").read_text())
+    tx, q = pd.read_parquet(d / "data/transactions.parquet"), pd.read_parquet(d / "data/quarantine.parquet")
     assert metrics["rows_in"] == metrics["rows_kept"] + metrics["rows_quarantined"]
     assert (metrics["rows_kept"], metrics["rows_quarantined"]) == (len(tx), len(q))
     assert q[s.REASON].value_counts().to_dict() == {k: v for k, v in metrics["quarantined_by_reason"].items() if v}
