@@ -369,6 +369,11 @@ def risk_table(population: pd.DataFrame, value: pd.DataFrame, model: cm.ChurnMod
     scored = score_and_explain(cfg.base, population, model, medians, explain=len(population) <= cap)
     if len(population) > cap:
         (in_value,) = rows_of(scored[s.CUSTOMER_ID], [value])
+        if (in_value < 0).any():
+            raise InputError(
+                f"score: {int((in_value < 0).sum())} customers of the churn population have no CLV; rerun the "
+                "snapshot stage so both see the same customers"
+            )
         ranked = scored[[s.CUSTOMER_ID, s.P_CHURN]].assign(
             **{s.VALUE_AT_RISK: scored[s.P_CHURN].to_numpy(np.float64) * value[s.CLV].to_numpy(np.float64)[in_value]}
         )

@@ -20,10 +20,19 @@ from features.errors import InputError
 from models import churn as cm
 from models.evaluation import calibration_table, churn_metrics, expected_calibration_error, lift_table
 from pipeline import churn as stage
+from pipeline import score as score_stage
 from pipeline import features as features_stage
 from pipeline import ingest as ingest_stage
-from pipeline.config import BaseConfig, ChurnConfig, FeaturesConfig, IngestConfig, section
+from pipeline.config import BaseConfig, ChurnConfig, ClvConfig, FeaturesConfig, IngestConfig, ScoreConfig, section
 from tests.conftest import project_params
+
+SECTIONS_SCORED = (
+    ("base", BaseConfig),
+    ("features", FeaturesConfig),
+    ("clv", ClvConfig),
+    ("churn", ChurnConfig),
+    ("score", ScoreConfig),
+)
 
 # --- cutoffs and baselines ----------------------------------------------------------------------------------------
 
@@ -324,32 +333,21 @@ def test_scoring_without_reasons_changes_nothing_else(sample: dict[str, Any]) ->
     assert list(bare.columns) == list(full.columns) and bare[list(s.REASONS)].isna().all().all()
     pd.testing.assert_frame_equal(bare.drop(columns=list(s.REASONS)), full.drop(columns=list(s.REASONS)))
     assert full["reason_1"].notna().sum() > 400
-    # the customers who get reasons past the cap: the head of the weekly list, by p_churn x CLV
+    # past churn.max_explained_customers the reasons go to the head of the weekly list, by p_churn x CLV
+    params = copy.deepcopy(sample["params"])
+    params["churn"]["max_explained_customers"] = 50
+    cfg = score_stage.Settings(*(section(params, n, c) for n, c in SECTIONS_SCORED), source="cdnow_sample")
     value = pd.DataFrame({s.CUSTOMER_ID: frame[s.CUSTOMER_ID], s.CLV: np.linspace(500.0, 1.0, 500)})
-    first = stage.first_on_the_list(full, value, 50)
+    ranked = score_stage.risk_table(frame, value, model, cfg)
     vr = full[s.P_CHURN].to_numpy() * value[s.CLV].to_numpy()
-    assert set(first) == set(frame[s.CUSTOMER_ID].iloc[np.argsort(-vr)[:50]])
-    with pytest.raises(InputError, match="scored customers have no CLV"):
-        stage.first_on_the_list(full, value.iloc[1:], 50)
-
-
-def test_the_clv_table_that_ranks_the_reasons_is_checked(tmp_path: Path) -> None:
-    cutoff = pd.Timestamp("1998-06-30")
-    with pytest.raises(InputError, match="no --clv table"):
-        stage.read_value(None, cutoff)
-    with pytest.raises(InputError, match="file not found"):
-        stage.read_value(tmp_path / "missing.parquet", cutoff)
-    (tmp_path / "junk.parquet").write_text("not parquet")
-    with pytest.raises(InputError, match="not the clv stage's table"):
-        stage.read_value(tmp_path / "junk.parquet", cutoff)
-    table = pd.DataFrame({s.CUSTOMER_ID: ["a", "b", "a"], s.CUTOFF: cutoff, s.CLV: [1.0, 2.0, 3.0]})
-    table.to_parquet(tmp_path / "dup.parquet")
-    with pytest.raises(InputError, match="more than one row for a customer"):
-        stage.read_value(tmp_path / "dup.parquet", cutoff)
-    table.iloc[:2].to_parquet(tmp_path / "old.parquet")
-    with pytest.raises(InputError, match="not this run's scoring cutoff 1998-07-31"):
-        stage.read_value(tmp_path / "old.parquet", pd.Timestamp("1998-07-31"))
-    assert stage.read_value(tmp_path / "old.parquet", cutoff)[s.CLV].tolist() == [1.0, 2.0]
+    head = set(frame[s.CUSTOMER_ID].iloc[np.argsort(-vr)[:50]])
+    explained = set(ranked.loc[ranked["reason_1"].notna(), s.CUSTOMER_ID])
+    assert explained <= head and len(explained) > 40
+    pd.testing.assert_series_equal(
+        ranked.set_index(s.CUSTOMER_ID)[s.P_CHURN].sort_index(), full.set_index(s.CUSTOMER_ID)[s.P_CHURN].sort_index()
+    )
+    with pytest.raises(InputError, match="1 customers of the churn population have no CLV"):
+        score_stage.risk_table(frame, value.iloc[1:], model, cfg)
 
 
 def test_training_rows_are_capped_per_cutoff_and_the_file_reads_like_the_table(sample: dict[str, Any]) -> None:
