@@ -63,7 +63,8 @@ def input_file(p: argparse.ArgumentParser, flag: str, *, required: bool = True, 
 
 
 def writer_stage(path: Path, dvc_yaml: Path = Path("dvc.yaml")) -> str | None:
-    """The dvc.yaml stage that has ``path`` among its outputs, if there is a dvc.yaml here and one has."""
+    """The dvc.yaml stage that has ``path`` among its outputs (or inside an output folder), if there is a dvc.yaml
+    here and one has."""
     try:
         stages = (yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")) or {}).get("stages", {})
     except (OSError, yaml.YAMLError, AttributeError):
@@ -73,7 +74,10 @@ def writer_stage(path: Path, dvc_yaml: Path = Path("dvc.yaml")) -> str | None:
         declared = [*stage.get("outs", []), *stage.get("metrics", [])] if isinstance(stage, dict) else []
         for out in declared:
             out_path = next(iter(out)) if isinstance(out, dict) else out
-            if isinstance(out_path, str) and os.path.normpath(out_path) == wanted:
+            if not isinstance(out_path, str):
+                continue
+            declared_path = os.path.normpath(out_path)
+            if wanted == declared_path or wanted.startswith(declared_path + os.sep):
                 return str(name)
     return None
 

@@ -22,11 +22,8 @@ import yaml
 from nbclient import NotebookClient
 
 from features import schemas as s
-from pipeline import churn as churn_stage
-from pipeline import clv as clv_stage
-from pipeline import features as features_stage
-from pipeline import ingest as ingest_stage
 from tests.conftest import ROOT, project_params
+from tests.stages import run_stages
 
 NOTEBOOKS = ROOT / "notebooks"
 EXPLORE = NOTEBOOKS / "01_explore.ipynb"
@@ -47,24 +44,8 @@ class Store:
 
 
 def _run_model_stages(params_file: Path) -> None:
-    """The clv and churn stages with the paths dvc.yaml gives them, relative to the project root."""
-    p = ["--params", str(params_file)]
-    clv_stage.main(
-        [
-            *p,
-            *("--transactions", "data/transactions.parquet", "--features", "data/features.parquet"),
-            *("--clv", "data/clv.parquet", "--artifacts", "artifacts/clv", "--metrics", "metrics/clv.json"),
-            *("--plots", "plots/clv"),
-        ]
-    )
-    churn_stage.main(
-        [
-            *p,
-            *("--features", "data/features.parquet", "--churn", "data/churn.parquet"),
-            *("--artifacts", "artifacts/churn", "--metrics", "metrics/churn.json"),
-            *("--plots", "plots/churn", "--drift", "data/drift.parquet"),
-        ]
-    )
+    """The training stages and the week's scoring, with the paths dvc.yaml gives them."""
+    run_stages(Path("."), params_file, ("train_clv", "train_churn", "score"))
 
 
 @pytest.fixture(scope="module")
@@ -78,18 +59,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
         mp.chdir(root)  # MLflow puts run artifacts under ./mlruns: keep them in the temporary project
-        ingest_stage.main(
-            [
-                *("--params", str(params_file), "--transactions", "data/transactions.parquet"),
-                *("--quarantine", "data/quarantine.parquet", "--metrics", "metrics/ingest.json"),
-            ]
-        )
-        features_stage.main(
-            [
-                *("--params", str(params_file), "--transactions", "data/transactions.parquet"),
-                *("--features", "data/features.parquet", "--metrics", "metrics/features.json"),
-            ]
-        )
+        run_stages(Path("."), params_file, ("ingest", "features", "snapshot"))
         _run_model_stages(params_file)
         params["churn"]["lightgbm"]["num_leaves"] = 7  # the second run: smaller trees
         params_file.write_text(yaml.safe_dump(params))

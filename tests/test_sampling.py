@@ -70,10 +70,10 @@ def test_features_stage_draws_before_featurising(tmp_path: Path, params: dict[st
     joined = drawn.merge(whole, on=keys, how="left", suffixes=("", "_whole"), validate="one_to_one")
     for column in whole.columns.difference(keys):
         pd.testing.assert_series_equal(joined[column], joined[f"{column}_whole"], check_names=False)
-    # the scoring snapshot is never drawn from
-    assert drawn[s.IS_SCORING].sum() == whole[s.IS_SCORING].sum() == 2357
+    # the scoring snapshot is another stage's (pipeline.snapshot), never drawn from
+    assert not drawn[s.IS_SCORING].any() and not whole[s.IS_SCORING].any()
     # different customers at different cutoffs, the same ones on a rerun
-    by_cutoff = drawn[~drawn[s.IS_SCORING]].groupby(s.CUTOFF)[s.CUSTOMER_ID].apply(frozenset)
+    by_cutoff = drawn.groupby(s.CUTOFF)[s.CUSTOMER_ID].apply(frozenset)
     assert by_cutoff.nunique() == 14
     again, _ = _features(tmp_path, params, 1000)
     pd.testing.assert_frame_equal(again, drawn)
@@ -81,7 +81,7 @@ def test_features_stage_draws_before_featurising(tmp_path: Path, params: dict[st
     # the clv stage calibrates on the draw: its holdout and its cumulative-purchases plot are the drawn customers'
     params["clv"]["bootstrap_samples"] = 5
     cfg = dataclasses.replace(section(params, "features", FeaturesConfig), max_customers_per_training_cutoff=1000)
-    out = clv_stage.Outputs(tmp_path / "clv.parquet", tmp_path / "art", tmp_path / "clv.json", tmp_path / "plots")
+    out = clv_stage.Outputs(tmp_path / "art", tmp_path / "clv.json", tmp_path / "plots")
     clv_stage.run(
         section(params, "base", BaseConfig), cfg, section(params, "clv", ClvConfig), tmp_path / "tx.parquet",
         tmp_path / "run1" / "f.parquet", out, source="cdnow_sample", track=False,
@@ -91,4 +91,5 @@ def test_features_stage_draws_before_featurising(tmp_path: Path, params: dict[st
     cumulative = pd.read_csv(out.plots / "cumulative.csv")
     assert holdout == cumulative["actual"].iloc[-1] == calibration[s.FUTURE_PURCHASES].sum()
     assert holdout < whole.loc[whole[s.CUTOFF] == calibration[s.CUTOFF].iloc[0], s.FUTURE_PURCHASES].sum()
-    assert len(pd.read_parquet(out.clv)) == 2357  # scored from the transactions: every customer
+    # refitted as of the training date on the transactions: every customer, not the draw
+    assert json.loads(out.metrics.read_text())["training"]["customers"] == 2357

@@ -226,7 +226,8 @@ def test_a_denied_folder_is_one_line(
 def test_a_damaged_file_between_stages_names_the_stage_that_writes_it() -> None:
     dvc_yaml = ROOT / "dvc.yaml"
     assert cli.writer_stage(Path("data/features.parquet"), dvc_yaml) == "features"
-    assert cli.writer_stage(Path("./data/clv.parquet"), dvc_yaml) == "clv"
-    assert cli.writer_stage(Path("metrics/churn.json"), dvc_yaml) == "churn"
+    assert cli.writer_stage(Path("./data/clv.parquet"), dvc_yaml) == "score"
+    assert cli.writer_stage(Path("metrics/churn.json"), dvc_yaml) == "train_churn"
+    assert cli.writer_stage(Path("artifacts/clv/params.json"), dvc_yaml) == "train_clv"  # inside an output folder
     assert cli.writer_stage(Path("data/elsewhere.parquet"), dvc_yaml) is None
     assert cli.writer_stage(Path("data/features.parquet"), ROOT / "no-such-dvc.yaml") is None
