@@ -20,9 +20,9 @@ from features.errors import InputError
 from models import churn as cm
 from models.evaluation import calibration_table, churn_metrics, expected_calibration_error, lift_table
 from pipeline import churn as stage
-from pipeline import score as score_stage
 from pipeline import features as features_stage
 from pipeline import ingest as ingest_stage
+from pipeline import score as score_stage
 from pipeline.config import BaseConfig, ChurnConfig, ClvConfig, FeaturesConfig, IngestConfig, ScoreConfig, section
 from tests.conftest import project_params
 

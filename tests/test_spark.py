@@ -22,11 +22,7 @@ import pytest
 import yaml
 
 from features import schemas as s
-from pipeline import churn as churn_stage
-from pipeline import clv as clv_stage
-from pipeline import features as features_stage
-from pipeline import ingest as ingest_stage
-from pipeline import score as score_stage
+from tests.stages import run_stage, run_stages
 
 pytest.importorskip("pyspark", reason="pyspark is installed by `make install` (the project's spark extra)")
 
@@ -50,44 +46,19 @@ pytestmark = [
 ]
 
 
-def run_stages(folder: Path, params: dict[str, Any], transactions: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """features, clv, churn and score in ``folder``, from ``transactions``; returns the folder.
+def run_engine(folder: Path, params: dict[str, Any], transactions: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every stage after ingest in ``folder``, from ``transactions``; returns the folder.
 
     Each engine gets its own MLflow store: in a shared registry the second engine's models would tie with the
     first's, stay challengers, and be scored by the first engine's champion, hiding any difference.
     """
-    folder.mkdir()
+    (folder / "data").mkdir(parents=True)
+    shutil.copy(transactions, folder / "data/transactions.parquet")
     monkeypatch.chdir(folder)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder}/mlflow.db")
     params_file = folder / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
-    common = ["--params", str(params_file)]
-    d = folder
-    features_stage.main(
-        [*common, "--transactions", str(transactions), "--features", f"{d}/f.parquet", "--metrics", f"{d}/f.json"]
-    )
-    clv_stage.main(
-        [
-            *common,
-            *("--transactions", str(transactions), "--features", f"{d}/f.parquet", "--clv", f"{d}/clv.parquet"),
-            *("--artifacts", f"{d}/artifacts/clv", "--metrics", f"{d}/clv.json", "--plots", f"{d}/plots/clv"),
-        ]
-    )
-    churn_stage.main(
-        [
-            *common,
-            *("--features", f"{d}/f.parquet", "--churn", f"{d}/churn.parquet", "--drift", f"{d}/drift.parquet"),
-            *("--artifacts", f"{d}/artifacts/churn", "--metrics", f"{d}/churn.json", "--plots", f"{d}/plots/churn"),
-        ]
-    )
-    score_stage.main(
-        [
-            *common,
-            *("--churn", f"{d}/churn.parquet", "--clv", f"{d}/clv.parquet", "--features", f"{d}/f.parquet"),
-            *("--transactions", str(transactions), "--scores", f"{d}/scores.parquet"),
-            *("--segments", f"{d}/segments.csv", "--metrics", f"{d}/score.json"),
-        ]
-    )
+    run_stages(folder, params_file, ("features", "train_clv", "train_churn", "snapshot", "score"))
     return folder
 
 
@@ -113,23 +84,23 @@ def test_duckdb_and_spark_give_the_same_features_and_scores(
     params["features"]["cutoff_schedule"]["count"] = 3  # 4 of the 14 training cutoffs: the same code, less work
     ingest_cfg = tmp_path / "params.yaml"
     ingest_cfg.write_text(yaml.safe_dump(params))
-    tx = tmp_path / "tx.parquet"
-    ingest_stage.main(
-        [
-            *("--params", str(ingest_cfg), "--transactions", str(tx)),
-            *("--quarantine", f"{tmp_path}/q.parquet", "--metrics", f"{tmp_path}/ingest.json"),
-        ]
-    )
-    duck = run_stages(tmp_path / "duckdb", params, tx, monkeypatch)
+    run_stage("ingest", tmp_path, ingest_cfg)
+    tx = tmp_path / "data/transactions.parquet"
+    duck = run_engine(tmp_path / "duckdb", params, tx, monkeypatch)
     params["base"]["engine"] = "spark"
     params["base"]["spark"]["master"] = "local[2]"
-    spark = run_stages(tmp_path / "spark", params, tx, monkeypatch)
+    spark = run_engine(tmp_path / "spark", params, tx, monkeypatch)
 
-    features = pd.read_parquet(spark / "f.parquet")
-    assert features[s.CUSTOMER_ID].nunique() == 23570 and features[s.CUTOFF].nunique() == 5
-    assert_same(features, pd.read_parquet(duck / "f.parquet"), [s.CUTOFF, s.CUSTOMER_ID], "features")
+    features = pd.read_parquet(spark / "data/features.parquet")
+    assert features[s.CUSTOMER_ID].nunique() == 23570 and features[s.CUTOFF].nunique() == 4
+    keys = [s.CUTOFF, s.CUSTOMER_ID]
+    assert_same(features, pd.read_parquet(duck / "data/features.parquet"), keys, "features")
+    snapshot = pd.read_parquet(spark / "data/snapshot.parquet")
+    assert_same(snapshot, pd.read_parquet(duck / "data/snapshot.parquet"), keys, "snapshot")
     for name in ("clv", "churn", "scores"):
-        table = pd.read_parquet(spark / f"{name}.parquet")
-        assert_same(table, pd.read_parquet(duck / f"{name}.parquet"), [s.CUSTOMER_ID], name)
-    assert_same(pd.read_parquet(spark / "drift.parquet"), pd.read_parquet(duck / "drift.parquet"), ["feature"], "drift")
-    assert_same(pd.read_csv(spark / "segments.csv"), pd.read_csv(duck / "segments.csv"), ["segment"], "segments")
+        table = pd.read_parquet(spark / f"data/{name}.parquet")
+        assert_same(table, pd.read_parquet(duck / f"data/{name}.parquet"), [s.CUSTOMER_ID], name)
+    drift = pd.read_parquet(spark / "data/drift.parquet")
+    assert_same(drift, pd.read_parquet(duck / "data/drift.parquet"), ["feature"], "drift")
+    segments = pd.read_csv(spark / "data/segments.csv")
+    assert_same(segments, pd.read_csv(duck / "data/segments.csv"), ["segment"], "segments")

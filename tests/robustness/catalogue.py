@@ -745,8 +745,8 @@ CASES: list[Case] = [
         lambda: history(),
         Fails(
             "features",
-            "{dir}/data/transactions.parquet: the file is empty (0 bytes); it is damaged or was cut short: rerun the stage that "
-            "writes it (`dvc repro --force`)",
+            "{dir}/data/transactions.parquet: the file is empty (0 bytes); it is damaged or was cut short: rerun the "
+            "stage that writes it (`dvc repro --force`)",
         ),
         damage=("ingest", cut_short("data/transactions.parquet", 0)),
     ),
@@ -755,8 +755,8 @@ CASES: list[Case] = [
         lambda: history(),
         Fails(
             "train_clv",
-            "{dir}/data/features.parquet: not a readable Parquet file (Parquet magic bytes not found in footer); it is damaged or "
-            "was cut short: rerun the stage that writes it (`dvc repro --force`)",
+            "{dir}/data/features.parquet: not a readable Parquet file (Parquet magic bytes not found in footer); it is "
+            "damaged or was cut short: rerun the stage that writes it (`dvc repro --force`)",
         ),
         damage=("features", cut_short("data/features.parquet", 5000)),
     ),
@@ -765,8 +765,8 @@ CASES: list[Case] = [
         lambda: history(),
         Fails(
             "train_clv",
-            "{dir}/data/features.parquet: not a readable Parquet file (Couldn't deserialize thrift: No more data to read); it is "
-            "damaged or was cut short: rerun the stage that writes it (`dvc repro --force`)",
+            "{dir}/data/features.parquet: not a readable Parquet file (Couldn't deserialize thrift: No more data to "
+            "read); it is damaged or was cut short: rerun the stage that writes it (`dvc repro --force`)",
         ),
         damage=("features", scrambled("data/features.parquet", 200, -2000)),  # all but the footer
     ),

@@ -13,8 +13,8 @@ import yaml
 from features import schemas as s
 from pipeline import cli
 from tests.conftest import project_params
-from tests.stages import MODULES, argv
 from tests.robustness.catalogue import CASES, STAGES, Case, Fails, Folder, Quarantines, Runs
+from tests.stages import MODULES, argv
 
 
 def case_params(case: Case, source: Path) -> dict[str, Any]:

@@ -185,21 +185,21 @@ def test_features_killed_mid_write_under_dvc_repro_leaves_every_output(project: 
     assert every_output(project) == before
 
 
-def test_churn_killed_between_two_outputs_under_dvc_repro_leaves_every_output(project: Path, tmp_path: Path) -> None:
+def test_score_killed_between_two_outputs_under_dvc_repro_leaves_every_output(project: Path, tmp_path: Path) -> None:
     params_file = project / "params.yaml"
     original = params_file.read_text()
     params = yaml.safe_load(original)
-    params["churn"]["lightgbm"]["num_leaves"] = 7  # the churn stage now has something new to write
+    params["score"]["risk_tier_thresholds"]["high"] = 0.8  # the score stage now has something new to write
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     before = every_output(project)
     try:
-        # killed while writing data/drift.parquet, after writing data/churn.parquet in full
-        killed = killed_repro(project, tmp_path, "churn", "second-table", "--single-item", "churn")
+        # killed while writing data/churn.parquet, after writing data/clv.parquet in full
+        killed = killed_repro(project, tmp_path, "score", "second-table", "--single-item", "score")
         assert killed.returncode != 0
-        assert "failed to reproduce 'churn'" in killed.stderr
-        assert every_output(project) == before  # data/churn.parquet included: it was staged, not yet moved
+        assert "failed to reproduce 'score'" in killed.stderr
+        assert every_output(project) == before  # data/clv.parquet included: it was staged, not yet moved
         status = dvc(project, "status").stdout
-        assert status.startswith("churn:\n\tchanged deps:\n\t\tparams.yaml:")  # DVC knows it has still to run
+        assert status.startswith("score:\n\tchanged deps:\n\t\tparams.yaml:")  # DVC knows it has still to run
         assert "changed outs" not in status  # and finds every output as dvc.lock records it
     finally:
         params_file.write_text(original)
