@@ -586,7 +586,7 @@ def run(
     write_json(metrics, out.metrics)
     write_plots(out, transactions, base, fcfg, cal, calib, fit)
     if track:
-        _track(base, fcfg, cfg, transactions, features, out, metrics, fit.snapshot, judgement)
+        _track(base, fcfg, cfg, (transactions, features), out, metrics, fit.snapshot, judgement)
     log.info(
         "%s trained as of %s on %d customers; holdout %s purchases actual %.0f vs predicted %.0f",
         calib.chosen.name,
@@ -652,8 +652,7 @@ def _track(
     base: BaseConfig,
     fcfg: FeaturesConfig,
     cfg: ClvConfig,
-    transactions: Path,
-    features: Path,
+    inputs: tuple[Path, Path],
     out: Outputs,
     metrics: dict[str, Any],
     snapshot: pd.DataFrame,
@@ -665,6 +664,7 @@ def _track(
         "features": {"horizon_days": fcfg.horizon_days},
         "train": {"as_of": metrics["training"]["trained_as_of"]},
     }
+    transactions, features = inputs
     tags = {
         **tracking.data_fingerprint(transactions),
         "clv.chosen_model": str(metrics["chosen_model"]),

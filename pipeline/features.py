@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -216,20 +216,25 @@ def memory_hint(stage: str, base: BaseConfig) -> Iterator[None]:
 
 
 def main(argv: Sequence[str]) -> None:
-    p = cli.parser(__doc__.splitlines()[0])
+    featurise_main(argv, __doc__, "--features", run, training_as_of)
+
+
+def featurise_main(
+    argv: Sequence[str],
+    doc: str | None,
+    output_flag: str,
+    stage_run: Callable[..., dict[str, Any]],
+    as_of: Callable[[dict[str, Any]], dt.date | None],
+) -> None:
+    """The command line of a stage that featurises the transactions into one table (``features``, ``snapshot``)."""
+    p = cli.parser((doc or "").splitlines()[0])
     cli.input_file(p, "--transactions")
-    cli.output(p, "--features")
+    cli.output(p, output_flag)
     cli.output(p, "--metrics")
     args = p.parse_args(argv)
     params = load_params(args.params)
-    run(
-        section(params, "base", BaseConfig),
-        section(params, "features", FeaturesConfig),
-        args.transactions,
-        args.features,
-        args.metrics,
-        as_of=training_as_of(params),
-    )
+    base, cfg = section(params, "base", BaseConfig), section(params, "features", FeaturesConfig)
+    stage_run(base, cfg, args.transactions, getattr(args, output_flag[2:]), args.metrics, as_of=as_of(params))
 
 
 if __name__ == "__main__":

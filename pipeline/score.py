@@ -215,17 +215,22 @@ def read_json(path: Path, stage: str) -> dict[str, Any]:
 # --- the serving models -----------------------------------------------------------------------------------------
 
 
+def _served(cfg: Settings, stage: str, trained_as_of: str, as_of: dt.date, track: bool) -> registry.Served:
+    reg = cfg.clv.registry if stage == "clv" else cfg.churn.registry
+    return registry.serving(
+        tracking.registered_name(reg.model_name, cfg.source),
+        pinned=reg.score_version,
+        pin_key=f"{stage}.registry.score_version",
+        scoring_as_of=as_of,
+        workspace_as_of=dt.date.fromisoformat(trained_as_of),
+        tracked=track,
+    )
+
+
 def serving_clv(cfg: Settings, inp: Inputs, as_of: dt.date, track: bool) -> tuple[dict[str, Any], registry.Served]:
     """The serving CLV model's params.json and where it came from."""
     local = read_json(inp.clv_artifacts / "params.json", "train_clv")
-    served = registry.serving(
-        tracking.registered_name(cfg.clv.registry.model_name, cfg.source),
-        pinned=cfg.clv.registry.score_version,
-        pin_key="clv.registry.score_version",
-        scoring_as_of=as_of,
-        workspace_as_of=dt.date.fromisoformat(local["trained_as_of"]),
-        tracked=track,
-    )
+    served = _served(cfg, "clv", local["trained_as_of"], as_of, track)
     doc = clv_stage.version_params(served.version) if served.version else local
     if "replicates" not in doc["scoring"].get("bootstrap", {}):
         raise InputError(
@@ -239,18 +244,10 @@ def serving_clv(cfg: Settings, inp: Inputs, as_of: dt.date, track: bool) -> tupl
 def serving_churn(cfg: Settings, inp: Inputs, as_of: dt.date, track: bool) -> tuple[cm.ChurnModel, registry.Served]:
     """The serving churn model and where it came from."""
     card = read_json(inp.churn_artifacts / "model_card.json", "train_churn")
-    served = registry.serving(
-        tracking.registered_name(cfg.churn.registry.model_name, cfg.source),
-        pinned=cfg.churn.registry.score_version,
-        pin_key="churn.registry.score_version",
-        scoring_as_of=as_of,
-        workspace_as_of=dt.date.fromisoformat(card["trained_as_of"]),
-        tracked=track,
-    )
-    model = (
-        churn_stage.load_version(served.version) if served.version else churn_stage.load_trained(inp.churn_artifacts)
-    )
-    return model, served
+    served = _served(cfg, "churn", card["trained_as_of"], as_of, track)
+    if served.version:
+        return churn_stage.load_version(served.version), served
+    return churn_stage.load_trained(inp.churn_artifacts), served
 
 
 # --- value ------------------------------------------------------------------------------------------------------

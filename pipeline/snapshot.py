@@ -19,9 +19,9 @@ from features import schemas as s
 from features.behaviour import feature_table, purchase_days, return_days
 from features.cutoffs import scoring_cutoff
 from pipeline import cli
-from pipeline.config import BaseConfig, FeaturesConfig, load_params, scoring_as_of, section
+from pipeline.config import BaseConfig, FeaturesConfig, scoring_as_of
 from pipeline.engine import backend, open_transactions
-from pipeline.features import batches, date_bounds, feature_options, memory_hint
+from pipeline.features import batches, date_bounds, feature_options, featurise_main, memory_hint
 from pipeline.io import write_batches, write_json
 from pipeline.progress import Progress
 
@@ -56,20 +56,7 @@ def run(
 
 
 def main(argv: Sequence[str]) -> None:
-    p = cli.parser(__doc__.splitlines()[0])
-    cli.input_file(p, "--transactions")
-    cli.output(p, "--snapshot")
-    cli.output(p, "--metrics")
-    args = p.parse_args(argv)
-    params = load_params(args.params)
-    run(
-        section(params, "base", BaseConfig),
-        section(params, "features", FeaturesConfig),
-        args.transactions,
-        args.snapshot,
-        args.metrics,
-        as_of=scoring_as_of(params),
-    )
+    featurise_main(argv, __doc__, "--snapshot", run, scoring_as_of)
 
 
 if __name__ == "__main__":
