@@ -17,7 +17,7 @@ import dataclasses
 import io
 import warnings
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -173,6 +173,27 @@ def quiet_fit(fitter: Any, *args: Any, **kwargs: Any) -> Any:
 # --- the penalizer ladder -------------------------------------------------------------------------------------
 
 
+class LadderFitted:
+    """The learned state a fit up the penalizer ladder leaves: shared by the purchase and the spend model."""
+
+    fitter_: Any
+    penalizer_coef_: float
+    attempts_: list[dict[str, Any]]
+    n_customers_: int
+    n_histories_: int
+
+    def _converged(
+        self, fitter: Any, penalizer: float, attempts: list[dict[str, Any]], weight: npt.NDArray[np.int64]
+    ) -> Self:
+        """Keep the converged ``fitter``, its rung, every attempt up to it and how many customers and histories."""
+        self.fitter_ = fitter
+        self.penalizer_coef_ = penalizer
+        self.attempts_ = attempts
+        self.n_customers_ = int(weight.sum())
+        self.n_histories_ = len(weight)
+        return self
+
+
 def next_penalizer(ladder: Sequence[float]) -> float:
     """The ``penalizer_coef`` an error message suggests once every rung of ``ladder`` has failed."""
     top = max(ladder)
@@ -184,6 +205,15 @@ def check_ladder(ladder: Sequence[float]) -> tuple[float, ...]:
     if not ladder or any(p < 0 or not np.isfinite(p) for p in ladder) or list(ladder) != sorted(ladder):
         raise InputError(f"penalizer_ladder must be increasing values >= 0, got {list(ladder)}")
     return tuple(float(p) for p in ladder)
+
+
+def ladder_exhausted(what: str, ladder: Sequence[float], attempts: list[dict[str, Any]]) -> ClvFitError:
+    """The error for a fit that failed on every rung of ``ladder``: ``what`` failed, how it last failed (from
+    ``attempts``) and the ``penalizer_coef`` to add, so the user knows the next step."""
+    return ClvFitError(
+        f"{what} with penalizer_coef in {list(ladder)} ({attempts[-1]['outcome']}); add a larger penalizer_coef "
+        f"to the ladder (try {next_penalizer(ladder)})"
+    )
 
 
 def require_finite(x: Array, what: str, model: str, penalizer: float, ladder: Sequence[float]) -> Array:

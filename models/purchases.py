@@ -28,10 +28,11 @@ from models.clv_base import (
     Array,
     ClvFitError,
     FitReport,
+    LadderFitted,
     ModelName,
     check_ladder,
     fit_uncertainty,
-    next_penalizer,
+    ladder_exhausted,
     quiet_fit,
     require_finite,
 )
@@ -63,7 +64,7 @@ def _attempt(penalizer: float, variant: str, exc: BaseException | None) -> dict[
 # --- purchase model -------------------------------------------------------------------------------------------
 
 
-class PurchaseModel:
+class PurchaseModel(LadderFitted):
     """A BTYD purchase model (``bgnbd``, ``mbgnbd`` or ``pareto_nbd``) fitted on weighted unique histories.
 
     Parameters
@@ -137,18 +138,9 @@ class PurchaseModel:
                     attempts.append(_attempt(pen, variant, exc))
                     continue
                 attempts.append(_attempt(pen, variant, None))
-                self.fitter_ = fitter
-                self.penalizer_coef_ = pen
                 self.variant_ = variant
-                self.attempts_ = attempts
-                self.n_customers_ = int(w.sum())
-                self.n_histories_ = len(w)
-                return self
-        raise ClvFitError(
-            f"{self.model}: the fit did not converge on {int(w.sum())} customers with penalizer_coef in "
-            f"{list(ladder)} ({attempts[-1]['outcome']}); add a larger penalizer_coef to the ladder "
-            f"(try {next_penalizer(ladder)})"
-        )
+                return self._converged(fitter, pen, attempts, w)
+        raise ladder_exhausted(f"{self.model}: the fit did not converge on {int(w.sum())} customers", ladder, attempts)
 
     def _fitted(self) -> Any:
         if not hasattr(self, "fitter_"):

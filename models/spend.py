@@ -19,18 +19,19 @@ from models.clv_base import (
     Array,
     ClvFitError,
     FitReport,
+    LadderFitted,
     check_ladder,
     check_spend,
     fit_uncertainty,
     float_column,
-    next_penalizer,
+    ladder_exhausted,
     quiet_fit,
 )
 from models.histories import Histories, unique_histories
 from models.likelihoods import AnalyticGammaGammaFitter
 
 
-class SpendModel:
+class SpendModel(LadderFitted):
     """Gamma-Gamma model of the average spend per purchase, fitted on repeat buyers only.
 
     Its expectation is finite only for ``q > 1``; a fit with ``q <= 1`` is refitted with lifetimes'
@@ -81,16 +82,9 @@ class SpendModel:
                     )
                     continue
                 attempts.append({"penalizer_coef": pen, "q_constraint": constrained, "outcome": "converged"})
-                self.fitter_ = fitter
-                self.penalizer_coef_ = pen
-                self.attempts_ = attempts
-                self.n_customers_ = int(w.sum())
-                self.n_histories_ = len(w)
-                return self
-        raise ClvFitError(
-            f"gamma_gamma: the fit did not converge on {int(w.sum())} repeat buyers with penalizer_coef in "
-            f"{list(ladder)} ({attempts[-1]['outcome']}); add a larger penalizer_coef to the ladder "
-            f"(try {next_penalizer(ladder)})"
+                return self._converged(fitter, pen, attempts, w)
+        raise ladder_exhausted(
+            f"gamma_gamma: the fit did not converge on {int(w.sum())} repeat buyers", ladder, attempts
         )
 
     @property
