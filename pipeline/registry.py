@@ -109,11 +109,11 @@ def judge(
     standing = tracking.standing_version(name, same, current, metric, min_improvement)
     if standing:
         reused, decision = standing
-        log.info("registry %s: v%s is this model on this holdout; its decision stands", name, reused.version)
+        log.info("%s: v%s is this model on this holdout; its decision stands", name, reused.version)
         return Judgement(name, decision, version_tags, reused)
     figure = champion_figure(current) if current else None
     decision = gate.decide(metric, min_improvement, float(figures[metric]), figure)
-    log.info("registry %s: this run's model becomes %s: %s", name, decision.alias, decision.reason)
+    log.info("%s: this run's model becomes %s: %s", name, decision.alias, decision.reason)
     return Judgement(name, decision, version_tags, None)
 
 

@@ -232,12 +232,18 @@ def serving_clv(cfg: Settings, inp: Inputs, as_of: dt.date, track: bool) -> tupl
     local = read_json(inp.clv_artifacts / "params.json", "train_clv")
     served = _served(cfg, "clv", local["trained_as_of"], as_of, track)
     doc = clv_stage.version_params(served.version) if served.version else local
+    if served.version is not None and "replicates" not in doc["scoring"].get("bootstrap", {}):
+        # registered before training and scoring were separate stages: no replicates to draw its CLV band from
+        note = f"v{served.version.version} holds no bootstrap replicates (registered before the score stage)"
+        if dt.date.fromisoformat(local["trained_as_of"]) > as_of:
+            raise InputError(
+                f"{served.model_name} {note}, and the training run's model was trained after {as_of}; move the "
+                "champion alias to a newer version (make ui) or set clv.registry.score_version"
+            )
+        log.warning("%s: %s; the training run's model scores instead", served.model_name, note)
+        return local, registry.Served(served.model_name, None, "training run", note)
     if "replicates" not in doc["scoring"].get("bootstrap", {}):
-        raise InputError(
-            f"{served.model_name} v{served.version} holds no bootstrap replicates (registered before training and "
-            "scoring were separate stages), so no CLV band can be drawn; move the champion alias to a newer version "
-            "(make ui) or set clv.registry.score_version"
-        )
+        raise InputError(f"{inp.clv_artifacts / 'params.json'}: no bootstrap replicates; rerun the train_clv stage")
     return doc, served
 
 
