@@ -97,7 +97,7 @@ def judge(
     its_date = trained_as_of(current) if current else None
     if current is not None and its_date is not None and its_date > as_of:
         log.info(
-            "registry %s: trained as of %s, before champion v%s's %s: a back-fill",
+            "%s: trained as of %s, before champion v%s's %s: a back-fill",
             name,
             as_of,
             current.version,
