@@ -7,6 +7,7 @@ with the number of distinct histories, not customers; predictions are made per h
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,15 @@ class Histories:
 
     def __len__(self) -> int:
         return len(self.weight)
+
+    @functools.cached_property
+    def ages(self) -> Histories:
+        """The distinct (frequency, T) pairs of these purchase histories, and each history's pair (``inverse``).
+
+        The costly 2F1 term of the BG/NBD expectations depends on nothing else (``models.purchases``); computed
+        once and kept, so that the bootstrap's replicates evaluated on the same histories share it.
+        """
+        return unique_histories(frequency=self.values["frequency"], T=self.values["T"])
 
 
 def unique_histories(**columns: Array) -> Histories:

@@ -121,7 +121,8 @@ def snapshots(
             snapshot = read_table(features, _schema(fcfg), filters=[(s.CUTOFF, "=", cutoff)])
             snapshot[s.CUTOFF] = snapshot[s.CUTOFF].astype("datetime64[us]")
         else:
-            snapshot = features[features[s.CUTOFF] == cutoff]
+            rows = (features[s.CUTOFF] == cutoff).to_numpy()
+            snapshot = features if rows.all() else features[rows]  # a scoring snapshot is one cutoff: no copy
         if not snapshot.empty:
             yield cutoff, snapshot.reset_index(drop=True)
 

@@ -349,10 +349,13 @@ def score_and_explain(
     return pd.concat(parts, ignore_index=True)
 
 
-def model_rows(path: Path, cutoff: pd.Timestamp, cfg: Settings, model: cm.ChurnModel, where: str) -> pd.DataFrame:
-    """One cutoff's churn population with every feature the model needs (BTYD, attributes, derived)."""
+def model_rows(
+    features: pd.DataFrame | Path, cutoff: pd.Timestamp, cfg: Settings, model: cm.ChurnModel, where: str
+) -> pd.DataFrame:
+    """One cutoff's churn population with every feature the model needs (BTYD, attributes, derived), from a
+    loaded snapshot or a features file."""
     tables, _ = churn_stage.read_attributes(cfg.churn)
-    rows, _ = churn_stage.modelling_table(path, [cutoff], cfg.base, cfg.features, cfg.churn, tables)
+    rows, _ = churn_stage.modelling_table(features, [cutoff], cfg.base, cfg.features, cfg.churn, tables)
     missing = [c for c in model.features_ if c not in rows.columns]
     if missing:
         raise InputError(f"score: the serving churn model needs feature(s) {missing[:5]} that the {where} lacks")
@@ -422,7 +425,7 @@ def run(cfg: Settings, inp: Inputs, out: Outputs, *, track: bool = True) -> dict
     write_table(value, out.clv, s.clv_schema(with_net=cfg.clv.acquisition_cost is not None))
 
     model, churn_served = serving_churn(cfg, inp, as_of, track)
-    population = model_rows(inp.snapshot, cutoff, cfg, model, "scoring snapshot")
+    population = model_rows(snapshot, cutoff, cfg, model, "scoring snapshot")
     churned = risk_table(population, value, model, cfg)
     write_table(churned, out.churn, s.churn_schema())
     ref_cutoff = reference_cutoff(inp.features, cfg.features)
