@@ -114,6 +114,11 @@ def check_spend(frequency: Any, monetary_value: Any) -> tuple[Array, Array]:
 # --- fitted parameters ----------------------------------------------------------------------------------------
 
 
+# Which way each holdout metric of a CLV model is better (model selection and the registry gate read these).
+LOWER_IS_BETTER = ("purchases_abs_pct_error", "purchases_mae", "purchases_rmse", "spend_mae")
+HIGHER_IS_BETTER = ("spearman", "gini", "top_decile_capture")
+
+
 @dataclasses.dataclass(frozen=True)
 class FitReport:
     """What a fit produced and how it got there, for artifacts and MLflow."""

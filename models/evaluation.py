@@ -10,14 +10,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from scipy.stats import spearmanr
 from sklearn.metrics import average_precision_score, log_loss, precision_recall_curve, roc_auc_score, roc_curve
 
-Array = npt.NDArray[np.float64]
+from models.clv_base import HIGHER_IS_BETTER, LOWER_IS_BETTER
 
-# Metrics where lower is better; the rest (spearman, gini, top_decile_capture) are better when higher.
-LOWER_IS_BETTER = ("purchases_abs_pct_error", "purchases_mae", "purchases_rmse", "spend_mae")
-HIGHER_IS_BETTER = ("spearman", "gini", "top_decile_capture")
+Array = npt.NDArray[np.float64]
 
 
 def normalized_gini(actual: Array, score: Array) -> float:
@@ -66,6 +63,8 @@ def holdout_metrics(
     actual_total = float(pa.sum())
     predicted_total = float(pp.sum())
     pct = 100.0 * (predicted_total - actual_total) / actual_total if actual_total else float("nan")
+    from scipy.stats import spearmanr  # here: scipy.stats takes a second to import, and most stages never call this
+
     rho = spearmanr(value_score, sa).statistic if np.ptp(value_score) > 0 and np.ptp(sa) > 0 else float("nan")
     return {
         "customers": float(len(pa)),

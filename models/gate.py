@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from models.evaluation import HIGHER_IS_BETTER, LOWER_IS_BETTER
+from models.clv_base import HIGHER_IS_BETTER, LOWER_IS_BETTER
 
 Alias = Literal["champion", "challenger"]
 CHAMPION: Alias = "champion"

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from features import schemas as s
 from pipeline import cli
 from pipeline.config import ChurnConfig, load_params, section
-from pipeline.score import iso_week
+from pipeline.weeks import iso_week
 
 
 @dataclasses.dataclass(frozen=True)

@@ -53,7 +53,7 @@ from pipeline.io import (
     write_csv,
     write_table,
 )
-from pipeline.score import grid, iso_week
+from pipeline.weeks import grid, iso_week
 
 log = logging.getLogger("report")
 

@@ -58,6 +58,7 @@ from pipeline.config import (
 from pipeline.engine import backend, open_transactions
 from pipeline.io import finite_json, read_table, write_csv, write_json, write_table
 from pipeline.progress import Progress
+from pipeline.weeks import grid, iso_week
 
 log = logging.getLogger("score")
 
@@ -93,22 +94,6 @@ class Settings:
     churn: ChurnConfig
     score: ScoreConfig
     source: str
-
-
-def iso_week(as_of: dt.date) -> str:
-    """The ISO week of ``as_of`` as ``YYYY-Www`` (1998-03-02 -> 1998-W10), the weekly report's folder name."""
-    year, week, _ = as_of.isocalendar()
-    return f"{year}-W{week:02d}"
-
-
-def grid(cfg: ScoreConfig) -> dict[tuple[str, str], tuple[str, str]]:
-    """``score.segments`` as (value tier, risk tier) -> (name, action)."""
-    cells = {}
-    for v in s.VALUE_TIERS:
-        for r in seg.RISK_TIERS:
-            cell = cfg.segments.cell(v, r)
-            cells[(v, r)] = (cell.name, cell.action)
-    return cells
 
 
 def _one_cutoff(frames: dict[str, pd.DataFrame]) -> pd.Timestamp:
@@ -300,7 +285,7 @@ def value_table(snapshot: pd.DataFrame, doc: dict[str, Any], cfg: Settings) -> p
     q = cfg.clv.value_tier_quantiles
     table[s.VALUE_TIER] = value_tiers(table[s.CLV].to_numpy(), high=q.high, mid=q.mid)
     # highest value first, ties by customer id: the same table whatever order the rows came in
-    return table.sort_values([s.CLV, s.CUSTOMER_ID], ascending=[False, True], kind="stable").reset_index(drop=True)
+    return seg.sort_rows(table, [(s.CLV, False), (s.CUSTOMER_ID, True)])
 
 
 def value_metrics(table: pd.DataFrame) -> dict[str, Any]:
@@ -391,7 +376,7 @@ def risk_table(population: pd.DataFrame, value: pd.DataFrame, model: cm.ChurnMod
             explained[[s.CUSTOMER_ID, *s.REASONS]], on=s.CUSTOMER_ID, how="left"
         )  # both one row per customer: a subset of the same scoring rows
         log.info("reasons for the first %d customers of the list by value at risk (of %d)", len(first), len(scored))
-    return scored.sort_values([s.P_CHURN, s.CUSTOMER_ID], ascending=[False, True], ignore_index=True)
+    return seg.sort_rows(scored, [(s.P_CHURN, False), (s.CUSTOMER_ID, True)])
 
 
 def drift_table(

@@ -21,7 +21,7 @@ from models import segments as seg
 from pipeline import report
 from pipeline.config import ClvConfig, FeaturesConfig, ScoreConfig, section
 from pipeline.io import neutralise, write_table
-from pipeline.score import grid
+from pipeline.weeks import grid
 
 PLAIN = re.compile(r"^[+-]?\d+(\.\d+)?$")
 HOSTILE_IDS = ['=HYPERLINK("http://x")', "+4420", "-12", "@SUM(A1:A9)", "\tTAB", "\rCR", "plain", "Zoë"]

@@ -12,7 +12,7 @@ from features import schemas as s
 from models import monitoring
 from models import segments as seg
 from pipeline.config import ConfigError, ScoreConfig, section
-from pipeline.score import grid, iso_week
+from pipeline.weeks import grid, iso_week
 
 
 def _cfg(params: dict[str, Any]) -> ScoreConfig:
@@ -160,3 +160,20 @@ def test_drift_table_sorted_by_psi() -> None:
     assert list(table["feature"]) == ["moved", "stable"]
     assert table["psi"].iloc[0] > 0.2 > 0.05 > table["psi"].iloc[1]
     assert table["scoring_mean"].iloc[0] == pytest.approx(1.0, abs=0.1)
+
+
+def test_the_arrow_sort_gives_pandas_order_with_ties_broken_by_text() -> None:
+    rng = np.random.default_rng(3)
+    ids = [f"{c}{i:03d}" for i, c in enumerate(rng.choice(list("abcÉé中z0"), 600))]
+    frame = pd.DataFrame(
+        {
+            s.CUSTOMER_ID: pd.Series(ids, dtype="string[pyarrow]"),
+            s.VALUE_AT_RISK: rng.integers(0, 5, 600).astype(float),  # many ties
+            s.P_CHURN: rng.integers(0, 3, 600) / 2,
+        }
+    )
+    expected = frame.sort_values(
+        [s.VALUE_AT_RISK, s.P_CHURN, s.CUSTOMER_ID], ascending=[False, False, True], ignore_index=True
+    )
+    pd.testing.assert_frame_equal(seg.list_order(frame), expected)
+    assert seg.list_order(frame.iloc[::-1])[s.CUSTOMER_ID].tolist() == expected[s.CUSTOMER_ID].tolist()
