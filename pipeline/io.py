@@ -344,7 +344,9 @@ def write_batches(batches: Iterable[pa_arrow.RecordBatch], path: str | Path, sch
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
-PLAIN_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+# ASCII digits only, and to the very end (``$`` would also match before a final newline): what a spreadsheet
+# reads as a number. The report's DuckDB writer uses the same pattern.
+PLAIN_NUMBER = re.compile(r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\Z")
 
 
 def neutralise(text: str) -> str:

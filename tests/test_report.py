@@ -115,16 +115,46 @@ def _cells(path: Path) -> list[list[str]]:
     return list(csv.reader(io.StringIO(raw.decode("utf-8-sig"), newline="")))
 
 
-HOSTILE = [None, "", "-", "-12.50", "+3", "=SUM(A1)", "@x", "\tpad", "\r1", "-12\n", "éclair", "ok", "1e5"]
+def _python_csv(frame: pd.DataFrame) -> bytes:
+    """The list as Python's csv module writes it, cell by cell: the oracle for the DuckDB writer."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow([neutralise(c) for c in frame.columns])
+    for row in frame.itertuples(index=False):
+        cells = []
+        for column, v in zip(frame.columns, row, strict=True):
+            if v is None or (not isinstance(v, str) and pd.isna(v)):
+                cells.append("")
+            elif column in report.MONEY:
+                cells.append(f"{v:.2f}")
+            elif column in report.PROBABILITIES:
+                cells.append(f"{v:.4f}")
+            elif isinstance(v, pd.Timestamp):
+                cells.append(v.strftime("%Y-%m-%d"))
+            else:
+                cells.append(neutralise(str(v)))
+        writer.writerow(cells)
+    return b"\xef\xbb\xbf" + out.getvalue().encode("utf-8")
+
+
+HOSTILE = [None, "", "-", "-12.50", "+3", "=SUM(A1)", "@x", "\tpad", "\r1", "-12\n", "éclair", "ok", "1e5", "-٣", 'a"b']
 
 
 @pytest.mark.parametrize("dtype", ["str", "string[python]", "string[pyarrow]", object])
-def test_text_cells_are_the_cells_neutralise_gives(dtype: Any) -> None:
-    """Whatever the text column's dtype, each cell is neutralise(value), and a missing one is empty."""
-    values = pd.Series(HOSTILE * 3, dtype=dtype)
-    expected = ["" if v is None else neutralise(v) for v in HOSTILE * 3]
-    assert report.column_text(s.CUSTOMER_ID, values) == expected
-    assert expected[:6] == ["", "", "'-", "-12.50", "+3", "'=SUM(A1)"]
+def test_the_list_has_the_bytes_python_csv_writes(tmp_path: Path, params: dict[str, Any], dtype: Any) -> None:
+    """Formatting, neutralising, quoting and line ends, cell for cell as neutralise and Python's csv give them,
+    whatever the text columns' dtype; a missing or empty cell is empty."""
+    churn_list = report.churn_risk_list(synthetic_scores(params, dt.date(2024, 3, 4)))
+    churn_list[s.REASONS[0]] = pd.Series((HOSTILE * 30)[: len(churn_list)], dtype=dtype)
+    churn_list[s.CUSTOMER_ID] = churn_list[s.CUSTOMER_ID].astype(dtype)
+    churn_list.loc[3, s.CLV_P05] = np.nan
+    path = tmp_path / "list.csv"
+    report.write_list_csv(churn_list, path)
+    assert path.read_bytes() == _python_csv(churn_list)
+    rows = list(csv.reader(io.StringIO(path.read_bytes().decode("utf-8-sig"), newline="")))
+    assert len(rows) == 401 and "'" + HOSTILE_IDS[0] in {row[1] for row in rows}
+    cells = {row[list(churn_list.columns).index(s.REASONS[0])] for row in rows[1:]}
+    assert {"'-", "-12.50", "+3", "'=SUM(A1)", "'-12\n", "'-٣", 'a"b', ""} <= cells
 
 
 def test_weekly_list_has_no_formula_cell(tmp_path: Path, params: dict[str, Any]) -> None:
@@ -221,18 +251,3 @@ def test_pseudonymised_ids_leave_no_real_id_and_no_key_behind(
     monkeypatch.setenv(report.ID_KEY_ENV, key + "-rotated")
     rotated = write_week(tmp_path, params, dt.date(2021, 3, 15), seed=1)
     assert "has no customer id in common with this one" in (rotated / report.SUMMARY).read_text()
-
-
-def test_the_list_is_written_in_chunks_with_the_same_bytes(
-    params: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The CSV is formatted a chunk of rows at a time (memory); the chunk size must not show in the file."""
-    churn_list = report.churn_risk_list(synthetic_scores(params, dt.date(2024, 3, 4)))
-    whole = io.StringIO()
-    report.write_list_csv(churn_list, whole)
-    monkeypatch.setattr(report, "CSV_CHUNK_ROWS", 7)  # 400 rows: 57 full chunks and a last one of 1
-    chunked = io.StringIO()
-    report.write_list_csv(churn_list, chunked)
-    assert chunked.getvalue() == whole.getvalue()
-    rows = list(csv.reader(io.StringIO(whole.getvalue())))
-    assert len(rows) == 401 and "'" + HOSTILE_IDS[0] in {row[1] for row in rows}
