@@ -235,6 +235,25 @@ def churn_schema() -> pa.DataFrameSchema:
     return pa.DataFrameSchema(columns, strict=True, ordered=True, unique=[CUSTOMER_ID], name="churn")
 
 
+def segment_kpis_schema(kpi_columns: Sequence[str]) -> pa.DataFrameSchema:
+    """The KPIs per segment (``segments.csv`` of the score stage and of each week folder): a segment name and
+    each KPI, missing where it is undefined (a rate over no customers)."""
+    columns: dict[str, pa.Column] = {SEGMENT: pa.Column(str, pa.Check.str_length(min_value=1), coerce=True)}
+    columns.update({c: _float(nullable=True) for c in kpi_columns})
+    return pa.DataFrameSchema(columns, strict=True, ordered=True, unique=[SEGMENT], name="segment_kpis")
+
+
+def attribute_schema(columns: Sequence[str]) -> pa.DataFrameSchema:
+    """A customer attribute table once prepared (``features.attributes.prepare``): an id, a UTC time, and each
+    configured value column as a number (missing allowed: a survey answer left blank)."""
+    checked: dict[str, pa.Column] = {
+        CUSTOMER_ID: pa.Column(str, pa.Check.str_length(min_value=1), coerce=True),
+        TS: pa.Column("datetime64[ns, UTC]", coerce=True),
+    }
+    checked.update({c: _float(nullable=True) for c in dict.fromkeys(columns)})
+    return pa.DataFrameSchema(checked, strict=True, ordered=True, name="attributes")
+
+
 def drift_schema() -> pa.DataFrameSchema:
     """Population stability of each churn feature (and of ``p_churn``) between the last training cutoff and the
     scoring cutoff, written by the churn stage. Means are missing when a side has no finite value."""

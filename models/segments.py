@@ -136,6 +136,8 @@ KPI_COLUMNS: tuple[str, ...] = (
     "expected_churners",
     "mean_p_churn",
 )
+# The columns of ``kpi_table`` after the segment name (segments.csv).
+KPI_TABLE_COLUMNS: tuple[str, ...] = (KPI_COLUMNS[0], "customer_share", *KPI_COLUMNS[1:])
 
 
 def kpi_table(scores: pd.DataFrame, order: list[str], *, margin_ratio: float) -> pd.DataFrame:

@@ -28,7 +28,6 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pandera.pandas as pandera
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features import attributes as attr
@@ -36,6 +35,7 @@ from features import schemas as s
 from features.behaviour import DAYS_PER_UNIT
 from features.errors import InputError
 from features.sampling import cutoff_seed
+from features.schemas import validate
 from models import churn as cm
 from models import gate
 from models.clv_base import ClvFitError
@@ -53,7 +53,7 @@ from pipeline.config import (
     training_as_of,
 )
 from pipeline.features import history_end
-from pipeline.io import atomic_path, finite_json, read_table, write_csv, write_json
+from pipeline.io import atomic_path, finite_json, read_table, read_user_table, write_csv, write_json
 from pipeline.progress import Progress
 
 log = logging.getLogger("churn")
@@ -129,21 +129,13 @@ def snapshots(
 
 def read_attribute_table(spec: AttributeTable) -> tuple[pd.DataFrame, dict[str, int]]:
     """Load one configured attribute table (.csv, .csv.gz or .parquet) and prepare it."""
-    path = Path(spec.path)
-    where = f"churn.attributes[{spec.name}] {path}"
-    if not path.is_file():
-        raise InputError(f"{where}: file not found")
-    if not path.name.endswith((".parquet", ".csv", ".csv.gz")):
-        raise InputError(f"{where}: use a .csv, .csv.gz or .parquet file")
-    try:
-        raw = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype={spec.customer_id: str})
-    except (pa.ArrowException, OSError, ValueError, UnicodeDecodeError) as exc:  # pandas' ParserError is a ValueError
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise InputError(f"{where}: cannot be read ({first}); check the file, or export it again") from exc
+    where = f"churn.attributes[{spec.name}] {spec.path}"
+    raw = read_user_table(spec.path, where, text_columns=[spec.customer_id])
     columns = [c for c, _ in spec.pairs()]
     table, rejected = attr.prepare(
         raw, where=where, customer_id=spec.customer_id, timestamp=spec.timestamp, columns=columns
     )
+    table = validate(table, s.attribute_schema(columns), where)
     return table, {"rows": len(raw), "used": len(table), **rejected}
 
 

@@ -427,6 +427,36 @@ def read_table(
     return validate(frame, schema, where=str(p))
 
 
+def read_csv_table(path: str | Path, schema: pa.DataFrameSchema) -> pd.DataFrame:
+    """Read a CSV file written by an earlier stage (``write_csv``) and validate it against ``schema``."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: file not found; run the stage that writes it first (`dvc repro`)")
+    try:
+        frame = pd.read_csv(p, encoding="utf-8")
+    except (OSError, ValueError, UnicodeDecodeError) as exc:  # pandas' ParserError is a ValueError
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{p}: not readable as CSV ({first}); rerun the stage that writes it") from exc
+    return validate(frame, schema, where=str(p))
+
+
+def read_user_table(path: str | Path, where: str, *, text_columns: Sequence[str] = ()) -> pd.DataFrame:
+    """A table the user supplies (.csv, .csv.gz or .parquet), with one-line errors; ``text_columns`` are read
+    as text (an id such as 00123 keeps its zeros). Its columns are the caller's to check and validate."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{where}: file not found")
+    if not p.name.endswith((".parquet", ".csv", ".csv.gz")):
+        raise InputError(f"{where}: use a .csv, .csv.gz or .parquet file")
+    try:
+        if p.suffix == ".parquet":
+            return pq.read_table(p).to_pandas()
+        return pd.read_csv(p, dtype={c: str for c in text_columns})
+    except (pa_arrow.ArrowException, OSError, ValueError, UnicodeDecodeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{where}: cannot be read ({first}); check the file, or export it again") from exc
+
+
 def _without_unique(schema: pa.DataFrameSchema) -> pa.DataFrameSchema:
     copy = schema.select_columns(list(schema.columns))
     copy.unique = None

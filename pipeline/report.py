@@ -47,6 +47,7 @@ from pipeline.io import (
     atomic_path,
     check_finite,
     neutralise,
+    read_csv_table,
     read_table,
     write_csv,
     write_table,
@@ -155,10 +156,7 @@ def previous_week(weekly: Path, week: str) -> tuple[Previous | None, str | None]
             raise InputError(f"{path}: file not found")
         with_net = s.CLV_NET in pq.read_schema(path).names
         churn_list = read_table(path, s.churn_risk_list_schema(with_net))
-        kpis = pd.read_csv(folder / SEGMENTS_CSV)
-        missing = {s.SEGMENT, "customers", "value_at_risk", "expected_churners"} - set(kpis.columns)
-        if missing:
-            raise InputError(f"{folder / SEGMENTS_CSV}: columns {sorted(missing)} are missing")
+        kpis = read_csv_table(folder / SEGMENTS_CSV, s.segment_kpis_schema(seg.KPI_TABLE_COLUMNS))
     except (InputError, OSError, ValueError) as exc:  # ValueError: pyarrow and pandas on a damaged file
         reason = f"the previous week's folder {folder.name} could not be compared: {exc}"
         log.warning("%s", reason)

@@ -23,7 +23,16 @@ from pipeline import churn as stage
 from pipeline import features as features_stage
 from pipeline import ingest as ingest_stage
 from pipeline import score as score_stage
-from pipeline.config import BaseConfig, ChurnConfig, ClvConfig, FeaturesConfig, IngestConfig, ScoreConfig, section
+from pipeline.config import (
+    AttributeTable,
+    BaseConfig,
+    ChurnConfig,
+    ClvConfig,
+    FeaturesConfig,
+    IngestConfig,
+    ScoreConfig,
+    section,
+)
 from tests.conftest import project_params
 
 SECTIONS_SCORED = (
@@ -380,3 +389,28 @@ def test_training_rows_are_capped_per_cutoff_and_the_file_reads_like_the_table(s
     joined = capped.merge(whole, on=keys, suffixes=("", "_whole"))
     assert len(joined) == len(capped)
     np.testing.assert_array_equal(joined[s.DAYS_SINCE_LAST_PURCHASE], joined[f"{s.DAYS_SINCE_LAST_PURCHASE}_whole"])
+
+
+def test_attribute_tables_are_read_and_checked_in_one_line(tmp_path: Path) -> None:
+    spec = AttributeTable(
+        name="survey",
+        path=str(tmp_path / "survey.txt"),
+        customer_id="cust",
+        timestamp="answered",
+        window_days=None,
+        features=("nps:latest",),
+    )
+    with pytest.raises(InputError, match=r"survey\.txt: file not found"):
+        stage.read_attribute_table(spec)
+    (tmp_path / "survey.txt").write_text("x")
+    with pytest.raises(InputError, match=r"survey\.txt: use a \.csv, \.csv\.gz or \.parquet file"):
+        stage.read_attribute_table(spec)
+    broken = tmp_path / "survey.parquet"
+    broken.write_bytes(b"PAR1 not really")
+    with pytest.raises(InputError, match=r"survey\.parquet: cannot be read \(.*\); check the file, or export it again"):
+        stage.read_attribute_table(dataclasses.replace(spec, path=str(broken)))
+    good = tmp_path / "survey.csv"
+    _survey().to_csv(good, index=False)
+    table, counts = stage.read_attribute_table(dataclasses.replace(spec, path=str(good)))
+    assert list(table.columns) == [s.CUSTOMER_ID, s.TS, "nps"] and str(table[s.TS].dtype) == "datetime64[ns, UTC]"
+    assert counts["rows"] == len(_survey()) and counts["used"] == len(table) == 4  # no id, no date: counted

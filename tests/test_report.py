@@ -251,3 +251,12 @@ def test_pseudonymised_ids_leave_no_real_id_and_no_key_behind(
     monkeypatch.setenv(report.ID_KEY_ENV, key + "-rotated")
     rotated = write_week(tmp_path, params, dt.date(2021, 3, 15), seed=1)
     assert "has no customer id in common with this one" in (rotated / report.SUMMARY).read_text()
+
+
+def test_previous_week_kpis_are_read_against_their_schema(tmp_path: Path, params: dict[str, Any]) -> None:
+    first = write_week(tmp_path, params, dt.date(1998, 2, 23), seed=1)
+    kpis = pd.read_csv(first / report.SEGMENTS_CSV)
+    kpis.assign(customers="many").to_csv(first / report.SEGMENTS_CSV, index=False)  # a hand-edited file
+    page = (write_week(tmp_path, params, dt.date(1998, 3, 2), seed=2) / "summary.html").read_text(encoding="utf-8")
+    assert "the previous week&#x27;s folder 1998-W09 could not be compared" in page
+    assert "segments.csv: 21 schema violation(s); first: column &#x27;customers&#x27;" in page
