@@ -18,11 +18,26 @@ import datetime as dt
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
-from pipeline.config import ConfigError, TrainConfig, _coerce, load_params, section, set_as_of
+from features.errors import InputError
+from pipeline.config import BaseConfig, ConfigError, TrainConfig, _coerce, load_params, section, set_as_of
 
 # Where the training stages record the date their models were trained as of.
 TRAINED_AS_OF = (Path("metrics/clv.json"), Path("metrics/churn.json"))
+TRANSACTIONS = Path("data/transactions.parquet")
+
+
+def default_scoring_date(params: dict[str, Any], transactions: Path = TRANSACTIONS) -> dt.date | None:
+    """What a null ``score.as_of`` means: the day after the clean log's last transaction day; None before the
+    first ingest (there are no models to age then either)."""
+    if not transactions.is_file():
+        return None
+    from pipeline.engine import backend, open_transactions  # the engine only when there is a log to read
+    from pipeline.features import date_bounds
+
+    _, last = date_bounds(open_transactions(backend(section(params, "base", BaseConfig)), transactions))
+    return last + dt.timedelta(days=1)
 
 
 def trained_as_of(paths: tuple[Path, ...] = TRAINED_AS_OF) -> dt.date | None:
@@ -62,12 +77,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         day = None if args.as_of == "null" else _coerce(args.as_of, dt.date, "AS_OF")
-        cfg = section(load_params(args.params), "train", TrainConfig)
-        train, why = plan(day, trained_as_of(), cfg.max_model_age_days, force=args.train)
+        params = load_params(args.params)
+        cfg = section(params, "train", TrainConfig)
+        scoring = day if day is not None else default_scoring_date(params)  # null: the models still age
+        train, why = plan(scoring, trained_as_of(), cfg.max_model_age_days, force=args.train)
         if train:
             set_as_of(args.params, "train.as_of", day)
         set_as_of(args.params, "score.as_of", day)
-    except ConfigError as exc:
+    except (ConfigError, InputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     print(f"schedule: {why}")

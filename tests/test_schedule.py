@@ -59,6 +59,31 @@ def test_schedule_moves_only_the_dates_it_must(tmp_path: Path, monkeypatch: pyte
     assert [line.split("#")[0].strip() for line in changed] == ["as_of: '1998-03-02'", "as_of: '1998-03-16'"]
 
 
+def test_a_null_scoring_date_still_ages_the_models(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``make weekly`` without AS_OF scores as of the day after the log's last purchase: models trained long
+    before it are retrained, as they would be with that date given."""
+    root = Path(__file__).resolve().parents[1]
+    params = tmp_path / "params.yaml"
+    shutil.copy(root / "params.yaml", params)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "data").mkdir()
+    days = pd.to_datetime(["1998-01-05 10:00", "1998-04-30 23:30"]).tz_localize("UTC")  # the log ends 1998-04-30
+    pd.DataFrame({s.CUSTOMER_ID: ["a", "b"], s.TS: days, s.AMOUNT: [10.0, 12.0], s.ORDER_ID: ["1", "2"]}).to_parquet(
+        tmp_path / "data/transactions.parquet"
+    )
+    assert schedule.default_scoring_date(load_params(params)) == D(1998, 5, 1)
+    for trained, retrains in (("1998-04-20", False), ("1998-03-02", True)):
+        for name in ("clv", "churn"):
+            (tmp_path / f"metrics/{name}.json").write_text(json.dumps({"training": {"trained_as_of": trained}}))
+        schedule.main(["--params", str(params), "--as-of", "null"])
+        said = capsys.readouterr().out
+        assert ("60 days old" in said) is retrains and scoring_as_of(load_params(params)) is None
+        assert training_as_of(load_params(params)) is None  # null, the latest history, either way
+
+
 def _train(folder: Path, params: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder}/mlflow.db")
     monkeypatch.chdir(folder)
