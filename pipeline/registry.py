@@ -164,7 +164,9 @@ def serving(
     def too_late(when: dt.date | None) -> bool:
         return when is not None and when > scoring_as_of
 
-    if tracked and pinned is not None:
+    if not tracked and pinned is not None:
+        raise InputError(f"{pin_key}={pinned} names a registered version, but this run reads no registry; set null")
+    if pinned is not None:
         version = tracking.pinned_version(name, pinned, pin_key)
         if too_late(trained_as_of(version)):
             raise InputError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import shutil
@@ -16,7 +17,7 @@ import yaml
 
 from features.errors import InputError
 from models import gate
-from pipeline import compare, tracking
+from pipeline import compare, registry, tracking
 from tests.conftest import project_params
 from tests.stages import run_stages
 
@@ -83,6 +84,27 @@ def test_one_registered_model_per_data_source() -> None:
     path = "../shared/data/online_retail/online_retail_2010-12-01_2011-12-09.csv.gz"
     assert tracking.registered_name("churn-clv-churn", path) == "churn-clv-churn-online_retail_2010-12-01_2011-12-09"
     assert tracking.registered_name("m", "/data/my log (v2).parquet") == "m-my_log_v2_"
+
+
+def test_a_pinned_version_without_a_registry_is_an_error_not_ignored() -> None:
+    with pytest.raises(InputError, match=r"churn\.registry\.score_version=3 names a registered version, but this run"):
+        registry.serving(
+            "m",
+            pinned=3,
+            pin_key="churn.registry.score_version",
+            scoring_as_of=dt.date(1998, 3, 9),
+            workspace_as_of=dt.date(1998, 3, 2),
+            tracked=False,
+        )
+    served = registry.serving(
+        "m",
+        pinned=None,
+        pin_key="k",
+        scoring_as_of=dt.date(1998, 3, 9),
+        workspace_as_of=dt.date(1998, 3, 2),
+        tracked=False,
+    )
+    assert (served.version, served.source, served.note) == (None, "training run", "no registry")
 
 
 def test_holdout_fingerprint_ignores_row_order_and_sees_every_answer() -> None:
