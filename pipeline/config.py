@@ -42,6 +42,14 @@ def _check_days(key: str, value: int) -> None:
         raise ConfigError(f"{key} must be between 1 and {MAX_DAYS:,} days (100 years), got {value:,}")
 
 
+# Settings of the clv and churn sections that only the score stage reads: the training stages' params in
+# dvc.yaml list every other key, so that changing one of these rescores the week and retrains nothing.
+SCORING_ONLY: dict[str, tuple[str, ...]] = {
+    "clv": ("acquisition_cost", "value_tier_quantiles", "registry.score_version"),
+    "churn": ("max_explained_customers", "drift_bins", "registry.score_version"),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class SparkConfig:
     """Where Spark runs when ``base.engine`` is ``spark``."""

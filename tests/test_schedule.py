@@ -14,7 +14,7 @@ import yaml
 
 from features import schemas as s
 from pipeline import schedule
-from pipeline.config import load_params, scoring_as_of, training_as_of
+from pipeline.config import SCORING_ONLY, load_params, scoring_as_of, training_as_of
 from tests.stages import run_stage, run_stages
 
 D = dt.date
@@ -118,3 +118,17 @@ def test_models_trained_as_of_a_date_never_see_a_later_purchase(
         assert json.loads((whole / f"metrics/{name}.json").read_text())["training"]["trained_as_of"] == "1998-03-02"
     doc = json.loads((whole / "artifacts/clv/params.json").read_text())
     assert doc["scoring"]["cutoff"] == "1998-03-01" and doc["trained_as_of"] == "1998-03-02"
+
+
+def test_training_stages_depend_on_every_setting_but_the_scoring_only_ones() -> None:
+    """A clv or churn key missing from a training stage's params would not retrain when it changes; a
+    scoring-only one listed there would retrain for nothing (a pinned version, the number of reasons)."""
+    root = Path(__file__).resolve().parents[1]
+    stages = yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
+    for section, stage in (("clv", "train_clv"), ("churn", "train_churn")):
+        keys = {k for k in params[section] if k != "registry"} | {f"registry.{k}" for k in params[section]["registry"]}
+        listed = {p.removeprefix(f"{section}.") for p in stages[stage]["params"] if p.startswith(f"{section}.")}
+        assert listed == keys - set(SCORING_ONLY[section]), stage
+        assert set(SCORING_ONLY[section]) <= keys  # no stale name
+        assert section in stages["score"]["params"]  # the score stage reads the whole section
