@@ -43,9 +43,10 @@ def psi(reference: np.ndarray, current: np.ndarray, bins: int = 10) -> float:
     if ref.size == 0 or cur.size == 0:
         raise ValueError(f"psi: need values on both sides, got {ref.size} reference and {cur.size} current")
     edges = bin_edges(ref, bins)
-    p = np.maximum(shares(ref, edges), MIN_SHARE)
-    q = np.maximum(shares(cur, edges), MIN_SHARE)
-    both_empty = (shares(ref, edges) == 0) & (shares(cur, edges) == 0)
+    ref_shares, cur_shares = shares(ref, edges), shares(cur, edges)
+    p = np.maximum(ref_shares, MIN_SHARE)
+    q = np.maximum(cur_shares, MIN_SHARE)
+    both_empty = (ref_shares == 0) & (cur_shares == 0)
     return float(np.sum(np.where(both_empty, 0.0, (q - p) * np.log(q / p))))
 
 

@@ -326,7 +326,7 @@ def write_batches(batches: Iterable[pa_arrow.RecordBatch], path: str | Path, sch
     with atomic_path(path) as tmp:
         try:
             for i, batch in enumerate(batches):
-                checked = validate(batch.to_pandas(), schema, where=f"writing {path} (batch {i})")
+                checked = validate(batch.to_pandas(), schema, where=f"writing {path} (batch {i})", copy=False)
                 table = pa_arrow.Table.from_pandas(checked, preserve_index=False)
                 if writer is None:
                     writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
@@ -424,7 +424,7 @@ def read_table(
     except (pa_arrow.ArrowInvalid, KeyError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise InputError(f"{p}: not the table this stage expects ({first}); rerun the stage that writes it") from exc
-    return validate(frame, schema, where=str(p))
+    return validate(frame, schema, where=str(p), copy=False)  # a frame of its own: coerced in place
 
 
 def read_csv_table(path: str | Path, schema: pa.DataFrameSchema) -> pd.DataFrame:

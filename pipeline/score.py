@@ -347,9 +347,12 @@ def model_rows(
     return rows.reset_index(drop=True)
 
 
-def risk_table(population: pd.DataFrame, value: pd.DataFrame, model: cm.ChurnModel, cfg: Settings) -> pd.DataFrame:
+def risk_table(
+    population: pd.DataFrame, value: pd.DataFrame, model: cm.ChurnModel, cfg: Settings
+) -> tuple[pd.DataFrame, npt.NDArray[np.float64]]:
     """p_churn for the population, and reasons for the first ``churn.max_explained_customers`` of the list by
-    value at risk (p_churn x CLV, the list's own order: ``models.segments.list_order``); riskiest first."""
+    value at risk (p_churn x CLV, the list's own order: ``models.segments.list_order``); riskiest first. Also
+    p_churn in the population's row order."""
     if population.empty:
         raise InputError(
             f"score: no customer bought within {cfg.churn.population_lookback_days} days of the scoring cutoff; "
@@ -376,17 +379,17 @@ def risk_table(population: pd.DataFrame, value: pd.DataFrame, model: cm.ChurnMod
             explained[[s.CUSTOMER_ID, *s.REASONS]], on=s.CUSTOMER_ID, how="left"
         )  # both one row per customer: a subset of the same scoring rows
         log.info("reasons for the first %d customers of the list by value at risk (of %d)", len(first), len(scored))
-    return seg.sort_rows(scored, [(s.P_CHURN, False), (s.CUSTOMER_ID, True)])
+    # scored is still in the population's rows here: the order drift_table reads p_churn in
+    return seg.sort_rows(scored, [(s.P_CHURN, False), (s.CUSTOMER_ID, True)]), scored[s.P_CHURN].to_numpy(np.float64)
 
 
 def drift_table(
-    model: cm.ChurnModel, reference: pd.DataFrame, population: pd.DataFrame, churned: pd.DataFrame, bins: int
+    model: cm.ChurnModel, reference: pd.DataFrame, population: pd.DataFrame, cur_p: npt.NDArray[np.float64], bins: int
 ) -> pd.DataFrame:
-    """PSI of ``p_churn`` and of each model feature: the reference cutoff's population against this week's."""
+    """PSI of ``p_churn`` (``cur_p``, in the population's row order) and of each model feature: the reference
+    cutoff's population against this week's."""
     columns = list(model.features_)
     ref_p = model.calibrator_.transform(model.raw_probability(reference[columns]))
-    (at,) = rows_of(population[s.CUSTOMER_ID], [churned])
-    cur_p = churned[s.P_CHURN].to_numpy(np.float64)[at]
     ref = reference[columns].assign(**{s.P_CHURN: ref_p})
     cur = population[columns].assign(**{s.P_CHURN: cur_p})
     return monitoring.drift_table(ref, cur, [s.P_CHURN, *columns], bins)
@@ -411,11 +414,11 @@ def run(cfg: Settings, inp: Inputs, out: Outputs, *, track: bool = True) -> dict
 
     model, churn_served = serving_churn(cfg, inp, as_of, track)
     population = model_rows(snapshot, cutoff, cfg, model, "scoring snapshot")
-    churned = risk_table(population, value, model, cfg)
+    churned, p_churn = risk_table(population, value, model, cfg)
     write_table(churned, out.churn, s.churn_schema())
     ref_cutoff = reference_cutoff(inp.features, cfg.features)
     reference = model_rows(inp.features, ref_cutoff, cfg, model, "training features")
-    drift = drift_table(model, reference, population, churned, cfg.churn.drift_bins)
+    drift = drift_table(model, reference, population, p_churn, cfg.churn.drift_bins)
     drift["reference_cutoff"], drift["scoring_cutoff"] = ref_cutoff, cutoff
     write_table(drift, out.drift, s.drift_schema())
 

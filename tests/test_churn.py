@@ -347,7 +347,8 @@ def test_scoring_without_reasons_changes_nothing_else(sample: dict[str, Any]) ->
     params["churn"]["max_explained_customers"] = 50
     cfg = score_stage.Settings(*(section(params, n, c) for n, c in SECTIONS_SCORED), source="cdnow_sample")
     value = pd.DataFrame({s.CUSTOMER_ID: frame[s.CUSTOMER_ID], s.CLV: np.linspace(500.0, 1.0, 500)})
-    ranked = score_stage.risk_table(frame, value, model, cfg)
+    ranked, p_churn = score_stage.risk_table(frame, value, model, cfg)
+    np.testing.assert_array_equal(p_churn, full[s.P_CHURN].to_numpy())  # in the population's own row order
     vr = full[s.P_CHURN].to_numpy() * value[s.CLV].to_numpy()
     head = set(frame[s.CUSTOMER_ID].iloc[np.argsort(-vr)[:50]])
     explained = set(ranked.loc[ranked["reason_1"].notna(), s.CUSTOMER_ID])
