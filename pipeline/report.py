@@ -126,7 +126,7 @@ def write_list_csv(frame: pd.DataFrame, path: Path) -> None:
     try:
         con.execute("SET preserve_insertion_order = true")  # the rows stay in the list's order
         con.register("list", table)
-        target = str(path).replace("'", "''")
+        target = str(Path(path)).replace("'", "''")  # a path: a file object here is a TypeError
         con.execute(f"COPY (SELECT {cells} FROM list) TO '{target}' (FORMAT csv, HEADER, NEW_LINE '\\r\\n')")
     finally:
         con.close()
