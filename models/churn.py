@@ -530,8 +530,8 @@ def score_customers(
     raw = model.raw_probability(X)
     out = pd.DataFrame(
         {
-            s.CUSTOMER_ID: frame[s.CUSTOMER_ID].to_numpy(),
-            s.CUTOFF: frame[s.CUTOFF].to_numpy(),
+            s.CUSTOMER_ID: frame[s.CUSTOMER_ID].array,
+            s.CUTOFF: frame[s.CUTOFF].array,
             s.P_CHURN: model.calibrator_.transform(raw),
             s.P_CHURN_RAW: raw,
         }

@@ -306,10 +306,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def write_table(df: pd.DataFrame, path: str | Path, schema: pa.DataFrameSchema) -> pd.DataFrame:
-    """Validate ``df`` against ``schema`` and write it as Parquet, atomically. Returns the validated frame."""
+def write_table(
+    df: pd.DataFrame, path: str | Path, schema: pa.DataFrameSchema, *, order: np.ndarray | None = None
+) -> pd.DataFrame:
+    """Validate ``df`` against ``schema`` and write it as Parquet, atomically. Returns the validated frame.
+
+    ``order``: the row positions to write, in that order. The checks do not depend on the rows' order, and Arrow
+    reorders the written table several times faster than pandas reorders a frame of text columns (10M rows).
+    """
     checked = validate(df, schema, where=f"writing {path}")
     table = pa_arrow.Table.from_pandas(checked, preserve_index=False)
+    if order is not None:
+        table = table.take(pa_arrow.array(order))
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
     return checked

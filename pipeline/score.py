@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+import pyarrow as pa
 
 from features import schemas as s
 from features.behaviour import net_revenue
@@ -106,27 +107,16 @@ def _one_cutoff(frames: dict[str, pd.DataFrame]) -> pd.Timestamp:
     return pd.Timestamp(next(iter(values))[0])
 
 
-def rows_of(keys: pd.Series, frames: Sequence[pd.DataFrame]) -> list[npt.NDArray[np.int64]]:
-    """For each frame (one row per ``customer_id``), the position of each key's row in it, -1 where it has none.
-
-    The ids of all inputs are factorised together once: at 10M customers that is several times faster than a
-    join per input, which hashes the same strings again each time.
-    """
-    ids = [keys, *(f[s.CUSTOMER_ID] for f in frames)]
-    codes, uniques = pd.factorize(pd.concat(ids, ignore_index=True))
-    if (codes < 0).any():
-        raise InputError("score: a customer_id is missing in an input; rerun `dvc repro`")
-    bounds = np.cumsum([0, *map(len, ids)])
-    key_codes = codes[: bounds[1]]
-    out = []
-    for k, f in enumerate(frames, start=1):
-        own = codes[bounds[k] : bounds[k + 1]]
-        if len(own) and np.bincount(own, minlength=len(uniques)).max() > 1:
-            raise InputError("score: an input has more than one row for a customer; rerun `dvc repro`")
-        where = np.full(len(uniques), -1, dtype=np.int64)
-        where[own] = np.arange(len(f))
-        out.append(where[key_codes])
-    return out
+def aligned(frames: dict[str, pd.DataFrame]) -> None:
+    """Check that the frames hold the same customers in the same rows (the score stage joins by position)."""
+    (first, reference), *others = frames.items()
+    ids = reference[s.CUSTOMER_ID].reset_index(drop=True)
+    for name, frame in others:
+        if not frame[s.CUSTOMER_ID].reset_index(drop=True).equals(ids):
+            raise InputError(
+                f"score: the {name} rows are not the {first} rows in the same order; rerun `dvc repro` so every "
+                "stage sees the same data"
+            )
 
 
 def build_scores(
@@ -137,28 +127,30 @@ def build_scores(
     cfg: ScoreConfig,
     *,
     horizon_days: int,
+    ties: npt.ArrayLike | None = None,
 ) -> pd.DataFrame:
-    """The scores table (``scores_schema`` columns, riskiest value first) for the churn stage's population."""
+    """The scores table (``scores_schema`` columns, in the list's order) for the churn stage's population.
+
+    ``churn``, ``value`` and ``snapshot`` hold the same customers in the same rows (the population's); ``revenue``
+    has a row for each customer who bought in the last horizon; ``ties`` are the rows' ``id_ranks`` if known.
+    """
     cutoff = _one_cutoff({"churn": churn, "clv": value, "features": snapshot})
-    value_cols = [s.CUSTOMER_ID, s.CLV, s.CLV_P05, s.CLV_P95, s.VALUE_TIER, s.P_ALIVE]
+    aligned({"churn": churn, "clv": value, "scoring features": snapshot})
+    value_cols = [s.CLV, s.CLV_P05, s.CLV_P95, s.VALUE_TIER, s.P_ALIVE]
     if s.CLV_NET in value:
         value_cols.append(s.CLV_NET)
-    frame = churn[[s.CUSTOMER_ID, s.P_CHURN, *s.REASONS]].reset_index(drop=True)
-    in_value, in_snapshot, in_revenue = rows_of(frame[s.CUSTOMER_ID], [value, snapshot, revenue])
-    for missing, what in [(in_value < 0, "CLV"), (in_snapshot < 0, "scoring features row")]:
-        if missing.any():
-            raise InputError(
-                f"score: {int(missing.sum())} customers of the churn population have no {what} (e.g. "
-                f"{frame[s.CUSTOMER_ID].iloc[int(np.argmax(missing))]!r}); rerun `dvc repro` so every stage sees "
-                "the same data"
-            )
-    for column in value_cols[1:]:
-        frame[column] = value[column].array.take(in_value)
-    for column in snapshot.columns.difference([s.CUSTOMER_ID, s.CUTOFF], sort=False):
-        frame[column] = snapshot[column].array.take(in_snapshot)
-    spent = in_revenue >= 0  # no transaction in the last horizon: no revenue
-    frame[s.REVENUE_LAST_HORIZON] = 0.0
-    frame.loc[spent, s.REVENUE_LAST_HORIZON] = revenue[s.REVENUE_LAST_HORIZON].to_numpy(np.float64)[in_revenue[spent]]
+    # the list's order first, from the numbers (models.segments.list_order), then every column taken once in it
+    p, clv = churn[s.P_CHURN].to_numpy(np.float64), value[s.CLV].to_numpy(np.float64)
+    order = seg.ranked([(p * clv, False), (p, False)], seg.id_ranks(churn[s.CUSTOMER_ID]) if ties is None else ties)
+    kept = snapshot.columns.difference([s.CUSTOMER_ID, s.CUTOFF], sort=False)
+    frame = pd.DataFrame(
+        {
+            **{c: churn[c].array.take(order) for c in (s.CUSTOMER_ID, s.P_CHURN, *s.REASONS)},
+            **{c: value[c].array.take(order) for c in value_cols},
+            **{c: snapshot[c].array.take(order) for c in kept},
+        }
+    )
+    frame[s.REVENUE_LAST_HORIZON] = revenue_of(frame[s.CUSTOMER_ID], revenue)
     days_since = frame[s.DAYS_SINCE_LAST_PURCHASE].astype("int64")
     frame[s.LAST_PURCHASE_DATE] = cutoff - pd.to_timedelta(days_since, unit="D")
     # The last horizon is the `horizon_days` ending at the cutoff: customers who had bought before it started
@@ -168,8 +160,18 @@ def build_scores(
     frame[s.AS_OF] = cutoff + pd.Timedelta(days=1)
     t = cfg.risk_tier_thresholds
     frame = seg.assign(frame, grid(cfg), high=t.high, medium=t.medium)
-    frame = seg.list_order(frame)
     return frame[list(s.scores_schema(s.CLV_NET in frame).columns)]
+
+
+def revenue_of(ids: pd.Series, revenue: pd.DataFrame) -> npt.NDArray[np.float64]:
+    """Each customer's revenue over the last horizon, net of returns; 0 for a customer with no transaction in it."""
+    index = pd.Index(revenue[s.CUSTOMER_ID])
+    if not index.is_unique:
+        raise InputError("score: the revenue of the last horizon has more than one row for a customer")
+    at = index.get_indexer(ids)
+    out = np.zeros(len(ids), dtype=np.float64)
+    out[at >= 0] = revenue[s.REVENUE_LAST_HORIZON].to_numpy(np.float64)[at[at >= 0]]
+    return out
 
 
 # --- inputs -----------------------------------------------------------------------------------------------------
@@ -245,7 +247,7 @@ def serving_churn(cfg: Settings, inp: Inputs, as_of: dt.date, track: bool) -> tu
 
 
 def value_table(snapshot: pd.DataFrame, doc: dict[str, Any], cfg: Settings) -> pd.DataFrame:
-    """Every snapshot customer's value by the serving CLV model (``clv_schema`` columns, highest CLV first)."""
+    """Every snapshot customer's value by the serving CLV model (``clv_schema`` columns, in the snapshot's rows)."""
     settings = clv_stage.value_settings(cfg.base, cfg.features, cfg.clv)
     spec = doc["scoring"]
     f, r, t, m = (snapshot[c].to_numpy(np.float64) for c in (s.FREQUENCY, s.RECENCY, s.T, s.MONETARY_VALUE))
@@ -265,8 +267,8 @@ def value_table(snapshot: pd.DataFrame, doc: dict[str, Any], cfg: Settings) -> p
     )
     table = pd.DataFrame(
         {
-            s.CUSTOMER_ID: snapshot[s.CUSTOMER_ID].to_numpy(),
-            s.CUTOFF: snapshot[s.CUTOFF].to_numpy(),
+            s.CUSTOMER_ID: snapshot[s.CUSTOMER_ID].array,
+            s.CUTOFF: snapshot[s.CUTOFF].array,
             s.FREQUENCY: snapshot[s.FREQUENCY].to_numpy(),
             s.RECENCY: r,
             s.T: t,
@@ -284,11 +286,13 @@ def value_table(snapshot: pd.DataFrame, doc: dict[str, Any], cfg: Settings) -> p
         table[s.CLV_NET] = table[s.CLV] - cfg.clv.acquisition_cost
     q = cfg.clv.value_tier_quantiles
     table[s.VALUE_TIER] = value_tiers(table[s.CLV].to_numpy(), high=q.high, mid=q.mid)
-    # highest value first, ties by customer id: the same table whatever order the rows came in
-    return seg.sort_rows(table, [(s.CLV, False), (s.CUSTOMER_ID, True)])
+    return table
 
 
-def value_metrics(table: pd.DataFrame) -> dict[str, Any]:
+def value_metrics(value: pd.DataFrame, order: npt.NDArray[np.int64]) -> dict[str, Any]:
+    """The CLV summary, over the value table's rows in ``order`` (the written table's: highest CLV first)."""
+    used = [s.FREQUENCY, s.MONETARY_VALUE, s.CLV, s.P_ALIVE, s.EXPECTED_PURCHASES, s.VALUE_TIER]
+    table = pd.DataFrame({c: value[c].array.take(order) for c in used})
     repeat = table[table[s.FREQUENCY] > 0]
     tiers = table[s.VALUE_TIER].value_counts()
     total = float(table[s.CLV].sum())
@@ -322,11 +326,16 @@ SCORE_CHUNK_ROWS = 100_000
 def score_and_explain(
     base: BaseConfig, frame: pd.DataFrame, model: cm.ChurnModel, medians: dict[str, float], *, explain: bool
 ) -> pd.DataFrame:
-    """``models.churn.score_customers`` over ``frame`` (the ids and at least the model's features): on Spark's
-    executors, or here in chunks, so that only a chunk's feature matrix is copied at a time."""
+    """``models.churn.score_customers`` over ``frame`` (the ids and at least the model's features), in ``frame``'s
+    rows: on Spark's executors, or here in chunks, so that only a chunk's feature matrix is copied at a time."""
     if base.engine == "spark":  # TreeSHAP reasons are most of the time: spread them over the executors
         needed = frame[[s.CUSTOMER_ID, s.CUTOFF, *model.features_]]
-        return spark.score_churn(base.spark, needed, model, medians, explain=explain)
+        scored = spark.score_churn(base.spark, needed, model, medians, explain=explain)
+        # the executors return rows in any order: back to frame's, which the stage joins by position
+        at = pd.Index(scored[s.CUSTOMER_ID]).get_indexer(frame[s.CUSTOMER_ID])
+        if len(scored) != len(frame) or (at < 0).any():
+            raise RuntimeError("score: Spark returned other customers than it was given")
+        return scored.take(at).reset_index(drop=True)
     what = "scored and explained" if explain else "scored"
     with Progress(f"score: customers {what}", total=len(frame), unit="rows") as shown:
         chunks = (frame.iloc[i : i + SCORE_CHUNK_ROWS] for i in range(0, len(frame), SCORE_CHUNK_ROWS))
@@ -347,40 +356,47 @@ def model_rows(
     return rows.reset_index(drop=True)
 
 
+def population_rows(
+    snapshot: pd.DataFrame, cutoff: pd.Timestamp, cfg: Settings, model: cm.ChurnModel
+) -> tuple[pd.DataFrame, npt.NDArray[np.int64]]:
+    """The churn population's modelling rows, and where each sits in the snapshot (the population is the
+    snapshot's rows within ``churn.population_lookback_days``, in the snapshot's order)."""
+    rows = model_rows(snapshot, cutoff, cfg, model, "scoring snapshot")
+    at = np.flatnonzero(cm.in_population(snapshot, cfg.churn.population_lookback_days))
+    ids = snapshot[s.CUSTOMER_ID].to_numpy()
+    if len(at) != len(rows) or not (rows[s.CUSTOMER_ID].to_numpy() == ids[at]).all():
+        raise RuntimeError("score: the churn population's rows are not the snapshot's in order")  # a bug here
+    return rows, at
+
+
 def risk_table(
-    population: pd.DataFrame, value: pd.DataFrame, model: cm.ChurnModel, cfg: Settings
-) -> tuple[pd.DataFrame, npt.NDArray[np.float64]]:
-    """p_churn for the population, and reasons for the first ``churn.max_explained_customers`` of the list by
-    value at risk (p_churn x CLV, the list's own order: ``models.segments.list_order``); riskiest first. Also
-    p_churn in the population's row order."""
+    population: pd.DataFrame, clv: npt.ArrayLike, model: cm.ChurnModel, cfg: Settings, *, ties: npt.ArrayLike
+) -> pd.DataFrame:
+    """p_churn for the population (``churn_schema`` columns, in the population's rows), and reasons for the first
+    ``churn.max_explained_customers`` of the list by value at risk (p_churn x ``clv``, each customer's CLV; ties
+    by p_churn, then by ``ties``, the rows' ``id_ranks``: the list's own order, ``models.segments.list_order``)."""
     if population.empty:
         raise InputError(
             f"score: no customer bought within {cfg.churn.population_lookback_days} days of the scoring cutoff; "
             "raise churn.population_lookback_days"
         )
+    clv = np.asarray(clv, dtype=np.float64)
+    if len(clv) != len(population):
+        raise ValueError(f"risk_table: {len(clv)} CLV values for {len(population)} customers")
     medians = population[list(model.features_)].median(numeric_only=True).to_dict()
     cap = cfg.churn.max_explained_customers
     scored = score_and_explain(cfg.base, population, model, medians, explain=len(population) <= cap)
     if len(population) > cap:
-        (in_value,) = rows_of(scored[s.CUSTOMER_ID], [value])
-        if (in_value < 0).any():
-            raise InputError(
-                f"score: {int((in_value < 0).sum())} customers of the churn population have no CLV; rerun the "
-                "snapshot stage so both see the same customers"
-            )
-        ranked = scored[[s.CUSTOMER_ID, s.P_CHURN]].assign(
-            **{s.VALUE_AT_RISK: scored[s.P_CHURN].to_numpy(np.float64) * value[s.CLV].to_numpy(np.float64)[in_value]}
-        )
-        first = seg.list_order(ranked)[s.CUSTOMER_ID].iloc[:cap]
-        explained = score_and_explain(
-            cfg.base, population[population[s.CUSTOMER_ID].isin(first)], model, medians, explain=True
-        )
-        scored = scored.drop(columns=list(s.REASONS)).merge(
-            explained[[s.CUSTOMER_ID, *s.REASONS]], on=s.CUSTOMER_ID, how="left"
-        )  # both one row per customer: a subset of the same scoring rows
-        log.info("reasons for the first %d customers of the list by value at risk (of %d)", len(first), len(scored))
-    # scored is still in the population's rows here: the order drift_table reads p_churn in
-    return seg.sort_rows(scored, [(s.P_CHURN, False), (s.CUSTOMER_ID, True)]), scored[s.P_CHURN].to_numpy(np.float64)
+        p = scored[s.P_CHURN].to_numpy(np.float64)
+        head = np.sort(seg.ranked([(p * clv, False), (p, False)], ties)[:cap])
+        explained = score_and_explain(cfg.base, population.iloc[head], model, medians, explain=True)
+        where = np.full(len(scored), len(head))  # everyone else: the missing value after the head's reasons
+        where[head] = np.arange(len(head))
+        for name in s.REASONS:
+            texts = pa.array([*explained[name].to_numpy(dtype=object), None], type=pa.string(), from_pandas=True)
+            scored[name] = texts.take(pa.array(where)).to_pandas()
+        log.info("reasons for the first %d customers of the list by value at risk (of %d)", cap, len(scored))
+    return scored
 
 
 def drift_table(
@@ -407,30 +423,36 @@ def reference_cutoff(features: Path, fcfg: FeaturesConfig) -> pd.Timestamp:
 def run(cfg: Settings, inp: Inputs, out: Outputs, *, track: bool = True) -> dict[str, Any]:
     """Score, value, segment and write the week's tables; returns the metrics."""
     snapshot, cutoff = read_snapshot(inp.snapshot, cfg.features)
+    ties = seg.id_ranks(snapshot[s.CUSTOMER_ID])  # every table is the snapshot's rows: joined by position
     as_of = (cutoff + pd.Timedelta(days=1)).date()
     clv_doc, clv_served = serving_clv(cfg, inp, as_of, track)
     value = value_table(snapshot, clv_doc, cfg)
-    write_table(value, out.clv, s.clv_schema(with_net=cfg.clv.acquisition_cost is not None))
+    by_value = seg.sort_order(value, [(s.CLV, False)], ties=ties)  # highest value first, then by id
+    write_table(value, out.clv, s.clv_schema(with_net=cfg.clv.acquisition_cost is not None), order=by_value)
+    value_summary = value_metrics(value, by_value)
 
     model, churn_served = serving_churn(cfg, inp, as_of, track)
-    population = model_rows(snapshot, cutoff, cfg, model, "scoring snapshot")
-    churned, p_churn = risk_table(population, value, model, cfg)
-    write_table(churned, out.churn, s.churn_schema())
+    population, at = population_rows(snapshot, cutoff, cfg, model)
+    churned = risk_table(population, value[s.CLV].to_numpy()[at], model, cfg, ties=ties[at])
+    riskiest = seg.sort_order(churned, [(s.P_CHURN, False)], ties=ties[at])
+    write_table(churned, out.churn, s.churn_schema(), order=riskiest)
     ref_cutoff = reference_cutoff(inp.features, cfg.features)
     reference = model_rows(inp.features, ref_cutoff, cfg, model, "training features")
-    drift = drift_table(model, reference, population, p_churn, cfg.churn.drift_bins)
+    drift = drift_table(model, reference, population, churned[s.P_CHURN].to_numpy(np.float64), cfg.churn.drift_bins)
     drift["reference_cutoff"], drift["scoring_cutoff"] = ref_cutoff, cutoff
     write_table(drift, out.drift, s.drift_schema())
 
     start = cutoff.date() - dt.timedelta(days=cfg.features.horizon_days)
     revenue = net_revenue(open_transactions(backend(cfg.base), inp.transactions), start, cutoff.date()).to_pandas()
-    kept = snapshot[SNAPSHOT_COLUMNS]
-    scores = build_scores(churned, value, kept, revenue, cfg.score, horizon_days=cfg.features.horizon_days)
+    kept = snapshot[SNAPSHOT_COLUMNS].take(at)
+    scores = build_scores(
+        churned, value.take(at), kept, revenue, cfg.score, horizon_days=cfg.features.horizon_days, ties=ties[at]
+    )
     write_table(scores, out.scores, s.scores_schema(s.CLV_NET in scores))
     kpis = seg.kpi_table(scores, seg.segment_order(grid(cfg.score)), margin_ratio=cfg.clv.margin_ratio)
     write_csv(kpis, out.segments, undefined_allowed=seg.KPI_COLUMNS)
 
-    metrics = score_metrics(cfg, as_of, scores, kpis, value, churned, drift)
+    metrics = score_metrics(cfg, as_of, scores, kpis, value_summary, churned, drift)
     metrics["served"] = {"clv": clv_served.as_dict(), "churn": churn_served.as_dict()}
     metrics["value"]["trained_as_of"] = clv_doc["trained_as_of"]
     metrics = finite_json(round_metrics(metrics))
@@ -461,7 +483,7 @@ def score_metrics(
     as_of: dt.date,
     scores: pd.DataFrame,
     kpis: pd.DataFrame,
-    value: pd.DataFrame,
+    value: dict[str, Any],
     churned: pd.DataFrame,
     drift: pd.DataFrame,
 ) -> dict[str, Any]:
@@ -484,7 +506,7 @@ def score_metrics(
             for (v, r), (name, _) in grid(cfg.score).items()
             for row in [kpis[kpis[s.SEGMENT] == name].iloc[0]]
         },
-        "value": value_metrics(value),
+        "value": value,
         "risk": {
             "customers": len(churned),
             "customers_explained": int(churned[s.REASONS[0]].notna().sum()),

@@ -346,18 +346,19 @@ def test_scoring_without_reasons_changes_nothing_else(sample: dict[str, Any]) ->
     params = copy.deepcopy(sample["params"])
     params["churn"]["max_explained_customers"] = 50
     cfg = score_stage.Settings(*(section(params, n, c) for n, c in SECTIONS_SCORED), source="cdnow_sample")
-    value = pd.DataFrame({s.CUSTOMER_ID: frame[s.CUSTOMER_ID], s.CLV: np.linspace(500.0, 1.0, 500)})
-    ranked, p_churn = score_stage.risk_table(frame, value, model, cfg)
-    np.testing.assert_array_equal(p_churn, full[s.P_CHURN].to_numpy())  # in the population's own row order
-    vr = full[s.P_CHURN].to_numpy() * value[s.CLV].to_numpy()
-    head = set(frame[s.CUSTOMER_ID].iloc[np.argsort(-vr)[:50]])
-    explained = set(ranked.loc[ranked["reason_1"].notna(), s.CUSTOMER_ID])
-    assert explained <= head and len(explained) > 40
-    pd.testing.assert_series_equal(
-        ranked.set_index(s.CUSTOMER_ID)[s.P_CHURN].sort_index(), full.set_index(s.CUSTOMER_ID)[s.P_CHURN].sort_index()
+    clv = np.linspace(500.0, 1.0, 500)
+    ranked = score_stage.risk_table(frame, clv, model, cfg, ties=np.arange(500))
+    pd.testing.assert_frame_equal(ranked.drop(columns=list(s.REASONS)), bare.drop(columns=list(s.REASONS)))
+    vr = full[s.P_CHURN].to_numpy() * clv
+    head = np.argsort(-vr, kind="stable")[:50]
+    explained = ranked["reason_1"].notna().to_numpy()
+    assert set(np.flatnonzero(explained)) <= set(head) and explained.sum() > 40
+    own = cm.score_customers(model, frame, frame[list(model.features_)].median().to_dict())  # this week's medians
+    pd.testing.assert_frame_equal(  # the head's reasons are the ones explaining everyone gives them
+        ranked.iloc[head].reset_index(drop=True), own.iloc[head].reset_index(drop=True)
     )
-    with pytest.raises(InputError, match="1 customers of the churn population have no CLV"):
-        score_stage.risk_table(frame, value.iloc[1:], model, cfg)
+    with pytest.raises(ValueError, match="499 CLV values for 500 customers"):
+        score_stage.risk_table(frame, clv[1:], model, cfg, ties=np.arange(500))
 
 
 def test_training_rows_are_capped_per_cutoff_and_the_file_reads_like_the_table(sample: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""The score stage's join: one row per churn-population customer, and one-line errors for inputs out of step."""
+"""The score stage's scores table: one row per churn-population customer, and one-line errors for inputs out of step."""
 
 from __future__ import annotations
 
@@ -27,35 +27,40 @@ def _inputs(cutoff_clv: pd.Timestamp = CUTOFF) -> tuple[pd.DataFrame, ...]:
             "reason_3": None,
         }
     )
+    # the population's rows in the same order in all three (the stage takes them from the snapshot by position)
     value = pd.DataFrame(
         {
-            s.CUSTOMER_ID: ["a", "b", "c"],
+            s.CUSTOMER_ID: ["a", "b"],
             s.CUTOFF: cutoff_clv,
-            s.CLV: [100.0, 50.0, 1.0],
-            s.CLV_P05: [80.0, 40.0, 0.5],
-            s.CLV_P95: [120.0, 60.0, 2.0],
-            s.VALUE_TIER: ["high", "mid", "low"],
-            s.P_ALIVE: [0.6, 0.95, 0.1],
+            s.CLV: [100.0, 50.0],
+            s.CLV_P05: [80.0, 40.0],
+            s.CLV_P95: [120.0, 60.0],
+            s.VALUE_TIER: ["high", "mid"],
+            s.P_ALIVE: [0.6, 0.95],
         }
     )
     snapshot = pd.DataFrame(
         {
-            s.CUSTOMER_ID: ["a", "b", "c"],
+            s.CUSTOMER_ID: ["a", "b"],
             s.CUTOFF: CUTOFF,
-            s.DAYS_SINCE_LAST_PURCHASE: [200, 10, 800],
-            s.TENURE_DAYS: [300, 60, 900],
-            s.PURCHASE_DAYS: [3, 2, 1],
-            s.TOTAL_SPEND: [150.0, 40.0, 5.0],
+            s.DAYS_SINCE_LAST_PURCHASE: [200, 10],
+            s.TENURE_DAYS: [300, 60],
+            s.PURCHASE_DAYS: [3, 2],
+            s.TOTAL_SPEND: [150.0, 40.0],
         }
     )
-    revenue = pd.DataFrame({s.CUSTOMER_ID: ["b"], s.REVENUE_LAST_HORIZON: [25.0]})
+    # "c" bought in the horizon but is not in the population: its revenue is not anyone else's
+    revenue = pd.DataFrame({s.CUSTOMER_ID: ["c", "b"], s.REVENUE_LAST_HORIZON: [7.0, 25.0]})
     return churn, value, snapshot, revenue
 
 
 def test_scores_join_by_hand(params: dict[str, Any]) -> None:
     cfg = section(params, "score", ScoreConfig)
-    out = build_scores(*_inputs(), cfg, horizon_days=90)
-    assert list(out[s.CUSTOMER_ID]) == ["a", "b"]  # c is not in the churn population
+    churn, value, snapshot, revenue = _inputs()
+    out = build_scores(churn, value, snapshot, revenue, cfg, horizon_days=90)
+    assert list(out[s.CUSTOMER_ID]) == ["a", "b"]
+    flipped = build_scores(*(f.iloc[::-1] for f in (churn, value, snapshot)), revenue, cfg, horizon_days=90)
+    pd.testing.assert_frame_equal(flipped, out)  # the list's order, whatever the population's row order
     a, b = out.iloc[0], out.iloc[1]
     assert a[s.VALUE_AT_RISK] == pytest.approx(90.0) and b[s.VALUE_AT_RISK] == pytest.approx(10.0)
     assert a[s.SEGMENT] == "high value, at risk" and b[s.SEGMENT] == "mid value, loyal"
@@ -73,8 +78,13 @@ def test_inputs_from_different_runs_are_named(params: dict[str, Any]) -> None:
         build_scores(*_inputs(pd.Timestamp("1998-06-30")), cfg, horizon_days=90)
 
 
-def test_a_customer_without_clv_is_an_error(params: dict[str, Any]) -> None:
+def test_inputs_out_of_step_are_an_error(params: dict[str, Any]) -> None:
     churn, value, snapshot, revenue = _inputs()
     cfg = section(params, "score", ScoreConfig)
-    with pytest.raises(InputError, match=r"1 customers of the churn population have no CLV \(e.g. 'b'\)"):
+    with pytest.raises(InputError, match="the clv rows are not the churn rows in the same order"):
         build_scores(churn, value[value[s.CUSTOMER_ID] != "b"], snapshot, revenue, cfg, horizon_days=90)
+    with pytest.raises(InputError, match="the scoring features rows are not the churn rows in the same order"):
+        build_scores(churn, value, snapshot.iloc[::-1], revenue, cfg, horizon_days=90)
+    twice = pd.concat([revenue, revenue], ignore_index=True)
+    with pytest.raises(InputError, match="more than one row for a customer"):
+        build_scores(churn, value, snapshot, twice, cfg, horizon_days=90)

@@ -177,3 +177,16 @@ def test_the_arrow_sort_gives_pandas_order_with_ties_broken_by_text() -> None:
     )
     pd.testing.assert_frame_equal(seg.list_order(frame), expected)
     assert seg.list_order(frame.iloc[::-1])[s.CUSTOMER_ID].tolist() == expected[s.CUSTOMER_ID].tolist()
+
+
+def test_ranks_stand_in_for_the_ids_and_missing_values_sort_last() -> None:
+    ids = pd.Series(["b10", "a", "é", "b2", "B"], dtype=object)
+    ranks = seg.id_ranks(ids)
+    assert ranks.tolist() == [2, 1, 4, 3, 0]  # byte order: "B" < "a" < "b10" < "b2" < "é"
+    values = np.array([1.0, np.nan, 2.0, 1.0, 2.0])
+    # descending and ascending alike, NaN goes last; equal values in id order
+    assert seg.ranked([(values, False)], ranks).tolist() == [4, 2, 0, 3, 1]
+    assert seg.ranked([(values, True)], ranks).tolist() == [0, 3, 4, 2, 1]
+    frame = pd.DataFrame({s.CUSTOMER_ID: ids, s.CLV: values})
+    np.testing.assert_array_equal(seg.sort_order(frame, [(s.CLV, False)]), [4, 2, 0, 3, 1])
+    np.testing.assert_array_equal(seg.sort_order(frame, [(s.CLV, False)], ties=ranks), [4, 2, 0, 3, 1])
