@@ -363,8 +363,8 @@ def population_rows(
     snapshot's rows within ``churn.population_lookback_days``, in the snapshot's order)."""
     rows = model_rows(snapshot, cutoff, cfg, model, "scoring snapshot")
     at = np.flatnonzero(cm.in_population(snapshot, cfg.churn.population_lookback_days))
-    ids = snapshot[s.CUSTOMER_ID].to_numpy()
-    if len(at) != len(rows) or not (rows[s.CUSTOMER_ID].to_numpy() == ids[at]).all():
+    ids = snapshot[s.CUSTOMER_ID].take(at).reset_index(drop=True)  # Arrow text compared as such, not as objects
+    if not rows[s.CUSTOMER_ID].reset_index(drop=True).equals(ids):
         raise RuntimeError("score: the churn population's rows are not the snapshot's in order")  # a bug here
     return rows, at
 
