@@ -9,8 +9,9 @@ It scores no customer: the ``score`` stage does, every week, with the serving mo
 3. Optional attribute tables (``churn.attributes``) are joined as of each cutoff.
 4. LightGBM stops early on the validation cutoff and is calibrated on it; metrics for the model and for the
    ``btyd``, ``recency`` and ``rfm`` baselines go to ``metrics/churn.json``, curves to ``plots/churn``.
-5. Registry (``pipeline.registry``): the alias ``champion`` moves to this run's model only if it beats the
-   champion on the same validation rows by ``churn.registry.min_improvement``; a back-fill takes no alias.
+5. Registry (``pipeline.registry``): the alias ``champion`` moves to this run's model only if, re-scoring the
+   champion on the same validation rows, the lower bound of the paired gain (``models.paired``) clears zero and
+   ``churn.registry.min_improvement``; a back-fill takes no alias.
 """
 
 from __future__ import annotations
@@ -283,21 +284,18 @@ def load_trained(artifacts: Path) -> cm.ChurnModel:
 
 def champion_figure(
     version: tracking.RegisteredVersion,
-    metric: str,
+    rule: gate.Rule,
     valid: pd.DataFrame,
     y_valid: np.ndarray,
+    new_score: np.ndarray,
     validation: pd.Timestamp,
     holdout_sha: str,
-    k: int,
 ) -> gate.ChampionFigure:
-    """The champion's ``metric`` on this run's validation rows.
+    """The champion re-scored on this run's validation rows: its ``rule.metric`` there, and the paired gain of the
+    new model's ``new_score`` over it on the same rows.
 
-    Same rows and labels (equal holdout fingerprints): its logged figure. Otherwise it is re-scored on these rows,
-    unless it was validated on a later cutoff (its labels then reach into this holdout) or lacks features.
+    Not judged when it was validated on a later cutoff (its labels then reach into this holdout) or lacks features.
     """
-    logged = version.tags.get(f"holdout.{metric}")
-    if version.tags.get("holdout.sha") == holdout_sha and logged is not None:
-        return gate.ChampionFigure(version.version, float(logged), how="same holdout, its logged figure")
     its_cutoff = version.tags.get("holdout.cutoff")
     if its_cutoff and pd.Timestamp(its_cutoff) > validation:
         why = f"it was validated on {its_cutoff}, after this holdout's cutoff {validation.date()}"
@@ -307,8 +305,11 @@ def champion_figure(
     if missing:
         why = f"it needs feature(s) {missing[:5]} that this run's features table lacks"
         return gate.ChampionFigure(version.version, None, why_not=why)
-    value = churn_metrics(y_valid, champion.raw_probability(valid), None, k)[metric]
-    return gate.ChampionFigure(version.version, value, how="re-scored on these rows")
+    paired = rule.evidence(y_valid, new_score, champion.raw_probability(valid))
+    how = (
+        "re-scored on the same holdout" if version.tags.get("holdout.sha") == holdout_sha else "re-scored on these rows"
+    )
+    return gate.ChampionFigure(version.version, paired.reference, how=how, paired=paired)
 
 
 def model_fingerprint(model: cm.ChurnModel) -> str:
@@ -335,9 +336,10 @@ def judge(
     validation: pd.Timestamp,
     as_of: dt.date,
     name: str,
+    seed: int,
 ) -> registry.Judgement:
     """This run's model against the registered champion, on the validation cutoff (``pipeline.registry``)."""
-    reg = cfg.registry
+    rule = cfg.registry.rule(seed)
     holdout_sha = gate.holdout_fingerprint(validation, valid[s.CUSTOMER_ID], {s.CHURNED: y_valid})
     return registry.judge(
         name,
@@ -345,11 +347,8 @@ def judge(
         model_sha=model_fingerprint(model),
         holdout_sha=holdout_sha,
         figures={m: figures[m] for m in gate.CHURN_GATE_METRICS},
-        metric=reg.metric,
-        min_improvement=reg.min_improvement,
-        champion_figure=lambda v: champion_figure(
-            v, reg.metric, valid, y_valid, validation, holdout_sha, cfg.campaign_list_size
-        ),
+        rule=rule,
+        champion_figure=lambda v: champion_figure(v, rule, valid, y_valid, model.valid_raw_, validation, holdout_sha),
         tags={"holdout.cutoff": str(validation.date())},
     )
 
@@ -548,7 +547,7 @@ def run(
     importance = model.importance(sample[data.columns])
     name = tracking.registered_name(cfg.registry.model_name, source)
     judgement = (
-        judge(cfg, model, evaluation["model"], data.valid, data.y_valid, data.split.validation, as_of, name)
+        judge(cfg, model, evaluation["model"], data.valid, data.y_valid, data.split.validation, as_of, name, base.seed)
         if track
         else registry.untracked(name)
     )

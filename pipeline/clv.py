@@ -9,8 +9,9 @@ the training date and register the model. It scores no customer: the ``score`` s
    ``clv.bootstrap_samples`` resamples of its customers: the replicates' parameters are the model's uncertainty,
    from which the score stage draws each customer's 5th-95th percentile CLV.
 3. Registry (``pipeline.registry``): every tracked run registers its model (``clv.registry.model_name``). The
-   alias ``champion`` moves to it only if its ``clv.registry.metric`` beats the champion's on the same calibration
-   holdout by ``min_improvement``; otherwise it is ``challenger``. A run trained before the champion's training
+   alias ``champion`` moves to it only if, on the same calibration holdout rows, the lower bound of its paired gain
+   in ``clv.registry.metric`` over the champion clears zero and ``min_improvement``; otherwise it is
+   ``challenger``. A run trained before the champion's training
    date is a back-fill and takes no alias.
 """
 
@@ -243,43 +244,56 @@ def version_params(version: tracking.RegisteredVersion) -> dict[str, Any]:
     return doc
 
 
-def rescore_calibration(doc: dict[str, Any], cal: pd.DataFrame, settings: ValueSettings) -> dict[str, Any]:
-    """A stored model's holdout metrics on this run's calibration rows: its calibration-period fit, no refit."""
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+    """A model's predictions of the calibration holdout rows: purchases, spend, and the CLV that ranks them."""
+
+    purchases: np.ndarray
+    spend: np.ndarray
+    clv: np.ndarray
+
+    def against(self, metric: str, cal: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """The holdout truth and the prediction that ``metric`` compares (``models.evaluation.holdout_metrics``)."""
+        if metric.startswith("purchases_"):
+            return cal[s.FUTURE_PURCHASES].to_numpy(np.float64), self.purchases
+        spend = cal[s.FUTURE_SPEND].to_numpy(np.float64)
+        return (spend, self.spend) if metric == "spend_mae" else (spend, self.clv)
+
+
+def rescore_calibration(doc: dict[str, Any], cal: pd.DataFrame, settings: ValueSettings) -> Predictions:
+    """A stored model's holdout predictions of this run's calibration rows: its calibration-period fit, no refit."""
     name = doc["scoring"]["model"]
     purchases = purchase_model_from_params(name, doc["calibration"]["candidates"][name]["params"])
     f, r, t, m = _arrays(cal)
     scored = score_value(purchases, doc["calibration"]["gamma_gamma"]["params"], f, r, t, m, settings)
-    return holdout_metrics(
-        scored["expected_purchases"],
-        cal[s.FUTURE_PURCHASES].to_numpy(np.float64),
-        scored["expected_purchases"] * scored["expected_order_value"],
-        cal[s.FUTURE_SPEND].to_numpy(np.float64),
-        scored["clv"],
-    )
+    spend = scored["expected_purchases"] * scored["expected_order_value"]
+    return Predictions(scored["expected_purchases"], spend, scored["clv"])
 
 
 def champion_figure(
     version: tracking.RegisteredVersion,
-    metric: str,
+    rule: gate.Rule,
     cal: pd.DataFrame,
+    new: Predictions,
     cutoff: dt.date,
     holdout_sha: str,
     settings: ValueSettings,
 ) -> gate.ChampionFigure:
-    """The champion's ``metric`` on this run's calibration holdout.
+    """The champion's calibration-period fit applied to this run's holdout rows: its ``rule.metric`` there, and the
+    paired gain of the new model's predictions over it on the same rows.
 
-    Same rows and outcomes (equal fingerprints): its logged figure. Otherwise its calibration-period fit is applied
-    to these rows, unless it was calibrated on a later cutoff (its fit then saw part of this holdout).
+    Not judged when it was calibrated on a later cutoff (its fit then saw part of this holdout).
     """
-    logged = version.tags.get(f"holdout.{metric}")
-    if version.tags.get("holdout.sha") == holdout_sha and logged is not None:
-        return gate.ChampionFigure(version.version, float(logged), how="same holdout, its logged figure")
     its_cutoff = version.tags.get("holdout.cutoff")
     if its_cutoff and dt.date.fromisoformat(its_cutoff) > cutoff:
         why = f"it was calibrated on {its_cutoff}, after this holdout's cutoff {cutoff}"
         return gate.ChampionFigure(version.version, None, why_not=why)
-    value = float(rescore_calibration(version_params(version), cal, settings)[metric])
-    return gate.ChampionFigure(version.version, value, how="its calibration fit on these rows")
+    champion = rescore_calibration(version_params(version), cal, settings)
+    truth, prediction = new.against(rule.metric, cal)
+    paired = rule.evidence(truth, prediction, champion.against(rule.metric, cal)[1])
+    same = version.tags.get("holdout.sha") == holdout_sha
+    how = f"its calibration fit on {'the same holdout' if same else 'these rows'}"
+    return gate.ChampionFigure(version.version, paired.reference, how=how, paired=paired)
 
 
 def judge(
@@ -291,23 +305,24 @@ def judge(
     settings: ValueSettings,
     name: str,
     model_sha: str,
+    seed: int,
 ) -> registry.Judgement:
     """This run's model against the registered champion, on the calibration holdout (``pipeline.registry``)."""
-    reg = cfg.registry
+    rule = cfg.registry.rule(seed)
     holdout_sha = gate.holdout_fingerprint(
         cutoff,
         cal[s.CUSTOMER_ID],
         {s.FUTURE_PURCHASES: cal[s.FUTURE_PURCHASES], s.FUTURE_SPEND: cal[s.FUTURE_SPEND]},
     )
+    new = Predictions(chosen.expected_purchases, chosen.expected_spend, chosen.clv)
     return registry.judge(
         name,
         as_of=as_of,
         model_sha=model_sha,
         holdout_sha=holdout_sha,
         figures={k: v for k, v in chosen.metrics.items() if isinstance(v, int | float)},
-        metric=reg.metric,
-        min_improvement=reg.min_improvement,
-        champion_figure=lambda v: champion_figure(v, reg.metric, cal, cutoff, holdout_sha, settings),
+        rule=rule,
+        champion_figure=lambda v: champion_figure(v, rule, cal, new, cutoff, holdout_sha, settings),
         tags={"holdout.cutoff": str(cutoff)},
     )
 
@@ -579,7 +594,9 @@ def run(
     trained = fit.end + dt.timedelta(days=1)
     sha = gate.content_fingerprint(doc)
     judgement = (
-        judge(cfg, calib.chosen, cal, cutoff, trained, settings, name, sha) if track else registry.untracked(name)
+        judge(cfg, calib.chosen, cal, cutoff, trained, settings, name, sha, base.seed)
+        if track
+        else registry.untracked(name)
     )
     write_json(doc, out.params_json)
     metrics = stage_metrics(calib, fit, judgement, cal, settings)

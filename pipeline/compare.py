@@ -5,7 +5,8 @@
 the runs (newest first) and whose rows are
 
 * the run: start time, git commit (``-dirty`` when the tree had changes), the DVC experiment name when the run
-  came from ``dvc exp run``, and the registered version with the alias the champion gate gave it;
+  came from ``dvc exp run``, the registered version with the alias the champion gate gave it, and the interval of
+  its paired gain over the champion it was judged against;
 * every param whose value differs between those runs (params they share are left out: they explain nothing);
 * the stage's holdout metrics, the best value of each row in bold (lower is better for errors and losses, nearer 0
   for a signed error); a row where every run scored the same has no bold.
@@ -98,6 +99,7 @@ def stage_table(stage: str, runs: Sequence[tracking.RunSummary]) -> str:
         ["git commit", *(r.git_commit[:7] + ("-dirty" if r.git_commit.endswith("-dirty") else "") for r in runs)],
         ["experiment", *(r.experiment or "-" for r in runs)],
         ["registered as", *(r.registry or "-" for r in runs)],
+        ["gain over the champion", *(r.evidence or "-" for r in runs)],
     ]
     params = changed_params(runs)
     rows += [[f"param `{p}`", *(r.params.get(p, "-") for r in runs)] for p in params]

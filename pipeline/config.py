@@ -24,7 +24,7 @@ import yaml
 from features.errors import InputError
 from features.schemas import MAX_ABS_AMOUNT
 from features.timeformat import format_problem
-from models.gate import CHURN_GATE_METRICS
+from models.gate import CHURN_GATE_METRICS, Rule
 
 
 class ConfigError(InputError):
@@ -243,15 +243,31 @@ SelectionMetric = Literal[
 class RegistryConfig:
     """How a training stage registers its model and when the new version takes the alias ``champion``.
 
-    ``metric`` is judged on the stage's holdout; the new version must beat the champion's figure on the same
-    holdout by at least ``min_improvement`` (in the metric's units). ``score_version`` null scores with whichever
-    version holds ``champion``; a number pins that registered version.
+    ``metric`` is judged on the stage's holdout; the new version takes ``champion`` only when the lower bound of its
+    paired gain over the champion on the same holdout rows, at ``evidence_level`` (``evidence_resamples`` bootstrap
+    resamples of at most ``evidence_max_rows`` rows), is above zero and at least ``min_improvement`` (in the
+    metric's units). ``score_version`` null scores with whichever version holds ``champion``; a number pins that
+    registered version.
     """
 
     model_name: str
     metric: str
     min_improvement: float
+    evidence_level: float
+    evidence_resamples: int
+    evidence_max_rows: int
     score_version: int | None
+
+    def rule(self, seed: int) -> Rule:
+        """The gate's rule, its resamples drawn with ``seed``."""
+        return Rule(
+            self.metric,
+            self.min_improvement,
+            level=self.evidence_level,
+            resamples=self.evidence_resamples,
+            max_rows=self.evidence_max_rows,
+            seed=seed,
+        )
 
     def check(self, where: str, metrics: tuple[str, ...]) -> None:
         if not REGISTERED_NAME.fullmatch(self.model_name):
@@ -264,6 +280,12 @@ class RegistryConfig:
             raise ConfigError(f"{where}.metric must be one of {', '.join(metrics)}; got {self.metric!r}")
         if self.min_improvement < 0:
             raise ConfigError(f"{where}.min_improvement must be >= 0, got {self.min_improvement}")
+        if not 0.5 <= self.evidence_level < 1:
+            raise ConfigError(f"{where}.evidence_level must be in [0.5, 1), e.g. 0.95; got {self.evidence_level}")
+        if self.evidence_resamples < 100:
+            raise ConfigError(f"{where}.evidence_resamples must be >= 100, got {self.evidence_resamples}")
+        if self.evidence_max_rows < 1000:
+            raise ConfigError(f"{where}.evidence_max_rows must be >= 1000, got {self.evidence_max_rows}")
         if self.score_version is not None and self.score_version < 1:
             raise ConfigError(f"{where}.score_version must be a registered version (1, 2, ...) or null")
 

@@ -75,15 +75,15 @@ def judge(
     model_sha: str,
     holdout_sha: str,
     figures: Mapping[str, float],
-    metric: str,
-    min_improvement: float,
+    rule: gate.Rule,
     champion_figure: Callable[[tracking.RegisteredVersion], gate.ChampionFigure],
     tags: Mapping[str, str],
 ) -> Judgement:
-    """Judge this run's model (trained as of ``as_of``, its holdout ``figures``) against the champion of ``name``.
+    """Judge this run's model (trained as of ``as_of``, its holdout ``figures``) against the champion of ``name`` by
+    ``rule``; ``champion_figure`` re-scores a registered version on this run's holdout rows, with the paired gain.
 
-    A rerun that trained this very model on this holdout reuses its version and recorded decision while that
-    decision stands (``gate.decision_stands``); a back-fill reuses its back-fill version.
+        A rerun that trained this very model on this holdout reuses its version and recorded decision while that
+        decision stands (``gate.decision_stands``); a back-fill reuses its back-fill version.
     """
     version_tags = {
         "model.sha": model_sha,
@@ -106,13 +106,13 @@ def judge(
         return Judgement(
             name, None, {**version_tags, BACKFILL: "true"}, tracking.find_version(name, {**same, BACKFILL: "true"})
         )
-    standing = tracking.standing_version(name, same, current, metric, min_improvement)
+    standing = tracking.standing_version(name, same, current, rule)
     if standing:
         reused, decision = standing
         log.info("%s: v%s is this model on this holdout; its decision stands", name, reused.version)
         return Judgement(name, decision, version_tags, reused)
     figure = champion_figure(current) if current else None
-    decision = gate.decide(metric, min_improvement, float(figures[metric]), figure)
+    decision = gate.decide(rule, float(figures[rule.metric]), figure)
     log.info("%s: this run's model becomes %s: %s", name, decision.alias, decision.reason)
     return Judgement(name, decision, version_tags, None)
 

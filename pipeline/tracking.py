@@ -33,7 +33,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_
 from mlflow.pyfunc import PythonModel
 
 from features.errors import InputError
-from models.gate import CHALLENGER, CHAMPION, Decision, decision_stands
+from models.gate import CHALLENGER, CHAMPION, Decision, Rule, decision_stands
 
 log = logging.getLogger("tracking")
 
@@ -109,6 +109,7 @@ class RunSummary:
     params: dict[str, str]
     metrics: dict[str, float]
     registry: str = ""  # "v3 champion": the version this run registered and the alias the gate gave it
+    evidence: str = ""  # "[+0.0031, +0.0112] vs v2": the gain's interval over the champion it was judged against
 
 
 def recent_stage_runs(experiment: str, stage: str, last: int) -> list[RunSummary]:
@@ -134,9 +135,19 @@ def recent_stage_runs(experiment: str, stage: str, last: int) -> list[RunSummary
                 if "registry.version" in r.data.tags
                 else ""
             ),
+            evidence=_evidence(r.data.tags),
         )
         for r in runs
     ]
+
+
+def _evidence(tags: Mapping[str, str]) -> str:
+    """The gain's interval over the champion as a run's tags record it; empty when it was not judged against one."""
+    low, high = tags.get("registry.gain_low"), tags.get("registry.gain_high")
+    if not low or not high:
+        return ""
+    level = float(tags.get("registry.level", "nan"))
+    return f"[{float(low):+.4f}, {float(high):+.4f}] ({level:.0%}) vs v{tags.get('registry.champion_version', '?')}"
 
 
 def dvc_invocation() -> str | None:
@@ -442,15 +453,27 @@ def decision_tags(name: str, decision: Decision) -> dict[str, str]:
         "registry.alias": decision.alias,
         "registry.metric": decision.metric,
         "registry.min_improvement": repr(decision.min_improvement),
+        "registry.level": repr(decision.level),
         "registry.new_value": repr(decision.new_value),
         "registry.champion_version": decision.champion_version or "",
-        "registry.champion_value": "" if decision.champion_value is None else repr(decision.champion_value),
+        "registry.champion_value": _optional(decision.champion_value),
+        "registry.gain_low": _optional(decision.gain_low),
+        "registry.gain_high": _optional(decision.gain_high),
         "registry.reason": decision.reason,
     }
 
 
+def _optional(value: float | None) -> str:
+    return "" if value is None else repr(value)
+
+
+def _read_optional(text: str) -> float | None:
+    return float(text) if text else None
+
+
 def recorded_decision(version: RegisteredVersion) -> Decision | None:
-    """The gate's decision as ``decision_tags`` recorded it on ``version``; None if it holds no complete record."""
+    """The gate's decision as ``decision_tags`` recorded it on ``version``; None if it holds no complete record
+    (versions judged before the gate asked for a paired interval lack ``registry.level``: they are judged again)."""
     tags = version.tags
     try:
         alias = tags["registry.alias"]
@@ -460,9 +483,12 @@ def recorded_decision(version: RegisteredVersion) -> Decision | None:
             alias=CHAMPION if alias == CHAMPION else CHALLENGER,
             metric=tags["registry.metric"],
             min_improvement=float(tags["registry.min_improvement"]),
+            level=float(tags["registry.level"]),
             new_value=float(tags["registry.new_value"]),
             champion_version=tags["registry.champion_version"] or None,
-            champion_value=float(tags["registry.champion_value"]) if tags["registry.champion_value"] else None,
+            champion_value=_read_optional(tags["registry.champion_value"]),
+            gain_low=_read_optional(tags["registry.gain_low"]),
+            gain_high=_read_optional(tags["registry.gain_high"]),
             reason=tags["registry.reason"],
         )
     except (KeyError, ValueError):
@@ -470,16 +496,16 @@ def recorded_decision(version: RegisteredVersion) -> Decision | None:
 
 
 def standing_version(
-    name: str, tags: Mapping[str, str], champion: RegisteredVersion | None, metric: str, min_improvement: float
+    name: str, tags: Mapping[str, str], champion: RegisteredVersion | None, rule: Rule
 ) -> tuple[RegisteredVersion, Decision] | None:
     """The version of ``name`` that already holds this model judged on this holdout (``tags``: its ``model.sha``
     and ``holdout.sha``) and its recorded decision, if that decision still stands against ``champion`` (the version
-    holding the alias now) under the gate's ``metric`` and ``min_improvement`` (``models.gate.decision_stands``)."""
+    holding the alias now) under the gate's ``rule`` (``models.gate.decision_stands``)."""
     found = find_version(name, tags)
     recorded = recorded_decision(found) if found else None
     if found is None or recorded is None:
         return None
-    if not decision_stands(recorded, found.version, champion.version if champion else None, metric, min_improvement):
+    if not decision_stands(recorded, found.version, champion.version if champion else None, rule):
         return None
     return found, recorded
 
