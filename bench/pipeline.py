@@ -3,7 +3,7 @@
 Run from the repository root: ``python -m bench.pipeline --customers 1000000`` (``make bench N=1000000``);
 ``--skip-naive`` leaves out plain lifetimes where it would not fit in memory.
 
-Not timed, done once in a child process: a seeded log from the BG/NBD process (bench.synthetic; its parameters are
+Not timed, done once in a child process: a seeded log from the MBG/NBD process (bench.synthetic; its parameters are
 printed) is written as a raw Parquet file, the way a data team would hand it over.
 
 Timed, each in its own process so that its peak RSS is its own (``wait4``'s ``ru_maxrss``: the process and every
@@ -255,7 +255,7 @@ def main() -> None:
         )
         info = json.loads(gen["stdout"])
         print(
-            f"synthetic log: {args.customers:,} customers, {info['n_transactions']:,} transactions; BG/NBD process "
+            f"synthetic log: {args.customers:,} customers, {info['n_transactions']:,} transactions; MBG/NBD process "
             f"{info['process']}; generated in {gen['wall_s']:.1f} s (not timed below)"
         )
         (d / "params.yaml").write_text(yaml.safe_dump(bench_params(raw)), encoding="utf-8")
