@@ -86,9 +86,7 @@ def times_weeks(
     )
 
 
-def generate(
-    n_customers: int, seed: int, params: ProcessParams | None = None, process: str = "mbgnbd"
-) -> pd.DataFrame:
+def generate(n_customers: int, seed: int, params: ProcessParams | None = None, process: str = "mbgnbd") -> pd.DataFrame:
     """Return a transactions table (customer_id, ts, amount, order_id) for ``n_customers`` customers.
 
     The default is the MBG/NBD process, on which every benchmark in the README was measured.
