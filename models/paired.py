@@ -240,11 +240,14 @@ def paired_gain(
     level: float = 0.95,
     seed: int = 0,
     max_rows: int | None = None,
+    clusters: npt.ArrayLike | None = None,
 ) -> PairedGain:
     """The candidate's gain over the reference on ``metric`` with its paired bootstrap interval.
 
     Both predictions are of the same rows in the same order. Past ``max_rows`` rows the interval is computed on a
-    seeded draw of that many rows (wider than on all rows: the cap costs evidence, never invents it).
+    seeded draw of that many rows (wider than on all rows: the cap costs evidence, never invents it). With
+    ``clusters`` (a label per row, e.g. the customer when rows of several cutoffs are pooled) whole clusters are
+    resampled, so rows of one customer are never counted as independent evidence.
     """
     if metric not in KERNELS:
         raise ValueError(f"no paired interval for metric {metric!r}; use one of {sorted(KERNELS)}")
@@ -267,15 +270,22 @@ def paired_gain(
     value_a = float(metric_kernel(metric, y, a)(whole)[0])
     value_b = float(metric_kernel(metric, y, b)(whole)[0])
     rng = np.random.default_rng(seed)
+    group = np.arange(total) if clusters is None else np.unique(np.asarray(clusters), return_inverse=True)[1]
+    if len(group) != total:
+        raise ValueError(f"paired_gain: {len(group)} cluster labels for {total} rows")
     if max_rows is not None and len(y) > max_rows:
         keep = np.sort(rng.choice(len(y), size=max_rows, replace=False))
         y, a, b = y[keep], a[keep], b[keep]
+        group = np.unique(group[keep], return_inverse=True)[1]
     on_a, on_b = metric_kernel(metric, y, a), metric_kernel(metric, y, b)
+    n_groups = int(group.max()) + 1
     batch = max(1, CELLS_PER_BATCH // len(y))
     gains = []
     with np.errstate(divide="ignore", invalid="ignore"):  # a resample with no churner has no AUC: left out below
         for start in range(0, resamples, batch):
-            counts = resample_counts(rng, min(batch, resamples - start), len(y))
+            counts = resample_counts(rng, min(batch, resamples - start), n_groups)
+            if clusters is not None:
+                counts = counts[:, group]
             gains.append(sign * (on_a(counts) - on_b(counts)))
     drawn = np.concatenate(gains)
     drawn = drawn[np.isfinite(drawn)]

@@ -356,7 +356,7 @@ def judge(
 # --- the stage ----------------------------------------------------------------------------------------------------
 
 
-def _baseline_scores(valid: pd.DataFrame) -> dict[str, np.ndarray | None]:
+def baseline_scores(valid: pd.DataFrame) -> dict[str, np.ndarray | None]:
     """Churn scores of the three baselines (higher = likelier to churn)."""
     return {
         "btyd": valid[cm.BTYD_P_NO_PURCHASE].to_numpy(np.float64) if cm.BTYD_P_NO_PURCHASE in valid else None,
@@ -379,7 +379,7 @@ def evaluate(
     probs: dict[str, np.ndarray] = {"model": model.valid_calibrated_}
     out: dict[str, Any] = {"model": churn_metrics(y, model.valid_raw_, model.valid_calibrated_, k)}
     baselines: dict[str, Any] = {}
-    for name, score in _baseline_scores(valid).items():
+    for name, score in baseline_scores(valid).items():
         if score is None or not np.all(np.isfinite(score)):
             baselines[name] = None  # the BTYD fit at the validation cutoff failed (see btyd_fits)
             continue

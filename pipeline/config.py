@@ -498,6 +498,30 @@ class ScoreConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class BacktestConfig:
+    """The backtest stage: how many evaluation origins, how many customers per cutoff, and the paired intervals
+    (``evidence_level``, ``evidence_resamples`` bootstrap resamples of at most ``evidence_max_rows`` pooled rows)."""
+
+    origins: int
+    max_rows_per_cutoff: int
+    evidence_level: float
+    evidence_resamples: int
+    evidence_max_rows: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.origins <= 200:
+            raise ConfigError(f"backtest.origins must be between 1 and 200, got {self.origins}")
+        if self.max_rows_per_cutoff < 1000:
+            raise ConfigError(f"backtest.max_rows_per_cutoff must be >= 1000, got {self.max_rows_per_cutoff}")
+        if not 0.5 <= self.evidence_level < 1:
+            raise ConfigError(f"backtest.evidence_level must be in [0.5, 1), e.g. 0.95; got {self.evidence_level}")
+        if self.evidence_resamples < 100:
+            raise ConfigError(f"backtest.evidence_resamples must be >= 100, got {self.evidence_resamples}")
+        if self.evidence_max_rows < 1000:
+            raise ConfigError(f"backtest.evidence_max_rows must be >= 1000, got {self.evidence_max_rows}")
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """When the models are trained: on history before ``as_of`` (null: all of the log), and how old the serving
     models may grow before ``make weekly`` retrains them."""
@@ -600,6 +624,7 @@ SECTIONS: dict[str, type] = {
     "churn": ChurnConfig,
     "score": ScoreConfig,
     "train": TrainConfig,
+    "backtest": BacktestConfig,
 }
 
 C = TypeVar("C")

@@ -133,3 +133,20 @@ def test_the_interval_covers_the_true_gain_as_often_as_its_level() -> None:
         result = paired.paired_gain("roc_auc", y, a, b, resamples=400, level=0.90, seed=rep)
         covered += result.low <= truth <= result.high
     assert 0.85 <= covered / 200 <= 0.95, covered
+
+
+def test_clusters_resample_whole_customers() -> None:
+    """The same 1,000 customers at three cutoffs, scored alike each time: resampling rows would count each
+    customer's three rows as independent evidence; resampling customers gives the interval of 1,000 customers."""
+    rng = np.random.default_rng(8)
+    y, a, b = churn_rows(rng, 1000)
+    one = paired.paired_gain("roc_auc", y, a, b, resamples=600, seed=1)
+    tripled = [np.tile(v, 3) for v in (y, a, b)]
+    rows = paired.paired_gain("roc_auc", *tripled, resamples=600, seed=1)
+    customers = paired.paired_gain("roc_auc", *tripled, resamples=600, seed=1, clusters=np.tile(np.arange(1000), 3))
+    width = {k: r.high - r.low for k, r in {"one": one, "rows": rows, "customers": customers}.items()}
+    assert customers.gain == pytest.approx(one.gain, abs=1e-12)
+    assert width["rows"] < 0.75 * width["one"]  # about 1 / sqrt 3: evidence that is not there
+    assert width["customers"] == pytest.approx(width["one"], rel=0.2)
+    with pytest.raises(ValueError, match="2 cluster labels for 3 rows"):
+        paired.paired_gain("roc_auc", [0, 1, 1], [0.1, 0.2, 0.3], [0.2, 0.1, 0.3], clusters=[1, 2])

@@ -1,0 +1,148 @@
+"""Backtest over many evaluation origins: which cutoffs each origin trains on, and how candidates compare.
+
+Pure code. An *origin* is a labelled cutoff at which the pipeline could have trained and scored: the models then
+see only the cutoffs whose label horizon had ended by the origin, split as production splits them
+(``models.churn.split_cutoffs``), and are judged on the origin's own customers over its horizon, which no training
+row, early stop or calibration saw.
+
+Candidates are compared in pairs on the same rows: per origin (the point difference, whose spread over origins
+says how stable a lead is) and pooled over every origin's rows with a paired bootstrap interval that resamples
+customers, not rows (``models.paired``: a customer at six origins is one customer's evidence, not six).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from features.errors import InputError
+from models.churn import CutoffSplit, split_cutoffs
+from models.paired import KERNELS, metric_kernel, paired_gain
+
+
+@dataclasses.dataclass(frozen=True)
+class Origin:
+    """One evaluation origin and the production split of what was fully observed by then."""
+
+    cutoff: pd.Timestamp
+    split: CutoffSplit
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "origin": str(self.cutoff.date()),
+            "validation_cutoff": str(self.split.validation.date()),
+            "training_cutoffs": [str(c.date()) for c in self.split.training],
+        }
+
+
+def evaluation_origins(labelled: Sequence[pd.Timestamp], horizon_days: int, count: int) -> list[Origin]:
+    """The latest ``count`` labelled cutoffs at which production could have trained (a validation cutoff and at
+    least one training cutoff whose horizons ended by then), oldest first."""
+    ordered = sorted(pd.Timestamp(c) for c in labelled)
+    horizon = pd.Timedelta(days=horizon_days)
+    found = []
+    for cutoff in ordered:
+        seen = [c for c in ordered if c + horizon <= cutoff]
+        try:
+            found.append(Origin(cutoff, split_cutoffs(seen, horizon_days)))
+        except InputError:
+            continue  # too early: not two fully observed cutoffs yet
+    if not found:
+        raise InputError(
+            f"backtest: no labelled cutoff has two earlier cutoffs whose {horizon_days}-day horizons ended by it; "
+            "raise features.cutoff_schedule.count"
+        )
+    return found[-count:]
+
+
+@dataclasses.dataclass(frozen=True)
+class Scored:
+    """Every candidate's score of the same rows (higher = likelier to churn), with the truth and the customer."""
+
+    truth: npt.NDArray[np.float64]
+    scores: Mapping[str, npt.NDArray[np.float64]]
+    customers: npt.NDArray[np.int64]  # a code per customer, equal across origins
+
+
+def pooled(parts: Sequence[Scored]) -> Scored:
+    """All origins' rows as one set (the candidates every part has)."""
+    names = [n for n in parts[0].scores if all(n in p.scores for p in parts)]
+    return Scored(
+        truth=np.concatenate([p.truth for p in parts]),
+        scores={n: np.concatenate([p.scores[n] for p in parts]) for n in names},
+        customers=np.concatenate([p.customers for p in parts]),
+    )
+
+
+def pairs(names: Sequence[str]) -> list[tuple[str, str]]:
+    """Every unordered pair of candidates, in the order given (the first of a pair is the one judged)."""
+    return list(itertools.combinations(names, 2))
+
+
+def point(metric: str, data: Scored, name: str) -> float:
+    """``metric`` of one candidate on all of ``data``'s rows."""
+    return float(metric_kernel(metric, data.truth, data.scores[name])(np.ones((1, len(data.truth))))[0])
+
+
+def differences(
+    metric: str,
+    per_origin: Sequence[Scored],
+    everything: Scored,
+    *,
+    resamples: int,
+    level: float,
+    seed: int,
+    max_rows: int | None,
+) -> list[dict[str, object]]:
+    """For every pair (a, b): a's gain over b in ``metric`` (positive = a better) pooled with its paired interval
+    over customers, and per origin, with the mean, spread and wins over origins."""
+    if metric not in KERNELS:
+        raise ValueError(f"no paired interval for metric {metric!r}")
+    out = []
+    for i, (a, b) in enumerate(pairs(list(everything.scores))):
+        gain = paired_gain(
+            metric,
+            everything.truth,
+            everything.scores[a],
+            everything.scores[b],
+            resamples=resamples,
+            level=level,
+            seed=seed + i,
+            max_rows=max_rows,
+            clusters=everything.customers,
+        )
+        sign = 1.0 if KERNELS[metric][1] else -1.0
+        by_origin = [sign * (point(metric, part, a) - point(metric, part, b)) for part in per_origin]
+        out.append(
+            {
+                "candidate": a,
+                "versus": b,
+                "metric": metric,
+                "pooled_gain": gain.gain,
+                "low": gain.low,
+                "high": gain.high,
+                "level": level,
+                "resamples": resamples,
+                "rows": gain.rows,
+                "by_origin": by_origin,
+                "origin_mean": float(np.mean(by_origin)),
+                "origin_sd": float(np.std(by_origin, ddof=1)) if len(by_origin) > 1 else float("nan"),
+                "origins_won": int(sum(d > 0 for d in by_origin)),
+                "verdict": verdict(a, b, gain.low, gain.high),
+            }
+        )
+    return out
+
+
+def verdict(a: str, b: str, low: float, high: float) -> str:
+    """The interval in words: who is shown better, or that the data cannot tell."""
+    if low > 0:
+        return f"{a} better"
+    if high < 0:
+        return f"{b} better"
+    return "no difference shown"

@@ -1,0 +1,276 @@
+"""Stage ``backtest``: every churn scorer judged at many evaluation origins, each trained as production would have.
+
+At each of the latest ``backtest.origins`` labelled cutoffs of the features table (``models.backtest``), the churn
+model is trained on what was fully observed by then, with the training stage's own code and settings: LightGBM
+(``churn.lightgbm``) on the training cutoffs of the production split, early-stopped and calibrated on its
+validation cutoff. Every candidate is then judged on the origin's customers over its horizon, which none of them
+saw:
+
+- ``model``: that LightGBM;
+- ``btyd``: P(no purchase in the horizon) of a BG/NBD fitted on history up to the origin;
+- ``recency`` (days since the last purchase) and ``rfm`` (the quintile score, reversed): the one-line rules.
+
+The rules' probabilities come from a calibrator fitted on the same validation cutoff as the model's. Per origin and
+pooled over every origin: ROC-AUC, PR-AUC, top-decile lift, precision and recall at ``churn.campaign_list_size``,
+Brier, log loss and ECE; for every pair of candidates the pooled paired gain with its interval (customers
+resampled, ``backtest.evidence_resamples`` at ``backtest.evidence_level``) and the spread of the per-origin gains.
+Writes ``metrics/backtest.json``, ``plots/backtest/`` and an MLflow run. The training stages do not read it, and the
+weekly scoring run does not pay for it. Each cutoff keeps at most ``backtest.max_rows_per_cutoff`` customers (a
+seeded draw), which bounds its cost at any size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features import schemas as s
+from models import backtest as bt
+from models import churn as cm
+from models.evaluation import churn_metrics, round_metrics
+from pipeline import churn, cli, plots, tracking
+from pipeline.config import BacktestConfig, BaseConfig, ChurnConfig, FeaturesConfig, load_params, section
+from pipeline.io import write_csv, write_json
+
+log = logging.getLogger("backtest")
+
+CANDIDATES = ("model", *churn.BASELINES)
+PAIRED_METRICS = ("roc_auc", "pr_auc")  # the rankings a campaign list rests on; lift is reported per candidate
+PLOTTED = ("roc_auc", "pr_auc", "top_decile_lift")
+
+
+@dataclasses.dataclass(frozen=True)
+class Outputs:
+    metrics: Path
+    plots: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluated:
+    """One origin: what it trained on, each candidate's probability of the origin's rows, and their metrics."""
+
+    origin: bt.Origin
+    scored: bt.Scored
+    probabilities: dict[str, np.ndarray]
+    metrics: dict[str, dict[str, float]]
+    seconds: float
+
+
+def backtest_rows(
+    features: Path, base: BaseConfig, fcfg: FeaturesConfig, ccfg: ChurnConfig, bcfg: BacktestConfig
+) -> tuple[list[bt.Origin], pd.DataFrame, list[str]]:
+    """The origins, and one modelling table of every cutoff they need (BTYD, attribute and derived features as the
+    training stage builds them), each cutoff capped at ``backtest.max_rows_per_cutoff``."""
+    churn.check_features(features, fcfg)
+    labelled, _ = churn.read_cutoffs(features, fcfg)
+    origins = bt.evaluation_origins(labelled, fcfg.horizon_days, bcfg.origins)
+    if len(origins) < bcfg.origins:
+        log.warning(
+            "backtest: only %d of the %d origins asked for have two fully observed cutoffs before them; raise "
+            "features.cutoff_schedule.count for more",
+            len(origins),
+            bcfg.origins,
+        )
+    needed = sorted({c for o in origins for c in (o.cutoff, o.split.validation, *o.split.training)})
+    capped = dataclasses.replace(ccfg, max_training_rows=bcfg.max_rows_per_cutoff * len(needed))
+    tables, _ = churn.read_attributes(ccfg)
+    table, _ = churn.modelling_table(features, needed, base, fcfg, capped, tables, training=needed)
+    return origins, table, cm.feature_columns(table)
+
+
+def rows_at(table: pd.DataFrame, cutoffs: Sequence[pd.Timestamp]) -> pd.DataFrame:
+    return table[table[s.CUTOFF].isin(list(cutoffs)).to_numpy()]
+
+
+def evaluate_origin(
+    origin: bt.Origin,
+    table: pd.DataFrame,
+    columns: list[str],
+    codes: pd.Series,
+    base: BaseConfig,
+    ccfg: ChurnConfig,
+) -> Evaluated:
+    """Train at ``origin`` as production would have, then score and judge every candidate on its rows."""
+    started = time.perf_counter()
+    split = origin.split
+    valid = rows_at(table, [split.validation])
+    data = churn.Training(
+        split=split,
+        train=rows_at(table, split.training),
+        valid=valid,
+        y_valid=valid[s.CHURNED].astype(bool).to_numpy(np.int64),
+        columns=columns,
+        fits=[],
+        attributes={},
+    )
+    model = churn.fit(base, ccfg, data)
+    test = rows_at(table, [origin.cutoff])
+    y = test[s.CHURNED].astype(bool).to_numpy(np.int64)
+    scores = {"model": model.raw_probability(test[columns])}
+    probabilities = {"model": model.calibrator_.transform(scores["model"])}
+    for name, valid_score in churn.baseline_scores(valid).items():
+        score = churn.baseline_scores(test)[name]
+        if valid_score is None or score is None or not np.all(np.isfinite(score)):
+            log.warning("backtest %s: no %s scores (its BTYD fit failed); left out", origin.cutoff.date(), name)
+            continue
+        scores[name] = score
+        calibrator = cm.Calibrator(model.calibration_method_).fit(valid_score, data.y_valid)
+        probabilities[name] = score if name == "btyd" else calibrator.transform(score)
+    metrics = {n: churn_metrics(y, scores[n], probabilities[n], ccfg.campaign_list_size) for n in scores}
+    scored = bt.Scored(truth=y.astype(np.float64), scores=scores, customers=codes.loc[test.index].to_numpy(np.int64))
+    seconds = time.perf_counter() - started
+    log.info(
+        "origin %s: trained on %d cutoffs to %s, validated on %s; ROC-AUC %s (%.1f s)",
+        origin.cutoff.date(),
+        len(split.training),
+        split.training[-1].date(),
+        split.validation.date(),
+        ", ".join(f"{n} {m['roc_auc']:.4f}" for n, m in metrics.items()),
+        seconds,
+    )
+    return Evaluated(origin, scored, probabilities, metrics, seconds)
+
+
+def summary(results: list[Evaluated], bcfg: BacktestConfig, base: BaseConfig, k: int) -> dict[str, Any]:
+    """Per origin, pooled, and the pairwise paired differences (``models.backtest.differences``)."""
+    parts = [r.scored for r in results]
+    everything = bt.pooled(parts)
+    probabilities = {n: np.concatenate([r.probabilities[n] for r in results]) for n in everything.scores}
+    pooled_metrics = {
+        n: churn_metrics(everything.truth, everything.scores[n], probabilities[n], k) for n in everything.scores
+    }
+    differences = {
+        metric: bt.differences(
+            metric,
+            [bt.Scored(p.truth, {n: p.scores[n] for n in everything.scores}, p.customers) for p in parts],
+            everything,
+            resamples=bcfg.evidence_resamples,
+            level=bcfg.evidence_level,
+            seed=base.seed,
+            max_rows=bcfg.evidence_max_rows,
+        )
+        for metric in PAIRED_METRICS
+    }
+    rules = [n for n in everything.scores if n != "model"]
+    best_rule = max(rules, key=lambda n: pooled_metrics[n]["roc_auc"]) if rules else None
+    return {
+        "origins": [
+            {**r.origin.as_dict(), "customers": len(r.scored.truth), "seconds": r.seconds, "metrics": r.metrics}
+            for r in results
+        ],
+        "pooled": {"customers": len(everything.truth), "metrics": pooled_metrics},
+        "differences": differences,
+        "best_rule": best_rule,
+        "model_vs_best_rule": next(
+            (d for d in differences["roc_auc"] if d["candidate"] == "model" and d["versus"] == best_rule), None
+        ),
+    }
+
+
+def write_plots(out: Outputs, results: list[Evaluated]) -> None:
+    """One CSV per metric: a row per origin, a column per candidate (DVC plots), and the same as PNG."""
+    out.plots.mkdir(parents=True, exist_ok=True)
+    for metric in PLOTTED:
+        frame = pd.DataFrame(
+            [{"origin": str(r.origin.cutoff.date()), **{n: m[metric] for n, m in r.metrics.items()}} for r in results]
+        )
+        write_csv(frame, out.plots / f"churn_{metric}.csv")
+        plots.lines(
+            frame,
+            "origin",
+            [c for c in frame.columns if c != "origin"],
+            title=f"Churn {metric} at each evaluation origin",
+            xlabel="origin (the week scored)",
+            ylabel=metric,
+            path=out.plots / f"churn_{metric}.png",
+        )
+
+
+def run(
+    base: BaseConfig,
+    fcfg: FeaturesConfig,
+    ccfg: ChurnConfig,
+    bcfg: BacktestConfig,
+    features: Path,
+    out: Outputs,
+    *,
+    track: bool = True,
+) -> dict[str, Any]:
+    """Train and judge at every origin, compare the candidates, write the metrics and plots. Returns the metrics."""
+    started = time.perf_counter()
+    origins, table, columns = backtest_rows(features, base, fcfg, ccfg, bcfg)
+    codes = pd.Series(pd.factorize(table[s.CUSTOMER_ID])[0], index=table.index)
+    results = [evaluate_origin(o, table, columns, codes, base, ccfg) for o in origins]
+    metrics = summary(results, bcfg, base, ccfg.campaign_list_size)
+    metrics["seconds"] = time.perf_counter() - started
+    metrics = round_metrics(metrics)
+    write_json(metrics, out.metrics)
+    write_plots(out, results)
+    if track:
+        _track(base, fcfg, ccfg, bcfg, features, out, metrics)
+    log.info("%s", headline(metrics))
+    return metrics
+
+
+def headline(metrics: dict[str, Any]) -> str:
+    """The model against the best rule, pooled over the origins, in one line."""
+    edge = metrics["model_vs_best_rule"]
+    if edge is None:
+        return "backtest: no rule to compare the model with"
+    return (
+        f"backtest over {len(metrics['origins'])} origins: model ROC-AUC minus {edge['versus']}'s "
+        f"{edge['pooled_gain']:+.4f} [{edge['low']:+.4f}, {edge['high']:+.4f}], won {edge['origins_won']} of "
+        f"{len(metrics['origins'])} origins: {edge['verdict']}"
+    )
+
+
+def _track(
+    base: BaseConfig,
+    fcfg: FeaturesConfig,
+    ccfg: ChurnConfig,
+    bcfg: BacktestConfig,
+    features: Path,
+    out: Outputs,
+    metrics: dict[str, Any],
+) -> None:
+    params = {
+        "backtest": dataclasses.asdict(bcfg),
+        "churn": {"lightgbm": dataclasses.asdict(ccfg.lightgbm), "calibration": ccfg.calibration},
+        "features": {"horizon_days": fcfg.horizon_days},
+    }
+    flat = {"pooled": metrics["pooled"]["metrics"]}
+    for metric, rows in metrics["differences"].items():
+        for d in rows:
+            key = f"{d['candidate']}_vs_{d['versus']}"
+            flat[f"gain/{metric}/{key}"] = {"pooled": d["pooled_gain"], "low": d["low"], "high": d["high"]}
+    with tracking.stage_run(base.mlflow_experiment, "backtest", params, {"run.kind": "backtest"}, inputs=[features]):
+        tracking.log_metrics(flat)
+        tracking.log_artifacts({"backtest": out.metrics, "plot_data": out.plots})
+
+
+def main(argv: Sequence[str]) -> None:
+    p = cli.parser(__doc__.splitlines()[0])
+    cli.input_file(p, "--features")
+    cli.output(p, "--metrics")
+    cli.output(p, "--plots", directory=True)
+    args = p.parse_args(argv)
+    params = load_params(args.params)
+    run(
+        section(params, "base", BaseConfig),
+        section(params, "features", FeaturesConfig),
+        section(params, "churn", ChurnConfig),
+        section(params, "backtest", BacktestConfig),
+        args.features,
+        Outputs(metrics=args.metrics, plots=args.plots),
+    )
+
+
+if __name__ == "__main__":
+    cli.run(main)
