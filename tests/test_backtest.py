@@ -34,7 +34,7 @@ def test_each_origin_trains_only_on_cutoffs_whose_labels_ended_by_it() -> None:
     # with 13 cutoffs the earliest origin has no fully observed training cutoff: five origins, not six
     assert len(bt.evaluation_origins(schedule(13), HORIZON, 6)) == 5
     assert len(bt.evaluation_origins(schedule(13), HORIZON, 2)) == 2
-    with pytest.raises(InputError, match="raise features.cutoff_schedule.count"):
+    with pytest.raises(InputError, match=r"raise features\.cutoff_schedule\.count"):
         bt.evaluation_origins(schedule(6), HORIZON, 6)
 
 
