@@ -52,12 +52,17 @@ def evaluation_origins(labelled: Sequence[pd.Timestamp], horizon_days: int, coun
             found.append(Origin(cutoff, split_cutoffs(seen, horizon_days)))
         except InputError:
             continue  # too early: not two fully observed cutoffs yet
-    if not found:
-        raise InputError(
-            f"backtest: no labelled cutoff has two earlier cutoffs whose {horizon_days}-day horizons ended by it; "
-            "raise features.cutoff_schedule.count"
-        )
     return found[-count:]
+
+
+def too_few(origins: Sequence[Origin], wanted: int, horizon_days: int) -> str | None:
+    """Why the backtest has fewer origins than ``wanted``, in a line a user can act on; None when it has them."""
+    if len(origins) >= wanted:
+        return None
+    return (
+        f"backtest: {len(origins)} of the {wanted} origins asked for: an origin needs two earlier labelled cutoffs "
+        f"whose {horizon_days}-day horizons ended by it; raise features.cutoff_schedule.count for more"
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -71,13 +71,11 @@ def backtest_rows(
     churn.check_features(features, fcfg)
     labelled, _ = churn.read_cutoffs(features, fcfg)
     origins = bt.evaluation_origins(labelled, fcfg.horizon_days, bcfg.origins)
-    if len(origins) < bcfg.origins:
-        log.warning(
-            "backtest: only %d of the %d origins asked for have two fully observed cutoffs before them; raise "
-            "features.cutoff_schedule.count for more",
-            len(origins),
-            bcfg.origins,
-        )
+    note = bt.too_few(origins, bcfg.origins, fcfg.horizon_days)
+    if note:
+        log.warning("%s", note)
+    if not origins:
+        return origins, pd.DataFrame(), []
     needed = sorted({c for o in origins for c in (o.cutoff, o.split.validation, *o.split.training)})
     capped = dataclasses.replace(ccfg, max_training_rows=bcfg.max_rows_per_cutoff * len(needed))
     tables, _ = churn.read_attributes(ccfg)
@@ -138,8 +136,20 @@ def evaluate_origin(
     return Evaluated(origin, scored, probabilities, metrics, seconds)
 
 
-def summary(results: list[Evaluated], bcfg: BacktestConfig, base: BaseConfig, k: int) -> dict[str, Any]:
-    """Per origin, pooled, and the pairwise paired differences (``models.backtest.differences``)."""
+def summary(
+    results: list[Evaluated], bcfg: BacktestConfig, base: BaseConfig, k: int, note: str | None
+) -> dict[str, Any]:
+    """Per origin, pooled, and the pairwise paired differences (``models.backtest.differences``); with no origin,
+    the ``note`` saying why and nothing else."""
+    if not results:
+        return {
+            "origins": [],
+            "note": note,
+            "pooled": None,
+            "differences": {},
+            "best_rule": None,
+            "model_vs_best_rule": None,
+        }
     parts = [r.scored for r in results]
     everything = bt.pooled(parts)
     probabilities = {n: np.concatenate([r.probabilities[n] for r in results]) for n in everything.scores}
@@ -161,10 +171,8 @@ def summary(results: list[Evaluated], bcfg: BacktestConfig, base: BaseConfig, k:
     rules = [n for n in everything.scores if n != "model"]
     best_rule = max(rules, key=lambda n: pooled_metrics[n]["roc_auc"]) if rules else None
     return {
-        "origins": [
-            {**r.origin.as_dict(), "customers": len(r.scored.truth), "seconds": r.seconds, "metrics": r.metrics}
-            for r in results
-        ],
+        "origins": [{**r.origin.as_dict(), "customers": len(r.scored.truth), "metrics": r.metrics} for r in results],
+        "note": note,
         "pooled": {"customers": len(everything.truth), "metrics": pooled_metrics},
         "differences": differences,
         "best_rule": best_rule,
@@ -179,7 +187,8 @@ def write_plots(out: Outputs, results: list[Evaluated]) -> None:
     out.plots.mkdir(parents=True, exist_ok=True)
     for metric in PLOTTED:
         frame = pd.DataFrame(
-            [{"origin": str(r.origin.cutoff.date()), **{n: m[metric] for n, m in r.metrics.items()}} for r in results]
+            [{"origin": str(r.origin.cutoff.date()), **{n: m[metric] for n, m in r.metrics.items()}} for r in results],
+            columns=["origin", *CANDIDATES],
         )
         write_csv(frame, out.plots / f"churn_{metric}.csv")
         plots.lines(
@@ -206,16 +215,15 @@ def run(
     """Train and judge at every origin, compare the candidates, write the metrics and plots. Returns the metrics."""
     started = time.perf_counter()
     origins, table, columns = backtest_rows(features, base, fcfg, ccfg, bcfg)
-    codes = pd.Series(pd.factorize(table[s.CUSTOMER_ID])[0], index=table.index)
+    codes = pd.Series(pd.factorize(table[s.CUSTOMER_ID])[0], index=table.index) if origins else pd.Series()
     results = [evaluate_origin(o, table, columns, codes, base, ccfg) for o in origins]
-    metrics = summary(results, bcfg, base, ccfg.campaign_list_size)
-    metrics["seconds"] = time.perf_counter() - started
-    metrics = round_metrics(metrics)
+    note = bt.too_few(origins, bcfg.origins, fcfg.horizon_days)
+    metrics = round_metrics(summary(results, bcfg, base, ccfg.campaign_list_size, note))
     write_json(metrics, out.metrics)
     write_plots(out, results)
     if track:
         _track(base, fcfg, ccfg, bcfg, features, out, metrics)
-    log.info("%s", headline(metrics))
+    log.info("%s (%.0f s)", headline(metrics), time.perf_counter() - started)
     return metrics
 
 
@@ -223,7 +231,7 @@ def headline(metrics: dict[str, Any]) -> str:
     """The model against the best rule, pooled over the origins, in one line."""
     edge = metrics["model_vs_best_rule"]
     if edge is None:
-        return "backtest: no rule to compare the model with"
+        return metrics["note"] or "backtest: no rule to compare the model with"
     return (
         f"backtest over {len(metrics['origins'])} origins: model ROC-AUC minus {edge['versus']}'s "
         f"{edge['pooled_gain']:+.4f} [{edge['low']:+.4f}, {edge['high']:+.4f}], won {edge['origins_won']} of "
@@ -245,7 +253,7 @@ def _track(
         "churn": {"lightgbm": dataclasses.asdict(ccfg.lightgbm), "calibration": ccfg.calibration},
         "features": {"horizon_days": fcfg.horizon_days},
     }
-    flat = {"pooled": metrics["pooled"]["metrics"]}
+    flat: dict[str, Any] = {"pooled": metrics["pooled"]["metrics"] if metrics["pooled"] else {}}
     for metric, rows in metrics["differences"].items():
         for d in rows:
             key = f"{d['candidate']}_vs_{d['versus']}"

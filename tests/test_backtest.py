@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 import yaml
 
-from features.errors import InputError
 from models import backtest as bt
 from tests.conftest import project_params
 from tests.stages import run_stages
@@ -34,8 +33,12 @@ def test_each_origin_trains_only_on_cutoffs_whose_labels_ended_by_it() -> None:
     # with 13 cutoffs the earliest origin has no fully observed training cutoff: five origins, not six
     assert len(bt.evaluation_origins(schedule(13), HORIZON, 6)) == 5
     assert len(bt.evaluation_origins(schedule(13), HORIZON, 2)) == 2
-    with pytest.raises(InputError, match=r"raise features\.cutoff_schedule\.count"):
-        bt.evaluation_origins(schedule(6), HORIZON, 6)
+    assert bt.evaluation_origins(schedule(7), HORIZON, 6) == []
+    assert bt.too_few([], 6, HORIZON) == (
+        "backtest: 0 of the 6 origins asked for: an origin needs two earlier labelled cutoffs whose 90-day horizons "
+        "ended by it; raise features.cutoff_schedule.count for more"
+    )
+    assert bt.too_few(bt.evaluation_origins(schedule(14), HORIZON, 6), 6, HORIZON) is None
 
 
 def scored(rng: np.random.Generator, n: int, customers: np.ndarray) -> bt.Scored:

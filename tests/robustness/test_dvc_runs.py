@@ -93,7 +93,7 @@ def test_each_repro_is_a_parent_run_with_a_child_per_stage(project: Path) -> Non
     assert len(parents) >= 2  # the fixture's repro and at least the forced one
     for parent in parents:
         children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-        assert sorted(r.data.tags["stage"] for r in children) == ["churn", "clv", "score"]
+        assert sorted(r.data.tags["stage"] for r in children) == ["backtest", "churn", "clv", "score"]
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     features_md5 = next(o["md5"] for o in lock["features"]["outs"] if o["path"] == "data/features.parquet")
     latest_churn = max((r for r in runs if r.data.tags.get("stage") == "churn"), key=lambda r: r.info.start_time)
