@@ -11,7 +11,9 @@ the runs (newest first) and whose rows are
 * the stage's holdout metrics, the best value of each row in bold (lower is better for errors and losses, nearer 0
   for a signed error); a row where every run scored the same has no bold.
 
-The same text is written to ``--out`` (default ``reports/compare.md``) for a review ticket.
+After them, the latest ``backtest`` runs: each churn candidate's ROC-AUC pooled over the evaluation origins and each
+pair's pooled gain with its 95% paired interval. The same text is written to ``--out`` (default
+``reports/compare.md``) for a review ticket.
 """
 
 from __future__ import annotations
@@ -147,11 +149,50 @@ def against_baselines(stage: str, run: tracking.RunSummary) -> pd.DataFrame:
     return table
 
 
+def _interval(run: tracking.RunSummary, key: str) -> str:
+    values = [run.metrics.get(f"{key}/{part}") for part in ("pooled", "low", "high")]
+    if any(v is None for v in values):
+        return "-"
+    gain, low, high = values
+    return f"{gain:+.4f} [{low:+.4f}, {high:+.4f}]"
+
+
+def backtest_table(runs: Sequence[tracking.RunSummary]) -> str:
+    """The latest backtest runs side by side: each candidate's pooled ROC-AUC, and each pair's pooled gain with its
+    95% paired interval (``pipeline.backtest``), the model's pairs first."""
+    if not runs:
+        return "## backtest\n\nNo finished `backtest` runs in this store yet: run the pipeline (`make run`).\n"
+    header = ["", *(f"`{r.run_id[:8]}`" for r in runs)]
+    rows = [
+        ["started (UTC)", *(r.started for r in runs)],
+        ["git commit", *(r.git_commit[:7] + ("-dirty" if r.git_commit.endswith("-dirty") else "") for r in runs)],
+    ]
+    candidates = sorted({k.split("/")[1] for r in runs for k in r.metrics if k.startswith("pooled/")})
+    for name in sorted(candidates, key=lambda n: (n != "model", n)):
+        values = [r.metrics.get(f"pooled/{name}/roc_auc") for r in runs]
+        rows.append([f"pooled ROC-AUC, {name}", *("-" if v is None else f"{v:.4f}" for v in values)])
+    pairs = sorted({k.rsplit("/", 1)[0] for r in runs for k in r.metrics if k.startswith("gain/")})
+    for key in sorted(pairs, key=lambda k: (not k.split("/")[2].startswith("model_"), k)):
+        _, metric, pair = key.split("/")
+        rows.append([f"{metric} gain, {pair.replace('_vs_', ' over ')}", *(_interval(r, key) for r in runs)])
+    lines = [
+        "| " + " | ".join(_cell(c) for c in header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(_cell(str(c)) for c in row) + " |" for row in rows),
+    ]
+    title = "the latest run" if len(runs) == 1 else f"the last {len(runs)} runs, newest first"
+    note = (
+        "\nA gain is the first candidate's metric minus the second's, pooled over the origins, with its 95% interval.\n"
+    )
+    return f"## backtest: {title}\n\n" + "\n".join(lines) + "\n" + note
+
+
 def report(experiment: str, last: int, stages: Sequence[str]) -> str:
-    """The whole comparison as markdown: one table per stage."""
+    """The whole comparison as markdown: one table per stage, then the backtest runs."""
     parts = [f"# MLflow experiment `{experiment}` at {tracking.tracking_uri()}\n"]
     for stage in stages:
         parts.append(stage_table(stage, tracking.recent_stage_runs(experiment, stage, last)))
+    parts.append(backtest_table(tracking.recent_stage_runs(experiment, "backtest", last)))
     return "\n".join(parts)
 
 

@@ -98,3 +98,34 @@ def test_against_baselines_puts_the_model_beside_each_baseline_and_candidate() -
     assert table.loc["purchases_rmse"].tolist()[1:3] == [0.74, 0.91]
     assert table.loc["spearman", "candidate bgnbd"] == 0.37
     assert math.isnan(table.loc["spearman", "baseline historical_rate"])  # not logged
+
+
+def test_the_backtest_table_shows_each_pairs_interval_the_models_first() -> None:
+    def run(run_id: str, gain: float) -> tracking.RunSummary:
+        return tracking.RunSummary(
+            run_id=run_id,
+            started="2026-01-01 00:00",
+            git_commit="abc1234",
+            experiment="",
+            params={},
+            metrics={
+                "pooled/model/roc_auc": 0.8181,
+                "pooled/rfm/roc_auc": 0.8099,
+                "gain/roc_auc/model_vs_rfm/pooled": gain,
+                "gain/roc_auc/model_vs_rfm/low": gain - 0.003,
+                "gain/roc_auc/model_vs_rfm/high": gain + 0.002,
+                "gain/roc_auc/btyd_vs_rfm/pooled": -0.0009,
+                "gain/roc_auc/btyd_vs_rfm/low": -0.0056,
+                "gain/roc_auc/btyd_vs_rfm/high": 0.0034,
+            },
+        )
+
+    lines = compare.backtest_table([run("newer123", 0.0082), run("older456", 0.0010)]).splitlines()
+    assert lines[0] == "## backtest: the last 2 runs, newest first"
+    body = [line for line in lines if line.startswith("| ") and "gain" in line]
+    assert body == [
+        "| roc_auc gain, model over rfm | +0.0082 [+0.0052, +0.0102] | +0.0010 [-0.0020, +0.0030] |",
+        "| roc_auc gain, btyd over rfm | -0.0009 [-0.0056, +0.0034] | -0.0009 [-0.0056, +0.0034] |",
+    ]
+    assert "| pooled ROC-AUC, model | 0.8181 | 0.8181 |" in lines
+    assert "No finished `backtest` runs" in compare.backtest_table([])

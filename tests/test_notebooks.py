@@ -9,6 +9,7 @@ interpreter (ipykernel is in the dev extra); the files in notebooks/ are only re
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import sys
 from collections.abc import Iterator
@@ -54,12 +55,13 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     params = project_params()
     params["ingest"]["source"] = "cdnow_sample"
     params["clv"]["bootstrap_samples"] = 10
+    params["backtest"]["evidence_resamples"] = 200
     params_file = root / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
         mp.chdir(root)  # MLflow puts run artifacts under ./mlruns: keep them in the temporary project
-        run_stages(Path("."), params_file, ("ingest", "features", "snapshot"))
+        run_stages(Path("."), params_file, ("ingest", "features", "snapshot", "backtest"))
         _run_model_stages(params_file)
         params["churn"]["lightgbm"]["num_leaves"] = 7  # the second run: smaller trees
         params_file.write_text(yaml.safe_dump(params))
@@ -162,6 +164,10 @@ def test_review_notebook(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("by_frequency", "cumulative", "deciles", "p_alive"):
         assert f"clv run {newest_clv}: plots/{name}.png" in text
     assert images(notebook) == 8
+    backtest = json.loads((store.root / "metrics" / "backtest.json").read_text())
+    edge = backtest["model_vs_best_rule"]
+    assert f"model vs the best rule ({edge['versus']}), ROC-AUC: {edge['pooled_gain']:+.4f}" in text
+    assert backtest["origins"][0]["origin"] in text  # the per-origin table
     for stage in ("clv", "churn"):
         newest = store.runs[stage][0]
         tags = newest.data.tags
@@ -181,6 +187,7 @@ def test_review_notebook_says_when_there_is_no_store(tmp_path: Path, monkeypatch
     assert f"note: there is no MLflow store at {tmp_path}/mlflow.db yet" in text
     assert "clv: 0 finished run(s)" in text and "No finished `churn` runs in this store yet" in text
     assert "note: no finished churn run, so no registry decision to review" in text
+    assert f"note: no {tmp_path}/metrics/backtest.json yet" in text
     assert not (tmp_path / "mlflow.db").exists()  # looking did not create an empty store
 
 
