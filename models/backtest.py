@@ -6,8 +6,10 @@ see only the cutoffs whose label horizon had ended by the origin, split as produ
 row, early stop or calibration saw.
 
 Candidates are compared in pairs on the same rows: per origin (the point difference, whose spread over origins
-says how stable a lead is) and pooled over every origin's rows with a paired bootstrap interval that resamples
-customers, not rows (``models.paired``: a customer at six origins is one customer's evidence, not six).
+says how stable a lead is) and over all origins, each origin's gain weighted by its customers, with a paired
+bootstrap interval that resamples customers, not rows (``models.paired``: a customer at six origins is one
+customer's evidence, not six). Rows of different origins are never ranked against each other: each origin's model
+scores on its own scale.
 """
 
 from __future__ import annotations
@@ -67,21 +69,35 @@ def too_few(origins: Sequence[Origin], wanted: int, horizon_days: int) -> str | 
 
 @dataclasses.dataclass(frozen=True)
 class Scored:
-    """Every candidate's score of the same rows (higher = likelier to churn), with the truth and the customer."""
+    """Every candidate's score of the same rows (higher = likelier to churn), with the truth, the customer and,
+    for pooled rows, the origin each row belongs to."""
 
     truth: npt.NDArray[np.float64]
     scores: Mapping[str, npt.NDArray[np.float64]]
     customers: npt.NDArray[np.int64]  # a code per customer, equal across origins
+    origin: npt.NDArray[np.int64] | None = None
 
 
 def pooled(parts: Sequence[Scored]) -> Scored:
-    """All origins' rows as one set (the candidates every part has)."""
+    """All origins' rows as one set (the candidates every part has), each row labelled with its origin."""
     names = [n for n in parts[0].scores if all(n in p.scores for p in parts)]
     return Scored(
         truth=np.concatenate([p.truth for p in parts]),
         scores={n: np.concatenate([p.scores[n] for p in parts]) for n in names},
         customers=np.concatenate([p.customers for p in parts]),
+        origin=np.concatenate([np.full(len(p.truth), i) for i, p in enumerate(parts)]),
     )
+
+
+def left_out(parts: Sequence[Scored], origins: Sequence[str]) -> dict[str, list[str]]:
+    """Candidates missing at some origin (e.g. ``btyd`` where its fit failed), with those origins: the pooled
+    comparison leaves them out, and says so."""
+    names = {n for p in parts for n in p.scores}
+    return {
+        n: [o for o, p in zip(origins, parts, strict=True) if n not in p.scores]
+        for n in sorted(names)
+        if not all(n in p.scores for p in parts)
+    }
 
 
 def pairs(names: Sequence[str]) -> list[tuple[str, str]]:
@@ -104,8 +120,11 @@ def differences(
     seed: int,
     max_rows: int | None,
 ) -> list[dict[str, object]]:
-    """For every pair (a, b): a's gain over b in ``metric`` (positive = a better) pooled with its paired interval
-    over customers, and per origin, with the mean, spread and wins over origins."""
+    """For every pair (a, b): a's gain over b in ``metric`` (positive = a better) over all origins, with its paired
+    interval, and per origin, with the mean, spread and wins over origins.
+
+    The gain over all origins is each origin's gain weighted by its customers (``strata``: a row is ranked only
+    against rows of its own origin), and its interval resamples customers across every origin at once."""
     if metric not in KERNELS:
         raise ValueError(f"no paired interval for metric {metric!r}")
     out = []
@@ -120,6 +139,7 @@ def differences(
             seed=seed + i,
             max_rows=max_rows,
             clusters=everything.customers,
+            strata=everything.origin,
         )
         sign = 1.0 if KERNELS[metric][1] else -1.0
         by_origin = [sign * (point(metric, part, a) - point(metric, part, b)) for part in per_origin]

@@ -202,9 +202,11 @@ class PairedGain:
     """How much better the candidate is than the reference on ``metric``, on the same rows, with its interval.
 
     ``gain`` is in the metric's units and positive when the candidate is better (for an error metric: the
-    reference's error minus the candidate's). ``low`` and ``high`` bound the gain at ``level`` (percentile
-    bootstrap over ``resamples`` resamples of ``rows`` rows; ``rows`` is below ``total_rows`` when a seeded draw
-    capped them). The point figures are computed on all ``total_rows``.
+    reference's error minus the candidate's); with strata, it is each stratum's gain weighted by its rows.
+    ``low`` and ``high`` bound the gain at ``level``: the percentile bootstrap over ``resamples`` resamples
+    (``kept`` of them defined: a resample with no churner has no ROC-AUC) of ``rows`` rows. ``rows`` is below
+    ``total_rows`` when a seeded draw capped them; the point figures use all ``total_rows``, and the capped
+    interval is moved by the difference between the two points, so it stays centred where all rows put the gain.
     """
 
     metric: str
@@ -217,17 +219,54 @@ class PairedGain:
     resamples: int
     rows: int
     total_rows: int
+    kept: int | None = None
 
-    def as_dict(self) -> dict[str, float | int | str]:
+    def as_dict(self) -> dict[str, float | int | str | None]:
         return dataclasses.asdict(self)
 
     def words(self) -> str:
         """The gain and its interval as a reviewer reads them."""
         rows = f"{self.rows:,} rows" + (f" drawn from {self.total_rows:,}" if self.rows < self.total_rows else "")
+        kept = "" if self.kept is None or self.kept == self.resamples else f", {self.kept:,} of them defined"
         return (
             f"gain {self.gain:+.4g}, {self.level:.0%} interval [{self.low:+.4g}, {self.high:+.4g}] "
-            f"({self.resamples:,} paired resamples of {rows})"
+            f"({self.resamples:,} paired resamples of {rows}{kept})"
         )
+
+
+def _codes(labels: npt.ArrayLike | None, n: int, what: str) -> npt.NDArray[np.int64]:
+    if labels is None:
+        return np.arange(n)
+    codes = np.unique(np.asarray(labels), return_inverse=True)[1].reshape(-1)
+    if len(codes) != n:
+        raise ValueError(f"paired_gain: {len(codes)} {what} labels for {n} rows")
+    return codes
+
+
+def _cap(rng: np.random.Generator, group: npt.NDArray[np.int64], max_rows: int | None) -> npt.NDArray[np.int64] | None:
+    """Rows of a seeded draw of whole clusters holding at most ``max_rows`` rows (None: no cap needed)."""
+    if max_rows is None or len(group) <= max_rows:
+        return None
+    sizes = np.bincount(group)
+    order = rng.permutation(len(sizes))
+    take = order[: max(1, int(np.searchsorted(np.cumsum(sizes[order]), max_rows, side="right")))]
+    return np.flatnonzero(np.isin(group, take))
+
+
+class _Strata:
+    """Each stratum's kernels for both predictions and its weight (its share of all rows)."""
+
+    def __init__(self, metric: str, y: Array, a: Array, b: Array, stratum: npt.NDArray[np.int64], weights: Array):
+        self.rows = [np.flatnonzero(stratum == s) for s in range(len(weights))]
+        self.weights = weights
+        self.on_a = [metric_kernel(metric, y[r], a[r]) for r in self.rows]
+        self.on_b = [metric_kernel(metric, y[r], b[r]) for r in self.rows]
+
+    def values(self, counts: Array) -> tuple[Array, Array]:
+        """Both predictions' metric on each resample (``counts``: resamples x rows), weighted over strata."""
+        va = sum(w * on(counts[:, r]) for w, on, r in zip(self.weights, self.on_a, self.rows, strict=True))
+        vb = sum(w * on(counts[:, r]) for w, on, r in zip(self.weights, self.on_b, self.rows, strict=True))
+        return np.asarray(va), np.asarray(vb)
 
 
 def paired_gain(
@@ -241,13 +280,17 @@ def paired_gain(
     seed: int = 0,
     max_rows: int | None = None,
     clusters: npt.ArrayLike | None = None,
+    strata: npt.ArrayLike | None = None,
 ) -> PairedGain:
     """The candidate's gain over the reference on ``metric`` with its paired bootstrap interval.
 
-    Both predictions are of the same rows in the same order. Past ``max_rows`` rows the interval is computed on a
-    seeded draw of that many rows (wider than on all rows: the cap costs evidence, never invents it). With
-    ``clusters`` (a label per row, e.g. the customer when rows of several cutoffs are pooled) whole clusters are
-    resampled, so rows of one customer are never counted as independent evidence.
+    Both predictions are of the same rows in the same order. With ``clusters`` (a label per row, e.g. the customer
+    when rows of several cutoffs are pooled) whole clusters are resampled, so rows of one customer are never
+    counted as independent evidence. With ``strata`` (a label per row, e.g. the evaluation origin) the metric is
+    computed within each stratum and the strata are averaged, weighted by their rows: rows of different strata
+    are never ranked against each other, so scores on different scales at different origins cannot make a gain
+    that no origin shows. Past ``max_rows`` rows the interval is computed on a seeded draw of whole clusters (or
+    rows) holding at most that many, then centred on the all-rows gain: wider than on all rows, never shifted.
     """
     if metric not in KERNELS:
         raise ValueError(f"no paired interval for metric {metric!r}; use one of {sorted(KERNELS)}")
@@ -265,28 +308,35 @@ def paired_gain(
     if resamples < 2 or not 0.0 < level < 1.0:
         raise ValueError(f"paired_gain needs resamples >= 2 and 0 < level < 1; got {resamples} and {level}")
     sign = 1.0 if KERNELS[metric][1] else -1.0
-    whole = np.ones((1, len(y)))
     total = len(y)
-    value_a = float(metric_kernel(metric, y, a)(whole)[0])
-    value_b = float(metric_kernel(metric, y, b)(whole)[0])
+    group = _codes(clusters, total, "cluster")
+    stratum = np.zeros(total, dtype=np.int64) if strata is None else _codes(strata, total, "stratum")
+    weights = np.bincount(stratum) / total
+    with np.errstate(divide="ignore", invalid="ignore"):
+        whole = _Strata(metric, y, a, b, stratum, weights).values(np.ones((1, total)))
+    value_a, value_b = float(whole[0][0]), float(whole[1][0])
     rng = np.random.default_rng(seed)
-    group = np.arange(total) if clusters is None else np.unique(np.asarray(clusters), return_inverse=True)[1]
-    if len(group) != total:
-        raise ValueError(f"paired_gain: {len(group)} cluster labels for {total} rows")
-    if max_rows is not None and len(y) > max_rows:
-        keep = np.sort(rng.choice(len(y), size=max_rows, replace=False))
-        y, a, b = y[keep], a[keep], b[keep]
-        group = np.unique(group[keep], return_inverse=True)[1]
-    on_a, on_b = metric_kernel(metric, y, a), metric_kernel(metric, y, b)
+    keep = _cap(rng, group, max_rows)
+    if keep is not None:
+        y, a, b, stratum = y[keep], a[keep], b[keep], stratum[keep]
+        group = np.unique(group[keep], return_inverse=True)[1].reshape(-1)
+    present = np.bincount(stratum, minlength=len(weights)) > 0
+    sub_weights = np.where(present, weights, 0.0) / weights[present].sum()
+    drawn_from = _Strata(metric, y, a, b, stratum, sub_weights)
     n_groups = int(group.max()) + 1
     batch = max(1, CELLS_PER_BATCH // len(y))
     gains = []
     with np.errstate(divide="ignore", invalid="ignore"):  # a resample with no churner has no AUC: left out below
+        shift = 0.0
+        if keep is not None:
+            sa, sb = drawn_from.values(np.ones((1, len(y))))
+            shift = sign * (value_a - value_b) - sign * float(sa[0] - sb[0])
         for start in range(0, resamples, batch):
             counts = resample_counts(rng, min(batch, resamples - start), n_groups)
             if clusters is not None:
                 counts = counts[:, group]
-            gains.append(sign * (on_a(counts) - on_b(counts)))
+            va, vb = drawn_from.values(counts)
+            gains.append(sign * (va - vb) + shift)
     drawn = np.concatenate(gains)
     drawn = drawn[np.isfinite(drawn)]
     tail = (1.0 - level) / 2.0
@@ -302,4 +352,5 @@ def paired_gain(
         resamples=resamples,
         rows=len(y),
         total_rows=total,
+        kept=len(drawn),
     )

@@ -113,14 +113,19 @@ def evaluate_origin(
     y = test[s.CHURNED].astype(bool).to_numpy(np.int64)
     scores = {"model": model.raw_probability(test[columns])}
     probabilities = {"model": model.calibrator_.transform(scores["model"])}
+    test_scores = churn.baseline_scores(test)
     for name, valid_score in churn.baseline_scores(valid).items():
-        score = churn.baseline_scores(test)[name]
-        if valid_score is None or score is None or not np.all(np.isfinite(score)):
-            log.warning("backtest %s: no %s scores (its BTYD fit failed); left out", origin.cutoff.date(), name)
+        score = test_scores[name]
+        if any(v is None or not np.all(np.isfinite(v)) for v in (valid_score, score)):
+            log.warning("backtest %s: no %s scores (a BTYD fit failed); left out", origin.cutoff.date(), name)
             continue
+        assert score is not None and valid_score is not None
         scores[name] = score
-        calibrator = cm.Calibrator(model.calibration_method_).fit(valid_score, data.y_valid)
-        probabilities[name] = score if name == "btyd" else calibrator.transform(score)
+        if name == "btyd":  # already a probability
+            probabilities[name] = score
+        else:
+            calibrator = cm.Calibrator(model.calibration_method_).fit(valid_score, data.y_valid)
+            probabilities[name] = calibrator.transform(score)
     metrics = {n: churn_metrics(y, scores[n], probabilities[n], ccfg.campaign_list_size) for n in scores}
     scored = bt.Scored(truth=y.astype(np.float64), scores=scores, customers=codes.loc[test.index].to_numpy(np.int64))
     seconds = time.perf_counter() - started
@@ -136,9 +141,7 @@ def evaluate_origin(
     return Evaluated(origin, scored, probabilities, metrics, seconds)
 
 
-def summary(
-    results: list[Evaluated], bcfg: BacktestConfig, base: BaseConfig, k: int, note: str | None
-) -> dict[str, Any]:
+def summary(results: list[Evaluated], bcfg: BacktestConfig, base: BaseConfig, note: str | None) -> dict[str, Any]:
     """Per origin, pooled, and the pairwise paired differences (``models.backtest.differences``); with no origin,
     the ``note`` saying why and nothing else."""
     if not results:
@@ -146,15 +149,17 @@ def summary(
             "origins": [],
             "note": note,
             "pooled": None,
+            "left_out": {},
             "differences": {},
             "best_rule": None,
             "model_vs_best_rule": None,
         }
     parts = [r.scored for r in results]
     everything = bt.pooled(parts)
-    probabilities = {n: np.concatenate([r.probabilities[n] for r in results]) for n in everything.scores}
-    pooled_metrics = {
-        n: churn_metrics(everything.truth, everything.scores[n], probabilities[n], k) for n in everything.scores
+    sizes = np.array([len(p.truth) for p in parts], dtype=np.float64)
+    pooled_metrics = {  # each origin's figure weighted by its customers: origins are never ranked together
+        n: {m: float(np.dot(sizes, [r.metrics[n][m] for r in results]) / sizes.sum()) for m in results[0].metrics[n]}
+        for n in everything.scores
     }
     differences = {
         metric: bt.differences(
@@ -174,6 +179,7 @@ def summary(
         "origins": [{**r.origin.as_dict(), "customers": len(r.scored.truth), "metrics": r.metrics} for r in results],
         "note": note,
         "pooled": {"customers": len(everything.truth), "metrics": pooled_metrics},
+        "left_out": bt.left_out(parts, [str(r.origin.cutoff.date()) for r in results]),
         "differences": differences,
         "best_rule": best_rule,
         "model_vs_best_rule": next(
@@ -218,7 +224,7 @@ def run(
     codes = pd.Series(pd.factorize(table[s.CUSTOMER_ID])[0], index=table.index) if origins else pd.Series()
     results = [evaluate_origin(o, table, columns, codes, base, ccfg) for o in origins]
     note = bt.too_few(origins, bcfg.origins, fcfg.horizon_days)
-    metrics = round_metrics(summary(results, bcfg, base, ccfg.campaign_list_size, note))
+    metrics = round_metrics(summary(results, bcfg, base, note))
     write_json(metrics, out.metrics)
     write_plots(out, results)
     if track:

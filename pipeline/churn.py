@@ -300,12 +300,17 @@ def champion_figure(
     if its_cutoff and pd.Timestamp(its_cutoff) > validation:
         why = f"it was validated on {its_cutoff}, after this holdout's cutoff {validation.date()}"
         return gate.ChampionFigure(version.version, None, why_not=why)
-    champion = load_version(version)
-    missing = [c for c in champion.features_ if c not in valid.columns]
+    trees = tracking.load_lightgbm(version.name, version.version)  # ranking metrics need no calibrator
+    features = list(trees.feature_name())
+    missing = [c for c in features if c not in valid.columns]
     if missing:
         why = f"it needs feature(s) {missing[:5]} that this run's features table lacks"
         return gate.ChampionFigure(version.version, None, why_not=why)
-    paired = rule.evidence(y_valid, new_score, champion.raw_probability(valid))
+    score = np.asarray(trees.predict(valid[features]), dtype=np.float64)
+    if not np.all(np.isfinite(score)):
+        why = f"its scores of {int((~np.isfinite(score)).sum())} of these rows are not numbers"
+        return gate.ChampionFigure(version.version, None, why_not=why)
+    paired = rule.evidence(y_valid, new_score, score)
     how = (
         "re-scored on the same holdout" if version.tags.get("holdout.sha") == holdout_sha else "re-scored on these rows"
     )

@@ -290,7 +290,11 @@ def champion_figure(
         return gate.ChampionFigure(version.version, None, why_not=why)
     champion = rescore_calibration(version_params(version), cal, settings)
     truth, prediction = new.against(rule.metric, cal)
-    paired = rule.evidence(truth, prediction, champion.against(rule.metric, cal)[1])
+    theirs = champion.against(rule.metric, cal)[1]
+    if not np.all(np.isfinite(theirs)):
+        why = f"its predictions of {int((~np.isfinite(theirs)).sum())} of these rows are not numbers"
+        return gate.ChampionFigure(version.version, None, why_not=why)
+    paired = rule.evidence(truth, prediction, theirs)
     same = version.tags.get("holdout.sha") == holdout_sha
     how = f"its calibration fit on {'the same holdout' if same else 'these rows'}"
     return gate.ChampionFigure(version.version, paired.reference, how=how, paired=paired)

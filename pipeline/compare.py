@@ -181,8 +181,11 @@ def backtest_table(runs: Sequence[tracking.RunSummary]) -> str:
         *("| " + " | ".join(_cell(str(c)) for c in row) + " |" for row in rows),
     ]
     title = "the latest run" if len(runs) == 1 else f"the last {len(runs)} runs, newest first"
+    levels = sorted({r.params.get("backtest/evidence_level", "") for r in runs} - {""})
+    level = f"{float(levels[0]):.0%}" if len(levels) == 1 else "paired"
     note = (
-        "\nA gain is the first candidate's metric minus the second's, pooled over the origins, with its 95% interval.\n"
+        "\nA gain is the first candidate's metric minus the second's over all origins (each origin's gain weighted "
+        f"by its customers), with its {level} interval.\n"
     )
     return f"## backtest: {title}\n\n" + "\n".join(lines) + "\n" + note
 

@@ -82,8 +82,8 @@ def judge(
     """Judge this run's model (trained as of ``as_of``, its holdout ``figures``) against the champion of ``name`` by
     ``rule``; ``champion_figure`` re-scores a registered version on this run's holdout rows, with the paired gain.
 
-        A rerun that trained this very model on this holdout reuses its version and recorded decision while that
-        decision stands (``gate.decision_stands``); a back-fill reuses its back-fill version.
+    A rerun that trained this very model on this holdout reuses its version and recorded decision while that
+    decision stands (``gate.decision_stands``); a back-fill reuses its back-fill version.
     """
     version_tags = {
         "model.sha": model_sha,

@@ -471,9 +471,12 @@ def _read_optional(text: str) -> float | None:
     return float(text) if text else None
 
 
-def recorded_decision(version: RegisteredVersion) -> Decision | None:
-    """The gate's decision as ``decision_tags`` recorded it on ``version``; None if it holds no complete record
-    (versions judged before the gate asked for a paired interval lack ``registry.level``: they are judged again)."""
+def recorded_decision(version: RegisteredVersion, level: float) -> Decision | None:
+    """The gate's decision as ``decision_tags`` recorded it on ``version``; None if it holds no complete record.
+
+    A version judged before the gate asked for a paired interval has no ``registry.level`` (nor the interval):
+    its decision is read as made at ``level``, so that retraining that very model reuses the version instead of
+    judging it against itself, a tie that would register a duplicate as ``challenger``."""
     tags = version.tags
     try:
         alias = tags["registry.alias"]
@@ -483,12 +486,12 @@ def recorded_decision(version: RegisteredVersion) -> Decision | None:
             alias=CHAMPION if alias == CHAMPION else CHALLENGER,
             metric=tags["registry.metric"],
             min_improvement=float(tags["registry.min_improvement"]),
-            level=float(tags["registry.level"]),
+            level=float(tags.get("registry.level", repr(level))),
             new_value=float(tags["registry.new_value"]),
             champion_version=tags["registry.champion_version"] or None,
             champion_value=_read_optional(tags["registry.champion_value"]),
-            gain_low=_read_optional(tags["registry.gain_low"]),
-            gain_high=_read_optional(tags["registry.gain_high"]),
+            gain_low=_read_optional(tags.get("registry.gain_low", "")),
+            gain_high=_read_optional(tags.get("registry.gain_high", "")),
             reason=tags["registry.reason"],
         )
     except (KeyError, ValueError):
@@ -502,7 +505,7 @@ def standing_version(
     and ``holdout.sha``) and its recorded decision, if that decision still stands against ``champion`` (the version
     holding the alias now) under the gate's ``rule`` (``models.gate.decision_stands``)."""
     found = find_version(name, tags)
-    recorded = recorded_decision(found) if found else None
+    recorded = recorded_decision(found, rule.level) if found else None
     if found is None or recorded is None:
         return None
     if not decision_stands(recorded, found.version, champion.version if champion else None, rule):

@@ -150,3 +150,31 @@ def test_clusters_resample_whole_customers() -> None:
     assert width["customers"] == pytest.approx(width["one"], rel=0.2)
     with pytest.raises(ValueError, match="2 cluster labels for 3 rows"):
         paired.paired_gain("roc_auc", [0, 1, 1], [0.1, 0.2, 0.3], [0.2, 0.1, 0.3], clusters=[1, 2])
+
+
+def test_strata_never_rank_rows_of_different_origins_against_each_other() -> None:
+    """Two origins (churn rates 0.3 and 0.7) where model and rule rank alike, the model's scores shifted up at the
+    second: no origin shows a gain, and neither does the stratified one, while pooling the rows invents one."""
+    rng = np.random.default_rng(9)
+    y = np.r_[(rng.random(2000) < 0.3), (rng.random(2000) < 0.7)].astype(np.float64)
+    rule = y * 0.8 + rng.normal(size=4000)
+    model = rule + np.r_[np.zeros(2000), np.full(2000, 2.0)]
+    origin = np.repeat([0, 1], 2000)
+    pooled = paired.paired_gain("roc_auc", y, model, rule, resamples=300, seed=1)
+    assert pooled.low > 0.03  # the shift alone, read as skill
+    stratified = paired.paired_gain("roc_auc", y, model, rule, resamples=300, seed=1, strata=origin)
+    assert (stratified.gain, stratified.low, stratified.high) == (0.0, 0.0, 0.0)
+    # the stratified gain is each origin's gain weighted by its rows
+    weak = np.r_[rule[:2000], rng.normal(size=2000)]
+    result = paired.paired_gain("roc_auc", y, rule, weak, resamples=300, seed=1, strata=origin)
+    second = paired.paired_gain("roc_auc", y[2000:], rule[2000:], weak[2000:], resamples=300, seed=1)
+    assert result.gain == pytest.approx(second.gain / 2, abs=1e-12)
+
+
+def test_a_capped_interval_is_centred_on_the_gain_of_all_rows() -> None:
+    rng = np.random.default_rng(10)
+    for seed in range(5):
+        y, a, b = churn_rows(rng, 12_000)
+        capped = paired.paired_gain("roc_auc", y, a, b, resamples=300, seed=seed, max_rows=1500)
+        middle = (capped.low + capped.high) / 2
+        assert abs(middle - capped.gain) < 0.25 * (capped.high - capped.low)

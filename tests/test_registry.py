@@ -95,6 +95,25 @@ def test_a_recorded_decision_stands_while_its_champion_and_rule_do() -> None:
     assert gate.decision_stands(unjudged, "1", None, ROC)
 
 
+def test_a_decision_recorded_before_the_paired_interval_still_stands_for_the_same_model() -> None:
+    """Versions registered by the point-estimate gate carry no registry.level: retraining that very model must reuse
+    the version (read as judged at the rule's level), not judge it against itself and register a duplicate."""
+    legacy = {
+        "registry.alias": "champion",
+        "registry.metric": "roc_auc",
+        "registry.min_improvement": "0.002",
+        "registry.new_value": "0.84",
+        "registry.champion_version": "",
+        "registry.champion_value": "",
+        "registry.reason": "no champion yet: the first registered version becomes champion",
+    }
+    version = tracking.RegisteredVersion("m", "1", "run", legacy, ("champion",))
+    recorded = tracking.recorded_decision(version, ROC.level)
+    assert recorded is not None and recorded.level == 0.95 and recorded.gain_low is None
+    assert gate.decision_stands(recorded, "1", "1", ROC)
+    assert tracking.recorded_decision(tracking.RegisteredVersion("m", "1", "run", {}, ()), 0.95) is None
+
+
 def holdouts(
     rng: np.random.Generator, n: int, signal_new: float, signal_champion: float
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:

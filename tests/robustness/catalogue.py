@@ -659,7 +659,7 @@ CASES: list[Case] = [
         Fails(
             "ingest",
             "{params}: unknown section 'scroe' (did you mean 'score'?); the sections are base, ingest, features, clv, "
-            "churn, score, train",
+            "churn, score, train, backtest",
         ),
         params_text=lambda text: text + "scroe:\n  pseudonymise_ids: true\n",
     ),
@@ -668,7 +668,7 @@ CASES: list[Case] = [
         lines(*GOOD),
         Fails(
             "ingest",
-            "{params}: key 'seed' is given twice in one mapping (lines 2 and 6); YAML would silently keep the last "
+            "{params}: key 'seed' is given twice in one mapping (lines 8 and 12); YAML would silently keep the last "
             "one: delete one of them",
         ),
         params_text=insert_after("base:\n", "  seed: 1\n"),
