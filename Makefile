@@ -53,7 +53,9 @@ run: install
 # train.max_model_age_days, or the week is before their training date (a back-fill: models trained as of that
 # week). Several dates back-fill several weeks: AS_OF="1998-02-23 1998-03-02". Without AS_OF: the day after the
 # last purchase. Each week is a DVC experiment (`dvc exp show` lists them); params.yaml keeps the last dates.
-# It runs the report and what it depends on, so a back-filled week never pays for the backtest stage.
+# It runs the report and what it depends on: a week that only scores runs no training stage and no backtest; one
+# that retrains (a back-fill included) reruns the backtest too, so the scorer it serves is chosen on the evidence
+# of its own training date.
 # `make train AS_OF=...` retrains as of that date on purpose.
 AS_OF ?=
 # The last LAST runs of the clv and churn stages side by side: changed params, holdout metrics, best in bold.

@@ -24,6 +24,7 @@ import pandas as pd
 
 from features.errors import InputError
 from models.churn import CutoffSplit, split_cutoffs
+from models.gate import gain_shown
 from models.paired import KERNELS, metric_kernel, paired_gain
 
 
@@ -171,3 +172,59 @@ def verdict(a: str, b: str, low: float, high: float) -> str:
     if high < 0:
         return f"{b} better"
     return "no difference shown"
+
+
+MODEL = "model"
+
+
+def unjudged(scorer: str, metric: str, need: float, reason: str, best_rule: str | None = None) -> dict[str, object]:
+    """A serving choice made without a paired gain to judge (``serving_choice``'s fields, the gain's left empty)."""
+    return {
+        "scorer": scorer,
+        "metric": metric,
+        "best_rule": best_rule,
+        "min_improvement": need,
+        "gain": None,
+        "low": None,
+        "high": None,
+        "reason": reason,
+    }
+
+
+def serving_choice(
+    metric: str, pooled_metrics: Mapping[str, Mapping[str, float]], gains: Sequence[Mapping[str, object]], need: float
+) -> dict[str, object]:
+    """Which churn scorer serves, by the champion gate's rule applied to the backtest.
+
+    The best rule is the one with the highest pooled ``metric``. The model serves only when the lower bound of its
+    pooled paired gain over that rule (``gains``: ``differences(metric, ...)``) is above zero and at least ``need``;
+    otherwise the best rule serves. Either way the served ranking is never shown worse than the best rule: a rule
+    that beats the best rule's pooled figure does not exist, and the model serves only with its gain shown.
+    """
+    rules = [n for n in pooled_metrics if n != MODEL]
+    if not rules:
+        return unjudged(MODEL, metric, need, "no rule could be scored at every origin: the model serves")
+    best = max(rules, key=lambda n: pooled_metrics[n][metric])
+    if MODEL not in pooled_metrics:
+        return unjudged(best, metric, need, f"the model was not scored at every origin: {best} serves", best)
+    edge = next(d for d in gains if {d["candidate"], d["versus"]} == {MODEL, best})
+    sign = 1.0 if edge["candidate"] == MODEL else -1.0
+    gain, low, high = (sign * float(edge[k]) for k in ("pooled_gain", "low", "high"))  # type: ignore[arg-type]
+    if sign < 0:
+        low, high = high, low
+    interval = f"{metric} gain over {best} {gain:+.4f} [{low:+.4f}, {high:+.4f}]"
+    bar = f"zero and {need:g}" if need > 0 else "zero"
+    if gain_shown(low, need):
+        scorer, reason = MODEL, f"the model serves: {interval}; its lower bound clears {bar}"
+    else:
+        scorer, reason = best, f"{best} serves: the model's {interval} does not clear {bar}"
+    return {
+        "scorer": scorer,
+        "metric": metric,
+        "best_rule": best,
+        "min_improvement": need,
+        "gain": gain,
+        "low": low,
+        "high": high,
+        "reason": reason,
+    }

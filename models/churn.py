@@ -139,14 +139,136 @@ def rfm_score(frame: pd.DataFrame) -> Array:
 
     Quintiles are taken within the frame (one cutoff) from percentile ranks, so ties share a quintile.
     """
+    parts = rfm_parts(frame)
+    return parts[s.DAYS_SINCE_LAST_PURCHASE] + parts[s.PURCHASE_DAYS] + parts[s.TOTAL_SPEND]
+
+
+# --- the rules: one-line churn scorers that can serve in the model's place ----------------------------------------
+
+# Each rule's score (higher = likelier to churn) and the columns it reads. ``btyd`` needs ``churn.btyd_features``.
+RULES = ("btyd", "recency", "rfm")
+RULE_INPUTS: dict[str, tuple[str, ...]] = {
+    "btyd": (BTYD_P_NO_PURCHASE, BTYD_P_ALIVE, s.FREQUENCY),
+    "recency": (s.DAYS_SINCE_LAST_PURCHASE,),
+    "rfm": (s.DAYS_SINCE_LAST_PURCHASE, s.PURCHASE_DAYS, s.TOTAL_SPEND),
+}
+RULE_WORDS = {
+    "btyd": "BG/NBD rule (its P(no purchase in the horizon))",
+    "recency": "recency rule (days since the last purchase)",
+    "rfm": "RFM rule (recency, frequency and spend quintiles, summed)",
+}
+# An RFM part at or below this quintile (of 5) is a reason for risk: the customer is in the bottom 40% on it.
+RFM_REASON_QUINTILE = 2
+
+
+def rule_score(name: str, frame: pd.DataFrame) -> Array | None:
+    """Rule ``name``'s churn score of each row (higher = likelier to churn); None when its input is absent (btyd
+    without BTYD features). RFM quintiles are taken within ``frame``: pass one cutoff's whole population."""
+    if name == "btyd":
+        return frame[BTYD_P_NO_PURCHASE].to_numpy(np.float64) if BTYD_P_NO_PURCHASE in frame else None
+    if name == "recency":
+        return frame[s.DAYS_SINCE_LAST_PURCHASE].to_numpy(np.float64)
+    if name == "rfm":
+        return -rfm_score(frame)
+    raise ValueError(f"no churn rule {name!r}; the rules are {', '.join(RULES)}")
+
+
+def rfm_parts(frame: pd.DataFrame) -> dict[str, Array]:
+    """Each RFM part's quintile (1 worst to 5 best) within ``frame``, by the column it comes from."""
 
     def quintile(values: pd.Series) -> Array:
         return np.ceil(values.rank(pct=True, method="average").to_numpy() * 5).clip(1, 5)
 
-    recency = quintile(-frame[s.DAYS_SINCE_LAST_PURCHASE].astype("float64"))
-    frequency = quintile(frame[s.PURCHASE_DAYS].astype("float64"))
-    monetary = quintile(frame[s.TOTAL_SPEND].astype("float64"))
-    return recency + frequency + monetary
+    return {
+        s.DAYS_SINCE_LAST_PURCHASE: quintile(-frame[s.DAYS_SINCE_LAST_PURCHASE].astype("float64")),
+        s.PURCHASE_DAYS: quintile(frame[s.PURCHASE_DAYS].astype("float64")),
+        s.TOTAL_SPEND: quintile(frame[s.TOTAL_SPEND].astype("float64")),
+    }
+
+
+class RuleScorer:
+    """A rule serving as the churn scorer: its score, mapped to a probability by a calibrator fitted on the
+    training stage's validation cutoff (as the model's is), and reasons that are the rule's own inputs in words.
+
+    Unlike the model's, a rule's score is not a function of one row alone: RFM quintiles are taken within the
+    scored population, so ``score`` and ``reasons`` get the whole population at once (a rule costs next to nothing).
+    """
+
+    def __init__(self, name: str, calibrator: Calibrator) -> None:
+        if name not in RULES:
+            raise InputError(f"no churn rule {name!r}; the rules are {', '.join(RULES)}")
+        self.name = name
+        self.calibrator_ = calibrator
+        self.features_ = list(RULE_INPUTS[name])
+
+    def raw_score(self, frame: pd.DataFrame) -> Array:
+        missing = [c for c in self.features_ if c not in frame.columns]
+        if missing:
+            raise InputError(f"churn rule {self.name} needs column(s) {missing}: set churn.btyd_features to true")
+        score = rule_score(self.name, frame)
+        assert score is not None
+        return score
+
+    def raw_probability(self, frame: pd.DataFrame) -> Array:
+        """An uncalibrated churn score in [0, 1]: btyd's own probability; for recency and RFM, the score's
+        percentile rank among ``frame``'s rows (it keeps their order; only the calibrated value is a probability)."""
+        score = self.raw_score(frame)
+        if self.name == "btyd":
+            return np.clip(score, 0.0, 1.0)
+        return pd.Series(score).rank(pct=True, method="average").to_numpy(np.float64)
+
+    def predict_proba(self, frame: pd.DataFrame) -> Array:
+        return self.calibrator_.transform(self.raw_score(frame))
+
+    def reasons(self, frame: pd.DataFrame, medians: Mapping[str, float], top: int = 3) -> pd.DataFrame:
+        """Up to ``top`` reasons per row, the rule's inputs in words, each only where it is on the risky side of the
+        scored population's ``medians`` (None past the last): for recency a silence longer than the median; for RFM
+        each part in the customer base's bottom 40%, weakest first; for btyd its P(no purchase) above the median,
+        then P(alive) and repeat purchases below it. A customer at no input's risky side gets none."""
+        n = len(frame)
+        texts: list[list[str | None]] = [[] for _ in range(n)]
+        values = {c: frame[c].to_numpy(np.float64) for c in self.features_}
+
+        def say(row: int, column: str, prefix: str = "") -> None:
+            texts[row].append(prefix + reason_text(column, float(values[column][row]), float(medians[column])))
+
+        if self.name == "recency":
+            for i in range(n):
+                if values[s.DAYS_SINCE_LAST_PURCHASE][i] > medians[s.DAYS_SINCE_LAST_PURCHASE]:
+                    say(i, s.DAYS_SINCE_LAST_PURCHASE)
+        elif self.name == "rfm":
+            parts = rfm_parts(frame)
+            names = {s.DAYS_SINCE_LAST_PURCHASE: "recency", s.PURCHASE_DAYS: "frequency", s.TOTAL_SPEND: "spend"}
+            for i in range(n):
+                weak = sorted((parts[c][i], k, c) for k, c in enumerate(parts) if parts[c][i] <= RFM_REASON_QUINTILE)
+                for q, _, column in weak:
+                    say(i, column, f"{names[column]} quintile {q:.0f} of 5: ")
+        else:
+            for i in range(n):
+                if values[BTYD_P_NO_PURCHASE][i] > medians[BTYD_P_NO_PURCHASE]:
+                    say(i, BTYD_P_NO_PURCHASE)
+                for column in (BTYD_P_ALIVE, s.FREQUENCY):
+                    if values[column][i] < medians[column]:
+                        say(i, column)
+        out = {f"reason_{k + 1}": [t[k] if k < len(t) else None for t in texts] for k in range(top)}
+        return pd.DataFrame(out, index=frame.index)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": self.name, "inputs": self.features_, "calibrator": self.calibrator_.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str) -> RuleScorer:
+        if not isinstance(data, Mapping) or data.get("rule") not in RULES:
+            raise InputError(f"{where}: not a churn rule written by this project")
+        return cls(str(data["rule"]), Calibrator.from_dict(data.get("calibrator", {}), f"{where}, calibrator"))
+
+    @classmethod
+    def fit(cls, name: str, frame: pd.DataFrame, y: npt.NDArray[np.int_], method: CalibrationMethod) -> RuleScorer:
+        """The rule with its calibrator fitted on ``frame``'s rows (one cutoff's population) and their labels."""
+        score = rule_score(name, frame)
+        if score is None or not np.all(np.isfinite(score)):
+            raise InputError(f"churn rule {name}: no finite score on the calibration rows (a BTYD fit failed?)")
+        return cls(name, Calibrator(method).fit(score, y))
 
 
 # --- calibration ------------------------------------------------------------------------------------------------

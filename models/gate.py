@@ -77,6 +77,11 @@ def higher_is_better(metric: str) -> bool:
     raise ValueError(f"the champion gate does not know metric {metric!r}; use one of {sorted(_HIGHER | _LOWER)}")
 
 
+def gain_shown(low: float, min_improvement: float) -> bool:
+    """The gate's test of a paired interval: its lower bound is above zero and at least ``min_improvement``."""
+    return math.isfinite(low) and low > 0 and low >= min_improvement
+
+
 @dataclasses.dataclass(frozen=True)
 class Rule:
     """What a new model must show to take ``champion``: on the champion's own holdout rows, the lower bound of its
@@ -181,7 +186,7 @@ def decide(rule: Rule, new_value: float, champion: ChampionFigure | None) -> Dec
         return made(CHALLENGER, f"{versus}: no paired interval of the gain on these rows; champion kept")
     bar = f"zero and {need:g}" if need > 0 else "zero"
     evidence = gain.words()
-    if gain.low > 0 and gain.low >= need:
+    if gain_shown(gain.low, need):
         return made(CHAMPION, f"{versus}: better by {gain.gain:.4g}; {evidence}: its lower bound clears {bar}")
     if gain.gain > 0:
         return made(

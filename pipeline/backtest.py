@@ -10,13 +10,18 @@ saw:
 - ``btyd``: P(no purchase in the horizon) of a BG/NBD fitted on history up to the origin;
 - ``recency`` (days since the last purchase) and ``rfm`` (the quintile score, reversed): the one-line rules.
 
-The rules' probabilities come from a calibrator fitted on the same validation cutoff as the model's. Per origin and
-pooled over every origin: ROC-AUC, PR-AUC, top-decile lift, precision and recall at ``churn.campaign_list_size``,
-Brier, log loss and ECE; for every pair of candidates the pooled paired gain with its interval (customers
-resampled, ``backtest.evidence_resamples`` at ``backtest.evidence_level``) and the spread of the per-origin gains.
-Writes ``metrics/backtest.json``, ``plots/backtest/`` and an MLflow run. The training stages do not read it, and the
-weekly scoring run does not pay for it. Each cutoff keeps at most ``backtest.max_rows_per_cutoff`` customers (a
-seeded draw), which bounds its cost at any size.
+The rules' probabilities come from a calibrator fitted on the same validation cutoff as the model's, as the score
+stage serves them. Per origin and pooled over every origin: ROC-AUC, PR-AUC, top-decile lift, precision and recall
+at ``churn.campaign_list_size``, Brier, log loss and ECE; for every pair of candidates the pooled paired gain with
+its interval (customers resampled, ``backtest.evidence_resamples`` at ``backtest.evidence_level``) and the spread of
+the per-origin gains.
+
+Which scorer serves (``serving``): the model only when the lower bound of its pooled gain over the best rule in
+``churn.registry.metric`` clears zero and ``churn.registry.min_improvement`` (the champion gate's rule), else that
+rule. The score stage reads it (``score.churn_scorer: auto``). Writes ``metrics/backtest.json``,
+``plots/backtest/`` and an MLflow run. It runs when the training features change, never for a week that only
+scores. Each cutoff keeps at most ``backtest.max_rows_per_cutoff`` customers (a seeded draw), which bounds its cost
+at any size.
 """
 
 from __future__ import annotations
@@ -121,11 +126,9 @@ def evaluate_origin(
             continue
         assert score is not None and valid_score is not None
         scores[name] = score
-        if name == "btyd":  # already a probability
-            probabilities[name] = score
-        else:
-            calibrator = cm.Calibrator(model.calibration_method_).fit(valid_score, data.y_valid)
-            probabilities[name] = calibrator.transform(score)
+        # calibrated as the score stage serves a rule (pipeline.churn.fit_rules): on the validation cutoff
+        rule = cm.RuleScorer.fit(name, valid, data.y_valid, model.calibration_method_)
+        probabilities[name] = rule.calibrator_.transform(score)
     metrics = {n: churn_metrics(y, scores[n], probabilities[n], ccfg.campaign_list_size) for n in scores}
     scored = bt.Scored(truth=y.astype(np.float64), scores=scores, customers=codes.loc[test.index].to_numpy(np.int64))
     seconds = time.perf_counter() - started
@@ -141,9 +144,18 @@ def evaluate_origin(
     return Evaluated(origin, scored, probabilities, metrics, seconds)
 
 
-def summary(results: list[Evaluated], bcfg: BacktestConfig, base: BaseConfig, note: str | None) -> dict[str, Any]:
-    """Per origin, pooled, and the pairwise paired differences (``models.backtest.differences``); with no origin,
-    the ``note`` saying why and nothing else."""
+def paired_metrics(ccfg: ChurnConfig) -> tuple[str, ...]:
+    """The metrics with pairwise intervals: ROC-AUC, PR-AUC and the champion gate's metric."""
+    return tuple(dict.fromkeys((*PAIRED_METRICS, ccfg.registry.metric)))
+
+
+def summary(
+    results: list[Evaluated], bcfg: BacktestConfig, ccfg: ChurnConfig, base: BaseConfig, note: str | None
+) -> dict[str, Any]:
+    """Per origin, pooled, the pairwise paired differences (``models.backtest.differences``) and which scorer
+    serves (``models.backtest.serving_choice``, by ``churn.registry``'s metric and minimum); with no origin, the
+    ``note`` saying why, and the model serves for want of evidence."""
+    metric, need = ccfg.registry.metric, ccfg.registry.min_improvement
     if not results:
         return {
             "origins": [],
@@ -153,6 +165,9 @@ def summary(results: list[Evaluated], bcfg: BacktestConfig, base: BaseConfig, no
             "differences": {},
             "best_rule": None,
             "model_vs_best_rule": None,
+            "serving": bt.unjudged(
+                bt.MODEL, metric, need, f"no backtest origin ({note}): the model serves for want of evidence"
+            ),
         }
     parts = [r.scored for r in results]
     everything = bt.pooled(parts)
@@ -171,10 +186,11 @@ def summary(results: list[Evaluated], bcfg: BacktestConfig, base: BaseConfig, no
             seed=base.seed,
             max_rows=bcfg.evidence_max_rows,
         )
-        for metric in PAIRED_METRICS
+        for metric in paired_metrics(ccfg)
     }
     rules = [n for n in everything.scores if n != "model"]
     best_rule = max(rules, key=lambda n: pooled_metrics[n]["roc_auc"]) if rules else None
+    serving = bt.serving_choice(metric, pooled_metrics, differences[metric], need)
     return {
         "origins": [{**r.origin.as_dict(), "customers": len(r.scored.truth), "metrics": r.metrics} for r in results],
         "note": note,
@@ -185,6 +201,7 @@ def summary(results: list[Evaluated], bcfg: BacktestConfig, base: BaseConfig, no
         "model_vs_best_rule": next(
             (d for d in differences["roc_auc"] if d["candidate"] == "model" and d["versus"] == best_rule), None
         ),
+        "serving": serving,
     }
 
 
@@ -224,7 +241,7 @@ def run(
     codes = pd.Series(pd.factorize(table[s.CUSTOMER_ID])[0], index=table.index) if origins else pd.Series()
     results = [evaluate_origin(o, table, columns, codes, base, ccfg) for o in origins]
     note = bt.too_few(origins, bcfg.origins, fcfg.horizon_days)
-    metrics = round_metrics(summary(results, bcfg, base, note))
+    metrics = round_metrics(summary(results, bcfg, ccfg, base, note))
     write_json(metrics, out.metrics)
     write_plots(out, results)
     if track:
@@ -237,11 +254,11 @@ def headline(metrics: dict[str, Any]) -> str:
     """The model against the best rule, pooled over the origins, in one line."""
     edge = metrics["model_vs_best_rule"]
     if edge is None:
-        return metrics["note"] or "backtest: no rule to compare the model with"
+        return f"{metrics['note'] or 'backtest: no rule to compare the model with'}; {metrics['serving']['reason']}"
     return (
         f"backtest over {len(metrics['origins'])} origins: model ROC-AUC minus {edge['versus']}'s "
         f"{edge['pooled_gain']:+.4f} [{edge['low']:+.4f}, {edge['high']:+.4f}], won {edge['origins_won']} of "
-        f"{len(metrics['origins'])} origins: {edge['verdict']}"
+        f"{len(metrics['origins'])} origins: {edge['verdict']}; {metrics['serving']['reason']}"
     )
 
 
@@ -256,7 +273,11 @@ def _track(
 ) -> None:
     params = {
         "backtest": dataclasses.asdict(bcfg),
-        "churn": {"lightgbm": dataclasses.asdict(ccfg.lightgbm), "calibration": ccfg.calibration},
+        "churn": {
+            "lightgbm": dataclasses.asdict(ccfg.lightgbm),
+            "calibration": ccfg.calibration,
+            "registry": {"metric": ccfg.registry.metric, "min_improvement": ccfg.registry.min_improvement},
+        },
         "features": {"horizon_days": fcfg.horizon_days},
     }
     flat: dict[str, Any] = {"pooled": metrics["pooled"]["metrics"] if metrics["pooled"] else {}}
@@ -264,7 +285,12 @@ def _track(
         for d in rows:
             key = f"{d['candidate']}_vs_{d['versus']}"
             flat[f"gain/{metric}/{key}"] = {"pooled": d["pooled_gain"], "low": d["low"], "high": d["high"]}
-    with tracking.stage_run(base.mlflow_experiment, "backtest", params, {"run.kind": "backtest"}, inputs=[features]):
+    tags = {
+        "run.kind": "backtest",
+        "backtest.serving": str(metrics["serving"]["scorer"]),
+        "backtest.serving_reason": str(metrics["serving"]["reason"])[:4000],
+    }
+    with tracking.stage_run(base.mlflow_experiment, "backtest", params, tags, inputs=[features]):
         tracking.log_metrics(flat)
         tracking.log_artifacts({"backtest": out.metrics, "plot_data": out.plots})
 

@@ -54,12 +54,20 @@ from pipeline.config import (
     training_as_of,
 )
 from pipeline.features import history_end
-from pipeline.io import atomic_path, finite_json, read_table, read_user_table, write_csv, write_json
+from pipeline.io import (
+    atomic_path,
+    finite_json,
+    read_stage_json,
+    read_table,
+    read_user_table,
+    write_csv,
+    write_json,
+)
 from pipeline.progress import Progress
 
 log = logging.getLogger("churn")
 
-BASELINES = ("btyd", "recency", "rfm")
+BASELINES = cm.RULES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,25 +253,57 @@ def modelling_table(
 
 
 CALIBRATOR = "calibrator.json"
+RULES = "rules.json"  # each rule and its calibrator, fitted on the validation cutoff (models.churn.RuleScorer)
+
+
+def version_json(version: tracking.RegisteredVersion, name: str, advice: str) -> tuple[Any, str]:
+    """The JSON file churn/``name`` that a registered version's training run logged, and how errors name it; a
+    one-line error ending in ``advice`` when it is missing or not JSON."""
+    where = f"churn: registered version {version.version} of {version.name}"
+    with tempfile.TemporaryDirectory(prefix="churn-artifact-") as tmp:
+        try:
+            path = tracking.run_artifact(version.run_id, f"churn/{name}", Path(tmp))
+            return json.loads(path.read_text(encoding="utf-8")), f"{where}, churn/{name}"
+        except (OSError, ValueError, tracking.MissingArtifact) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise InputError(f"{where} has no readable churn/{name} ({reason}): {advice}") from exc
 
 
 def load_version(version: tracking.RegisteredVersion) -> cm.ChurnModel:
     """A registered churn model ready to score: its booster, and the calibrator (plain numbers, JSON) logged by its
     source run. Nothing is unpickled from the store."""
     booster = tracking.load_lightgbm(version.name, version.version)
-    where = f"churn: registered version {version.version} of {version.name}"
-    with tempfile.TemporaryDirectory(prefix="churn-calibrator-") as tmp:
-        try:
-            path = tracking.run_artifact(version.run_id, f"churn/{CALIBRATOR}", Path(tmp))
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, tracking.MissingArtifact) as exc:
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise InputError(
-                f"{where} has no readable churn/{CALIBRATOR} ({reason}): "
-                "versions registered before calibrators were stored as JSON are not loaded (a pickle can run code); "
-                "move the champion alias to a newer version (make ui) or set churn.registry.score_version"
-            ) from exc
-    return cm.ChurnModel.restore(booster, cm.Calibrator.from_dict(data, f"{where}, churn/{CALIBRATOR}"))
+    data, where = version_json(
+        version,
+        CALIBRATOR,
+        "versions registered before calibrators were stored as JSON are not loaded (a pickle can run code); "
+        "move the champion alias to a newer version (make ui) or set churn.registry.score_version",
+    )
+    return cm.ChurnModel.restore(booster, cm.Calibrator.from_dict(data, where))
+
+
+def rule_from(doc: Any, name: str, where: str) -> cm.RuleScorer:
+    """Rule ``name`` from a rules.json document; a one-line error naming ``where`` when it holds none."""
+    if not isinstance(doc, dict) or name not in doc:
+        held = ", ".join(sorted(doc)) if isinstance(doc, dict) else "nothing"
+        raise InputError(
+            f"{where} holds no churn rule {name!r} (it holds {held or 'none'}): btyd needs churn.btyd_features and "
+            "a BG/NBD fit at the validation cutoff; rerun the train_churn stage"
+        )
+    return cm.RuleScorer.from_dict(doc[name], f"{where}, {name}")
+
+
+def load_version_rule(version: tracking.RegisteredVersion, name: str) -> cm.RuleScorer:
+    """Rule ``name`` as the training run of a registered churn version calibrated it (its churn/rules.json)."""
+    doc, where = version_json(
+        version, RULES, "it was registered before rules could serve; retrain (make train), or set score.churn_scorer"
+    )
+    return rule_from(doc, name, where)
+
+
+def load_trained_rule(artifacts: Path, name: str) -> cm.RuleScorer:
+    """Rule ``name`` as the training stage calibrated it (``artifacts``/rules.json)."""
+    return rule_from(read_stage_json(artifacts / RULES, "train_churn"), name, str(artifacts / RULES))
 
 
 def load_trained(artifacts: Path) -> cm.ChurnModel:
@@ -363,11 +403,18 @@ def judge(
 
 def baseline_scores(valid: pd.DataFrame) -> dict[str, np.ndarray | None]:
     """Churn scores of the three baselines (higher = likelier to churn)."""
-    return {
-        "btyd": valid[cm.BTYD_P_NO_PURCHASE].to_numpy(np.float64) if cm.BTYD_P_NO_PURCHASE in valid else None,
-        "recency": valid[s.DAYS_SINCE_LAST_PURCHASE].to_numpy(np.float64),
-        "rfm": -cm.rfm_score(valid),
-    }
+    return {name: cm.rule_score(name, valid) for name in cm.RULES}
+
+
+def fit_rules(model: cm.ChurnModel, data: Training) -> dict[str, cm.RuleScorer]:
+    """Every rule with a calibrator fitted on the validation cutoff with the model's calibration method: what the
+    score stage serves when the backtest shows the model does not beat the best rule. A rule with no finite score
+    there (btyd where that cutoff's BG/NBD fit failed) is left out."""
+    out = {}
+    for name, score in baseline_scores(data.valid).items():
+        if score is not None and np.all(np.isfinite(score)):
+            out[name] = cm.RuleScorer.fit(name, data.valid, data.y_valid, model.calibration_method_)
+    return out
 
 
 def evaluate(
@@ -475,6 +522,7 @@ def write_model(out: Outputs, model: cm.ChurnModel, data: Training, importance: 
     with atomic_path(out.artifacts / "model.txt") as tmp:
         model.booster_.save_model(str(tmp), num_iteration=model.best_iteration_)
     write_json(model.calibrator_.to_dict(), out.artifacts / CALIBRATOR)
+    write_json({n: r.to_dict() for n, r in fit_rules(model, data).items()}, out.artifacts / RULES)
     write_csv(importance, out.artifacts / "importance.csv")
     split = data.split
     card = {
@@ -661,6 +709,7 @@ def _track(
         )
         tracking.log_artifacts({"churn": out.artifacts / "importance.csv"})
         tracking.log_artifacts({"churn": out.artifacts / CALIBRATOR})
+        tracking.log_artifacts({"churn": out.artifacts / RULES})
         registry.record(judgement, tracking.log_churn_model(model.booster_, model.best_iteration_, example.head(20)))
 
 

@@ -44,6 +44,10 @@ def _check_days(key: str, value: int) -> None:
 
 # Settings of the clv and churn sections that only the score stage reads: the training stages' params in
 # dvc.yaml list every other key, so that changing one of these rescores the week and retrains nothing.
+# Who ranks the weekly list: auto = the backtest's choice (the model only where it beats the best rule with its
+# gain shown), or one named scorer.
+CHURN_SCORERS = ("auto", "model", "btyd", "recency", "rfm")
+
 SCORING_ONLY: dict[str, tuple[str, ...]] = {
     "clv": ("acquisition_cost", "value_tier_quantiles", "registry.score_version"),
     "churn": ("max_explained_customers", "drift_bins", "registry.score_version"),
@@ -484,6 +488,7 @@ class SegmentGrid:
 @dataclasses.dataclass(frozen=True)
 class ScoreConfig:
     as_of: dt.date | None
+    churn_scorer: str
     risk_tier_thresholds: RiskTierThresholds
     segments: SegmentGrid
     summary_top_customers: int
@@ -491,6 +496,10 @@ class ScoreConfig:
     pseudonymise_ids: bool
 
     def __post_init__(self) -> None:
+        if self.churn_scorer not in CHURN_SCORERS:
+            raise ConfigError(
+                f"score.churn_scorer must be one of {', '.join(CHURN_SCORERS)}; got {self.churn_scorer!r}"
+            )
         if self.summary_top_customers < 1:
             raise ConfigError(f"score.summary_top_customers must be >= 1, got {self.summary_top_customers}")
         if self.drift_warning_psi <= 0:

@@ -486,3 +486,13 @@ def write_json(obj: dict[str, Any], path: str | Path) -> None:
     """Write ``obj`` as pretty, key-sorted JSON, atomically, so `dvc metrics diff` sees stable files."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def read_stage_json(path: Path, stage: str) -> Any:
+    """A JSON file another stage wrote; a one-line error naming ``stage`` when it is missing or not JSON."""
+    if not path.is_file():
+        raise InputError(f"{path}: file not found; run the {stage} stage first (`dvc repro`)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not readable JSON ({exc}); rerun the {stage} stage") from exc

@@ -21,11 +21,13 @@ back-fills several weeks and each summary compares with the latest earlier one.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -37,6 +39,7 @@ from matplotlib.figure import Figure
 from features import schemas as s
 from features.errors import InputError
 from features.privacy import MIN_KEY_CHARS, check_key, pseudonymise
+from models import churn as cm
 from models import segments as seg
 from pipeline import cli
 from pipeline import html as h
@@ -374,8 +377,9 @@ def summary_page(
     horizon_days: int,
     previous: Previous | None,
     previous_problem: str | None,
+    ranked_by: str = "",
 ) -> str:
-    """The summary.html document."""
+    """The summary.html document; ``ranked_by`` says which churn scorer ranked the list and why (``scorer_words``)."""
     as_of = pd.Timestamp(scores[s.AS_OF].iloc[0]).date() if len(scores) else None
     total = kpis[kpis[s.SEGMENT] == seg.ALL].iloc[0]
     cells = grid(cfg)
@@ -400,6 +404,8 @@ def summary_page(
             ]
         )
     )
+    if ranked_by:
+        sections.append(f'<p class="muted">{h.esc(ranked_by)}</p>')
     sections.append("<h2>Segments: value tier x risk tier</h2>" + _grid_section(scores, cells))
     sections.append(
         f"<h2>KPIs by segment</h2><p class='muted'>Revenue and profit contribution (revenue x margin) over the last "
@@ -436,6 +442,19 @@ def summary_page(
 # --- the stage -------------------------------------------------------------------------------------------------------
 
 
+def scorer_words(score_metrics: dict[str, Any]) -> str:
+    """Which churn scorer ranked this week's list, and why, in a sentence (from the score stage's metrics)."""
+    churn = (score_metrics.get("served") or {}).get("churn") or {}
+    choice = churn.get("scorer") or {}
+    name = choice.get("scorer")
+    if not name:
+        return ""
+    who = "the churn model (LightGBM)" if name == "model" else f"the {cm.RULE_WORDS[name]}, calibrated"
+    version = f" v{churn['version']}" if churn.get("version") else ""
+    source = f"{churn.get('model_name', '')}{version}"
+    return f"Churn risk ranked by {who} ({source}): {choice.get('reason', '')}."
+
+
 def id_key() -> str:
     """The pseudonymisation key from the environment (it is never read from or written to a file)."""
     key = os.environ.get(ID_KEY_ENV, "")
@@ -456,10 +475,20 @@ def run(
     scores_path: Path,
     drift_path: Path,
     weekly: Path,
+    score_metrics: Path | None = None,
 ) -> Path:
-    """Write this week's folder under ``weekly``; returns it."""
+    """Write this week's folder under ``weekly``; returns it. ``score_metrics`` (metrics/score.json) names the
+    scorer that ranked the list on the summary page."""
     if not scores_path.is_file():
         raise InputError(f"{scores_path}: file not found; run the score stage first (`dvc repro`)")
+    ranked_by = ""
+    if score_metrics is not None:
+        try:
+            ranked_by = scorer_words(json.loads(score_metrics.read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InputError(
+                f"{score_metrics}: not the score stage's metrics ({exc!r}); rerun the score stage"
+            ) from exc
     with_net = s.CLV_NET in pq.read_schema(scores_path).names
     scores = read_table(scores_path, s.scores_schema(with_net))
     drift = read_table(drift_path, s.drift_schema())
@@ -492,6 +521,7 @@ def run(
         horizon_days=fcfg.horizon_days,
         previous=previous,
         previous_problem=problem,
+        ranked_by=ranked_by,
     )
     folder.mkdir(parents=True, exist_ok=True)
     check_finite(churn_list, f"writing {folder / LIST_CSV}")
@@ -515,6 +545,7 @@ def main(argv: Sequence[str]) -> None:
     p = cli.parser(__doc__.splitlines()[0])
     cli.input_file(p, "--scores")
     cli.input_file(p, "--drift")
+    cli.input_file(p, "--score-metrics")
     cli.output(p, "--weekly", directory=True, keep_existing=True)  # earlier weeks' folders stay
     args = p.parse_args(argv)
     params = load_params(args.params)
@@ -525,6 +556,7 @@ def main(argv: Sequence[str]) -> None:
         scores_path=args.scores,
         drift_path=args.drift,
         weekly=args.weekly,
+        score_metrics=args.score_metrics,
     )
 
 

@@ -6,9 +6,11 @@
 2. Value: CLV (discounted profit over ``clv.clv_horizon_months``), P(alive), expected purchases and order
    value for every customer of the snapshot, and the 5th-95th percentile CLV over the serving model's
    bootstrap replicates (``data/clv.parquet``).
-3. Risk: the churn population's calibrated ``p_churn`` (BG/NBD features fitted on this snapshot's history, as
-   at every training cutoff), and value at risk = p_churn x CLV, computed once. TreeSHAP reasons go to the
-   first ``churn.max_explained_customers`` of the list by value at risk (``data/churn.parquet``).
+3. Risk: the churn population's calibrated ``p_churn`` by the serving scorer (``score.churn_scorer``; with
+   ``auto`` the backtest's choice: the model only where it beats the best rule with its gain shown, else that
+   rule), with BG/NBD features fitted on this snapshot's history, as at every training cutoff, and value at risk =
+   p_churn x CLV, computed once. The model's TreeSHAP reasons go to the first ``churn.max_explained_customers`` of
+   the list by value at risk; a rule's reasons are its inputs in words, for everyone (``data/churn.parquet``).
 4. Drift: the population stability index of every model feature and of ``p_churn`` between the last training
    cutoff and this snapshot (``data/drift.parquet``).
 5. The scores table: risk tier, value x risk segment and its retention action from ``score.segments``, and the
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,7 +58,7 @@ from pipeline.config import (
     section,
 )
 from pipeline.engine import backend, open_transactions
-from pipeline.io import finite_json, read_table, write_csv, write_json, write_table
+from pipeline.io import finite_json, read_stage_json, read_table, write_csv, write_json, write_table
 from pipeline.progress import Progress
 from pipeline.weeks import grid, iso_week
 
@@ -73,6 +74,7 @@ class Inputs:
     transactions: Path
     clv_artifacts: Path
     churn_artifacts: Path
+    backtest: Path  # metrics/backtest.json: which churn scorer serves when score.churn_scorer is auto
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,12 +190,7 @@ def read_snapshot(path: Path, fcfg: FeaturesConfig) -> tuple[pd.DataFrame, pd.Ti
 
 
 def read_json(path: Path, stage: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise InputError(f"{path}: file not found; run the {stage} stage first (`dvc repro`)")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: not readable JSON ({exc}); rerun the {stage} stage") from exc
+    doc = read_stage_json(path, stage)
     if not isinstance(doc, dict) or "trained_as_of" not in doc:
         raise InputError(f"{path}: has no trained_as_of; rerun the {stage} stage")
     return doc
@@ -234,13 +231,45 @@ def serving_clv(cfg: Settings, inp: Inputs, as_of: dt.date, track: bool) -> tupl
     return doc, served
 
 
-def serving_churn(cfg: Settings, inp: Inputs, as_of: dt.date, track: bool) -> tuple[cm.ChurnModel, registry.Served]:
-    """The serving churn model and where it came from."""
+Scorer = cm.ChurnModel | cm.RuleScorer
+
+
+def chosen_scorer(cfg: ScoreConfig, backtest: Path) -> dict[str, Any]:
+    """Which churn scorer ranks the list, and why: the one ``score.churn_scorer`` names, or with ``auto`` the
+    backtest's choice (its ``serving`` block: the gate's rule applied to the pooled paired gain)."""
+    if cfg.churn_scorer != "auto":
+        return {"scorer": cfg.churn_scorer, "reason": f"score.churn_scorer is {cfg.churn_scorer}"}
+    doc = read_stage_json(backtest, "backtest")
+    try:
+        choice = doc["serving"]
+        scorer = choice["scorer"]
+    except (KeyError, TypeError) as exc:
+        raise InputError(f"{backtest}: no serving choice in it ({exc!r}); rerun the backtest stage") from exc
+    if scorer not in ("model", *cm.RULES):
+        raise InputError(f"{backtest}: serving scorer {scorer!r} is not one this project knows; rerun the backtest")
+    return {**choice, "origins": len(doc.get("origins") or [])}
+
+
+def serving_churn(
+    cfg: Settings, inp: Inputs, as_of: dt.date, track: bool
+) -> tuple[Scorer, registry.Served, dict[str, Any]]:
+    """The serving churn scorer, where it came from and why it serves: the serving version's model, or the rule its
+    training run calibrated, as ``chosen_scorer`` says."""
     card = read_json(inp.churn_artifacts / "model_card.json", "train_churn")
     served = _served(cfg, "churn", card["trained_as_of"], as_of, track)
-    if served.version:
-        return churn_stage.load_version(served.version), served
-    return churn_stage.load_trained(inp.churn_artifacts), served
+    choice = chosen_scorer(cfg.score, inp.backtest)
+    name = choice["scorer"]
+    scorer: Scorer
+    if name != "model":
+        if served.version:
+            scorer = churn_stage.load_version_rule(served.version, name)
+        else:
+            scorer = churn_stage.load_trained_rule(inp.churn_artifacts, name)
+    elif served.version:
+        scorer = churn_stage.load_version(served.version)
+    else:
+        scorer = churn_stage.load_trained(inp.churn_artifacts)
+    return scorer, served, choice
 
 
 # --- value ------------------------------------------------------------------------------------------------------
@@ -344,7 +373,7 @@ def score_and_explain(
 
 
 def model_rows(
-    features: pd.DataFrame | Path, cutoff: pd.Timestamp, cfg: Settings, model: cm.ChurnModel, where: str
+    features: pd.DataFrame | Path, cutoff: pd.Timestamp, cfg: Settings, model: Scorer, where: str
 ) -> pd.DataFrame:
     """One cutoff's churn population with every feature the model needs (BTYD, attributes, derived), from a
     loaded snapshot or a features file."""
@@ -357,7 +386,7 @@ def model_rows(
 
 
 def population_rows(
-    snapshot: pd.DataFrame, cutoff: pd.Timestamp, cfg: Settings, model: cm.ChurnModel
+    snapshot: pd.DataFrame, cutoff: pd.Timestamp, cfg: Settings, model: Scorer
 ) -> tuple[pd.DataFrame, npt.NDArray[np.int64]]:
     """The churn population's modelling rows, and where each sits in the snapshot (the population is the
     snapshot's rows within ``churn.population_lookback_days``, in the snapshot's order)."""
@@ -369,12 +398,31 @@ def population_rows(
     return rows, at
 
 
+def rule_table(population: pd.DataFrame, rule: cm.RuleScorer, medians: dict[str, float]) -> pd.DataFrame:
+    """A rule's p_churn for the whole population at once (RFM's quintiles are the population's), and its reasons."""
+    return pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    s.CUSTOMER_ID: population[s.CUSTOMER_ID].array,
+                    s.CUTOFF: population[s.CUTOFF].array,
+                    s.P_CHURN: rule.predict_proba(population),
+                    s.P_CHURN_RAW: rule.raw_probability(population),
+                }
+            ),
+            rule.reasons(population, medians).reset_index(drop=True),
+        ],
+        axis=1,
+    )
+
+
 def risk_table(
-    population: pd.DataFrame, clv: npt.ArrayLike, model: cm.ChurnModel, cfg: Settings, *, ties: npt.ArrayLike
+    population: pd.DataFrame, clv: npt.ArrayLike, model: Scorer, cfg: Settings, *, ties: npt.ArrayLike
 ) -> pd.DataFrame:
     """p_churn for the population (``churn_schema`` columns, in the population's rows), and reasons for the first
     ``churn.max_explained_customers`` of the list by value at risk (p_churn x ``clv``, each customer's CLV; ties
-    by p_churn, then by ``ties``, the rows' ``id_ranks``: the list's own order, ``models.segments.list_order``)."""
+    by p_churn, then by ``ties``, the rows' ``id_ranks``: the list's own order, ``models.segments.list_order``).
+    A rule serving gives every customer its reasons: they are its inputs in words, at no cost."""
     if population.empty:
         raise InputError(
             f"score: no customer bought within {cfg.churn.population_lookback_days} days of the scoring cutoff; "
@@ -384,6 +432,8 @@ def risk_table(
     if len(clv) != len(population):
         raise ValueError(f"risk_table: {len(clv)} CLV values for {len(population)} customers")
     medians = population[list(model.features_)].median(numeric_only=True).to_dict()
+    if isinstance(model, cm.RuleScorer):
+        return rule_table(population, model, medians)
     cap = cfg.churn.max_explained_customers
     scored = score_and_explain(cfg.base, population, model, medians, explain=len(population) <= cap)
     if len(population) > cap:
@@ -400,12 +450,12 @@ def risk_table(
 
 
 def drift_table(
-    model: cm.ChurnModel, reference: pd.DataFrame, population: pd.DataFrame, cur_p: npt.NDArray[np.float64], bins: int
+    model: Scorer, reference: pd.DataFrame, population: pd.DataFrame, cur_p: npt.NDArray[np.float64], bins: int
 ) -> pd.DataFrame:
-    """PSI of ``p_churn`` (``cur_p``, in the population's row order) and of each model feature: the reference
-    cutoff's population against this week's."""
+    """PSI of ``p_churn`` (``cur_p``, in the population's row order) and of each of the scorer's inputs: the
+    reference cutoff's population against this week's."""
     columns = list(model.features_)
-    ref_p = model.calibrator_.transform(model.raw_probability(reference[columns]))
+    ref_p = model.predict_proba(reference[columns])
     ref = reference[columns].assign(**{s.P_CHURN: ref_p})
     cur = population[columns].assign(**{s.P_CHURN: cur_p})
     return monitoring.drift_table(ref, cur, [s.P_CHURN, *columns], bins)
@@ -431,7 +481,7 @@ def run(cfg: Settings, inp: Inputs, out: Outputs, *, track: bool = True) -> dict
     write_table(value, out.clv, s.clv_schema(with_net=cfg.clv.acquisition_cost is not None), order=by_value)
     value_summary = value_metrics(value, by_value)
 
-    model, churn_served = serving_churn(cfg, inp, as_of, track)
+    model, churn_served, choice = serving_churn(cfg, inp, as_of, track)
     population, at = population_rows(snapshot, cutoff, cfg, model)
     churned = risk_table(population, value[s.CLV].to_numpy()[at], model, cfg, ties=ties[at])
     riskiest = seg.sort_order(churned, [(s.P_CHURN, False)], ties=ties[at])
@@ -453,7 +503,7 @@ def run(cfg: Settings, inp: Inputs, out: Outputs, *, track: bool = True) -> dict
     write_csv(kpis, out.segments, undefined_allowed=seg.KPI_COLUMNS)
 
     metrics = score_metrics(cfg, as_of, scores, kpis, value_summary, churned, drift)
-    metrics["served"] = {"clv": clv_served.as_dict(), "churn": churn_served.as_dict()}
+    metrics["served"] = {"clv": clv_served.as_dict(), "churn": {**churn_served.as_dict(), "scorer": choice}}
     metrics["value"]["trained_as_of"] = clv_doc["trained_as_of"]
     metrics = finite_json(round_metrics(metrics))
     write_json(metrics, out.metrics)
@@ -466,7 +516,7 @@ def run(cfg: Settings, inp: Inputs, out: Outputs, *, track: bool = True) -> dict
         as_of,
         metrics["week"],
         _named(clv_served),
-        _named(churn_served),
+        f"{_named(churn_served)}, scorer {choice['scorer']} ({choice['reason']})",
         metrics["overall"]["value_at_risk"],
         metrics["risk_tiers"]["high"],
         f"; first on the list: {top[s.CUSTOMER_ID]} ({top[s.SEGMENT]})" if top is not None else "",
@@ -530,6 +580,7 @@ def _track(cfg: Settings, inp: Inputs, out: Outputs, metrics: dict[str, Any]) ->
         "score.as_of": metrics["as_of"],
         "score.week": metrics["week"],
         **{f"served.{k}.{f}": str(v[f]) for k, v in served.items() for f in ("source", "version")},
+        "served.churn.scorer": str(served["churn"]["scorer"]["scorer"]),
     }
     params = {"score": dataclasses.asdict(cfg.score)}
     with tracking.stage_run(cfg.base.mlflow_experiment, "score", params, tags, inputs=[inp.snapshot, inp.transactions]):
@@ -545,6 +596,7 @@ def main(argv: Sequence[str]) -> None:
         cli.input_file(p, f"--{name}")
     for name in ("clv-artifacts", "churn-artifacts"):
         p.add_argument(f"--{name}", type=Path, required=True, help="the training stage's model folder")
+    p.add_argument("--backtest", type=Path, required=True, help="the backtest's metrics (its serving choice)")
     for name in ("clv", "churn", "drift", "scores", "metrics", "segments"):
         cli.output(p, f"--{name}")
     args = p.parse_args(argv)
@@ -557,7 +609,9 @@ def main(argv: Sequence[str]) -> None:
         section(params, "score", ScoreConfig),
         ingest_source(params),
     )
-    inputs = Inputs(args.snapshot, args.features, args.transactions, args.clv_artifacts, args.churn_artifacts)
+    inputs = Inputs(
+        args.snapshot, args.features, args.transactions, args.clv_artifacts, args.churn_artifacts, args.backtest
+    )
     outputs = Outputs(args.clv, args.churn, args.drift, args.scores, args.metrics, args.segments)
     run(cfg, inputs, outputs)
 

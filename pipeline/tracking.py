@@ -110,6 +110,7 @@ class RunSummary:
     metrics: dict[str, float]
     registry: str = ""  # "v3 champion": the version this run registered and the alias the gate gave it
     evidence: str = ""  # "[+0.0031, +0.0112] vs v2": the gain's interval over the champion it was judged against
+    serving: str = ""  # a backtest run: the churn scorer it chose to serve, and why
 
 
 def recent_stage_runs(experiment: str, stage: str, last: int) -> list[RunSummary]:
@@ -136,6 +137,9 @@ def recent_stage_runs(experiment: str, stage: str, last: int) -> list[RunSummary
                 else ""
             ),
             evidence=_evidence(r.data.tags),
+            serving=" : ".join(
+                r.data.tags[k] for k in ("backtest.serving", "backtest.serving_reason") if k in r.data.tags
+            ),
         )
         for r in runs
     ]

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
+from features import schemas as s
 from models import backtest as bt
+from models import churn as cm
+from pipeline import churn as churn_stage
+from pipeline.config import BaseConfig, ChurnConfig, FeaturesConfig, section
 from tests.conftest import project_params
 from tests.stages import run_stages
 
@@ -99,3 +104,67 @@ def test_the_backtest_stage_on_the_cdnow_sample(tmp_path: Path, monkeypatch: pyt
     plot = pd.read_csv(tmp_path / "plots/backtest/churn_roc_auc.csv")
     assert list(plot["origin"]) == [o["origin"] for o in metrics["origins"]]
     assert list(plot.columns) == ["origin", "model", "btyd", "recency", "rfm"]
+    _serves_its_choice(tmp_path, file, params, metrics)
+
+
+def _serves_its_choice(d: Path, file: Path, params: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """The weekly list is ranked by the scorer the backtest chose, calibrated as the training run fitted it."""
+    serving = metrics["serving"]
+    pooled = metrics["pooled"]["metrics"]
+    best = max(("btyd", "recency", "rfm"), key=lambda n: pooled[n]["roc_auc"])
+    assert serving["best_rule"] == best
+    # the gate's rule: the model only with the lower bound of its gain over the best rule clear of the bar
+    assert (serving["scorer"] == "model") == (serving["low"] > 0 and serving["low"] >= serving["min_improvement"])
+    assert pooled[serving["scorer"]]["roc_auc"] >= pooled[best]["roc_auc"] - 0.002  # never worse than the rule
+    run_stages(d, file, ("train_clv", "train_churn", "snapshot", "score", "report"))
+    served = json.loads((d / "metrics/score.json").read_text())["served"]["churn"]["scorer"]
+    assert served["scorer"] == serving["scorer"] and served["origins"] == len(metrics["origins"])
+    churn = pd.read_parquet(d / "data/churn.parquet")
+    summary = next((d / "reports/weekly").glob("*/summary.html")).read_text(encoding="utf-8")
+    if serving["scorer"] == "model":
+        assert "Churn risk ranked by the churn model (LightGBM)" in summary
+        return
+    rules = json.loads((d / "artifacts/churn/rules.json").read_text())
+    rule = cm.RuleScorer.from_dict(rules[serving["scorer"]], "rules.json")
+    population = churn_stage.modelling_table(
+        d / "data/snapshot.parquet",
+        [pd.Timestamp(churn[s.CUTOFF].iloc[0])],
+        section(params, "base", BaseConfig),
+        section(params, "features", FeaturesConfig),
+        section(params, "churn", ChurnConfig),
+        {},
+    )[0].set_index(s.CUSTOMER_ID)
+    expected = pd.Series(rule.predict_proba(population), index=population.index)
+    np.testing.assert_allclose(churn.set_index(s.CUSTOMER_ID)[s.P_CHURN], expected.loc[churn[s.CUSTOMER_ID]])
+    assert f"Churn risk ranked by the {cm.RULE_WORDS[serving['scorer']]}, calibrated" in summary
+    assert churn[s.REASONS[0]].notna().mean() > 0.3  # a rule's reasons are its inputs: everyone at risk gets one
+
+
+def gains(model_over_rule: tuple[float, float, float], *, model_first: bool = True) -> list[dict[str, object]]:
+    gain, low, high = model_over_rule
+    if model_first:
+        return [{"candidate": "model", "versus": "recency", "pooled_gain": gain, "low": low, "high": high}]
+    return [{"candidate": "recency", "versus": "model", "pooled_gain": -gain, "low": -high, "high": -low}]
+
+
+def test_the_model_serves_only_with_its_gain_over_the_best_rule_shown() -> None:
+    pooled = {"model": {"roc_auc": 0.80}, "recency": {"roc_auc": 0.79}, "rfm": {"roc_auc": 0.75}}
+    shown = bt.serving_choice("roc_auc", pooled, gains((0.01, 0.004, 0.016)), 0.002)
+    assert shown["scorer"] == "model" and shown["best_rule"] == "recency"
+    assert shown["reason"].startswith("the model serves: roc_auc gain over recency +0.0100 [+0.0040, +0.0160]")
+    # a gain inside its noise, or one whose lower bound is short of min_improvement: the rule serves
+    noise = bt.serving_choice("roc_auc", pooled, gains((0.01, -0.001, 0.021)), 0.002)
+    short = bt.serving_choice("roc_auc", pooled, gains((0.01, 0.001, 0.019)), 0.002)
+    assert noise["scorer"] == short["scorer"] == "recency"
+    assert (
+        short["reason"] == "recency serves: the model's roc_auc gain over recency +0.0100 [+0.0010, +0.0190] "
+        "does not clear zero and 0.002"
+    )
+    # the pair stored the other way round reads the same
+    flipped = bt.serving_choice("roc_auc", pooled, gains((0.01, 0.004, 0.016), model_first=False), 0.002)
+    assert (flipped["scorer"], flipped["low"], flipped["high"]) == ("model", 0.004, 0.016)
+    assert bt.serving_choice("roc_auc", {"model": {"roc_auc": 0.8}}, [], 0.002)["scorer"] == "model"
+    assert (
+        bt.serving_choice("roc_auc", {"rfm": {"roc_auc": 0.7}, "recency": {"roc_auc": 0.71}}, [], 0.0)["scorer"]
+        == "recency"
+    )

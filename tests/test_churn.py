@@ -89,6 +89,56 @@ def test_rfm_score_by_hand() -> None:
     np.testing.assert_array_equal(cm.rfm_score(frame), [15, 11, 10, 6, 3])
 
 
+def rule_frame() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            s.DAYS_SINCE_LAST_PURCHASE: [1, 10, 100, 200, 300],
+            s.PURCHASE_DAYS: [9, 5, 3, 2, 1],
+            s.TOTAL_SPEND: [500.0, 50.0, 400.0, 20.0, 10.0],
+            s.FREQUENCY: [8, 4, 2, 1, 0],
+            cm.BTYD_P_NO_PURCHASE: [0.1, 0.3, 0.5, 0.7, 0.9],
+            cm.BTYD_P_ALIVE: [0.95, 0.8, 0.6, 0.4, 0.2],
+        }
+    )
+
+
+def test_a_rule_serves_calibrated_with_its_inputs_as_reasons() -> None:
+    frame = rule_frame()
+    medians = frame.median().to_dict()
+    y = np.array([0, 0, 1, 1, 1])
+    rfm = cm.RuleScorer.fit("rfm", frame, y, "isotonic")
+    p = rfm.predict_proba(frame)
+    assert np.all(np.diff(p) >= 0) and p[0] < 0.01 and p[-1] > 0.99  # higher RFM score, lower risk
+    np.testing.assert_array_equal(rfm.raw_probability(frame), [0.2, 0.4, 0.6, 0.8, 1.0])  # the score's rank
+    reasons = rfm.reasons(frame, medians)
+    # the fourth customer: every part in quintile 2, recency first; the first: no part in the bottom 40%
+    assert reasons.iloc[3].tolist() == [
+        "recency quintile 2 of 5: no purchase for 200 days (typical: 100)",
+        "frequency quintile 2 of 5: 2 purchase days in all (typical: 3)",
+        "spend quintile 2 of 5: total spend 20.00 (typical: 50.00)",
+    ]
+    assert reasons.iloc[0].isna().all()
+    recency = cm.RuleScorer.fit("recency", frame, y, "sigmoid").reasons(frame, medians)
+    assert recency[s.REASONS[0]].iloc[:3].isna().all()  # silent no longer than the median: no reason
+    assert recency[s.REASONS[0]].iloc[3:].tolist() == [
+        "no purchase for 200 days (typical: 100)",
+        "no purchase for 300 days (typical: 100)",
+    ]
+    assert recency[s.REASONS[1]].isna().all()
+    btyd = cm.RuleScorer.fit("btyd", frame, y, "sigmoid")
+    assert btyd.reasons(frame, medians).iloc[4].tolist() == [
+        "purchase model gives 90% chance of no purchase (typical: 50%)",
+        "probability still active 20% (typical: 60%)",
+        "0 repeat purchase days (typical: 2)",
+    ]
+    again = cm.RuleScorer.from_dict(json.loads(json.dumps(btyd.to_dict())), "rules.json")
+    np.testing.assert_array_equal(again.predict_proba(frame), btyd.predict_proba(frame))
+    with pytest.raises(InputError, match=r"rules\.json: not a churn rule written by this project"):
+        cm.RuleScorer.from_dict({"rule": "coin"}, "rules.json")
+    with pytest.raises(InputError, match="churn rule btyd needs column"):
+        btyd.predict_proba(frame.drop(columns=cm.BTYD_P_NO_PURCHASE))
+
+
 # --- metrics ------------------------------------------------------------------------------------------------------
 
 

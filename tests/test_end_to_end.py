@@ -25,6 +25,7 @@ def test_stages_in_dag_order(tmp_path: Path, params: dict[str, Any], monkeypatch
     params["clv"]["bootstrap_samples"] = 10
     params["clv"]["acquisition_cost"] = 5.0
     params["churn"]["max_explained_customers"] = 1000  # of 2,357: the rest get p_churn without reasons
+    params["score"]["churn_scorer"] = "model"  # the model's path end to end; a rule serving: tests/test_backtest.py
     # a generated survey: NPS answers from 40% of customers, dated through the whole log
     survey = _survey(tmp_path / "survey.csv")
     params["churn"]["attributes"] = [

@@ -239,6 +239,7 @@ def weekly_run(d: Path, stage: str, edit: Callable[[dict[str, Any]], None]) -> d
     params = project_params()
     params["ingest"]["source"] = "cdnow_sample"
     params["clv"]["bootstrap_samples"] = 4
+    params["score"]["churn_scorer"] = "model"  # which model version scores; whether a rule serves is backtest's
     edit(params)
     file = d / "params.yaml"
     file.write_text(yaml.safe_dump(params))
