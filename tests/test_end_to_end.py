@@ -53,8 +53,8 @@ def test_stages_in_dag_order(tmp_path: Path, params: dict[str, Any], monkeypatch
     assert str(scoring[s.CUTOFF].iloc[0].date()) == "1998-06-30"
     training = pd.read_parquet(d / "data/features.parquet")
     assert training[s.CHURNED].notna().all() and not training[s.IS_SCORING].any()
-    # 1997-09-30 (explicit) plus 13 generated every 28 days back from 1998-04-01.
-    assert training[s.CUTOFF].nunique() == 14
+    # 1997-09-30 (explicit) plus 14 generated every 28 days back from 1998-04-01.
+    assert training[s.CUTOFF].nunique() == 15
     m = json.loads((d / "metrics/features.json").read_text())
     assert m["training_rows"] == len(training) and m["training_as_of"] == "1998-07-01"
     assert 0.5 < m["by_cutoff"]["1997-09-30"]["churn_rate"] < 0.9

@@ -74,7 +74,7 @@ def test_features_stage_draws_before_featurising(tmp_path: Path, params: dict[st
     assert not drawn[s.IS_SCORING].any() and not whole[s.IS_SCORING].any()
     # different customers at different cutoffs, the same ones on a rerun
     by_cutoff = drawn.groupby(s.CUTOFF)[s.CUSTOMER_ID].apply(frozenset)
-    assert by_cutoff.nunique() == 14
+    assert by_cutoff.nunique() == 15
     again, _ = _features(tmp_path, params, 1000)
     pd.testing.assert_frame_equal(again, drawn)
 

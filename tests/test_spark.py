@@ -82,7 +82,7 @@ def test_duckdb_and_spark_give_the_same_features_and_scores(
     monkeypatch.delenv("SPARK_MASTER", raising=False)
     params["clv"]["bootstrap_samples"] = 10
     params["score"]["churn_scorer"] = "model"  # the model's scores and reasons are what the executors compute
-    params["features"]["cutoff_schedule"]["count"] = 3  # 4 of the 14 training cutoffs: the same code, less work
+    params["features"]["cutoff_schedule"]["count"] = 3  # 4 of the 15 training cutoffs: the same code, less work
     ingest_cfg = tmp_path / "params.yaml"
     ingest_cfg.write_text(yaml.safe_dump(params))
     run_stage("ingest", tmp_path, ingest_cfg)
