@@ -37,11 +37,15 @@ import numpy as np
 import pandas as pd
 
 from features import schemas as s
+from features.errors import InputError
+from features.sampling import cutoff_seed
 from models import backtest as bt
 from models import churn as cm
+from models.clv_base import ClvFitError
 from models.evaluation import churn_metrics, round_metrics
 from pipeline import churn, cli, plots, tracking
-from pipeline.config import BacktestConfig, BaseConfig, ChurnConfig, FeaturesConfig, load_params, section
+from pipeline import clv as clv_stage
+from pipeline.config import BacktestConfig, BaseConfig, ChurnConfig, ClvConfig, FeaturesConfig, load_params, section
 from pipeline.io import write_csv, write_json
 
 log = logging.getLogger("backtest")
@@ -49,6 +53,13 @@ log = logging.getLogger("backtest")
 CANDIDATES = ("model", *churn.BASELINES)
 PAIRED_METRICS = ("roc_auc", "pr_auc")  # the rankings a campaign list rests on; lift is reported per candidate
 PLOTTED = ("roc_auc", "pr_auc", "top_decile_lift")
+# CLV: purchases judged against the horizon's purchases, the value ranking (CLV; the naive baseline's spend)
+# against the horizon's spend.
+CLV_PURCHASE_METRICS = ("purchases_rmse", "purchases_mae")
+CLV_VALUE_METRICS = ("gini", "spearman", "top_decile_capture")
+CLV_PLOTTED = ("purchases_rmse", "gini")
+NAIVE = "naive"
+CLV_DRAW = 2  # the CLV backtest's own random stream at a cutoff (features.sampling.cutoff_seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,6 +216,120 @@ def summary(
     }
 
 
+# --- CLV --------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ClvEvaluated:
+    """One origin for CLV: every BTYD candidate and the naive baseline fitted on the history up to it, their
+    predictions of its horizon's purchases and their value rankings, with the metrics of each."""
+
+    origin: pd.Timestamp
+    ids: np.ndarray
+    purchases: np.ndarray  # the horizon's purchases, per customer
+    spend: np.ndarray  # the horizon's spend
+    predicted: dict[str, np.ndarray]  # expected purchases
+    value: dict[str, np.ndarray]  # what ranks customers: CLV, or the naive baseline's spend
+    metrics: dict[str, dict[str, float]]
+    chosen: str  # the candidate clv.selection_metric picks at this origin
+
+
+def clv_rows(features: Path, fcfg: FeaturesConfig, cutoff: pd.Timestamp, cap: int, seed: int) -> pd.DataFrame:
+    """One cutoff's customers of the features table with their BTYD summary and horizon labels, a seeded draw of
+    ``cap`` past that many."""
+    frame = clv_stage.read_snapshot(features, fcfg, cutoff.date())
+    if len(frame) > cap:
+        rng = np.random.default_rng(cutoff_seed(seed, cutoff.date(), CLV_DRAW))
+        frame = frame.take(np.sort(rng.choice(len(frame), cap, replace=False))).reset_index(drop=True)
+    return frame
+
+
+def evaluate_clv_origin(
+    cutoff: pd.Timestamp, features: Path, base: BaseConfig, fcfg: FeaturesConfig, ccfg: ClvConfig, bcfg: BacktestConfig
+) -> ClvEvaluated | None:
+    """Fit every CLV candidate as the clv stage calibrates (``pipeline.clv.calibrate``) on the history up to
+    ``cutoff`` and judge it, and the naive baseline, on the horizon after it; None (logged) when none can be fitted."""
+    cal = clv_rows(features, fcfg, cutoff, bcfg.max_rows_per_cutoff, base.seed)
+    settings = clv_stage.value_settings(base, fcfg, ccfg)
+    try:
+        fitted = clv_stage.calibrate(cal, cutoff.date(), ccfg, settings)
+    except (InputError, ClvFitError) as exc:
+        log.warning("backtest clv %s: no candidate fitted (%s); origin left out", cutoff.date(), exc)
+        return None
+    naive_purchases, naive_spend = clv_stage.naive_predictions(cal, settings)
+    metrics = {n: c.metrics for n, c in fitted.candidates.items()}
+    metrics[NAIVE] = clv_stage.baseline_metrics(cal, settings)
+    log.info(
+        "clv origin %s: %s",
+        cutoff.date(),
+        ", ".join(f"{n} purchases RMSE {m['purchases_rmse']:.4f}, Gini {m['gini']:.4f}" for n, m in metrics.items()),
+    )
+    return ClvEvaluated(
+        origin=cutoff,
+        ids=cal[s.CUSTOMER_ID].to_numpy(dtype=object),
+        purchases=cal[s.FUTURE_PURCHASES].to_numpy(np.float64),
+        spend=cal[s.FUTURE_SPEND].to_numpy(np.float64),
+        predicted={**{n: c.expected_purchases for n, c in fitted.candidates.items()}, NAIVE: naive_purchases},
+        value={**{n: c.clv for n, c in fitted.candidates.items()}, NAIVE: naive_spend},
+        metrics=metrics,
+        chosen=fitted.chosen.name,
+    )
+
+
+def clv_summary(results: list[ClvEvaluated], bcfg: BacktestConfig, base: BaseConfig) -> dict[str, Any] | None:
+    """Per origin, pooled (each origin's figure weighted by its customers) and every pair's paired gain in each
+    CLV metric, customers resampled across origins; None with no origin."""
+    if not results:
+        return None
+    codes = np.split(
+        pd.factorize(np.concatenate([r.ids for r in results]))[0], np.cumsum([len(r.ids) for r in results])[:-1]
+    )
+    names = [n for n in results[0].metrics if all(n in r.metrics for r in results)]
+    sizes = np.array([len(r.ids) for r in results], dtype=np.float64)
+    pooled_metrics = {
+        n: {m: float(np.dot(sizes, [r.metrics[n][m] for r in results]) / sizes.sum()) for m in results[0].metrics[n]}
+        for n in names
+    }
+    for n in names:  # totals over every origin: what each candidate expected, and what happened
+        for key in ("purchases_actual", "purchases_predicted", "spend_actual", "spend_predicted"):
+            pooled_metrics[n][key] = float(sum(r.metrics[n][key] for r in results))
+        actual = pooled_metrics[n]["purchases_actual"]
+        pooled_metrics[n]["purchases_pct_error"] = 100.0 * (pooled_metrics[n]["purchases_predicted"] - actual) / actual
+
+    def parts(truth: str, scores: str) -> list[bt.Scored]:
+        return [
+            bt.Scored(getattr(r, truth), {n: getattr(r, scores)[n] for n in names}, c)
+            for r, c in zip(results, codes, strict=True)
+        ]
+
+    differences = {}
+    for metrics, truth, scores in (
+        (CLV_PURCHASE_METRICS, "purchases", "predicted"),
+        (CLV_VALUE_METRICS, "spend", "value"),
+    ):
+        per_origin = parts(truth, scores)
+        everything = bt.pooled(per_origin)
+        for metric in metrics:
+            differences[metric] = bt.differences(
+                metric,
+                per_origin,
+                everything,
+                resamples=bcfg.evidence_resamples,
+                level=bcfg.evidence_level,
+                seed=base.seed,
+                max_rows=bcfg.evidence_max_rows,
+            )
+    return {
+        "origins": [
+            {"origin": str(r.origin.date()), "customers": len(r.ids), "chosen": r.chosen, "metrics": r.metrics}
+            for r in results
+        ],
+        "pooled": {"customers": int(sizes.sum()), "metrics": pooled_metrics},
+        "differences": differences,
+        "best_by_gini": max(names, key=lambda n: pooled_metrics[n]["gini"]),
+    }
+
+
 def write_plots(out: Outputs, results: list[Evaluated]) -> None:
     """One CSV per metric: a row per origin, a column per candidate (DVC plots), and the same as PNG."""
     out.plots.mkdir(parents=True, exist_ok=True)
@@ -225,6 +350,26 @@ def write_plots(out: Outputs, results: list[Evaluated]) -> None:
         )
 
 
+def write_clv_plots(out: Outputs, results: list[ClvEvaluated]) -> None:
+    """``CLV_PLOTTED`` by origin, a column per candidate present at every origin (DVC plots), and as PNG."""
+    names = [n for n in (results[0].metrics if results else {}) if all(n in r.metrics for r in results)]
+    for metric in CLV_PLOTTED:
+        frame = pd.DataFrame(
+            [{"origin": str(r.origin.date()), **{n: r.metrics[n][metric] for n in names}} for r in results],
+            columns=["origin", *names],
+        )
+        write_csv(frame, out.plots / f"clv_{metric}.csv")
+        plots.lines(
+            frame,
+            "origin",
+            names,
+            title=f"CLV {metric} at each evaluation origin",
+            xlabel="origin (the week valued)",
+            ylabel=metric,
+            path=out.plots / f"clv_{metric}.png",
+        )
+
+
 def run(
     base: BaseConfig,
     fcfg: FeaturesConfig,
@@ -233,6 +378,7 @@ def run(
     features: Path,
     out: Outputs,
     *,
+    clv: ClvConfig,
     track: bool = True,
 ) -> dict[str, Any]:
     """Train and judge at every origin, compare the candidates, write the metrics and plots. Returns the metrics."""
@@ -240,10 +386,13 @@ def run(
     origins, table, columns = backtest_rows(features, base, fcfg, ccfg, bcfg)
     codes = pd.Series(pd.factorize(table[s.CUSTOMER_ID])[0], index=table.index) if origins else pd.Series()
     results = [evaluate_origin(o, table, columns, codes, base, ccfg) for o in origins]
+    del table
+    valued = [v for o in origins if (v := evaluate_clv_origin(o.cutoff, features, base, fcfg, clv, bcfg)) is not None]
     note = bt.too_few(origins, bcfg.origins, fcfg.horizon_days)
-    metrics = round_metrics(summary(results, bcfg, ccfg, base, note))
+    metrics = round_metrics({**summary(results, bcfg, ccfg, base, note), "clv": clv_summary(valued, bcfg, base)})
     write_json(metrics, out.metrics)
     write_plots(out, results)
+    write_clv_plots(out, valued)
     if track:
         _track(base, fcfg, ccfg, bcfg, features, out, metrics)
     log.info("%s (%.0f s)", headline(metrics), time.perf_counter() - started)
@@ -251,7 +400,17 @@ def run(
 
 
 def headline(metrics: dict[str, Any]) -> str:
-    """The model against the best rule, pooled over the origins, in one line."""
+    """The churn model against the best rule, pooled over the origins, and the CLV candidates' Gini, in a line."""
+    value = metrics.get("clv")
+    ginis = (
+        "; CLV pooled spend Gini " + ", ".join(f"{n} {m['gini']:.4f}" for n, m in value["pooled"]["metrics"].items())
+        if value
+        else ""
+    )
+    return churn_headline(metrics) + ginis
+
+
+def churn_headline(metrics: dict[str, Any]) -> str:
     edge = metrics["model_vs_best_rule"]
     if edge is None:
         return f"{metrics['note'] or 'backtest: no rule to compare the model with'}; {metrics['serving']['reason']}"
@@ -281,7 +440,9 @@ def _track(
         "features": {"horizon_days": fcfg.horizon_days},
     }
     flat: dict[str, Any] = {"pooled": metrics["pooled"]["metrics"] if metrics["pooled"] else {}}
-    for metric, rows in metrics["differences"].items():
+    value = metrics.get("clv") or {"pooled": {"metrics": {}}, "differences": {}}
+    flat["clv_pooled"] = value["pooled"]["metrics"]
+    for metric, rows in [*metrics["differences"].items(), *value["differences"].items()]:
         for d in rows:
             key = f"{d['candidate']}_vs_{d['versus']}"
             flat[f"gain/{metric}/{key}"] = {"pooled": d["pooled_gain"], "low": d["low"], "high": d["high"]}
@@ -309,6 +470,7 @@ def main(argv: Sequence[str]) -> None:
         section(params, "backtest", BacktestConfig),
         args.features,
         Outputs(metrics=args.metrics, plots=args.plots),
+        clv=section(params, "clv", ClvConfig),
     )
 
 

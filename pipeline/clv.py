@@ -208,12 +208,17 @@ def evaluate_candidate(
     return Candidate(name, pm, scored["expected_purchases"], spend_predicted, scored["clv"], metrics)
 
 
-def baseline_metrics(cal: pd.DataFrame, settings: ValueSettings) -> dict[str, Any]:
-    """Each customer keeps their historical repeat-purchase and repeat-spend rate per unit of age, times the horizon."""
+def naive_predictions(cal: pd.DataFrame, settings: ValueSettings) -> tuple[np.ndarray, np.ndarray]:
+    """The naive baseline's purchases and spend over the horizon: each customer keeps their historical
+    repeat-purchase and repeat-spend rate per unit of age. Its spend is also its value ranking."""
     f, _, t, m = _arrays(cal)
     age = np.where(t > 0, t, np.inf)  # first bought on the cutoff day: no rate observed yet
-    purchases = f / age * settings.horizon_units
-    spend = f * m / age * settings.horizon_units
+    return f / age * settings.horizon_units, f * m / age * settings.horizon_units
+
+
+def baseline_metrics(cal: pd.DataFrame, settings: ValueSettings) -> dict[str, Any]:
+    """The naive baseline (``naive_predictions``) judged on the holdout."""
+    purchases, spend = naive_predictions(cal, settings)
     return holdout_metrics(
         purchases,
         cal[s.FUTURE_PURCHASES].to_numpy(np.float64),

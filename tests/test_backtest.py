@@ -104,7 +104,35 @@ def test_the_backtest_stage_on_the_cdnow_sample(tmp_path: Path, monkeypatch: pyt
     plot = pd.read_csv(tmp_path / "plots/backtest/churn_roc_auc.csv")
     assert list(plot["origin"]) == [o["origin"] for o in metrics["origins"]]
     assert list(plot.columns) == ["origin", "model", "btyd", "recency", "rfm"]
+    _values_at_the_same_origins(tmp_path, metrics)
     _serves_its_choice(tmp_path, file, params, metrics)
+
+
+def _values_at_the_same_origins(d: Path, metrics: dict[str, Any]) -> None:
+    """Every CLV candidate and the naive baseline at each origin, with totals and each pair's paired gains."""
+    value = metrics["clv"]
+    assert [o["origin"] for o in value["origins"]] == [o["origin"] for o in metrics["origins"]]
+    names = {"bgnbd", "mbgnbd", "pareto_nbd", "naive"}
+    for o in value["origins"]:
+        assert set(o["metrics"]) == names and o["chosen"] in names - {"naive"}
+        assert o["customers"] == o["metrics"]["naive"]["customers"]
+    pooled = value["pooled"]["metrics"]
+    actual = sum(o["metrics"]["naive"]["purchases_actual"] for o in value["origins"])
+    for n in names:
+        assert pooled[n]["purchases_actual"] == pytest.approx(actual)
+        expected = 100 * (pooled[n]["purchases_predicted"] - actual) / actual
+        assert pooled[n]["purchases_pct_error"] == pytest.approx(expected, abs=1e-3)
+    for metric in ("purchases_rmse", "purchases_mae", "gini", "spearman", "top_decile_capture"):
+        rows = value["differences"][metric]
+        assert len(rows) == 6 and all(r["low"] <= r["pooled_gain"] <= r["high"] for r in rows)
+    # a BTYD model predicts the horizon's purchases far better than carrying the past rate forward (every origin)
+    edge = next(
+        r for r in value["differences"]["purchases_rmse"] if {r["candidate"], r["versus"]} == {"bgnbd", "naive"}
+    )
+    assert edge["candidate"] == "bgnbd" and edge["low"] > 0 and edge["origins_won"] == 6
+    assert value["best_by_gini"] == max(names, key=lambda n: pooled[n]["gini"])
+    plot = pd.read_csv(d / "plots/backtest/clv_gini.csv")
+    assert list(plot["origin"]) == [o["origin"] for o in value["origins"]] and set(plot.columns) == {"origin", *names}
 
 
 def _serves_its_choice(d: Path, file: Path, params: dict[str, Any], metrics: dict[str, Any]) -> None:

@@ -167,6 +167,7 @@ def test_review_notebook(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     backtest = json.loads((store.root / "metrics" / "backtest.json").read_text())
     edge = backtest["model_vs_best_rule"]
     assert f"model vs the best rule ({edge['versus']}), ROC-AUC: {edge['pooled_gain']:+.4f}" in text
+    assert f"serving the weekly list: {backtest['serving']['scorer']}; {backtest['serving']['reason']}" in text
     assert backtest["origins"][0]["origin"] in text  # the per-origin table
     for stage in ("clv", "churn"):
         newest = store.runs[stage][0]
