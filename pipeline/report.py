@@ -449,10 +449,9 @@ def scorer_words(score_metrics: dict[str, Any]) -> str:
     name = choice.get("scorer")
     if not name:
         return ""
-    who = "the churn model (LightGBM)" if name == "model" else f"the {cm.RULE_WORDS[name]}, calibrated"
-    version = f" v{churn['version']}" if churn.get("version") else ""
-    source = f"{churn.get('model_name', '')}{version}"
-    return f"Churn risk ranked by {who} ({source}): {choice.get('reason', '')}."
+    who = "the churn model (LightGBM)" if name == "model" else f"the {cm.RULE_WORDS[name]}, calibrated by the run of"
+    version = f" v{churn['version']}" if churn.get("version") else " (the workspace's)"
+    return f"Churn risk ranked by {who} {churn.get('model_name', '')}{version}. Why: {choice.get('reason', '')}."
 
 
 def id_key() -> str:

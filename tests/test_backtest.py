@@ -150,7 +150,9 @@ def _serves_its_choice(d: Path, file: Path, params: dict[str, Any], metrics: dic
     churn = pd.read_parquet(d / "data/churn.parquet")
     summary = next((d / "reports/weekly").glob("*/summary.html")).read_text(encoding="utf-8")
     if serving["scorer"] == "model":
-        assert "Churn risk ranked by the churn model (LightGBM)" in summary
+        assert (
+            "Churn risk ranked by the churn model (LightGBM) churn-clv-churn-cdnow_sample v1. Why: the model" in summary
+        )
         return
     rules = json.loads((d / "artifacts/churn/rules.json").read_text())
     rule = cm.RuleScorer.from_dict(rules[serving["scorer"]], "rules.json")
@@ -164,7 +166,8 @@ def _serves_its_choice(d: Path, file: Path, params: dict[str, Any], metrics: dic
     )[0].set_index(s.CUSTOMER_ID)
     expected = pd.Series(rule.predict_proba(population), index=population.index)
     np.testing.assert_allclose(churn.set_index(s.CUSTOMER_ID)[s.P_CHURN], expected.loc[churn[s.CUSTOMER_ID]])
-    assert f"Churn risk ranked by the {cm.RULE_WORDS[serving['scorer']]}, calibrated" in summary
+    assert f"Churn risk ranked by the {cm.RULE_WORDS[serving['scorer']]}, calibrated by the run of" in summary
+    assert f"Why: {serving['scorer']} serves: the model&#x27;s roc_auc gain over {serving['scorer']}" in summary
     assert churn[s.REASONS[0]].notna().mean() > 0.3  # a rule's reasons are its inputs: everyone at risk gets one
 
 
