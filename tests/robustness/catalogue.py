@@ -29,7 +29,7 @@ from tests.conftest import ONLINE_RETAIL_INGEST
 
 # In an order dvc.yaml allows, with the snapshot before the training stages: a case about the scoring date stops
 # there without training anything first.
-STAGES = ("ingest", "features", "snapshot", "train_clv", "train_churn", "score")
+STAGES = ("ingest", "features", "snapshot", "train_clv", "train_churn", "backtest", "score")
 HEADER = "customer_id,date,amount"
 
 
