@@ -61,7 +61,7 @@ def test_features_stage_draws_before_featurising(tmp_path: Path, params: dict[st
     whole, whole_metrics = _features(tmp_path, params, 2**62)
     drawn, metrics = _features(tmp_path, params, 1000)
     assert whole_metrics["training_cutoffs_drawn"] == 0
-    assert metrics["training_cutoffs_drawn"] == metrics["training_cutoffs"] == 14
+    assert metrics["training_cutoffs_drawn"] == metrics["training_cutoffs"] == 15
     for day, m in metrics["by_cutoff"].items():
         assert m["customers"] == 1000
         assert m["customers_before_draw"] == whole_metrics["by_cutoff"][day]["customers"] == 2357
