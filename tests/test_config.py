@@ -174,6 +174,7 @@ def test_a_key_given_twice_is_an_error_not_the_last_one() -> None:
         ("clv", ClvConfig, ("registry", "model_name"), "a:b", r"clv\.registry\.model_name must be letters"),
         ("churn", ChurnConfig, ("population_lookback_days",), 10**7, r"churn\.population_lookback_days must be betw"),
         ("features", FeaturesConfig, ("cutoff_schedule", "count"), 10**6, r"reaches back more than 36,525 days"),
+        ("score", ScoreConfig, ("churn_scorer",), "lightgbm", r"score\.churn_scorer must be one of auto, model, btyd"),
     ],
 )
 def test_values_no_stage_could_use_are_named(
