@@ -192,32 +192,51 @@ def unjudged(scorer: str, metric: str, need: float, reason: str, best_rule: str 
 
 
 def serving_choice(
-    metric: str, pooled_metrics: Mapping[str, Mapping[str, float]], gains: Sequence[Mapping[str, object]], need: float
+    metric: str,
+    pooled_metrics: Mapping[str, Mapping[str, float]],
+    gains: Sequence[Mapping[str, object]],
+    need: float,
+    *,
+    challenger: str = MODEL,
+    unservable: Sequence[str] = (),
 ) -> dict[str, object]:
-    """Which churn scorer serves, by the champion gate's rule applied to the backtest.
+    """Which candidate serves, by the champion gate's rule applied to the backtest.
 
-    The best rule is the one with the highest pooled ``metric``. The model serves only when the lower bound of its
-    pooled paired gain over that rule (``gains``: ``differences(metric, ...)``) is above zero and at least ``need``;
-    otherwise the best rule serves. Either way the served ranking is never shown worse than the best rule: a rule
-    that beats the best rule's pooled figure does not exist, and the model serves only with its gain shown.
+    The best rule is the candidate other than ``challenger`` with the highest pooled ``metric``. The challenger
+    serves only when the lower bound of its pooled paired gain over that rule (``gains``: ``differences(metric,
+    ...)``) is above zero and at least ``need``; otherwise the best rule serves. Either way the served ranking is
+    never shown worse than the best rule: no rule beats the best rule's pooled figure, and the challenger serves
+    only with its gain shown. A rule in ``unservable`` (a yardstick that cannot value customers, such as the naive
+    CLV baseline) still sets the bar, but when it is the best rule the best servable rule serves, and the reason
+    says by how much the yardstick ranked better.
     """
-    rules = [n for n in pooled_metrics if n != MODEL]
+    who = "the model" if challenger == MODEL else challenger
+    rules = [n for n in pooled_metrics if n != challenger]
     if not rules:
-        return unjudged(MODEL, metric, need, "no rule could be scored at every origin: the model serves")
-    best = max(rules, key=lambda n: pooled_metrics[n][metric])
-    if MODEL not in pooled_metrics:
-        return unjudged(best, metric, need, f"the model was not scored at every origin: {best} serves", best)
-    edge = next(d for d in gains if {d["candidate"], d["versus"]} == {MODEL, best})
-    sign = 1.0 if edge["candidate"] == MODEL else -1.0
+        return unjudged(challenger, metric, need, f"no rule could be scored at every origin: {who} serves")
+    lower = metric in KERNELS and not KERNELS[metric][1]
+    best = (min if lower else max)(rules, key=lambda n: pooled_metrics[n][metric])
+    servable = [n for n in rules if n not in unservable]
+    if challenger not in pooled_metrics:
+        fallback = _servable_best(best, servable, pooled_metrics, metric, lower)
+        return unjudged(fallback, metric, need, f"{who} was not scored at every origin: {fallback} serves", best)
+    edge = next(d for d in gains if {d["candidate"], d["versus"]} == {challenger, best})
+    sign = 1.0 if edge["candidate"] == challenger else -1.0
     gain, low, high = (sign * float(edge[k]) for k in ("pooled_gain", "low", "high"))  # type: ignore[arg-type]
     if sign < 0:
         low, high = high, low
     interval = f"{metric} gain over {best} {gain:+.4f} [{low:+.4f}, {high:+.4f}]"
     bar = f"zero and {need:g}" if need > 0 else "zero"
     if gain_shown(low, need):
-        scorer, reason = MODEL, f"the model serves: {interval}; its lower bound clears {bar}"
+        scorer, reason = challenger, f"{who} serves: {interval}; its lower bound clears {bar}"
     else:
-        scorer, reason = best, f"{best} serves: the model's {interval} does not clear {bar}"
+        scorer = _servable_best(best, servable, pooled_metrics, metric, lower)
+        reason = f"{scorer} serves: {who}'s {interval} does not clear {bar}"
+        if scorer != best:
+            reason += (
+                f"; {best} ranks best ({pooled_metrics[best][metric]:.4f} against {scorer}'s "
+                f"{pooled_metrics[scorer][metric]:.4f}) but is a yardstick that cannot value customers"
+            )
     return {
         "scorer": scorer,
         "metric": metric,
@@ -228,3 +247,11 @@ def serving_choice(
         "high": high,
         "reason": reason,
     }
+
+
+def _servable_best(
+    best: str, servable: Sequence[str], pooled_metrics: Mapping[str, Mapping[str, float]], metric: str, lower: bool
+) -> str:
+    if best in servable or not servable:
+        return best
+    return (min if lower else max)(servable, key=lambda n: pooled_metrics[n][metric])

@@ -41,11 +41,21 @@ from features.errors import InputError
 from features.sampling import cutoff_seed
 from models import backtest as bt
 from models import churn as cm
-from models.clv_base import ClvFitError
-from models.evaluation import churn_metrics, round_metrics
+from models import value_booster as vb
+from models.clv_base import MODEL_NAMES, ClvFitError
+from models.evaluation import churn_metrics, holdout_metrics, round_metrics
 from pipeline import churn, cli, plots, tracking
 from pipeline import clv as clv_stage
-from pipeline.config import BacktestConfig, BaseConfig, ChurnConfig, ClvConfig, FeaturesConfig, load_params, section
+from pipeline.config import (
+    MAX_DAYS,
+    BacktestConfig,
+    BaseConfig,
+    ChurnConfig,
+    ClvConfig,
+    FeaturesConfig,
+    load_params,
+    section,
+)
 from pipeline.io import write_csv, write_json
 
 log = logging.getLogger("backtest")
@@ -59,6 +69,7 @@ CLV_PURCHASE_METRICS = ("purchases_rmse", "purchases_mae")
 CLV_VALUE_METRICS = ("gini", "spearman", "top_decile_capture")
 CLV_PLOTTED = ("purchases_rmse", "gini")
 NAIVE = "naive"
+CLV_CANDIDATES = (*MODEL_NAMES, NAIVE, vb.NAME)  # the columns of the CLV plots, whichever were judged
 CLV_DRAW = 2  # the CLV backtest's own random stream at a cutoff (features.sampling.cutoff_seed)
 
 
@@ -234,22 +245,77 @@ class ClvEvaluated:
     chosen: str  # the candidate clv.selection_metric picks at this origin
 
 
+def capped(frame: pd.DataFrame, cutoff: pd.Timestamp, cap: int, seed: int) -> pd.DataFrame:
+    """A seeded draw of ``cap`` of one cutoff's customers past that many (the CLV backtest's own stream)."""
+    if len(frame) > cap:
+        rng = np.random.default_rng(cutoff_seed(seed, cutoff.date(), CLV_DRAW))
+        frame = frame.take(np.sort(rng.choice(len(frame), cap, replace=False)))
+    return frame.reset_index(drop=True)
+
+
 def clv_rows(features: Path, fcfg: FeaturesConfig, cutoff: pd.Timestamp, cap: int, seed: int) -> pd.DataFrame:
     """One cutoff's customers of the features table with their BTYD summary and horizon labels, a seeded draw of
     ``cap`` past that many."""
-    frame = clv_stage.read_snapshot(features, fcfg, cutoff.date())
-    if len(frame) > cap:
-        rng = np.random.default_rng(cutoff_seed(seed, cutoff.date(), CLV_DRAW))
-        frame = frame.take(np.sort(rng.choice(len(frame), cap, replace=False))).reset_index(drop=True)
-    return frame
+    return capped(clv_stage.read_snapshot(features, fcfg, cutoff.date()), cutoff, cap, seed)
+
+
+def clv_frame(
+    cutoff: pd.Timestamp,
+    features: Path,
+    base: BaseConfig,
+    fcfg: FeaturesConfig,
+    ccfg: ChurnConfig,
+    clv: ClvConfig,
+    bcfg: BacktestConfig,
+    tables: dict[str, pd.DataFrame],
+) -> pd.DataFrame:
+    """The customers every CLV candidate is judged on at ``cutoff``: all who had bought by then, as ``train_clv``
+    calibrates on (a seeded draw past ``backtest.max_rows_per_cutoff``). With the challenger on, each row also
+    carries the churn model's inputs (BTYD, attribute and derived features), without the churn population filter,
+    so the challenger scores exactly the rows the BTYD models value."""
+    if not clv.challenger.enabled:
+        return clv_rows(features, fcfg, cutoff, bcfg.max_rows_per_cutoff, base.seed)
+    everyone = dataclasses.replace(ccfg, population_lookback_days=MAX_DAYS)
+    frame, _ = churn.modelling_table(features, [cutoff], base, fcfg, everyone, tables)
+    return capped(frame, cutoff, bcfg.max_rows_per_cutoff, base.seed)
+
+
+def fit_challenger(
+    origin: bt.Origin, table: pd.DataFrame, columns: list[str], base: BaseConfig, ccfg: ChurnConfig, clv: ClvConfig
+) -> vb.ValueBooster:
+    """The CLV challenger trained at ``origin`` as the churn model is: on the production split's training
+    cutoffs (the churn population), stopped early on its validation cutoff."""
+    started = time.perf_counter()
+    train, valid = rows_at(table, origin.split.training), rows_at(table, [origin.split.validation])
+    booster = vb.ValueBooster(churn.booster_settings(base, ccfg), clv.challenger.tweedie_variance_power).fit(
+        train[columns],
+        train[s.FUTURE_PURCHASES],
+        train[s.FUTURE_SPEND],
+        valid[columns],
+        valid[s.FUTURE_PURCHASES],
+        valid[s.FUTURE_SPEND],
+    )
+    log.info(
+        "clv challenger at %s: %s trees on %d rows (%.1f s)",
+        origin.cutoff.date(),
+        " and ".join(f"{n} {k}" for k, n in booster.best_iterations_.items()),
+        len(train),
+        time.perf_counter() - started,
+    )
+    return booster
 
 
 def evaluate_clv_origin(
-    cutoff: pd.Timestamp, features: Path, base: BaseConfig, fcfg: FeaturesConfig, ccfg: ClvConfig, bcfg: BacktestConfig
+    cutoff: pd.Timestamp,
+    cal: pd.DataFrame,
+    base: BaseConfig,
+    fcfg: FeaturesConfig,
+    ccfg: ClvConfig,
+    challenger: vb.ValueBooster | None = None,
 ) -> ClvEvaluated | None:
     """Fit every CLV candidate as the clv stage calibrates (``pipeline.clv.calibrate``) on the history up to
-    ``cutoff`` and judge it, and the naive baseline, on the horizon after it; None (logged) when none can be fitted."""
-    cal = clv_rows(features, fcfg, cutoff, bcfg.max_rows_per_cutoff, base.seed)
+    ``cutoff`` and judge it, the naive baseline and the ``challenger`` (trained on earlier cutoffs) on the horizon
+    after it; None (logged) when no BTYD candidate can be fitted."""
     settings = clv_stage.value_settings(base, fcfg, ccfg)
     try:
         fitted = clv_stage.calibrate(cal, cutoff.date(), ccfg, settings)
@@ -259,6 +325,21 @@ def evaluate_clv_origin(
     naive_purchases, naive_spend = clv_stage.naive_predictions(cal, settings)
     metrics = {n: c.metrics for n, c in fitted.candidates.items()}
     metrics[NAIVE] = clv_stage.baseline_metrics(cal, settings)
+    predicted = {**{n: c.expected_purchases for n, c in fitted.candidates.items()}, NAIVE: naive_purchases}
+    value = {**{n: c.clv for n, c in fitted.candidates.items()}, NAIVE: naive_spend}
+    actual_purchases = cal[s.FUTURE_PURCHASES].to_numpy(np.float64)
+    actual_spend = cal[s.FUTURE_SPEND].to_numpy(np.float64)
+    if challenger is not None:
+        purchases, spend = challenger.predict(cal)
+        predicted[vb.NAME] = purchases
+        value[vb.NAME] = vb.horizon_value(
+            spend,
+            horizon_days=fcfg.horizon_days,
+            months=ccfg.clv_horizon_months,
+            discount_rate_monthly=ccfg.discount_rate_monthly,
+            margin_ratio=ccfg.margin_ratio,
+        )
+        metrics[vb.NAME] = holdout_metrics(purchases, actual_purchases, spend, actual_spend, value[vb.NAME])
     log.info(
         "clv origin %s: %s",
         cutoff.date(),
@@ -267,18 +348,20 @@ def evaluate_clv_origin(
     return ClvEvaluated(
         origin=cutoff,
         ids=cal[s.CUSTOMER_ID].to_numpy(dtype=object),
-        purchases=cal[s.FUTURE_PURCHASES].to_numpy(np.float64),
-        spend=cal[s.FUTURE_SPEND].to_numpy(np.float64),
-        predicted={**{n: c.expected_purchases for n, c in fitted.candidates.items()}, NAIVE: naive_purchases},
-        value={**{n: c.clv for n, c in fitted.candidates.items()}, NAIVE: naive_spend},
+        purchases=actual_purchases,
+        spend=actual_spend,
+        predicted=predicted,
+        value=value,
         metrics=metrics,
         chosen=fitted.chosen.name,
     )
 
 
-def clv_summary(results: list[ClvEvaluated], bcfg: BacktestConfig, base: BaseConfig) -> dict[str, Any] | None:
-    """Per origin, pooled (each origin's figure weighted by its customers) and every pair's paired gain in each
-    CLV metric, customers resampled across origins; None with no origin."""
+def clv_summary(
+    results: list[ClvEvaluated], bcfg: BacktestConfig, base: BaseConfig, clv: ClvConfig
+) -> dict[str, Any] | None:
+    """Per origin, pooled (each origin's figure weighted by its customers), every pair's paired gain in each CLV
+    metric (customers resampled across origins) and which CLV serves (``clv_serving``); None with no origin."""
     if not results:
         return None
     codes = np.split(
@@ -327,7 +410,29 @@ def clv_summary(results: list[ClvEvaluated], bcfg: BacktestConfig, base: BaseCon
         "pooled": {"customers": int(sizes.sum()), "metrics": pooled_metrics},
         "differences": differences,
         "best_by_gini": max(names, key=lambda n: pooled_metrics[n]["gini"]),
+        "serving": clv_serving(clv, {n: pooled_metrics[n] for n in names}, differences),
     }
+
+
+def clv_serving(
+    clv: ClvConfig, pooled_metrics: dict[str, dict[str, float]], differences: dict[str, list[dict[str, Any]]]
+) -> dict[str, object]:
+    """Which CLV sets the value tiers and the CLV column (``train_clv`` serves it when ``clv.model`` is auto): the
+    best of the BTYD models and the naive baseline by ``clv.serving.metric``, or the challenger where its pooled
+    gain over that one clears the gate's bar. The naive baseline sets the bar but cannot serve (it has no P(alive)
+    and no interval): where it ranks best, the best BTYD model serves and the reason says by how much."""
+    metric, need = clv.serving.metric, clv.serving.min_improvement
+    choice = bt.serving_choice(
+        metric, pooled_metrics, differences[metric], need, challenger=vb.NAME, unservable=(NAIVE,)
+    )
+    btyd = [n for n in MODEL_NAMES if n in pooled_metrics]
+    choice["btyd"] = max(btyd, key=lambda n: pooled_metrics[n][metric]) if btyd else None  # what values beside it
+    if not clv.challenger.enabled:
+        choice["reason"] = (
+            f"{choice['scorer']} serves: the best BTYD model by pooled {metric} "
+            f"({pooled_metrics[str(choice['scorer'])][metric]:.4f}); the challenger is off (clv.challenger.enabled)"
+        )
+    return choice
 
 
 def write_plots(out: Outputs, results: list[Evaluated]) -> None:
@@ -354,9 +459,9 @@ def write_clv_plots(out: Outputs, results: list[ClvEvaluated]) -> None:
     """``CLV_PLOTTED`` by origin, a column per candidate present at every origin (DVC plots), and as PNG."""
     names = [n for n in (results[0].metrics if results else {}) if all(n in r.metrics for r in results)]
     for metric in CLV_PLOTTED:
-        frame = pd.DataFrame(
+        frame = pd.DataFrame(  # a column per candidate the plots name; empty where one was not judged
             [{"origin": str(r.origin.date()), **{n: r.metrics[n][metric] for n in names}} for r in results],
-            columns=["origin", *names],
+            columns=["origin", *CLV_CANDIDATES, *(n for n in names if n not in CLV_CANDIDATES)],
         )
         write_csv(frame, out.plots / f"clv_{metric}.csv")
         plots.lines(
@@ -386,15 +491,22 @@ def run(
     origins, table, columns = backtest_rows(features, base, fcfg, ccfg, bcfg)
     codes = pd.Series(pd.factorize(table[s.CUSTOMER_ID])[0], index=table.index) if origins else pd.Series()
     results = [evaluate_origin(o, table, columns, codes, base, ccfg) for o in origins]
+    on = clv.challenger.enabled
+    challengers = [fit_challenger(o, table, columns, base, ccfg, clv) if on else None for o in origins]
     del table
-    valued = [v for o in origins if (v := evaluate_clv_origin(o.cutoff, features, base, fcfg, clv, bcfg)) is not None]
+    tables = churn.read_attributes(ccfg)[0] if origins and on else {}
+    valued = []
+    for o, challenger in zip(origins, challengers, strict=True):
+        frame = clv_frame(o.cutoff, features, base, fcfg, ccfg, clv, bcfg, tables)
+        if (v := evaluate_clv_origin(o.cutoff, frame, base, fcfg, clv, challenger)) is not None:
+            valued.append(v)
     note = bt.too_few(origins, bcfg.origins, fcfg.horizon_days)
-    metrics = round_metrics({**summary(results, bcfg, ccfg, base, note), "clv": clv_summary(valued, bcfg, base)})
+    metrics = round_metrics({**summary(results, bcfg, ccfg, base, note), "clv": clv_summary(valued, bcfg, base, clv)})
     write_json(metrics, out.metrics)
     write_plots(out, results)
     write_clv_plots(out, valued)
     if track:
-        _track(base, fcfg, ccfg, bcfg, features, out, metrics)
+        _track(base, fcfg, ccfg, clv, bcfg, features, out, metrics)
     log.info("%s (%.0f s)", headline(metrics), time.perf_counter() - started)
     return metrics
 
@@ -403,7 +515,9 @@ def headline(metrics: dict[str, Any]) -> str:
     """The churn model against the best rule, pooled over the origins, and the CLV candidates' Gini, in a line."""
     value = metrics.get("clv")
     ginis = (
-        "; CLV pooled spend Gini " + ", ".join(f"{n} {m['gini']:.4f}" for n, m in value["pooled"]["metrics"].items())
+        "; CLV pooled spend Gini "
+        + ", ".join(f"{n} {m['gini']:.4f}" for n, m in value["pooled"]["metrics"].items())
+        + f"; CLV: {value['serving']['reason']}"
         if value
         else ""
     )
@@ -425,6 +539,7 @@ def _track(
     base: BaseConfig,
     fcfg: FeaturesConfig,
     ccfg: ChurnConfig,
+    clv: ClvConfig,
     bcfg: BacktestConfig,
     features: Path,
     out: Outputs,
@@ -438,6 +553,7 @@ def _track(
             "registry": {"metric": ccfg.registry.metric, "min_improvement": ccfg.registry.min_improvement},
         },
         "features": {"horizon_days": fcfg.horizon_days},
+        "clv": {"serving": dataclasses.asdict(clv.serving), "challenger": dataclasses.asdict(clv.challenger)},
     }
     flat: dict[str, Any] = {"pooled": metrics["pooled"]["metrics"] if metrics["pooled"] else {}}
     value = metrics.get("clv") or {"pooled": {"metrics": {}}, "differences": {}}
@@ -450,6 +566,14 @@ def _track(
         "run.kind": "backtest",
         "backtest.serving": str(metrics["serving"]["scorer"]),
         "backtest.serving_reason": str(metrics["serving"]["reason"])[:4000],
+        **(
+            {
+                "backtest.clv_serving": str(value["serving"]["scorer"]),
+                "backtest.clv_serving_reason": str(value["serving"]["reason"])[:4000],
+            }
+            if metrics.get("clv")
+            else {}
+        ),
     }
     with tracking.stage_run(base.mlflow_experiment, "backtest", params, tags, inputs=[features]):
         tracking.log_metrics(flat)

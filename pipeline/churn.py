@@ -494,11 +494,16 @@ def training_rows(features: Path, base: BaseConfig, fcfg: FeaturesConfig, cfg: C
     return Training(split, train, valid, y_valid, columns, fits, counts)
 
 
-def fit(base: BaseConfig, cfg: ChurnConfig, data: Training) -> cm.ChurnModel:
-    """LightGBM on the training rows, stopped early and calibrated on the validation rows."""
-    settings = cm.BoosterSettings(
+def booster_settings(base: BaseConfig, cfg: ChurnConfig) -> cm.BoosterSettings:
+    """``churn.lightgbm`` with the seed: the churn model's settings, shared by the CLV challenger."""
+    return cm.BoosterSettings(
         **{f.name: getattr(cfg.lightgbm, f.name) for f in dataclasses.fields(cfg.lightgbm)}, seed=base.seed
     )
+
+
+def fit(base: BaseConfig, cfg: ChurnConfig, data: Training) -> cm.ChurnModel:
+    """LightGBM on the training rows, stopped early and calibrated on the validation rows."""
+    settings = booster_settings(base, cfg)
     y_train = data.train[s.CHURNED].astype(bool).to_numpy(np.int64)
     log.info("LightGBM on %d training rows, early stopping on %d validation rows", len(data.train), len(data.valid))
     with Progress("churn: boosting rounds (until early stopping)", unit="rounds") as shown:

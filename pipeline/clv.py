@@ -47,7 +47,7 @@ from pipeline import cli, parallel, plots, registry, tracking
 from pipeline.config import BaseConfig, ClvConfig, FeaturesConfig, ingest_source, load_params, section, training_as_of
 from pipeline.engine import backend, open_transactions
 from pipeline.features import history_end
-from pipeline.io import finite_json, read_table, write_csv, write_json
+from pipeline.io import finite_json, read_stage_json, read_table, write_csv, write_json
 from pipeline.progress import Progress
 
 log = logging.getLogger("clv")
@@ -426,8 +426,36 @@ class Calibration:
     spend_left_out: int
 
 
-def calibrate(cal: pd.DataFrame, cutoff: dt.date, cfg: ClvConfig, settings: ValueSettings) -> Calibration:
-    """Fit and judge every candidate on the calibration rows; ``clv.model: auto`` keeps the best."""
+def backtest_choice(path: Path | None, cfg: ClvConfig) -> tuple[str | None, str]:
+    """Which BTYD model the backtest says values customers (``metrics/backtest.json`` ``clv.serving``), and why;
+    None, with the reason, where ``clv.model`` names one, or the backtest judged no CLV origin."""
+    if cfg.model != "auto":
+        return None, f"clv.model is {cfg.model}"
+    if path is None or not path.is_file():
+        why = f"no backtest ({path} not found)" if path else "no backtest given"
+        log.warning("%s: the best by %s at the calibration cutoff values customers", why, cfg.selection_metric)
+        return None, f"{why}: the best by {cfg.selection_metric} at the calibration cutoff"
+    doc = read_stage_json(path, "backtest")
+    serving = (doc.get("clv") or {}).get("serving")
+    if not serving:
+        return None, f"the backtest judged no CLV origin: the best by {cfg.selection_metric} at the calibration cutoff"
+    btyd = serving.get("btyd")
+    if btyd not in MODEL_NAMES:
+        raise InputError(f"{path}: clv serving model {btyd!r} is not one this project knows; rerun the backtest")
+    if serving["scorer"] != btyd:
+        # the backtest shows its challenger ranking better; the score stage cannot serve it yet
+        return btyd, (
+            f"backtest: {serving['reason']}; serving the challenger is not built yet, so the best BTYD model by "
+            f"pooled {serving['metric']}, {btyd}, values customers"
+        )
+    return btyd, f"backtest: {serving['reason']}"
+
+
+def calibrate(
+    cal: pd.DataFrame, cutoff: dt.date, cfg: ClvConfig, settings: ValueSettings, *, prefer: str | None = None
+) -> Calibration:
+    """Fit and judge every candidate on the calibration rows; ``clv.model: auto`` keeps ``prefer`` (the backtest's
+    choice) where it fitted, else the best by ``clv.selection_metric``."""
     _check_enough_history(cal, f"calibration cutoff {cutoff}")
     spend, left_out = fit_spend(cal, cfg.penalizer_ladder)
     names: tuple[ModelName, ...] = MODEL_NAMES if cfg.model == "auto" else (cfg.model,)
@@ -441,11 +469,14 @@ def calibrate(cal: pd.DataFrame, cutoff: dt.date, cfg: ClvConfig, settings: Valu
                 raise
             failed[name] = str(exc)
             log.warning("candidate %s left out: %s", name, exc)
-    chosen = choose(candidates, cfg.selection_metric)
+    chosen = candidates[prefer] if prefer in candidates else choose(candidates, cfg.selection_metric)
+    if prefer is not None and prefer not in candidates:
+        log.warning("the backtest's choice %s did not fit at %s: %s values instead", prefer, cutoff, chosen.name)
     log.info(
-        "calibration %s: chose %s by %s = %.4g (%s)",
+        "calibration %s: chose %s (%s); %s = %.4g (%s)",
         cutoff,
         chosen.name,
+        "the backtest's choice" if chosen.name == prefer else "the best there",
         cfg.selection_metric,
         chosen.metrics[cfg.selection_metric],
         ", ".join(f"{n} {c.metrics[cfg.selection_metric]:.4g}" for n, c in candidates.items()),
@@ -499,14 +530,16 @@ def model_document(
     calib: Calibration,
     fit: ServingFit,
     settings: ValueSettings,
+    chosen_by: str = "",
 ) -> dict[str, Any]:
     """params.json: what a registered version holds (the calibration fits and the serving fit with its
-    replicates), all the score stage and the pyfunc need to value customers."""
+    replicates, and why its model was chosen), all the score stage and the pyfunc need to value customers."""
     boot_params = pd.DataFrame([{**p.purchases, **p.spend} for p in fit.replicates.params])
     return finite_json(
         {
             "time_unit": base.time_unit,
             "trained_as_of": str(fit.end + dt.timedelta(days=1)),
+            "chosen_by": chosen_by,
             "calibration": {
                 "cutoff": str(calib.cutoff),
                 "horizon_days": fcfg.horizon_days,
@@ -588,17 +621,22 @@ def run(
     *,
     source: str,
     as_of: dt.date | None = None,
+    backtest: Path | None = None,
     track: bool = True,
 ) -> dict[str, Any]:
-    """Fit, evaluate and choose at the calibration cutoff, refit as of the training date ``as_of``, register;
-    write the parameters, metrics and plots. Returns the metrics."""
+    """Fit, evaluate and choose at the calibration cutoff (``clv.model: auto``: the ``backtest``'s choice),
+    refit as of the training date ``as_of``, register; write the parameters, metrics and plots. Returns the
+    metrics."""
     _check_columns(features)
     settings = value_settings(base, fcfg, cfg)
     cutoff = resolve_calibration(features, fcfg, cfg)
     cal = read_snapshot(features, fcfg, cutoff)
-    calib = calibrate(cal, cutoff, cfg, settings)
+    prefer, chosen_by = backtest_choice(backtest, cfg)
+    calib = calibrate(cal, cutoff, cfg, settings, prefer=prefer)
+    if prefer is not None and calib.chosen.name != prefer:
+        chosen_by += f"; {prefer} did not fit at the calibration cutoff, so the best there by {cfg.selection_metric}"
     fit = fit_as_of(transactions, base, cfg, history_end(transactions, base, fcfg, as_of), calib.chosen.model.model)
-    doc = model_document(base, fcfg, cfg, calib, fit, settings)
+    doc = model_document(base, fcfg, cfg, calib, fit, settings, chosen_by)
     name = tracking.registered_name(cfg.registry.model_name, source)
     trained = fit.end + dt.timedelta(days=1)
     sha = gate.content_fingerprint(doc)
@@ -608,7 +646,7 @@ def run(
         else registry.untracked(name)
     )
     write_json(doc, out.params_json)
-    metrics = stage_metrics(calib, fit, judgement, cal, settings)
+    metrics = {**stage_metrics(calib, fit, judgement, cal, settings), "chosen_by": chosen_by}
     write_json(metrics, out.metrics)
     write_plots(out, transactions, base, fcfg, cal, calib, fit)
     if track:
@@ -694,11 +732,12 @@ def _track(
     tags = {
         **tracking.data_fingerprint(transactions),
         "clv.chosen_model": str(metrics["chosen_model"]),
+        "clv.chosen_by": str(metrics["chosen_by"])[:4000],
         "run.kind": "training",
         registry.TRAINED_AS_OF: str(metrics["training"]["trained_as_of"]),
     }
     with tracking.stage_run(base.mlflow_experiment, "clv", params, tags, inputs=[transactions, features]):
-        tracking.log_metrics({k: v for k, v in metrics.items() if k != "chosen_model"})
+        tracking.log_metrics({k: v for k, v in metrics.items() if k not in ("chosen_model", "chosen_by")})
         tracking.log_artifacts({"clv": out.params_json, "plots": out.figures, "plot_data": out.plots})
         example = snapshot[[s.FREQUENCY, s.RECENCY, s.T, s.MONETARY_VALUE]].head(20).astype("float64")
         registry.record(judgement, tracking.log_clv_model(out.params_json, example))
@@ -711,6 +750,7 @@ def main(argv: Sequence[str]) -> None:
     cli.output(p, "--artifacts", directory=True)
     cli.output(p, "--metrics")
     cli.output(p, "--plots", directory=True)
+    cli.input_file(p, "--backtest", required=False, help="metrics/backtest.json: which CLV model serves")
     args = p.parse_args(argv)
     params = load_params(args.params)
     run(
@@ -722,6 +762,7 @@ def main(argv: Sequence[str]) -> None:
         Outputs(artifacts=args.artifacts, metrics=args.metrics, plots=args.plots),
         source=ingest_source(params),
         as_of=training_as_of(params),
+        backtest=args.backtest,
     )
 
 

@@ -167,6 +167,7 @@ def backtest_table(runs: Sequence[tracking.RunSummary]) -> str:
         ["started (UTC)", *(r.started for r in runs)],
         ["git commit", *(r.git_commit[:7] + ("-dirty" if r.git_commit.endswith("-dirty") else "") for r in runs)],
         ["serves (churn scorer)", *(r.serving or "-" for r in runs)],
+        ["values customers (CLV)", *(r.clv_serving or "-" for r in runs)],
     ]
     candidates = sorted({k.split("/")[1] for r in runs for k in r.metrics if k.startswith("pooled/")})
     for name in sorted(candidates, key=lambda n: (n != "model", n)):

@@ -294,6 +294,37 @@ class RegistryConfig:
             raise ConfigError(f"{where}.score_version must be a registered version (1, 2, ...) or null")
 
 
+RankingMetric = Literal["gini", "spearman", "top_decile_capture"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ClvServingConfig:
+    """Which CLV sets the value tiers and the CLV column (``clv.model: auto``): the backtest's best by a ranking
+    metric, the challenger only when the lower bound of its pooled paired gain clears zero and ``min_improvement``."""
+
+    metric: RankingMetric
+    min_improvement: float
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_improvement < 1:
+            raise ConfigError(f"clv.serving.min_improvement must be in [0, 1), got {self.min_improvement}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClvChallengerConfig:
+    """The LightGBM CLV challenger (``models.value_booster``), judged in the backtest beside the BTYD models."""
+
+    enabled: bool
+    tweedie_variance_power: float
+
+    def __post_init__(self) -> None:
+        if not 1 < self.tweedie_variance_power < 2:
+            raise ConfigError(
+                "clv.challenger.tweedie_variance_power must lie strictly between 1 (Poisson) and 2 (Gamma), "
+                f"got {self.tweedie_variance_power}"
+            )
+
+
 @dataclasses.dataclass(frozen=True)
 class ClvConfig:
     model: Literal["auto", "bgnbd", "mbgnbd", "pareto_nbd"]
@@ -308,6 +339,8 @@ class ClvConfig:
     bootstrap_samples: int
     bootstrap_processes: int
     registry: RegistryConfig
+    serving: ClvServingConfig
+    challenger: ClvChallengerConfig
 
     def __post_init__(self) -> None:
         self.registry.check("clv.registry", typing.get_args(SelectionMetric))

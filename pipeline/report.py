@@ -451,7 +451,18 @@ def scorer_words(score_metrics: dict[str, Any]) -> str:
         return ""
     who = "the churn model (LightGBM)" if name == "model" else f"the {cm.RULE_WORDS[name]}, calibrated by the run of"
     version = f" v{churn['version']}" if churn.get("version") else " (the workspace's)"
-    return f"Churn risk ranked by {who} {churn.get('model_name', '')}{version}. Why: {choice.get('reason', '')}."
+    ranked = f"Churn risk ranked by {who} {churn.get('model_name', '')}{version}. Why: {choice.get('reason', '')}."
+    return ranked + value_words(score_metrics)
+
+
+def value_words(score_metrics: dict[str, Any]) -> str:
+    """Which CLV model valued the customers (value tiers, the CLV column), and why, in a sentence."""
+    clv = (score_metrics.get("served") or {}).get("clv") or {}
+    if not clv.get("model"):
+        return ""
+    version = f" v{clv['version']}" if clv.get("version") else " (the workspace's)"
+    why = f" Why: {clv['chosen_by']}." if clv.get("chosen_by") else ""
+    return f" Customers valued by {clv['model']} {clv.get('model_name', '')}{version}.{why}"
 
 
 def id_key() -> str:

@@ -503,7 +503,11 @@ def run(cfg: Settings, inp: Inputs, out: Outputs, *, track: bool = True) -> dict
     write_csv(kpis, out.segments, undefined_allowed=seg.KPI_COLUMNS)
 
     metrics = score_metrics(cfg, as_of, scores, kpis, value_summary, churned, drift)
-    metrics["served"] = {"clv": clv_served.as_dict(), "churn": {**churn_served.as_dict(), "scorer": choice}}
+    clv_model = {"model": clv_doc["scoring"]["model"], "chosen_by": clv_doc.get("chosen_by", "")}
+    metrics["served"] = {
+        "clv": {**clv_served.as_dict(), **clv_model},
+        "churn": {**churn_served.as_dict(), "scorer": choice},
+    }
     metrics["value"]["trained_as_of"] = clv_doc["trained_as_of"]
     metrics = finite_json(round_metrics(metrics))
     write_json(metrics, out.metrics)

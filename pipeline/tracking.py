@@ -111,6 +111,7 @@ class RunSummary:
     registry: str = ""  # "v3 champion": the version this run registered and the alias the gate gave it
     evidence: str = ""  # "[+0.0031, +0.0112] vs v2": the gain's interval over the champion it was judged against
     serving: str = ""  # a backtest run: the churn scorer it chose to serve, and why
+    clv_serving: str = ""  # a backtest run: the CLV it ranks best by the gate's rule, and why
 
 
 def recent_stage_runs(experiment: str, stage: str, last: int) -> list[RunSummary]:
@@ -139,6 +140,9 @@ def recent_stage_runs(experiment: str, stage: str, last: int) -> list[RunSummary
             evidence=_evidence(r.data.tags),
             serving=" : ".join(
                 r.data.tags[k] for k in ("backtest.serving", "backtest.serving_reason") if k in r.data.tags
+            ),
+            clv_serving=" : ".join(
+                r.data.tags[k] for k in ("backtest.clv_serving", "backtest.clv_serving_reason") if k in r.data.tags
             ),
         )
         for r in runs

@@ -109,12 +109,14 @@ def test_the_backtest_stage_on_the_cdnow_sample(tmp_path: Path, monkeypatch: pyt
 
 
 def _values_at_the_same_origins(d: Path, metrics: dict[str, Any]) -> None:
-    """Every CLV candidate and the naive baseline at each origin, with totals and each pair's paired gains."""
+    """Every CLV candidate, the naive baseline and the challenger at each origin, with totals, each pair's paired
+    gains and which one values customers."""
     value = metrics["clv"]
     assert [o["origin"] for o in value["origins"]] == [o["origin"] for o in metrics["origins"]]
-    names = {"bgnbd", "mbgnbd", "pareto_nbd", "naive"}
+    btyd = {"bgnbd", "mbgnbd", "pareto_nbd"}
+    names = {*btyd, "naive", "lightgbm"}
     for o in value["origins"]:
-        assert set(o["metrics"]) == names and o["chosen"] in names - {"naive"}
+        assert set(o["metrics"]) == names and o["chosen"] in btyd
         assert o["customers"] == o["metrics"]["naive"]["customers"]
     pooled = value["pooled"]["metrics"]
     actual = sum(o["metrics"]["naive"]["purchases_actual"] for o in value["origins"])
@@ -124,7 +126,7 @@ def _values_at_the_same_origins(d: Path, metrics: dict[str, Any]) -> None:
         assert pooled[n]["purchases_pct_error"] == pytest.approx(expected, abs=1e-3)
     for metric in ("purchases_rmse", "purchases_mae", "gini", "spearman", "top_decile_capture"):
         rows = value["differences"][metric]
-        assert len(rows) == 6 and all(r["low"] <= r["pooled_gain"] <= r["high"] for r in rows)
+        assert len(rows) == 10 and all(r["low"] <= r["pooled_gain"] <= r["high"] for r in rows)
     # a BTYD model predicts the horizon's purchases far better than carrying the past rate forward (every origin)
     edge = next(
         r for r in value["differences"]["purchases_rmse"] if {r["candidate"], r["versus"]} == {"bgnbd", "naive"}
@@ -133,6 +135,13 @@ def _values_at_the_same_origins(d: Path, metrics: dict[str, Any]) -> None:
     assert value["best_by_gini"] == max(names, key=lambda n: pooled[n]["gini"])
     plot = pd.read_csv(d / "plots/backtest/clv_gini.csv")
     assert list(plot["origin"]) == [o["origin"] for o in value["origins"]] and set(plot.columns) == {"origin", *names}
+    # the gate's rule on the ranking metric: the challenger only with its gain over the best of BTYD and naive shown
+    serving = value["serving"]
+    assert serving["metric"] == "gini" and serving["best_rule"] == max(
+        names - {"lightgbm"}, key=lambda n: pooled[n]["gini"]
+    )
+    assert (serving["scorer"] == "lightgbm") == (serving["low"] > 0 and serving["low"] >= serving["min_improvement"])
+    assert serving["btyd"] == max(btyd, key=lambda n: pooled[n]["gini"])
 
 
 def _serves_its_choice(d: Path, file: Path, params: dict[str, Any], metrics: dict[str, Any]) -> None:
@@ -145,6 +154,14 @@ def _serves_its_choice(d: Path, file: Path, params: dict[str, Any], metrics: dic
     assert (serving["scorer"] == "model") == (serving["low"] > 0 and serving["low"] >= serving["min_improvement"])
     assert pooled[serving["scorer"]]["roc_auc"] >= pooled[best]["roc_auc"] - 0.002  # never worse than the rule
     run_stages(d, file, ("train_clv", "train_churn", "snapshot", "score", "report"))
+    # the BTYD model the backtest ranks best values customers, whatever clv.selection_metric picks at one cutoff
+    trained = json.loads((d / "metrics/clv.json").read_text())
+    value = metrics["clv"]
+    assert trained["chosen_model"] == value["serving"]["btyd"] and trained["chosen_by"].startswith("backtest: ")
+    ginis = value["pooled"]["metrics"]
+    best = max(("bgnbd", "mbgnbd", "pareto_nbd", "naive"), key=lambda n: ginis[n]["gini"])
+    if best != "naive":
+        assert ginis[trained["chosen_model"]]["gini"] >= ginis[best]["gini"] - 0.002
     served = json.loads((d / "metrics/score.json").read_text())["served"]["churn"]["scorer"]
     assert served["scorer"] == serving["scorer"] and served["origins"] == len(metrics["origins"])
     churn = pd.read_parquet(d / "data/churn.parquet")
