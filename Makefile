@@ -38,7 +38,7 @@ run: install
 	@echo "  clean transactions   data/transactions.parquet  (rejected rows: data/quarantine.parquet)"
 	@echo "  training features    data/features.parquet  (as of train.as_of)"
 	@echo "  models               artifacts/clv/params.json, artifacts/churn/  (metrics/clv.json, churn.json; dvc plots show)"
-	@echo "  backtest             metrics/backtest.json  (every churn scorer at many past weeks; plots/backtest/)"
+	@echo "  backtest             metrics/backtest.json  (every churn scorer and CLV model at many past weeks; plots/backtest/)"
 	@echo "  week's snapshot      data/snapshot.parquet  (as of score.as_of)"
 	@echo "  customer value       data/clv.parquet"
 	@echo "  churn risk, reasons  data/churn.parquet"

@@ -9,7 +9,7 @@ printed) is written as a raw Parquet file, the way a data team would hand it ove
 Timed, each in its own process so that its peak RSS is its own (``wait4``'s ``ru_maxrss``: the process and every
 child it waited for):
 
-- **pipeline**: every DVC stage (ingest from Parquet, features, train_clv, train_churn, backtest, snapshot,
+- **pipeline**: every DVC stage (ingest from Parquet, features, backtest, train_clv, train_churn, snapshot,
   score, report), run with the command line dvc.yaml gives it, in a scratch project folder holding the project's
   params.yaml with only the source and the dates adapted to the synthetic log. MLflow logs to a scratch store
   there. Summed into the **training** run (features, both training stages and the backtest, which reruns whenever
@@ -51,10 +51,10 @@ from bench import harness
 ROOT = Path(__file__).resolve().parent.parent
 CUTOFF = "2021-03-31"  # the CLV path's cutoff: 90 days before the synthetic log ends
 PENALIZER_LADDER = (0.0, 0.001, 0.01, 0.1)
-STAGES = ("ingest", "features", "train_clv", "train_churn", "backtest", "snapshot", "score", "report")
+STAGES = ("ingest", "features", "backtest", "train_clv", "train_churn", "snapshot", "score", "report")
 # The two runs a team operates: training on a schedule, and every week's scoring with the serving models.
 # A retraining reruns the backtest too (its features changed): the scorer that serves is chosen on its evidence.
-RUNS = {"training": ("features", "train_clv", "train_churn", "backtest"), "weekly": ("snapshot", "score", "report")}
+RUNS = {"training": ("features", "backtest", "train_clv", "train_churn"), "weekly": ("snapshot", "score", "report")}
 CLV_STEPS = ("rfm_summary", "bgnbd_fit", "gamma_gamma_fit", "clv_12_months")
 PARAMS_AGREEMENT = 1e-3
 

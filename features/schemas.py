@@ -212,8 +212,9 @@ def clv_schema(with_net: bool) -> pa.DataFrameSchema:
         EXPECTED_PURCHASES: _float(count),
         EXPECTED_ORDER_VALUE: _float(count),
         CLV: _float(count),
-        CLV_P05: _float(count),
-        CLV_P95: _float(count),
+        # missing where the CLV challenger values customers: it has no interval
+        CLV_P05: _float(count, nullable=True),
+        CLV_P95: _float(count, nullable=True),
     }
     if with_net:
         columns[CLV_NET] = _float()
@@ -288,8 +289,8 @@ def scores_schema(with_net: bool) -> pa.DataFrameSchema:
         P_CHURN: _float(prob),
         RISK_TIER: pa.Column(str, pa.Check.isin(RISK_TIER_VALUES), coerce=True),
         CLV: _float(count),
-        CLV_P05: _float(count),
-        CLV_P95: _float(count),
+        CLV_P05: _float(count, nullable=True),
+        CLV_P95: _float(count, nullable=True),
         VALUE_TIER: pa.Column(str, pa.Check.isin(VALUE_TIERS), coerce=True),
         P_ALIVE: _float(prob),
     }

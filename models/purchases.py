@@ -19,7 +19,6 @@ from typing import Any, Self, cast
 
 import numpy as np
 import pandas as pd
-from lifetimes import ParetoNBDFitter
 from lifetimes.utils import ConvergenceError
 from scipy.special import gammaln, hyp2f1
 
@@ -40,12 +39,12 @@ from models.clv_base import (
     require_finite,
 )
 from models.histories import Histories, histories
-from models.likelihoods import AnalyticBetaGeoFitter, AnalyticModifiedBetaGeoFitter
+from models.likelihoods import AnalyticBetaGeoFitter, AnalyticModifiedBetaGeoFitter, StableParetoNBDFitter
 
 _FITTERS: dict[str, Any] = {
     "bgnbd": AnalyticBetaGeoFitter,  # lifetimes' fitter, its gradient written out (models.likelihoods)
     "mbgnbd": AnalyticModifiedBetaGeoFitter,
-    "pareto_nbd": ParetoNBDFitter,
+    "pareto_nbd": StableParetoNBDFitter,
 }
 # Rate parameters carry the time unit: lifetimes fits them on a time axis rescaled so that max(T) = 1.
 _TIME_SCALED = {"alpha", "beta"}

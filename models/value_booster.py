@@ -32,6 +32,7 @@ from models.churn import BoosterSettings
 from models.clv_base import DAYS_PER_MONTH, Array
 
 NAME = "lightgbm"  # the challenger's name among the CLV candidates
+TARGETS = ("purchases", "spend")
 
 
 def horizon_value(
@@ -117,6 +118,35 @@ class ValueBooster:
             raise InputError(f"clv challenger input lacks feature column(s) {missing}")
         out = [
             np.asarray(self.boosters_[t].predict(X[self.features_], num_iteration=self.best_iterations_[t]), float)
-            for t in ("purchases", "spend")
+            for t in TARGETS
         ]
         return out[0], out[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fitted boosters as text (LightGBM's model format, early-stopped trees only) and what they read."""
+        if not hasattr(self, "boosters_"):
+            raise RuntimeError("this ValueBooster is not fitted yet; call fit() first")
+        return {
+            "name": NAME,
+            "tweedie_variance_power": self.tweedie_variance_power,
+            "features": self.features_,
+            "best_iterations": dict(self.best_iterations_),
+            "boosters": {t: self.boosters_[t].model_to_string(num_iteration=self.best_iterations_[t]) for t in TARGETS},
+        }
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any], where: str) -> ValueBooster:
+        """A fitted challenger from ``to_dict``'s document: it predicts, never refits."""
+        try:
+            boosters = {t: lgb.Booster(model_str=doc["boosters"][t]) for t in TARGETS}
+            model = cls.__new__(cls)
+            model.tweedie_variance_power = float(doc["tweedie_variance_power"])
+            model.features_ = [str(c) for c in doc["features"]]
+            model.best_iterations_ = {t: int(doc["best_iterations"][t]) for t in TARGETS}
+        except (KeyError, TypeError, ValueError, lgb.basic.LightGBMError) as exc:
+            raise InputError(f"{where}: the CLV challenger cannot be read ({exc!r}); retrain it (train_clv)") from exc
+        for t, booster in boosters.items():
+            if list(booster.feature_name()) != model.features_:
+                raise InputError(f"{where}: the CLV challenger's {t} booster reads other features than it lists")
+        model.boosters_ = boosters
+        return model

@@ -18,7 +18,15 @@ the per-origin gains.
 
 Which scorer serves (``serving``): the model only when the lower bound of its pooled gain over the best rule in
 ``churn.registry.metric`` clears zero and ``churn.registry.min_improvement`` (the champion gate's rule), else that
-rule. The score stage reads it (``score.churn_scorer: auto``). Writes ``metrics/backtest.json``,
+rule. The score stage reads it (``score.churn_scorer: auto``).
+
+CLV at the same origins (``clv``): every BTYD candidate fitted as ``train_clv`` calibrates on the history up to the
+origin, the naive baseline, and the challenger (``models.value_booster``: LightGBM on the churn model's inputs,
+trained on the origin's production split like the churn model), each judged on the origin's customers over its
+horizon: purchases RMSE/MAE/total error, and how its value ranks the horizon's spend (Gini, Spearman, top-decile
+capture), with every pair's paired gain. Which CLV values customers (``clv.serving``): the challenger only when its
+pooled gain in ``clv.serving.metric`` over the best of the BTYD models and the naive baseline clears the gate's
+bar, else the best BTYD model (``train_clv`` takes it with ``clv.model: auto``). Writes ``metrics/backtest.json``,
 ``plots/backtest/`` and an MLflow run. It runs when the training features change, never for a week that only
 scores. Each cutoff keeps at most ``backtest.max_rows_per_cutoff`` customers (a seeded draw), which bounds its cost
 at any size.

@@ -36,6 +36,7 @@ from features import schemas as s
 from features.behaviour import DAYS_PER_UNIT, btyd_summary, daily_repeat_purchases, purchase_days
 from features.errors import InputError
 from models import bootstrap, gate
+from models import value_booster as vb
 from models.clv_base import DAYS_PER_MONTH, MIN_CUSTOMERS_TO_FIT, MODEL_NAMES, ClvFitError, ModelName
 from models.evaluation import better, decile_table, holdout_metrics, round_metrics
 from models.histories import histories
@@ -43,8 +44,18 @@ from models.purchases import PurchaseModel, purchase_model_from_params
 from models.spend import SpendModel, usable_spend
 from models.value import ValueSettings
 from models.value import score as score_value
+from pipeline import churn as churn_stage
 from pipeline import cli, parallel, plots, registry, tracking
-from pipeline.config import BaseConfig, ClvConfig, FeaturesConfig, ingest_source, load_params, section, training_as_of
+from pipeline.config import (
+    BaseConfig,
+    ChurnConfig,
+    ClvConfig,
+    FeaturesConfig,
+    ingest_source,
+    load_params,
+    section,
+    training_as_of,
+)
 from pipeline.engine import backend, open_transactions
 from pipeline.features import history_end
 from pipeline.io import finite_json, read_stage_json, read_table, write_csv, write_json
@@ -426,29 +437,73 @@ class Calibration:
     spend_left_out: int
 
 
-def backtest_choice(path: Path | None, cfg: ClvConfig) -> tuple[str | None, str]:
-    """Which BTYD model the backtest says values customers (``metrics/backtest.json`` ``clv.serving``), and why;
-    None, with the reason, where ``clv.model`` names one, or the backtest judged no CLV origin."""
+@dataclasses.dataclass(frozen=True)
+class ServingChoice:
+    """What values customers: the BTYD model (``None``: the best by ``clv.selection_metric`` at the calibration
+    cutoff), whether the LightGBM challenger sets the CLV and the value tiers over it, and why."""
+
+    btyd: str | None
+    challenger: bool
+    reason: str
+
+
+def backtest_choice(path: Path | None, cfg: ClvConfig) -> ServingChoice:
+    """The backtest's choice (``metrics/backtest.json`` ``clv.serving``) when ``clv.model`` is auto."""
     if cfg.model != "auto":
-        return None, f"clv.model is {cfg.model}"
+        return ServingChoice(None, False, f"clv.model is {cfg.model}")
     if path is None or not path.is_file():
         why = f"no backtest ({path} not found)" if path else "no backtest given"
         log.warning("%s: the best by %s at the calibration cutoff values customers", why, cfg.selection_metric)
-        return None, f"{why}: the best by {cfg.selection_metric} at the calibration cutoff"
+        return ServingChoice(None, False, f"{why}: the best by {cfg.selection_metric} at the calibration cutoff")
     doc = read_stage_json(path, "backtest")
     serving = (doc.get("clv") or {}).get("serving")
     if not serving:
-        return None, f"the backtest judged no CLV origin: the best by {cfg.selection_metric} at the calibration cutoff"
-    btyd = serving.get("btyd")
-    if btyd not in MODEL_NAMES:
-        raise InputError(f"{path}: clv serving model {btyd!r} is not one this project knows; rerun the backtest")
-    if serving["scorer"] != btyd:
-        # the backtest shows its challenger ranking better; the score stage cannot serve it yet
-        return btyd, (
-            f"backtest: {serving['reason']}; serving the challenger is not built yet, so the best BTYD model by "
-            f"pooled {serving['metric']}, {btyd}, values customers"
-        )
-    return btyd, f"backtest: {serving['reason']}"
+        why = f"the backtest judged no CLV origin: the best by {cfg.selection_metric} at the calibration cutoff"
+        return ServingChoice(None, False, why)
+    btyd, scorer = serving.get("btyd"), serving.get("scorer")
+    if btyd not in MODEL_NAMES or scorer not in (*MODEL_NAMES, vb.NAME):
+        raise InputError(f"{path}: clv serving {scorer!r} / {btyd!r} is not one this project knows; rerun the backtest")
+    if scorer != vb.NAME:
+        return ServingChoice(btyd, False, f"backtest: {serving['reason']}")
+    if not cfg.challenger.enabled:
+        why = f"backtest: {serving['reason']}; but clv.challenger.enabled is false, so {btyd} values customers"
+        return ServingChoice(btyd, False, why)
+    return ServingChoice(btyd, True, f"backtest: {serving['reason']} ({btyd} gives P(alive) and expected purchases)")
+
+
+def fit_value_model(
+    features: Path, base: BaseConfig, fcfg: FeaturesConfig, ccfg: ChurnConfig, cfg: ClvConfig
+) -> tuple[vb.ValueBooster, dict[str, Any]]:
+    """The challenger trained as the backtest judged it: on the churn model's inputs at the production split's
+    training cutoffs, stopped early on its validation cutoff (``pipeline.churn.training_rows``); with what it was
+    trained on."""
+    data = churn_stage.training_rows(features, base, fcfg, ccfg)
+    booster = vb.ValueBooster(churn_stage.booster_settings(base, ccfg), cfg.challenger.tweedie_variance_power)
+    booster.fit(
+        data.train[data.columns],
+        data.train[s.FUTURE_PURCHASES],
+        data.train[s.FUTURE_SPEND],
+        data.valid[data.columns],
+        data.valid[s.FUTURE_PURCHASES],
+        data.valid[s.FUTURE_SPEND],
+    )
+    trained = {
+        "training_cutoffs": [str(c.date()) for c in data.split.training],
+        "validation_cutoff": str(data.split.validation.date()),
+        "training_rows": len(data.train),
+        "validation_rows": len(data.valid),
+        "best_iterations": booster.best_iterations_,
+        "horizon_days": fcfg.horizon_days,
+    }
+    log.info(
+        "CLV challenger (LightGBM) on %d rows of %d cutoffs to %s, stopped on %s: %s trees",
+        len(data.train),
+        len(data.split.training),
+        data.split.training[-1].date(),
+        trained["validation_cutoff"],
+        " and ".join(f"{n} {k}" for k, n in booster.best_iterations_.items()),
+    )
+    return booster, trained
 
 
 def calibrate(
@@ -531,6 +586,7 @@ def model_document(
     fit: ServingFit,
     settings: ValueSettings,
     chosen_by: str = "",
+    value_model: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """params.json: what a registered version holds (the calibration fits and the serving fit with its
     replicates, and why its model was chosen), all the score stage and the pyfunc need to value customers."""
@@ -540,6 +596,8 @@ def model_document(
             "time_unit": base.time_unit,
             "trained_as_of": str(fit.end + dt.timedelta(days=1)),
             "chosen_by": chosen_by,
+            # the challenger that sets the CLV and the value tiers where the backtest showed it ranks better
+            "value_model": value_model,
             "calibration": {
                 "cutoff": str(calib.cutoff),
                 "horizon_days": fcfg.horizon_days,
@@ -622,6 +680,7 @@ def run(
     source: str,
     as_of: dt.date | None = None,
     backtest: Path | None = None,
+    churn: ChurnConfig | None = None,
     track: bool = True,
 ) -> dict[str, Any]:
     """Fit, evaluate and choose at the calibration cutoff (``clv.model: auto``: the ``backtest``'s choice),
@@ -631,12 +690,19 @@ def run(
     settings = value_settings(base, fcfg, cfg)
     cutoff = resolve_calibration(features, fcfg, cfg)
     cal = read_snapshot(features, fcfg, cutoff)
-    prefer, chosen_by = backtest_choice(backtest, cfg)
-    calib = calibrate(cal, cutoff, cfg, settings, prefer=prefer)
-    if prefer is not None and calib.chosen.name != prefer:
-        chosen_by += f"; {prefer} did not fit at the calibration cutoff, so the best there by {cfg.selection_metric}"
+    choice = backtest_choice(backtest, cfg)
+    calib = calibrate(cal, cutoff, cfg, settings, prefer=choice.btyd)
+    chosen_by = choice.reason
+    if choice.btyd is not None and calib.chosen.name != choice.btyd:
+        chosen_by += f"; {choice.btyd} did not fit at the calibration cutoff: the best there by {cfg.selection_metric}"
+    value_model: dict[str, Any] | None = None
+    if choice.challenger:
+        if churn is None:
+            raise InputError("clv: the backtest chose the CLV challenger; it needs the churn section's settings")
+        booster, how = fit_value_model(features, base, fcfg, churn, cfg)
+        value_model = {**booster.to_dict(), "trained": how}
     fit = fit_as_of(transactions, base, cfg, history_end(transactions, base, fcfg, as_of), calib.chosen.model.model)
-    doc = model_document(base, fcfg, cfg, calib, fit, settings, chosen_by)
+    doc = model_document(base, fcfg, cfg, calib, fit, settings, chosen_by, value_model)
     name = tracking.registered_name(cfg.registry.model_name, source)
     trained = fit.end + dt.timedelta(days=1)
     sha = gate.content_fingerprint(doc)
@@ -646,7 +712,11 @@ def run(
         else registry.untracked(name)
     )
     write_json(doc, out.params_json)
-    metrics = {**stage_metrics(calib, fit, judgement, cal, settings), "chosen_by": chosen_by}
+    metrics = {
+        **stage_metrics(calib, fit, judgement, cal, settings),
+        "chosen_by": chosen_by,
+        "value_model": {"name": vb.NAME, **value_model["trained"]} if value_model else None,
+    }
     write_json(metrics, out.metrics)
     write_plots(out, transactions, base, fcfg, cal, calib, fit)
     if track:
@@ -763,6 +833,7 @@ def main(argv: Sequence[str]) -> None:
         source=ingest_source(params),
         as_of=training_as_of(params),
         backtest=args.backtest,
+        churn=section(params, "churn", ChurnConfig),
     )
 
 

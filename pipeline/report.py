@@ -41,6 +41,7 @@ from features.errors import InputError
 from features.privacy import MIN_KEY_CHARS, check_key, pseudonymise
 from models import churn as cm
 from models import segments as seg
+from models import value_booster as vb
 from pipeline import cli
 from pipeline import html as h
 from pipeline.config import ClvConfig, FeaturesConfig, ScoreConfig, load_params, section
@@ -462,7 +463,8 @@ def value_words(score_metrics: dict[str, Any]) -> str:
         return ""
     version = f" v{clv['version']}" if clv.get("version") else " (the workspace's)"
     why = f" Why: {clv['chosen_by']}." if clv.get("chosen_by") else ""
-    return f" Customers valued by {clv['model']} {clv.get('model_name', '')}{version}.{why}"
+    who = "the CLV challenger (LightGBM)" if clv["model"] == vb.NAME else f"the {clv['model']} model"
+    return f" Customers valued by {who} of {clv.get('model_name', '')}{version}.{why}"
 
 
 def id_key() -> str:
@@ -534,7 +536,8 @@ def run(
         ranked_by=ranked_by,
     )
     folder.mkdir(parents=True, exist_ok=True)
-    check_finite(churn_list, f"writing {folder / LIST_CSV}")
+    # no CLV interval where the LightGBM challenger values customers: an empty cell, not a number
+    check_finite(churn_list, f"writing {folder / LIST_CSV}", undefined_allowed=(s.CLV_P05, s.CLV_P95))
     with atomic_path(folder / LIST_CSV) as tmp:
         write_list_csv(churn_list, tmp)
     write_table(churn_list, folder / LIST_PARQUET, s.churn_risk_list_schema(with_net))

@@ -39,6 +39,7 @@ from features.errors import InputError
 from models import bootstrap, monitoring
 from models import churn as cm
 from models import segments as seg
+from models import value_booster as vb
 from models.evaluation import round_metrics
 from models.histories import histories
 from models.purchases import purchase_model_from_params
@@ -48,6 +49,7 @@ from pipeline import churn as churn_stage
 from pipeline import cli, registry, spark, tracking
 from pipeline import clv as clv_stage
 from pipeline.config import (
+    MAX_DAYS,
     BaseConfig,
     ChurnConfig,
     ClvConfig,
@@ -311,11 +313,54 @@ def value_table(snapshot: pd.DataFrame, doc: dict[str, Any], cfg: Settings) -> p
             s.CLV_P95: np.maximum(high, scored["clv"]),
         }
     )
+    if doc.get("value_model"):
+        table[s.CLV] = challenger_value(snapshot, doc["value_model"], cfg)
+        table[s.CLV_P05] = table[s.CLV_P95] = np.nan  # the challenger has no interval; the BTYD band is not its
     if cfg.clv.acquisition_cost is not None:
         table[s.CLV_NET] = table[s.CLV] - cfg.clv.acquisition_cost
     q = cfg.clv.value_tier_quantiles
     table[s.VALUE_TIER] = value_tiers(table[s.CLV].to_numpy(), high=q.high, mid=q.mid)
     return table
+
+
+def unlike_backtest(cfg: ClvConfig, backtest: Path, model: str, served: registry.Served) -> str | None:
+    """Why the serving CLV version values customers with another model than the backtest's choice, if it does.
+
+    The CLV registry's gate judges the BTYD purchase model on the calibration holdout (``clv.registry``); a new
+    version whose only change is the challenger joining or leaving is then no better there and stays
+    ``challenger``, while the champion keeps serving."""
+    if cfg.model != "auto" or served.version is None or not backtest.is_file():
+        return None
+    choice = ((read_stage_json(backtest, "backtest").get("clv") or {}).get("serving")) or {}
+    wanted = choice.get("scorer")
+    if wanted is None or wanted == model or (wanted == vb.NAME and not cfg.challenger.enabled):
+        return None
+    return (
+        f"the backtest ranks {wanted} best to value customers, but the serving CLV version "
+        f"v{served.version.version} ({served.source}) values them with {model}: the registry's gate judged the "
+        f"new version's purchase model only; move the champion alias to it (make ui) or pin clv.registry.score_version"
+    )
+
+
+def challenger_value(snapshot: pd.DataFrame, doc: dict[str, Any], cfg: Settings) -> npt.NDArray[np.float64]:
+    """The CLV challenger's value of every snapshot customer (``models.value_booster``): its predicted spend over
+    the horizon it was trained on, carried over ``clv.clv_horizon_months``. It reads the churn model's inputs,
+    built for every customer (no population filter), as the backtest judged it."""
+    booster = vb.ValueBooster.from_dict(doc, "the serving CLV model's params.json")
+    cutoff = _one_cutoff({"snapshot": snapshot})
+    everyone = dataclasses.replace(cfg.churn, population_lookback_days=MAX_DAYS)
+    tables, _ = churn_stage.read_attributes(cfg.churn)
+    rows, _ = churn_stage.modelling_table(snapshot, [cutoff], cfg.base, cfg.features, everyone, tables)
+    if not rows[s.CUSTOMER_ID].reset_index(drop=True).equals(snapshot[s.CUSTOMER_ID].reset_index(drop=True)):
+        raise RuntimeError("score: the CLV challenger's rows are not the snapshot's in order")  # a bug here
+    _, spend = booster.predict(rows)
+    return vb.horizon_value(
+        spend,
+        horizon_days=int(doc["trained"]["horizon_days"]),
+        months=cfg.clv.clv_horizon_months,
+        discount_rate_monthly=cfg.clv.discount_rate_monthly,
+        margin_ratio=cfg.clv.margin_ratio,
+    )
 
 
 def value_metrics(value: pd.DataFrame, order: npt.NDArray[np.int64]) -> dict[str, Any]:
@@ -503,7 +548,15 @@ def run(cfg: Settings, inp: Inputs, out: Outputs, *, track: bool = True) -> dict
     write_csv(kpis, out.segments, undefined_allowed=seg.KPI_COLUMNS)
 
     metrics = score_metrics(cfg, as_of, scores, kpis, value_summary, churned, drift)
-    clv_model = {"model": clv_doc["scoring"]["model"], "chosen_by": clv_doc.get("chosen_by", "")}
+    clv_model = {
+        "model": vb.NAME if clv_doc.get("value_model") else clv_doc["scoring"]["model"],
+        "btyd": clv_doc["scoring"]["model"],  # P(alive), expected purchases and order value
+        "chosen_by": clv_doc.get("chosen_by", ""),
+    }
+    unlike = unlike_backtest(cfg.clv, inp.backtest, str(clv_model["model"]), clv_served)
+    if unlike:
+        log.warning("%s", unlike)
+        clv_model["note"] = unlike
     metrics["served"] = {
         "clv": {**clv_served.as_dict(), **clv_model},
         "churn": {**churn_served.as_dict(), "scorer": choice},

@@ -3,6 +3,7 @@ on the CDNOW sample through its DVC entry point."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,9 @@ import yaml
 from features import schemas as s
 from models import backtest as bt
 from models import churn as cm
+from models import value_booster as vb
 from pipeline import churn as churn_stage
-from pipeline.config import BaseConfig, ChurnConfig, FeaturesConfig, section
+from pipeline.config import MAX_DAYS, BaseConfig, ChurnConfig, FeaturesConfig, section
 from tests.conftest import project_params
 from tests.stages import run_stages
 
@@ -106,6 +108,7 @@ def test_the_backtest_stage_on_the_cdnow_sample(tmp_path: Path, monkeypatch: pyt
     assert list(plot.columns) == ["origin", "model", "btyd", "recency", "rfm"]
     _values_at_the_same_origins(tmp_path, metrics)
     _serves_its_choice(tmp_path, file, params, metrics)
+    _values_by_its_choice(tmp_path, file, params, metrics, monkeypatch)
 
 
 def _values_at_the_same_origins(d: Path, metrics: dict[str, Any]) -> None:
@@ -154,14 +157,6 @@ def _serves_its_choice(d: Path, file: Path, params: dict[str, Any], metrics: dic
     assert (serving["scorer"] == "model") == (serving["low"] > 0 and serving["low"] >= serving["min_improvement"])
     assert pooled[serving["scorer"]]["roc_auc"] >= pooled[best]["roc_auc"] - 0.002  # never worse than the rule
     run_stages(d, file, ("train_clv", "train_churn", "snapshot", "score", "report"))
-    # the BTYD model the backtest ranks best values customers, whatever clv.selection_metric picks at one cutoff
-    trained = json.loads((d / "metrics/clv.json").read_text())
-    value = metrics["clv"]
-    assert trained["chosen_model"] == value["serving"]["btyd"] and trained["chosen_by"].startswith("backtest: ")
-    ginis = value["pooled"]["metrics"]
-    best = max(("bgnbd", "mbgnbd", "pareto_nbd", "naive"), key=lambda n: ginis[n]["gini"])
-    if best != "naive":
-        assert ginis[trained["chosen_model"]]["gini"] >= ginis[best]["gini"] - 0.002
     served = json.loads((d / "metrics/score.json").read_text())["served"]["churn"]["scorer"]
     assert served["scorer"] == serving["scorer"] and served["origins"] == len(metrics["origins"])
     churn = pd.read_parquet(d / "data/churn.parquet")
@@ -186,6 +181,74 @@ def _serves_its_choice(d: Path, file: Path, params: dict[str, Any], metrics: dic
     assert f"Churn risk ranked by the {cm.RULE_WORDS[serving['scorer']]}, calibrated by the run of" in summary
     assert f"Why: {serving['scorer']} serves: the model&#x27;s roc_auc gain over {serving['scorer']}" in summary
     assert churn[s.REASONS[0]].notna().mean() > 0.3  # a rule's reasons are its inputs: everyone at risk gets one
+
+
+def _values_by_its_choice(
+    d: Path, file: Path, params: dict[str, Any], metrics: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the weekly stages ran on the backtest's choice (``_serves_its_choice``)."""
+    # the BTYD model the backtest ranks best values customers, whatever clv.selection_metric picks at one cutoff
+    trained = json.loads((d / "metrics/clv.json").read_text())
+    value = metrics["clv"]
+    assert trained["chosen_model"] == value["serving"]["btyd"] and trained["chosen_by"].startswith("backtest: ")
+    ginis = value["pooled"]["metrics"]
+    best = max(("bgnbd", "mbgnbd", "pareto_nbd", "naive"), key=lambda n: ginis[n]["gini"])
+    if best != "naive":
+        assert ginis[trained["chosen_model"]]["gini"] >= ginis[best]["gini"] - 0.002
+    _values_as_chosen(d, params, value["serving"])
+    # the other branch too: the backtest's choice flipped, retrained and rescored in a new registry
+    flipped = dict(value["serving"])
+    flipped["scorer"] = flipped["btyd"] if flipped["scorer"] == "lightgbm" else "lightgbm"
+    flipped["reason"] = f"{flipped['scorer']} serves: flipped by the test"
+    doc = json.loads((d / "metrics/backtest.json").read_text())
+    doc["clv"]["serving"] = flipped
+    (d / "metrics/backtest.json").write_text(json.dumps(doc))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{d}/flipped.db")
+    run_stages(d, file, ("train_clv", "score", "report"))
+    _values_as_chosen(d, params, flipped)
+
+
+def _values_as_chosen(d: Path, params: dict[str, Any], serving: dict[str, Any]) -> None:
+    """The CLV column and the value tiers come from the model the backtest chose: the challenger's carried horizon
+    spend (no interval), or the BTYD model's CLV with its bootstrap band."""
+    trained = json.loads((d / "metrics/clv.json").read_text())
+    stored = json.loads((d / "artifacts/clv/params.json").read_text())
+    value = pd.read_parquet(d / "data/clv.parquet")
+    served = json.loads((d / "metrics/score.json").read_text())["served"]["clv"]
+    summary = next((d / "reports/weekly").glob("*/summary.html")).read_text(encoding="utf-8")
+    assert trained["chosen_model"] == stored["scoring"]["model"] == serving["btyd"] == served["btyd"]
+    q = params["clv"]["value_tier_quantiles"]
+    high = value[s.CLV] >= np.quantile(value[s.CLV], q["high"])
+    assert (value.loc[high, s.VALUE_TIER] == "high").all() and (value.loc[~high, s.VALUE_TIER] != "high").all()
+    if serving["scorer"] != "lightgbm":
+        assert trained["value_model"] is None and stored["value_model"] is None and served["model"] == serving["btyd"]
+        assert value[s.CLV_P05].notna().all() and (value[s.CLV_P05] <= value[s.CLV]).all()
+        assert f"Customers valued by the {serving['btyd']} model of churn-clv-clv-cdnow_sample v1." in summary
+        return
+    assert served["model"] == "lightgbm" and trained["value_model"]["name"] == "lightgbm"
+    assert value[s.CLV_P05].isna().all() and value[s.CLV_P95].isna().all()
+    snapshot = pd.read_parquet(d / "data/snapshot.parquet")
+    everyone = dataclasses.replace(section(params, "churn", ChurnConfig), population_lookback_days=MAX_DAYS)
+    rows = churn_stage.modelling_table(
+        snapshot,
+        [pd.Timestamp(snapshot[s.CUTOFF].iloc[0])],
+        section(params, "base", BaseConfig),
+        section(params, "features", FeaturesConfig),
+        everyone,
+        {},
+    )[0]
+    booster = vb.ValueBooster.from_dict(stored["value_model"], "params.json")
+    clv = params["clv"]
+    expected = vb.horizon_value(
+        booster.predict(rows)[1],
+        horizon_days=params["features"]["horizon_days"],
+        months=clv["clv_horizon_months"],
+        discount_rate_monthly=clv["discount_rate_monthly"],
+        margin_ratio=clv["margin_ratio"],
+    )
+    got = value.set_index(s.CUSTOMER_ID)[s.CLV].loc[rows[s.CUSTOMER_ID]]
+    np.testing.assert_allclose(got.to_numpy(), expected, rtol=1e-9)
+    assert "Customers valued by the CLV challenger (LightGBM) of churn-clv-clv-cdnow_sample v1." in summary
 
 
 def gains(model_over_rule: tuple[float, float, float], *, model_first: bool = True) -> list[dict[str, object]]:

@@ -22,7 +22,7 @@ from features.errors import InputError
 from models.bootstrap import Replicates, clv_band, refit_replicates
 from models.clv_base import ClvFitError
 from models.histories import unique_histories
-from models.likelihoods import AnalyticBetaGeoFitter
+from models.likelihoods import AnalyticBetaGeoFitter, pareto_log_a0
 from models.purchases import PurchaseModel, _hyp2f1_series, purchase_model_from_params
 from models.spend import SpendModel, expected_order_value, usable_spend
 from models.value import ValueSettings, score, value_tiers
@@ -73,6 +73,25 @@ def test_pareto_nbd_log_likelihood_matches_published(cdnow: pd.DataFrame) -> Non
 
 
 # --- agreement with plain lifetimes -------------------------------------------------------------------------
+
+
+def test_pareto_nbd_holds_a_heavy_buyer_whose_last_purchase_is_at_the_cutoff(cdnow: pd.DataFrame) -> None:
+    """CDNOW's full log has a customer with 170 repeat purchase days, the last on the cutoff day: A_0 is then the
+    log of a zero between two terms near e^750. Such a customer is alive with probability one, and the fit and its
+    predictions stay numbers."""
+    f, r, t = _frt(cdnow)
+    f, r, t = np.append(f, 400.0), np.append(r, t.max()), np.append(t, t.max())
+    model = PurchaseModel("pareto_nbd", NO_REMEDY).fit(f, r, t)
+    alive = model.p_alive(f, r, t)
+    assert alive[-1] == 1.0 and np.isfinite(alive).all()
+    expected = model.expected_purchases(39, f, r, t)
+    assert np.isfinite(expected).all() and expected[-1] == expected.max() and expected[-1] > 100
+    # the guarded A_0 is lifetimes' own, to the bit, on every ordinary history
+    params = model.fitter_._unload_params("r", "alpha", "s", "beta")
+    ours = pareto_log_a0(params, f[:-1], r[:-1], t[:-1])
+    theirs = ParetoNBDFitter._log_A_0(params, f[:-1], r[:-1], t[:-1])
+    assert np.array_equal(ours, theirs)
+    assert np.isinf(pareto_log_a0(params, f[-1:], r[-1:], t[-1:])).all()
 
 
 @pytest.mark.parametrize(("name", "fitter"), [("bgnbd", BetaGeoFitter), ("pareto_nbd", ParetoNBDFitter)])
