@@ -452,8 +452,9 @@ def backtest_choice(path: Path | None, cfg: ClvConfig) -> ServingChoice:
     if cfg.model != "auto":
         return ServingChoice(None, False, f"clv.model is {cfg.model}")
     if path is None or not path.is_file():
-        why = f"no backtest ({path} not found)" if path else "no backtest given"
-        log.warning("%s: the best by %s at the calibration cutoff values customers", why, cfg.selection_metric)
+        # the stored reason names no folder: the same training on another machine stores the same document
+        why = f"no backtest ({path.name} not found)" if path else "no backtest given"
+        log.warning("%s (%s): the best by %s at the calibration cutoff values them", why, path, cfg.selection_metric)
         return ServingChoice(None, False, f"{why}: the best by {cfg.selection_metric} at the calibration cutoff")
     doc = read_stage_json(path, "backtest")
     serving = (doc.get("clv") or {}).get("serving")
