@@ -10,11 +10,11 @@ Timed, each in its own process so that its peak RSS is its own (``wait4``'s ``ru
 child it waited for):
 
 - **pipeline**: every DVC stage (ingest from Parquet, features, backtest, train_clv, train_churn, snapshot,
-  score, report), run with the command line dvc.yaml gives it, in a scratch project folder holding the project's
-  params.yaml with only the source and the dates adapted to the synthetic log. MLflow logs to a scratch store
-  there. Summed into the **training** run (features, both training stages and the backtest, which reruns whenever
-  they do) and the **weekly** run (snapshot, score and report: what every week costs once the models are trained;
-  peak = the largest stage's).
+  score, measure, assign, report), run with the command line dvc.yaml gives it, in a scratch project folder
+  holding the project's params.yaml with only the source and the dates adapted to the synthetic log. MLflow logs
+  to a scratch store there. Summed into the **training** run (features, both training stages and the backtest,
+  which reruns whenever they do) and the **weekly** run (snapshot, score, measure, assign and report: what every
+  week costs once the models are trained; peak = the largest stage's).
 - **CLV path, project**: what the clv stage does to score every customer, step by step: its BTYD snapshot from
   the clean transactions (``pipeline.clv.btyd_snapshot``: two DuckDB group-bys, rows in the engine's order), then
   ``models.purchases``, ``models.spend`` and ``models.value``: BG/NBD and Gamma-Gamma on weighted unique
@@ -51,10 +51,24 @@ from bench import harness
 ROOT = Path(__file__).resolve().parent.parent
 CUTOFF = "2021-03-31"  # the CLV path's cutoff: 90 days before the synthetic log ends
 PENALIZER_LADDER = (0.0, 0.001, 0.01, 0.1)
-STAGES = ("ingest", "features", "backtest", "train_clv", "train_churn", "snapshot", "score", "report")
+STAGES = (
+    "ingest",
+    "features",
+    "backtest",
+    "train_clv",
+    "train_churn",
+    "snapshot",
+    "score",
+    "measure",
+    "assign",
+    "report",
+)
 # The two runs a team operates: training on a schedule, and every week's scoring with the serving models.
 # A retraining reruns the backtest too (its features changed): the scorer that serves is chosen on its evidence.
-RUNS = {"training": ("features", "backtest", "train_clv", "train_churn"), "weekly": ("snapshot", "score", "report")}
+RUNS = {
+    "training": ("features", "backtest", "train_clv", "train_churn"),
+    "weekly": ("snapshot", "score", "measure", "assign", "report"),
+}
 CLV_STEPS = ("rfm_summary", "bgnbd_fit", "gamma_gamma_fit", "clv_12_months")
 PARAMS_AGREEMENT = 1e-3
 

@@ -312,6 +312,52 @@ def scores_schema(with_net: bool) -> pa.DataFrameSchema:
     return pa.DataFrameSchema(columns, strict=True, ordered=True, unique=[CUSTOMER_ID], name="scores")
 
 
+# --- the campaign loop ----------------------------------------------------------------------------------------
+WEEK = "week"
+ARM = "arm"
+TARGET_ARM = "target"  # contacted
+CONTROL_ARM = "control"  # held out: never on the list marketing gets
+ARM_VALUES = (TARGET_ARM, CONTROL_ARM)
+CONTACT_COST = "contact_cost"
+EFFECT = "effect"  # the reduction in p_churn a contact is expected to bring (assumed, measured, or the uplift model's)
+EFFECT_SOURCE = "effect_source"
+EFFECT_SOURCES = ("assumed", "measured", "uplift model")
+NET_VALUE = "expected_net_value"  # min(effect, p_churn) x clv - contact_cost
+SCORED_BY = "scored_by"
+RETAINED = "retained"  # any purchase in the horizon after the scoring date
+HORIZON_REVENUE = "horizon_revenue"
+
+
+def assignment_schema() -> pa.DataFrameSchema:
+    """One week of the campaign's assignment log (``campaign/assignments/<week>.parquet``, and the assign stage's
+    ``data/assignments.parquet``): every customer the week's list could contact, the arm drawn for them, and the
+    scores and economics they had when assigned, best expected net value first."""
+    count = pa.Check.ge(0)
+    prob = pa.Check.in_range(0.0, 1.0)
+    columns: dict[str, pa.Column] = {
+        WEEK: pa.Column(str, pa.Check.str_matches(r"^\d{4}-W\d{2}$"), coerce=True),
+        AS_OF: pa.Column("datetime64[us]", coerce=True),
+        CUSTOMER_ID: pa.Column(str, pa.Check.str_length(min_value=1), coerce=True),
+        SEGMENT: pa.Column(str, coerce=True),
+        RECOMMENDED_ACTION: pa.Column(str, coerce=True),
+        ARM: pa.Column(str, pa.Check.isin(ARM_VALUES), coerce=True),
+        P_CHURN: _float(prob),
+        CLV: _float(count),
+        P_ALIVE: _float(prob),
+        VALUE_AT_RISK: _float(count),
+        DAYS_SINCE_LAST_PURCHASE: pa.Column("int64", count, coerce=True),
+        PURCHASE_DAYS: pa.Column("int64", pa.Check.ge(1), coerce=True),
+        TOTAL_SPEND: _float(count),
+        REVENUE_LAST_HORIZON: _float(),
+        CONTACT_COST: _float(count),
+        EFFECT: _float(pa.Check.in_range(-1.0, 1.0)),
+        EFFECT_SOURCE: pa.Column(str, pa.Check.isin(EFFECT_SOURCES), coerce=True),
+        NET_VALUE: _float(),
+        SCORED_BY: pa.Column(str, coerce=True),
+    }
+    return pa.DataFrameSchema(columns, strict=True, ordered=True, unique=[CUSTOMER_ID], name="assignments")
+
+
 RANK = "rank"
 # The weekly list's columns, in the order marketing sees them (the KPI helper columns stay in scores.parquet).
 LIST_COLUMNS: tuple[str, ...] = (
@@ -336,11 +382,24 @@ LIST_COLUMNS: tuple[str, ...] = (
 )
 
 
-def churn_risk_list_schema(with_net: bool) -> pa.DataFrameSchema:
-    """The weekly churn-risk list (``churn_risk.parquet``): a 1-based rank by value at risk, then ``LIST_COLUMNS``."""
+GROUP = "group"  # on the weekly list: contact (this week's campaign) or no contact
+CONTACT = "contact"
+NO_CONTACT = "no contact"
+CAMPAIGN_LIST_COLUMNS = (GROUP, NET_VALUE, CONTACT_COST)
+
+
+def churn_risk_list_schema(with_net: bool, with_campaign: bool = False) -> pa.DataFrameSchema:
+    """The weekly churn-risk list (``churn_risk.parquet``): a 1-based rank, then ``LIST_COLUMNS``; with the
+    campaign, a group (contact | no contact), the expected net value and the cost of a contact after the id."""
     scores = scores_schema(with_net).columns
     columns: dict[str, pa.Column] = {RANK: pa.Column("int64", pa.Check.ge(1), coerce=True, unique=True)}
-    columns.update({c: scores[c] for c in LIST_COLUMNS if c in scores})
+    for c in LIST_COLUMNS:
+        if c in scores:
+            columns[c] = scores[c]
+        if c == CUSTOMER_ID and with_campaign:
+            columns[GROUP] = pa.Column(str, pa.Check.isin((CONTACT, NO_CONTACT)), coerce=True)
+            columns[NET_VALUE] = _float(nullable=True)
+            columns[CONTACT_COST] = _float(pa.Check.ge(0), nullable=True)
     return pa.DataFrameSchema(columns, strict=True, ordered=True, unique=[CUSTOMER_ID], name="churn_risk_list")
 
 

@@ -102,6 +102,9 @@ def population_checks(root: Path, lookback_days: int) -> list[Check]:
     scores = pd.read_parquet(root / "data/scores.parquet", columns=[s.AS_OF])
     listed = root / "reports/weekly" / iso_week(pd.Timestamp(scores[s.AS_OF].iloc[0]).date()) / "churn_risk.parquet"
     list_rows = _rows(listed) if listed.is_file() else -1
+    assigned = root / "data/assignments.parquet"
+    arms = pd.read_parquet(assigned, columns=[s.ARM]) if assigned.is_file() else pd.DataFrame({s.ARM: []})
+    held_out = int((arms[s.ARM] == s.CONTROL_ARM).sum())
     return [
         Check(
             "snapshot: a row per buyer before the scoring cutoff",
@@ -117,9 +120,9 @@ def population_checks(root: Path, lookback_days: int) -> list[Check]:
         ),
         Check("score: one row per churn-scored customer", len(scores) == churn_rows, f"{len(scores):,}"),
         Check(
-            f"report: the list of {listed.parent.name} has every scored customer",
-            list_rows == len(scores),
-            f"{list_rows:,}",
+            f"report: the list of {listed.parent.name} has every scored customer but the control arm",
+            list_rows == len(scores) - held_out,
+            f"{list_rows:,} + {held_out:,} held out",
         ),
     ]
 

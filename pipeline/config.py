@@ -16,6 +16,7 @@ import re
 import types
 import typing
 import zoneinfo
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -575,6 +576,97 @@ class TrainConfig:
         _check_days("train.max_model_age_days", self.max_model_age_days)
 
 
+@dataclasses.dataclass(frozen=True)
+class CampaignAction:
+    """What one retention action of ``score.segments`` costs per contact, and the reduction in the probability of
+    churning it is assumed to bring until a measured one replaces it (``models.campaign``)."""
+
+    action: str
+    cost_per_contact: float
+    assumed_effect: float
+
+    def __post_init__(self) -> None:
+        if not self.action.strip():
+            raise ConfigError("campaign.actions: every entry needs an action name")
+        if self.cost_per_contact < 0:
+            raise ConfigError(f"campaign.actions: cost_per_contact of {self.action!r} must be >= 0")
+        if not 0 <= self.assumed_effect <= 1:
+            raise ConfigError(
+                f"campaign.actions: assumed_effect of {self.action!r} is a reduction in p_churn, in [0, 1]; "
+                f"got {self.assumed_effect}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class UpliftConfig:
+    """When an uplift model is fitted on the assignment log, and the evidence it needs to rank the list."""
+
+    min_customers: int
+    holdout_weeks: int
+    min_improvement: float
+    evidence_resamples: int
+
+    def __post_init__(self) -> None:
+        if self.min_customers < 500:
+            raise ConfigError(f"campaign.uplift.min_customers must be >= 500, got {self.min_customers}")
+        if self.holdout_weeks < 1:
+            raise ConfigError(f"campaign.uplift.holdout_weeks must be >= 1, got {self.holdout_weeks}")
+        if self.min_improvement < 0:
+            raise ConfigError(f"campaign.uplift.min_improvement must be >= 0, got {self.min_improvement}")
+        if self.evidence_resamples < 100:
+            raise ConfigError(f"campaign.uplift.evidence_resamples must be >= 100, got {self.evidence_resamples}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CampaignConfig:
+    """The campaign loop: the control group held out of each weekly list, what contacts cost and are worth, how
+    lift is measured, and when an uplift model ranks the list."""
+
+    control_share: float
+    min_control_per_segment: int
+    budget: float | None
+    no_contact_actions: tuple[str, ...]
+    actions: tuple[CampaignAction, ...]
+    evidence_level: float
+    power: float
+    contacts: str | None
+    uplift: UpliftConfig
+
+    def __post_init__(self) -> None:
+        if self.contacts is not None and not self.contacts.strip():
+            raise ConfigError("campaign.contacts: a file path, or null")
+        if not 0 < self.control_share < 1:
+            raise ConfigError(f"campaign.control_share must be in (0, 1), got {self.control_share}")
+        if self.min_control_per_segment < 0:
+            raise ConfigError(f"campaign.min_control_per_segment must be >= 0, got {self.min_control_per_segment}")
+        if self.budget is not None and self.budget <= 0:
+            raise ConfigError(f"campaign.budget must be > 0 (or null: no cap), got {self.budget}")
+        if not 0.5 <= self.evidence_level < 1:
+            raise ConfigError(f"campaign.evidence_level must be in [0.5, 1), e.g. 0.95; got {self.evidence_level}")
+        if not 0.5 <= self.power < 1:
+            raise ConfigError(f"campaign.power must be in [0.5, 1), e.g. 0.8; got {self.power}")
+        names = [a.action for a in self.actions]
+        twice = sorted({n for n in names if names.count(n) > 1} | (set(names) & set(self.no_contact_actions)))
+        if twice:
+            raise ConfigError(f"campaign.actions: listed twice or also under no_contact_actions: {twice}")
+
+    def action(self, name: str) -> CampaignAction | None:
+        return next((a for a in self.actions if a.action == name), None)
+
+    def check_against(self, grid_actions: Iterable[str]) -> None:
+        """Every action of ``score.segments`` must be priced here or named as no contact, and nothing else."""
+        used = set(grid_actions)
+        known = {a.action for a in self.actions} | set(self.no_contact_actions)
+        missing, unused = sorted(used - known), sorted(known - used)
+        if missing:
+            raise ConfigError(
+                f"campaign.actions: no cost and effect for the action(s) {missing} of score.segments; add them "
+                "to campaign.actions, or to campaign.no_contact_actions if nobody is contacted"
+            )
+        if unused:
+            raise ConfigError(f"campaign: the action(s) {unused} are in no cell of score.segments (misspelt?)")
+
+
 def ingest_source(params: dict[str, Any]) -> str:
     """``ingest.source`` alone, for the stages that name their registered models after the data they learn from."""
     source = params.get("ingest", {}).get("source") if isinstance(params.get("ingest"), dict) else None
@@ -667,6 +759,7 @@ SECTIONS: dict[str, type] = {
     "score": ScoreConfig,
     "train": TrainConfig,
     "backtest": BacktestConfig,
+    "campaign": CampaignConfig,
 }
 
 C = TypeVar("C")

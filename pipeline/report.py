@@ -52,6 +52,7 @@ from pipeline.io import (
     check_finite,
     neutralise,
     read_csv_table,
+    read_stage_json,
     read_table,
     write_csv,
     write_table,
@@ -69,14 +70,52 @@ ID_KEY_ENV = "CHURN_CLV_ID_KEY"  # the pseudonymisation key (score.pseudonymise_
 MODERATE_PSI = 0.1
 
 # Decimals in the CSV: money to the cent, probabilities to 4 places.
-MONEY = (s.VALUE_AT_RISK, s.CLV, s.CLV_P05, s.CLV_P95, s.CLV_NET, s.TOTAL_SPEND, s.REVENUE_LAST_HORIZON)
+MONEY = (
+    s.NET_VALUE,
+    s.CONTACT_COST,
+    s.VALUE_AT_RISK,
+    s.CLV,
+    s.CLV_P05,
+    s.CLV_P95,
+    s.CLV_NET,
+    s.TOTAL_SPEND,
+    s.REVENUE_LAST_HORIZON,
+)
 PROBABILITIES = (s.P_CHURN, s.P_ALIVE)
 
 
-def churn_risk_list(scores: pd.DataFrame) -> pd.DataFrame:
-    """The weekly list: a rank (1 = most value at risk) and ``LIST_COLUMNS``, in the scores' order."""
+def churn_risk_list(scores: pd.DataFrame, assignments: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The weekly list: a rank and ``LIST_COLUMNS``, in the scores' order (1 = most value at risk).
+
+    With the week's ``assignments``: the control arm is left off (it must not be contacted), the target arm comes
+    first as ``contact``, best expected net value first, then everyone else as ``no contact`` in the scores'
+    order; the net value and the cost of a contact beside each assigned customer."""
     cols = [c for c in s.LIST_COLUMNS if c in scores]
     out = scores[cols].reset_index(drop=True)
+    if assignments is not None:
+        arm = assignments.set_index(s.CUSTOMER_ID)
+        unknown = sorted(set(arm.index) - set(out[s.CUSTOMER_ID]))
+        if unknown:
+            raise InputError(
+                f"the week's assignments name {len(unknown)} customer(s) the scores do not have (e.g. {unknown[0]!r});"
+                " they belong to another scoring of this week: rerun `dvc repro`"
+            )
+        ids = out[s.CUSTOMER_ID]
+        control = set(arm.index[arm[s.ARM] == s.CONTROL_ARM])
+        targets = arm.index[arm[s.ARM] == s.TARGET_ARM]  # in the assignment's order: best net value first
+        position = pd.Series(np.arange(len(targets)), index=targets)
+        rest = out[~ids.isin(control) & ~ids.isin(targets)]
+        first = out[ids.isin(targets)].assign(_at=lambda f: position.reindex(f[s.CUSTOMER_ID]).to_numpy())
+        first = first.sort_values("_at", kind="mergesort").drop(columns="_at")
+        out = pd.concat([first, rest], ignore_index=True)
+        listed = out[s.CUSTOMER_ID]
+        values = {c: arm[c].reindex(listed).to_numpy(np.float64) for c in (s.NET_VALUE, s.CONTACT_COST)}
+        at = out.columns.get_loc(s.CUSTOMER_ID) + 1
+        group = np.where(listed.isin(targets), s.CONTACT, s.NO_CONTACT)
+        for offset, (name, column) in enumerate(
+            ((s.GROUP, group), (s.NET_VALUE, values[s.NET_VALUE]), (s.CONTACT_COST, values[s.CONTACT_COST]))
+        ):
+            out.insert(int(at) + offset, name, column)
     out.insert(0, s.RANK, np.arange(1, len(out) + 1, dtype=np.int64))
     return out
 
@@ -367,6 +406,178 @@ def _change_section(prev: Previous, churn_list: pd.DataFrame, kpis: pd.DataFrame
     return f"<h2>Change since {h.esc(prev.week)}</h2>{tiles}{seg_table}{risers_html}"
 
 
+# --- the campaign ----------------------------------------------------------------------------------------------------
+
+LIFT_HEADERS = {
+    "group": "segment",
+    "n_target": "contacted",
+    "n_control": "held out",
+    "retention_target": "retention, contacted",
+    "retention_control": "retention, held out",
+    "lift": "retention lift",
+    "interval": "95% interval",
+    "mde": "detectable (MDE)",
+    "verdict": "reading",
+    "incremental_profit": "incremental profit",
+    "contact_cost": "contact cost",
+}
+
+
+def _verdict(r: dict[str, Any]) -> str:
+    if r.get("lift") is None:
+        return "no comparison: one arm is empty"
+    if r.get("significant"):
+        return "real effect" if abs(r["lift"]) >= (r.get("mde") or 0) else "significant, below the MDE: read with care"
+    return "no effect shown (within noise)"
+
+
+def _lift_chart(rows: list[tuple[str, dict[str, Any]]]) -> str:
+    shown = [(n, r) for n, r in rows if r.get("lift") is not None][::-1]
+    fig = Figure(figsize=(6.4, 0.5 + 0.45 * max(len(shown), 1)))
+    ax = fig.add_subplot()
+    y = np.arange(len(shown))
+    lift = np.array([r["lift"] for _, r in shown])
+    low = np.array([r["lift_low"] for _, r in shown])
+    high = np.array([r["lift_high"] for _, r in shown])
+    mde = np.array([r.get("mde") or 0.0 for _, r in shown])
+    ax.barh(y, 2 * mde, left=-mde, color="#e8e8e8", height=0.6, label="within +/- MDE (undetectable)")
+    ax.errorbar(
+        lift, y, xerr=[lift - low, high - lift], fmt="o", color="#1f4e8c", capsize=3, label="lift, 95% interval"
+    )
+    ax.axvline(0, color="#5b6475", linewidth=1)
+    ax.set_yticks(y, [n for n, _ in shown], fontsize=8)
+    ax.set(xlabel="retention lift: contacted minus held out (share of customers)")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3, axis="x")
+    return h.svg(fig, "Measured retention lift by segment, pooled over the measured weeks")
+
+
+def campaign_section(assignments: pd.DataFrame, campaign: dict[str, Any], horizon_days: int) -> str:
+    """This week's campaign (who is contacted, who held out, the economics) and what earlier weeks' contacts did."""
+    target = assignments[s.ARM] == s.TARGET_ARM
+    n_t, n_c = int(target.sum()), int((~target).sum())
+    sources = sorted(set(assignments[s.EFFECT_SOURCE]))
+    parts = [
+        "<h2>Campaign: this week and its measured effect</h2>",
+        _tiles(
+            [
+                ("to contact (on the list as contact)", h.count(n_t)),
+                ("held out as control (not on the list)", h.count(n_c)),
+                ("expected contact cost", h.money2(assignments.loc[target, s.CONTACT_COST].sum())),
+                ("expected net value of the contacts", h.money2(assignments.loc[target, s.NET_VALUE].sum())),
+            ]
+        ),
+        "<p class='muted'>Expected net value of a contact = min(effect, p_churn) x CLV - cost of the action. Effect "
+        f"used this week: {h.esc(', '.join(sources) or 'none')} (per action below). Held-out customers are the "
+        "comparison that measures the contacts; contacting them spoils it.</p>",
+    ]
+    effects = campaign.get("effects") or {}
+    if effects:
+        frame = pd.DataFrame(
+            [
+                {"action": a, "assumed": e["assumed"], "measured": e["measured"], "used": e["used"], "why": e["why"]}
+                for a, e in effects.items()
+            ]
+        )
+        parts.append(
+            h.table(
+                frame,
+                formats={c: h.signed(h.prob) for c in ("assumed", "measured", "used")},
+                numeric=["assumed", "measured", "used"],
+            )
+        )
+    pooled = (campaign.get("pooled") or {}).get("segments") or {}
+    overall = (campaign.get("pooled") or {}).get("overall")
+    measured = campaign.get("measured_weeks") or []
+    if not measured:
+        as_of = pd.Timestamp(assignments[s.AS_OF].iloc[0]) if len(assignments) else None
+        nxt = (as_of + pd.Timedelta(days=horizon_days - 1)).date() if as_of is not None else None
+        when = f" This week's result is due once the transaction log reaches {nxt}." if nxt else ""
+        parts.append(
+            f"<p>No week has been measured yet: a week's outcome is whether each customer bought within "
+            f"{horizon_days} days of its list.{h.esc(when)}</p>"
+        )
+    else:
+        rows = [*pooled.items(), *([(seg.ALL, overall)] if overall else [])]
+        table = pd.DataFrame(
+            [
+                {
+                    "group": name,
+                    "n_target": r["n_target"],
+                    "n_control": r["n_control"],
+                    "retention_target": r.get("retention_target"),
+                    "retention_control": r.get("retention_control"),
+                    "lift": r.get("lift"),
+                    "interval": (
+                        f"[{r['lift_low']:+.3f}, {r['lift_high']:+.3f}]" if r.get("lift_low") is not None else ""
+                    ),
+                    "mde": r.get("mde"),
+                    "verdict": _verdict(r),
+                    "incremental_profit": r.get("incremental_profit"),
+                    "contact_cost": r.get("contact_cost"),
+                }
+                for name, r in rows
+            ]
+        )
+        parts.append(
+            f"<p class='muted'>Weeks measured: {h.esc(', '.join(measured))}. Intention to treat: every assigned "
+            f"customer counts in the arm drawn for them. Retention = any purchase within {horizon_days} days. The "
+            "MDE is the smallest lift these group sizes detect 8 times in 10; a lift inside it is not evidence.</p>"
+            + h.table(
+                table,
+                formats={
+                    "n_target": h.count,
+                    "n_control": h.count,
+                    "retention_target": h.pct,
+                    "retention_control": h.pct,
+                    "lift": h.signed(h.prob),
+                    "mde": h.prob,
+                    "incremental_profit": h.signed(h.money2),
+                    "contact_cost": h.money2,
+                },
+                headers=LIFT_HEADERS,
+                numeric=[
+                    "n_target",
+                    "n_control",
+                    "retention_target",
+                    "retention_control",
+                    "lift",
+                    "mde",
+                    "incremental_profit",
+                    "contact_cost",
+                ],
+                row_class=lambda r: "total" if r["group"] == seg.ALL else "",
+            )
+            + f'<div class="charts">{_lift_chart(rows)}</div>'
+        )
+    protocol = campaign.get("contacts")
+    if protocol and protocol.get("reach_rate") is not None:
+        c = protocol["contacts"]
+        pp = protocol.get("per_protocol") or {}
+        reached = protocol.get("effect_on_the_reached")
+        words = [
+            f"Marketing's contact file: {h.count(c['matched'])} of its {h.count(c['distinct'])} customers are in the "
+            f"log; {h.pct(protocol['reach_rate'])} of the measured contacted arm was reached."
+        ]
+        if pp.get("lift") is not None:
+            words.append(
+                f"Per protocol (reached against held out; biased where reach depends on the customer): lift "
+                f"{pp['lift']:+.3f} [{pp['lift_low']:+.3f}, {pp['lift_high']:+.3f}]."
+            )
+        if reached:
+            words.append(
+                f"Effect on the reached (intention to treat / reach rate): {reached['lift']:+.3f} "
+                f"[{reached['lift_low']:+.3f}, {reached['lift_high']:+.3f}]."
+            )
+        if c["control_contacted"]:
+            words.append(f"Warning: {h.count(c['control_contacted'])} held-out customers were contacted.")
+        parts.append(f"<p>{h.esc(' '.join(words))}</p>")
+    uplift = campaign.get("uplift") or {}
+    if uplift.get("status"):
+        parts.append(f"<p class='muted'>Uplift model: {h.esc(uplift['status'])}.</p>")
+    return "".join(parts)
+
+
 def summary_page(
     scores: pd.DataFrame,
     churn_list: pd.DataFrame,
@@ -379,8 +590,10 @@ def summary_page(
     previous: Previous | None,
     previous_problem: str | None,
     ranked_by: str = "",
+    campaign: str = "",
 ) -> str:
-    """The summary.html document; ``ranked_by`` says which churn scorer ranked the list and why (``scorer_words``)."""
+    """The summary.html document; ``ranked_by`` says which churn scorer ranked the list and why (``scorer_words``),
+    ``campaign`` is ``campaign_section``'s HTML."""
     as_of = pd.Timestamp(scores[s.AS_OF].iloc[0]).date() if len(scores) else None
     total = kpis[kpis[s.SEGMENT] == seg.ALL].iloc[0]
     cells = grid(cfg)
@@ -407,6 +620,8 @@ def summary_page(
     )
     if ranked_by:
         sections.append(f'<p class="muted">{h.esc(ranked_by)}</p>')
+    if campaign:
+        sections.append(campaign)
     sections.append("<h2>Segments: value tier x risk tier</h2>" + _grid_section(scores, cells))
     sections.append(
         f"<h2>KPIs by segment</h2><p class='muted'>Revenue and profit contribution (revenue x margin) over the last "
@@ -488,9 +703,13 @@ def run(
     drift_path: Path,
     weekly: Path,
     score_metrics: Path | None = None,
+    assignments_path: Path | None = None,
+    campaign_metrics: Path | None = None,
 ) -> Path:
     """Write this week's folder under ``weekly``; returns it. ``score_metrics`` (metrics/score.json) names the
-    scorer that ranked the list on the summary page."""
+    scorer that ranked the list on the summary page; with ``assignments_path`` (the assign stage's) and
+    ``campaign_metrics`` (the measure stage's) the list leaves the control arm off and the page shows the
+    campaign."""
     if not scores_path.is_file():
         raise InputError(f"{scores_path}: file not found; run the score stage first (`dvc repro`)")
     ranked_by = ""
@@ -506,8 +725,13 @@ def run(
     drift = read_table(drift_path, s.drift_schema())
     if scores.empty:
         raise InputError(f"{scores_path}: no customers to report on")
+    assignments = read_table(assignments_path, s.assignment_schema()) if assignments_path is not None else None
+    campaign = read_stage_json(campaign_metrics, "measure") if campaign_metrics is not None else {}
     if cfg.pseudonymise_ids:
-        scores[s.CUSTOMER_ID] = pseudonymise(scores[s.CUSTOMER_ID], id_key())
+        key = id_key()
+        scores[s.CUSTOMER_ID] = pseudonymise(scores[s.CUSTOMER_ID], key)
+        if assignments is not None:
+            assignments[s.CUSTOMER_ID] = pseudonymise(assignments[s.CUSTOMER_ID], key)
     as_of = pd.Timestamp(scores[s.AS_OF].iloc[0]).date()
     week = iso_week(as_of)
     folder = weekly / week
@@ -521,7 +745,12 @@ def run(
         log.warning("%s", problem)
         previous = None
 
-    churn_list = churn_risk_list(scores)
+    if assignments is not None and len(assignments) and set(assignments[s.WEEK]) != {iso_week(as_of)}:
+        raise InputError(
+            f"{assignments_path}: the assignments of {sorted(set(assignments[s.WEEK]))}, not of {iso_week(as_of)}; "
+            "rerun the assign stage (`dvc repro`)"
+        )
+    churn_list = churn_risk_list(scores, assignments)
     kpis = seg.kpi_table(scores, seg.segment_order(grid(cfg)), margin_ratio=ccfg.margin_ratio)
     page = summary_page(
         scores,
@@ -534,13 +763,15 @@ def run(
         previous=previous,
         previous_problem=problem,
         ranked_by=ranked_by,
+        campaign=(campaign_section(assignments, campaign, fcfg.horizon_days) if assignments is not None else ""),
     )
     folder.mkdir(parents=True, exist_ok=True)
     # no CLV interval where the LightGBM challenger values customers: an empty cell, not a number
-    check_finite(churn_list, f"writing {folder / LIST_CSV}", undefined_allowed=(s.CLV_P05, s.CLV_P95))
+    undefined = (s.CLV_P05, s.CLV_P95, s.NET_VALUE, s.CONTACT_COST)  # no interval, or not assigned: an empty cell
+    check_finite(churn_list, f"writing {folder / LIST_CSV}", undefined_allowed=undefined)
     with atomic_path(folder / LIST_CSV) as tmp:
         write_list_csv(churn_list, tmp)
-    write_table(churn_list, folder / LIST_PARQUET, s.churn_risk_list_schema(with_net))
+    write_table(churn_list, folder / LIST_PARQUET, s.churn_risk_list_schema(with_net, assignments is not None))
     write_csv(kpis, folder / SEGMENTS_CSV, undefined_allowed=seg.KPI_COLUMNS)
     with atomic_path(folder / SUMMARY) as tmp:
         tmp.write_text(page, encoding="utf-8")
@@ -559,6 +790,8 @@ def main(argv: Sequence[str]) -> None:
     cli.input_file(p, "--scores")
     cli.input_file(p, "--drift")
     cli.input_file(p, "--score-metrics")
+    cli.input_file(p, "--assignments")
+    cli.input_file(p, "--campaign-metrics")
     cli.output(p, "--weekly", directory=True, keep_existing=True)  # earlier weeks' folders stay
     args = p.parse_args(argv)
     params = load_params(args.params)
@@ -570,6 +803,8 @@ def main(argv: Sequence[str]) -> None:
         drift_path=args.drift,
         weekly=args.weekly,
         score_metrics=args.score_metrics,
+        assignments_path=args.assignments,
+        campaign_metrics=args.campaign_metrics,
     )
 
 

@@ -13,7 +13,7 @@ from types import ModuleType
 
 import yaml
 
-from pipeline import backtest, churn, clv, features, ingest, report, score, snapshot
+from pipeline import assign, backtest, churn, clv, features, ingest, measure, report, score, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES: dict[str, ModuleType] = {
@@ -23,11 +23,13 @@ MODULES: dict[str, ModuleType] = {
     "train_churn": churn,
     "snapshot": snapshot,
     "score": score,
+    "measure": measure,
+    "assign": assign,
     "report": report,
     "backtest": backtest,
 }
 ORDER = tuple(m for m in MODULES if m != "backtest")  # the pipeline every week depends on; the backtest runs apart
-PROJECT_FOLDERS = ("data/", "artifacts/", "metrics/", "plots/", "reports/")
+PROJECT_FOLDERS = ("data/", "artifacts/", "metrics/", "plots/", "reports/", "campaign/")
 
 
 def command(stage: str) -> list[str]:

@@ -156,7 +156,7 @@ def _serves_its_choice(d: Path, file: Path, params: dict[str, Any], metrics: dic
     # the gate's rule: the model only with the lower bound of its gain over the best rule clear of the bar
     assert (serving["scorer"] == "model") == (serving["low"] > 0 and serving["low"] >= serving["min_improvement"])
     assert pooled[serving["scorer"]]["roc_auc"] >= pooled[best]["roc_auc"] - 0.002  # never worse than the rule
-    run_stages(d, file, ("train_clv", "train_churn", "snapshot", "score", "report"))
+    run_stages(d, file, ("train_clv", "train_churn", "snapshot", "score", "measure", "assign", "report"))
     served = json.loads((d / "metrics/score.json").read_text())["served"]["churn"]["scorer"]
     assert served["scorer"] == serving["scorer"] and served["origins"] == len(metrics["origins"])
     churn = pd.read_parquet(d / "data/churn.parquet")
@@ -204,7 +204,7 @@ def _values_by_its_choice(
     doc["clv"]["serving"] = flipped
     (d / "metrics/backtest.json").write_text(json.dumps(doc))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{d}/flipped.db")
-    run_stages(d, file, ("train_clv", "score", "report"))
+    run_stages(d, file, ("train_clv", "score", "measure", "assign", "report"))
     _values_as_chosen(d, params, flipped)
 
 

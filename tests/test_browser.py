@@ -15,10 +15,12 @@ from typing import Any
 
 import pytest
 
+from tests.test_campaign import report_with_campaign
 from tests.test_report import write_week
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOT = ROOT / "reports" / "screenshots" / "summary.png"
+CAMPAIGN_SCREENSHOT = ROOT / "reports" / "screenshots" / "campaign.png"
 BROWSERS = ("chromium", "chromium-browser")
 # The flags a sandboxed, offline machine needs: no background connections, no GPU, no first-run pages.
 FLAGS = [
@@ -99,3 +101,35 @@ def test_summary_renders_in_chromium(tmp_path: Path, params: dict[str, Any], chr
     assert errors == []
     assert requests == []
     assert SCREENSHOT.stat().st_size > 50_000
+
+
+def test_campaign_section_renders_in_chromium(tmp_path: Path, params: dict[str, Any], chromium: str) -> None:
+    """The summary's campaign section with a measured week: lift, interval and MDE per segment, and the chart."""
+    from playwright.sync_api import sync_playwright
+
+    folder = report_with_campaign(tmp_path, params)
+    page_url = (folder / "summary.html").as_uri()
+    errors: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(page_url, wait_until="load")
+            heading = page.locator("h2:has-text('Campaign')")
+            assert heading.is_visible()
+            table = page.locator("p:has-text('Weeks measured') + table")
+            headers = table.locator("th").all_inner_texts()
+            assert {"retention lift", "95% interval", "detectable (MDE)", "reading"} <= set(headers)
+            overall = table.locator("tr.total td").all_inner_texts()
+            assert overall[0] == "all customers" and overall[headers.index("95% interval")].startswith("[")
+            chart = page.locator("figure[aria-label^='Measured retention lift'] svg")
+            box = chart.bounding_box()
+            assert box is not None and box["width"] > 300 and box["height"] > 100
+            CAMPAIGN_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            page.locator("h2:has-text('Campaign')").scroll_into_view_if_needed()
+            page.screenshot(path=str(CAMPAIGN_SCREENSHOT), full_page=True)
+        finally:
+            browser.close()
+    assert errors == []
+    assert CAMPAIGN_SCREENSHOT.stat().st_size > 50_000

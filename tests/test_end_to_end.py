@@ -215,10 +215,18 @@ def _check_score_and_report(d: Path, params_file: Path, params: dict[str, Any], 
     assert m["overall"]["revenue_last_horizon"] == pytest.approx(revenue, rel=1e-6)
     assert sum(v["customers"] for v in m["segments"].values()) == len(scores)
 
+    run_stage("measure", d, params_file)
+    run_stage("assign", d, params_file)
+    assert [p.name for p in (d / "campaign/assignments").iterdir()] == ["1998-W27.parquet"]
     run_stage("report", d, params_file)
     folder = d / "reports/weekly" / "1998-W27"
     listed = pd.read_csv(folder / "churn_risk.csv", encoding="utf-8-sig", dtype=str)
-    assert len(listed) == len(scores) and listed[s.CUSTOMER_ID].tolist() == scores[s.CUSTOMER_ID].tolist()
+    arms = pd.read_parquet(d / "data/assignments.parquet")
+    control = arms.loc[arms[s.ARM] == s.CONTROL_ARM, s.CUSTOMER_ID]
+    # every scored customer but the control arm: the contacts first, then the others in the scores' order
+    assert len(listed) == len(scores) - len(control) and not set(control) & set(listed[s.CUSTOMER_ID])
+    others = listed.loc[listed[s.GROUP] == s.NO_CONTACT, s.CUSTOMER_ID].tolist()
+    assert others == [c for c in scores[s.CUSTOMER_ID] if c in set(others)]
     assert (folder / "summary.html").stat().st_size > 20_000
 
     import mlflow

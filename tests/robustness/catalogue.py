@@ -659,7 +659,7 @@ CASES: list[Case] = [
         Fails(
             "ingest",
             "{params}: unknown section 'scroe' (did you mean 'score'?); the sections are base, ingest, features, clv, "
-            "churn, score, train, backtest",
+            "churn, score, train, backtest, campaign",
         ),
         params_text=lambda text: text + "scroe:\n  pseudonymise_ids: true\n",
     ),

@@ -93,7 +93,7 @@ def test_each_repro_is_a_parent_run_with_a_child_per_stage(project: Path) -> Non
     assert len(parents) >= 2  # the fixture's repro and at least the forced one
     for parent in parents:
         children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-        assert sorted(r.data.tags["stage"] for r in children) == ["backtest", "churn", "clv", "score"]
+        assert sorted(r.data.tags["stage"] for r in children) == ["backtest", "churn", "clv", "measure", "score"]
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     features_md5 = next(o["md5"] for o in lock["features"]["outs"] if o["path"] == "data/features.parquet")
     latest_churn = max((r for r in runs if r.data.tags.get("stage") == "churn"), key=lambda r: r.info.start_time)
@@ -161,6 +161,12 @@ KILL_SWITCH = textwrap.dedent(
 )
 
 
+def up_to_date(status: str) -> bool:
+    """`dvc status` with nothing to run but the measure stage, which is always changed: it rereads the campaign's
+    assignment log, which DVC does not track."""
+    return status == "measure:\n\talways changed\n"
+
+
 def killed_repro(project: Path, tmp_path: Path, stage: str, point: str, *args: str) -> subprocess.CompletedProcess[str]:
     (tmp_path / "sitecustomize.py").write_text(KILL_SWITCH.format(stage=stage, point=point))
     env = _env(project)
@@ -178,7 +184,7 @@ def test_features_killed_mid_write_under_dvc_repro_leaves_every_output(project: 
     assert every_output(project) == before  # DVC did not delete them, the stage did not replace them
     assert any(".features.parquet." in p for p in staging_leftovers(project))  # the half-written file, hidden
     # nothing changed but a run that did not finish: the outputs are still those dvc.lock records
-    assert "Data and pipelines are up to date" in dvc(project, "status").stdout
+    assert up_to_date(dvc(project, "status").stdout)
     again = dvc(project, "repro", "--force", "--single-item", "features")
     assert again.returncode == 0, again.stderr[-2000:]
     assert staging_leftovers(project) == []  # removed by the next run of the stage
@@ -203,7 +209,7 @@ def test_score_killed_between_two_outputs_under_dvc_repro_leaves_every_output(pr
         assert "changed outs" not in status  # and finds every output as dvc.lock records it
     finally:
         params_file.write_text(original)
-    assert "Data and pipelines are up to date" in dvc(project, "status").stdout
+    assert up_to_date(dvc(project, "status").stdout)
 
 
 def test_a_stage_that_stops_on_bad_input_under_dvc_repro_leaves_its_outputs(project: Path) -> None:
