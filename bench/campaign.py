@@ -99,11 +99,15 @@ def season(
 
 
 def truth_table(log: pd.DataFrame, results: dict[str, Any]) -> pd.DataFrame:
-    """Measured pooled lift per segment and overall, beside the true lift of the same customers."""
+    """Measured pooled lift per segment and overall (the measure stage's ``pooled``), beside the true lift of the
+    same customers (``log`` with ``tau`` and ``retained_0``); groups without a measured lift are left out."""
     rows = []
     groups = [*log.groupby(s.SEGMENT, sort=True), ("all customers", log)]
     for name, g in groups:
-        r = results["pooled"]["overall"] if name == "all customers" else results["pooled"]["segments"][name]
+        pooled = results["pooled"]
+        r = pooled["overall"] if name == "all customers" else pooled["segments"].get(name)
+        if not r or r.get("lift") is None:
+            continue
         truth = sim.true_lift(g["tau"].to_numpy(), g["retained_0"].to_numpy())
         rows.append(
             {
@@ -236,31 +240,6 @@ def cdnow_season(
     return pd.concat(truth, ignore_index=True), metrics
 
 
-def cdnow_table(truth: pd.DataFrame, metrics: dict[str, Any]) -> pd.DataFrame:
-    rows = []
-    groups = [*truth.groupby(s.SEGMENT, sort=True), ("all customers", truth)]
-    for name, g in groups:
-        pooled = metrics["pooled"]
-        r = pooled["overall"] if name == "all customers" else pooled["segments"].get(name)
-        if not r or r.get("lift") is None:
-            continue
-        true = sim.true_lift(g["tau"].to_numpy(), g["retained_0"].to_numpy())
-        rows.append(
-            {
-                "segment": name,
-                "contacted": r["n_target"],
-                "held out": r["n_control"],
-                "true lift": true,
-                "measured": r["lift"],
-                "low": r["lift_low"],
-                "high": r["lift_high"],
-                "mde": r["mde"],
-                "covered": r["lift_low"] <= true <= r["lift_high"],
-            }
-        )
-    return pd.DataFrame(rows)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--params", default="params.yaml")
@@ -292,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 max_effect=args.max_effect,
                 folder=Path(tmp),
             )
-        print(cdnow_table(truth, metrics).to_string(**show))
+        print(truth_table(truth, metrics).to_string(**show))
         print(f"   uplift model: {metrics['uplift']['status']}\n")
     sizes = {"weeks": args.weeks, "customers": args.customers, "max_effect": args.max_effect}
     log = season(params, seed=0, shape="heterogeneous", **sizes)

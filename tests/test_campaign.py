@@ -172,6 +172,23 @@ def _week(tmp: Path, params: dict[str, Any], as_of: dt.date) -> tuple[assign.Inp
     return inp, assign.Outputs(tmp / f"assignments_{as_of}.parquet", tmp / f"assign_{as_of}.json"), cfg
 
 
+def _report(tmp: Path, params: dict[str, Any], inp: assign.Inputs, out: assign.Outputs, campaign: Path) -> Path:
+    """The report stage on the week's scores and assignments, with ``campaign`` as the measure stage's metrics."""
+    drift = tmp / "drift.parquet"
+    as_of = pd.Timestamp(pd.read_parquet(inp.scores, columns=[s.AS_OF])[s.AS_OF].iloc[0]).date()
+    write_table(synthetic_drift(as_of, False), drift, s.drift_schema())
+    return report.run(
+        section(params, "features", FeaturesConfig),
+        section(params, "clv", ClvConfig),
+        section(params, "score", ScoreConfig),
+        scores_path=inp.scores,
+        drift_path=drift,
+        weekly=tmp / "weekly",
+        assignments_path=out.assignments,
+        campaign_metrics=campaign,
+    )
+
+
 def test_rerunning_a_week_keeps_its_arms_and_adds_nothing(tmp_path: Path, params: dict[str, Any]) -> None:
     inp, out, cfg = _week(tmp_path, params, dt.date(1998, 3, 2))
     first = assign.run(cfg, inp, out)
@@ -235,18 +252,7 @@ def test_no_control_customer_on_the_marketing_list(tmp_path: Path, params: dict[
     as_of = dt.date(1998, 3, 2)
     inp, out, cfg = _week(tmp_path, params, as_of)
     metrics = assign.run(cfg, inp, out)
-    drift = tmp_path / "drift.parquet"
-    write_table(synthetic_drift(as_of, False), drift, s.drift_schema())
-    folder = report.run(
-        section(params, "features", FeaturesConfig),
-        section(params, "clv", ClvConfig),
-        section(params, "score", ScoreConfig),
-        scores_path=inp.scores,
-        drift_path=drift,
-        weekly=tmp_path / "weekly",
-        assignments_path=out.assignments,
-        campaign_metrics=inp.campaign_metrics,
-    )
+    folder = _report(tmp_path, params, inp, out, inp.campaign_metrics)
     arms = pd.read_parquet(out.assignments)
     control = set(arms.loc[arms[s.ARM] == cp.CONTROL, s.CUSTOMER_ID])
     listed = pd.read_parquet(folder / report.LIST_PARQUET)
@@ -295,18 +301,7 @@ def measured_week(
 def report_with_campaign(tmp_path: Path, params: dict[str, Any]) -> Path:
     """The week's folder with a measured campaign on its summary page (a real lift in one arm, noise elsewhere)."""
     _, _, campaign_json, inp, out = measured_week(tmp_path, params, share_bought=(0.6, 0.4))
-    drift = tmp_path / "drift.parquet"
-    write_table(synthetic_drift(dt.date(1998, 3, 2), False), drift, s.drift_schema())
-    return report.run(
-        section(params, "features", FeaturesConfig),
-        section(params, "clv", ClvConfig),
-        section(params, "score", ScoreConfig),
-        scores_path=inp.scores,
-        drift_path=drift,
-        weekly=tmp_path / "weekly",
-        assignments_path=out.assignments,
-        campaign_metrics=campaign_json,
-    )
+    return _report(tmp_path, params, inp, out, campaign_json)
 
 
 def test_measure_stage_on_a_logged_week(
