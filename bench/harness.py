@@ -61,7 +61,13 @@ def bench_base() -> Any:
 
     spark = SparkConfig(master="local[2]", shuffle_partitions=8, driver_memory_mb=4096)
     return BaseConfig(
-        seed=0, time_unit="days", mlflow_experiment="bench", duckdb_memory_limit_mb=1024, engine="duckdb", spark=spark
+        seed=0,
+        time_unit="days",
+        mlflow_experiment="bench",
+        currency="USD",
+        duckdb_memory_limit_mb=1024,
+        engine="duckdb",
+        spark=spark,
     )
 
 

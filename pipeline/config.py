@@ -11,6 +11,7 @@ import codecs
 import dataclasses
 import datetime as dt
 import difflib
+import io
 import math
 import re
 import types
@@ -77,6 +78,7 @@ class BaseConfig:
     seed: int
     time_unit: Literal["days", "weeks"]
     mlflow_experiment: str
+    currency: str
     duckdb_memory_limit_mb: int
     engine: Literal["duckdb", "spark"]
     spark: SparkConfig
@@ -90,6 +92,8 @@ class BaseConfig:
             )
         if self.duckdb_memory_limit_mb < 256:
             raise ConfigError(f"base.duckdb_memory_limit_mb must be >= 256, got {self.duckdb_memory_limit_mb}")
+        if not re.fullmatch(r"[A-Z]{3}", self.currency):
+            raise ConfigError(f"base.currency must be a three-letter ISO 4217 code such as USD, got {self.currency!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -697,35 +701,31 @@ AS_OF_KEYS = ("score.as_of", "train.as_of")
 
 
 def set_as_of(path: str | Path, key: str, as_of: dt.date | None) -> None:
-    """Set ``key`` (``score.as_of`` or ``train.as_of``) in ``path`` in place, leaving every other line and comment
-    as it was.
-
-    ``dvc exp run -S`` would rewrite the whole file in its own YAML style; ``make weekly`` changes one value only.
+    """Set ``key`` (``score.as_of`` or ``train.as_of``) in ``path`` in place, written the way ``dvc exp run -S``
+    writes a value back (ruamel.yaml's round trip, as DVC uses it): params.yaml is kept in that form, so either
+    way one value changes one line, and every other line and comment stays as it was.
     """
     if key not in AS_OF_KEYS:
         raise ConfigError(f"set_as_of: {key} is not one of {AS_OF_KEYS}")
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
     name, field = key.split(".")
     p = Path(path)
-    lines = p.read_text(encoding="utf-8").splitlines(keepends=True)
-    value = "null" if as_of is None else f"'{as_of.isoformat()}'"
-    inside = False
-    for i, line in enumerate(lines):
-        if re.match(r"^\S", line):
-            inside = re.match(rf"^{name}:\s*(#.*)?$", line) is not None
-            continue
-        m = re.match(rf"^([ \t]+{field}:)([ \t]*)([^#\n]*?)([ \t]*#.*)?(\n?)$", line)
-        if inside and m:
-            lines[i] = f"{m.group(1)} {value}{m.group(4) or ''}{m.group(5)}"
-            break
-    else:
-        raise ConfigError(f"{p}: no {key} line to set; add `{field}: null` under `{name}:`")
-    text = "".join(lines)
+    rt = YAML()  # round trip, block style: DVC's writer (dvc.utils.serialize._yaml)
+    rt.default_flow_style = False
     try:
-        written = _date_setting(yaml.safe_load(text), key, "")
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: setting {key} would break the file ({str(exc).splitlines()[0]})") from exc
-    if written != as_of:  # never leave a file that says something else
-        raise ConfigError(f"{p}: could not set {key} to {value}")
+        doc = rt.load(p.read_text(encoding="utf-8"))
+    except YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get(name), dict) or field not in doc[name]:
+        raise ConfigError(f"{p}: no {key} line to set; add `{field}:` under `{name}:`")
+    doc[name][field] = None if as_of is None else as_of.isoformat()
+    out = io.StringIO()
+    rt.dump(doc, out)
+    text = out.getvalue()
+    if _date_setting(yaml.safe_load(text), key, "") != as_of:  # never leave a file that says something else
+        raise ConfigError(f"{p}: could not set {key} to {as_of}")
     p.write_text(text, encoding="utf-8")
 
 

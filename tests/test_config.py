@@ -111,10 +111,28 @@ def test_set_scoring_as_of_changes_one_line(tmp_path: Path) -> None:
     set_scoring_as_of(target, dt.date(1998, 3, 2))
     changed = target.read_text(encoding="utf-8")
     diff = [(a, b) for a, b in zip(original.splitlines(), changed.splitlines(), strict=True) if a != b]
-    assert diff == [("  as_of: null", "  as_of: '1998-03-02'")]
+    assert diff == [("  as_of:", "  as_of: '1998-03-02'")]
     assert scoring_as_of(load_params(target)) == dt.date(1998, 3, 2)
     set_scoring_as_of(target, None)
     assert target.read_text(encoding="utf-8") == original
+
+
+def test_params_yaml_is_kept_in_the_form_dvc_writes_back(tmp_path: Path) -> None:
+    # `dvc exp run -S key=value` loads params.yaml with ruamel.yaml's round trip and dumps it whole: a file in any
+    # other form comes back rewritten (quotes, nulls, wrapped lines), a one-value experiment as a 70-line diff
+    from dvc.utils.serialize import modify_yaml
+
+    target = tmp_path / "params.yaml"
+    original = (ROOT / "params.yaml").read_text(encoding="utf-8")
+    target.write_text(original, encoding="utf-8")
+    with modify_yaml(str(target)):
+        pass
+    assert target.read_text(encoding="utf-8") == original
+    with modify_yaml(str(target)) as doc:
+        doc["churn"]["lightgbm"]["num_leaves"] = 31
+    changed = target.read_text(encoding="utf-8").splitlines()
+    diff = [(a, b) for a, b in zip(original.splitlines(), changed, strict=True) if a != b]
+    assert [(a.split(":")[0], b.strip()) for a, b in diff] == [("    num_leaves", "num_leaves: 31")]
 
 
 def test_set_scoring_as_of_needs_the_line(tmp_path: Path) -> None:
