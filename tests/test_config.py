@@ -117,22 +117,23 @@ def test_set_scoring_as_of_changes_one_line(tmp_path: Path) -> None:
     assert target.read_text(encoding="utf-8") == original
 
 
-def test_params_yaml_is_kept_in_the_form_dvc_writes_back(tmp_path: Path) -> None:
-    # `dvc exp run -S key=value` loads params.yaml with ruamel.yaml's round trip and dumps it whole: a file in any
-    # other form comes back rewritten (quotes, nulls, wrapped lines), a one-value experiment as a 70-line diff
-    from dvc.utils.serialize import modify_yaml
+@pytest.mark.parametrize(
+    ("override", "changed"),
+    [("churn.lightgbm.num_leaves=31", ["    num_leaves: 31"]), ("base.seed=42", [])],
+)
+def test_params_yaml_is_kept_in_the_form_dvc_writes_back(tmp_path: Path, override: str, changed: list[str]) -> None:
+    # `dvc exp run -S key=value` applies the override with DVC's own function and dumps the whole file through
+    # ruamel.yaml: a file in another form comes back rewritten (quotes, nulls, inline lists turned into blocks, a
+    # comment after a list dropped), a one-value experiment as a 70-line diff. This is that function.
+    from dvc.utils.hydra import apply_overrides
 
     target = tmp_path / "params.yaml"
     original = (ROOT / "params.yaml").read_text(encoding="utf-8")
     target.write_text(original, encoding="utf-8")
-    with modify_yaml(str(target)):
-        pass
-    assert target.read_text(encoding="utf-8") == original
-    with modify_yaml(str(target)) as doc:
-        doc["churn"]["lightgbm"]["num_leaves"] = 31
-    changed = target.read_text(encoding="utf-8").splitlines()
-    diff = [(a, b) for a, b in zip(original.splitlines(), changed, strict=True) if a != b]
-    assert [(a.split(":")[0], b.strip()) for a, b in diff] == [("    num_leaves", "num_leaves: 31")]
+    apply_overrides(target, [override])
+    after = target.read_text(encoding="utf-8").splitlines()
+    diff = [b for a, b in zip(original.splitlines(), after, strict=True) if a != b]
+    assert diff == changed
 
 
 def test_set_scoring_as_of_needs_the_line(tmp_path: Path) -> None:
