@@ -36,7 +36,9 @@ HEADER = "customer_id,date,amount"
 @dataclasses.dataclass(frozen=True)
 class Fails:
     stage: str
-    message: str  # the whole line after "error: "; {src}, {dir} and {params}: the source, its folder, the params file
+    # The whole line after "error: "; {src}, {dir} and {params}: the source, its folder, the params file;
+    # {seed_lines}: where the written params file has its `seed:` lines ("lines 8 and 13").
+    message: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -668,7 +670,7 @@ CASES: list[Case] = [
         lines(*GOOD),
         Fails(
             "ingest",
-            "{params}: key 'seed' is given twice in one mapping (lines 8 and 12); YAML would silently keep the last "
+            "{params}: key 'seed' is given twice in one mapping ({seed_lines}); YAML would silently keep the last "
             "one: delete one of them",
         ),
         params_text=insert_after("base:\n", "  seed: 1\n"),

@@ -71,7 +71,12 @@ def test_catalogue_case(
                 cli.run(MODULES[stage].main, args)
             assert stopped.value.code == 2
             err = capsys.readouterr().err
-            expected = case.expect.message.format(src=source, dir=tmp_path, params=params_file)
+            seeds = [
+                str(n) for n, line in enumerate(params_file.read_text().splitlines(), 1) if line.startswith("  seed:")
+            ]
+            expected = case.expect.message.format(
+                src=source, dir=tmp_path, params=params_file, seed_lines="lines " + " and ".join(seeds)
+            )
             assert err.strip().splitlines() == ["error: " + expected], err
             return
         cli.run(MODULES[stage].main, args)
