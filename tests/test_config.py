@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import copy
 import datetime as dt
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from pipeline.config import (
     BaseConfig,
@@ -134,6 +137,75 @@ def test_params_yaml_is_kept_in_the_form_dvc_writes_back(tmp_path: Path, overrid
     after = target.read_text(encoding="utf-8").splitlines()
     diff = [b for a, b in zip(original.splitlines(), after, strict=True) if a != b]
     assert diff == changed
+
+
+def _containers(values: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """``(dotted key, empty value)`` for every key of ``values`` holding a list or a mapping."""
+    found = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            found += [(prefix + key, "{}"), *_containers(value, f"{prefix}{key}.")]
+        elif isinstance(value, list):
+            found.append((prefix + key, "[]"))
+    return found
+
+
+def test_replacing_a_list_or_a_mapping_leaves_a_file_yaml_can_read(tmp_path: Path) -> None:
+    # ruamel.yaml writes `key: []` over a block list whose key line holds a comment, and the comment's column
+    # then swallows the next key ("cutoff_schedule: every_days: 14"): params.yaml keeps such comments above the key
+    from dvc.utils.hydra import apply_overrides
+
+    original = (ROOT / "params.yaml").read_text(encoding="utf-8")
+    expected_all = yaml.safe_load(original)
+    containers = [c for c in _containers(expected_all) if c[0].count(".") < 2]
+    assert ("features.cutoffs", "[]") in containers and ("ingest.columns", "{}") in containers
+    broken = []
+    for key, empty in containers:
+        target = tmp_path / "params.yaml"
+        target.write_text(original, encoding="utf-8")
+        apply_overrides(target, [f"{key}={empty}"])
+        try:
+            after = yaml.safe_load(target.read_text(encoding="utf-8"))
+        except yaml.YAMLError:
+            broken.append(key)
+            continue
+        # everything else as it was; a list now empty (Hydra merges `{}` into a mapping, which leaves it whole)
+        *path, last = key.split(".")
+        place = after
+        for part in path:
+            place = place[part]
+        if (empty == "[]" and place[last] != []) or _without(after, key) != _without(expected_all, key):
+            broken.append(key)
+    assert broken == []
+
+
+def _without(values: dict[str, Any], key: str) -> dict[str, Any]:
+    out = copy.deepcopy(values)
+    *path, last = key.split(".")
+    place = out
+    for part in path:
+        place = place[part]
+    place.pop(last)
+    return out
+
+
+def test_the_readme_online_retail_experiment_applies_as_written(tmp_path: Path) -> None:
+    # the -S overrides of the README's Online Retail command, through DVC's own function
+    from dvc.utils.hydra import apply_overrides
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    command = readme[readme.index("dvc exp run \\\n  -S 'ingest.source=") :]
+    command = command[: command.index("\nmake weekly")]
+    overrides = [a or b for a, b in re.findall(r"-S '([^']*)'|-S (\S+)", command)]
+    assert len(overrides) == 17 and "base.currency=GBP" in overrides
+    target = tmp_path / "params.yaml"
+    target.write_text((ROOT / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    apply_overrides(target, overrides)
+    params = load_params(target)
+    assert params["features"]["cutoffs"] == [] and params["features"]["cutoff_schedule"]["every_days"] == 14
+    assert params["ingest"]["columns"]["amount"] is None and params["ingest"]["columns"]["order_id"] == "InvoiceNo"
+    assert params["ingest"]["duplicate_key"][0] == "InvoiceNo" and params["base"]["currency"] == "GBP"
+    assert section(params, "base", BaseConfig).currency == "GBP"
 
 
 def test_set_scoring_as_of_needs_the_line(tmp_path: Path) -> None:
