@@ -10,7 +10,14 @@ export DVC_NO_ANALYTICS := 1
 
 .PHONY: install java run weekly train audit compare ui test lint typecheck pytest bench bench-features bench-clv bench-churn reproduce-cdnow demo-campaign lock clean
 
-install: $(STAMP)
+PLOTS_TEMPLATE := .dvc/offline_plots.html
+
+install: $(STAMP) $(PLOTS_TEMPLATE)
+
+# The page `dvc plots show` fills (.dvc/config: plots.html_template), with Vega, Vega-Lite and vega-embed inlined
+# from the installed vl-convert-python, so dvc_plots/index.html draws every plot with no network.
+$(PLOTS_TEMPLATE): $(STAMP) pipeline/plots_template.py
+	$(BIN)/python -m pipeline.plots_template --out $@
 
 # Installs exactly the versions in requirements.lock (what CI tested); reruns when either file changes.
 $(STAMP): pyproject.toml requirements.lock
