@@ -183,7 +183,9 @@ def _minimise(
     fun: Objective, initial_params: Any, params_size: int, disp: bool, tol: float, bounds: Any, **kwargs: Any
 ) -> tuple[Array, float, Array]:
     """lifetimes' ``BaseFitter._fit`` with an analytic objective: same start, optimiser, tolerance and failure."""
-    options = {"disp": disp, **kwargs}
+    # With bounds SciPy picks L-BFGS-B, whose `disp` option is deprecated (SciPy 1.15) and prints nothing we read:
+    # it is passed only to the unbounded BFGS, and only to turn printing on.
+    options = {**({"disp": True} if disp and bounds is None else {}), **kwargs}
     x0 = 0.1 * np.ones(params_size) if initial_params is None else np.asarray(initial_params, dtype=np.float64)
     output = minimize(fun, jac=True, method=None, tol=tol, x0=x0, options=options, bounds=bounds)
     if not output.success:

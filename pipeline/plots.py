@@ -19,11 +19,16 @@ def _save(fig: Figure, path: Path) -> None:
 
 
 def lines(frame: pd.DataFrame, x: str, ys: Sequence[str], *, title: str, xlabel: str, ylabel: str, path: Path) -> None:
-    """One line per column of ``ys`` against ``x``."""
+    """One line per column of ``ys`` against ``x``; an ``x`` of text (such as dates as "1998-04-01") is evenly
+    spaced in its rows' order, each row labelled, rather than left to matplotlib's guess at categories."""
     fig = Figure(figsize=(7, 4.2))
     ax = fig.add_subplot()
+    numeric = pd.api.types.is_numeric_dtype(frame[x])
+    at = frame[x] if numeric else np.arange(len(frame))
     for y in ys:
-        ax.plot(frame[x], frame[y], marker="o" if len(frame) <= 20 else None, label=y)
+        ax.plot(at, frame[y], marker="o" if len(frame) <= 20 else None, label=y)
+    if not numeric:
+        ax.set_xticks(at, [str(v) for v in frame[x]], rotation=30, ha="right")
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
