@@ -61,6 +61,7 @@ from pipeline.config import (
     ChurnConfig,
     ClvConfig,
     FeaturesConfig,
+    ingest_source,
     load_params,
     section,
 )
@@ -493,8 +494,10 @@ def run(
     *,
     clv: ClvConfig,
     track: bool = True,
+    source: str | None = None,
 ) -> dict[str, Any]:
-    """Train and judge at every origin, compare the candidates, write the metrics and plots. Returns the metrics."""
+    """Train and judge at every origin, compare the candidates, write the metrics and plots. Returns the metrics.
+    ``source`` (``ingest.source``) is recorded with the MLflow run, so runs of different logs are not compared."""
     started = time.perf_counter()
     origins, table, columns = backtest_rows(features, base, fcfg, ccfg, bcfg)
     codes = pd.Series(pd.factorize(table[s.CUSTOMER_ID])[0], index=table.index) if origins else pd.Series()
@@ -514,7 +517,7 @@ def run(
     write_plots(out, results)
     write_clv_plots(out, valued)
     if track:
-        _track(base, fcfg, ccfg, clv, bcfg, features, out, metrics)
+        _track(base, fcfg, ccfg, clv, bcfg, features, out, metrics, source=source)
     log.info("%s (%.0f s)", headline(metrics), time.perf_counter() - started)
     return metrics
 
@@ -552,6 +555,8 @@ def _track(
     features: Path,
     out: Outputs,
     metrics: dict[str, Any],
+    *,
+    source: str | None,
 ) -> None:
     params = {
         "backtest": dataclasses.asdict(bcfg),
@@ -583,7 +588,7 @@ def _track(
             else {}
         ),
     }
-    with tracking.stage_run(base.mlflow_experiment, "backtest", params, tags, inputs=[features]):
+    with tracking.stage_run(base.mlflow_experiment, "backtest", params, tags, inputs=[features], source=source):
         tracking.log_metrics(flat)
         tracking.log_artifacts({"backtest": out.metrics, "plot_data": out.plots})
 
@@ -603,6 +608,7 @@ def main(argv: Sequence[str]) -> None:
         args.features,
         Outputs(metrics=args.metrics, plots=args.plots),
         clv=section(params, "clv", ClvConfig),
+        source=ingest_source(params),
     )
 
 

@@ -253,9 +253,10 @@ def choose(candidates: dict[str, Candidate], metric: str) -> Candidate:
 
 
 def version_params(version: tracking.RegisteredVersion) -> dict[str, Any]:
-    """The params.json a registered CLV version was logged with (its calibration and scoring fits)."""
+    """The params.json a registered CLV version was logged with (its calibration and scoring fits): the pyfunc's
+    own artifact, read through the registry (``models:/<name>/<version>``)."""
     with tempfile.TemporaryDirectory(prefix="clv-params-") as tmp:
-        path = tracking.run_artifact(version.run_id, "clv/params.json", Path(tmp))
+        path = tracking.model_file(version.name, version.version, "artifacts/params.json", Path(tmp))
         doc: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return doc
 
@@ -721,7 +722,18 @@ def run(
     write_json(metrics, out.metrics)
     write_plots(out, transactions, base, fcfg, cal, calib, fit)
     if track:
-        _track(base, fcfg, cfg, (transactions, features), out, metrics, fit.snapshot, judgement)
+        _track(
+            base,
+            fcfg,
+            cfg,
+            (transactions, features),
+            out,
+            metrics,
+            fit.snapshot,
+            judgement,
+            source=source,
+            holdout=cutoff,
+        )
     log.info(
         "%s trained as of %s on %d customers; holdout %s purchases actual %.0f vs predicted %.0f",
         calib.chosen.name,
@@ -792,6 +804,9 @@ def _track(
     metrics: dict[str, Any],
     snapshot: pd.DataFrame,
     judgement: registry.Judgement,
+    *,
+    source: str,
+    holdout: dt.date,
 ) -> None:
     params = {
         "clv": dataclasses.asdict(cfg),
@@ -807,8 +822,18 @@ def _track(
         "run.kind": "training",
         registry.TRAINED_AS_OF: str(metrics["training"]["trained_as_of"]),
     }
-    with tracking.stage_run(base.mlflow_experiment, "clv", params, tags, inputs=[transactions, features]):
+    with tracking.stage_run(
+        base.mlflow_experiment,
+        "clv",
+        params,
+        tags,
+        inputs=[transactions, features],
+        source=source,
+        holdout=str(holdout),
+    ):
         tracking.log_metrics({k: v for k, v in metrics.items() if k not in ("chosen_model", "chosen_by")})
+        model = metrics["model"]
+        tracking.log_key_figures({"clv": {"gini": model["gini"], "purchases_pct_error": model["purchases_pct_error"]}})
         tracking.log_artifacts({"clv": out.params_json, "plots": out.figures, "plot_data": out.plots})
         example = snapshot[[s.FREQUENCY, s.RECENCY, s.T, s.MONETARY_VALUE]].head(20).astype("float64")
         registry.record(judgement, tracking.log_clv_model(out.params_json, example))

@@ -1,25 +1,29 @@
 """Compare the latest training runs side by side without the MLflow UI: what changed, and which run did best.
 
 ``python -m pipeline.compare`` (or ``make compare LAST=5``) reads the last ``--last`` finished runs of each model stage
-(``clv`` and ``churn``) from the project's MLflow store and prints, per stage, one markdown table whose columns are
-the runs (newest first) and whose rows are
+(``clv`` and ``churn``) from the project's MLflow store and compares like with like: the runs of one data source
+(``ingest.source``) judged on one holdout (the churn validation cutoff, the clv calibration cutoff) form a group, and
+each group is one markdown table, groups in the order of their newest run. Its columns are the runs (newest first)
+and its rows are
 
-* the run: start time, git commit (``-dirty`` when the tree had changes), the DVC experiment name when the run
-  came from ``dvc exp run``, the registered version with the alias the champion gate gave it, and the interval of
-  its paired gain over the champion it was judged against;
+* the run: start time, git commit (``-dirty`` when the code differed from it; a `dvc exp run` whose only changes
+  are its params is clean), the DVC experiment name when the run came from ``dvc exp run``, the registered model,
+  version and the alias the champion gate gave it, and the interval of its paired gain over the champion it was
+  judged against;
 * every param whose value differs between those runs (params they share are left out: they explain nothing);
-* the stage's holdout metrics, the best value of each row in bold (lower is better for errors and losses, nearer 0
-  for a signed error); a row where every run scored the same has no bold.
+* the stage's holdout metrics, the best value of each row in bold within the group (lower is better for errors
+  and losses, nearer 0 for a signed error); a row where every run scored the same has no bold. Figures of another
+  log or another holdout are never ranked against each other.
 
-After them, the latest ``backtest`` runs: each churn candidate's ROC-AUC pooled over the evaluation origins and each
-pair's pooled gain with its 95% paired interval. The same text is written to ``--out`` (default
-``reports/compare.md``) for a review ticket.
+After them, the latest ``backtest`` runs, one table per data source: each churn candidate's ROC-AUC pooled over the
+evaluation origins and each pair's pooled gain with its 95% paired interval. The same text is written to ``--out``
+(default ``reports/compare.md``) for a review ticket.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -91,10 +95,46 @@ def _number(value: float, places: int) -> str:
     return f"{value:.{places}f}" if abs(value) < 1000 else f"{value:,.1f}"
 
 
+UNRECORDED = "(not recorded)"  # runs logged before the stages tagged their data source or holdout
+
+
+def group_key(run: tracking.RunSummary) -> tuple[str, str]:
+    """What makes two runs' holdout figures comparable: the same data source and the same holdout. A run that did
+    not record its source is placed by its registered model, which is named after the source."""
+    return run.source or run.model_name or UNRECORDED, run.holdout or UNRECORDED
+
+
+def groups(
+    runs: Sequence[tracking.RunSummary], key: Callable[[tracking.RunSummary], tuple[str, ...]] = group_key
+) -> list[list[tracking.RunSummary]]:
+    """``runs`` (newest first) split by ``key``, each group newest first, groups in the order of their newest run."""
+    out: dict[tuple[str, ...], list[tracking.RunSummary]] = {}
+    for run in runs:
+        out.setdefault(key(run), []).append(run)
+    return list(out.values())
+
+
+def _what(runs: Sequence[tracking.RunSummary]) -> str:
+    """`` on `cdnow`, holdout after 1998-04-01``: what the runs of one group share, for its heading."""
+    source, holdout = group_key(runs[0])
+    on = " (data source not recorded)" if source == UNRECORDED else f" on `{source}`"
+    return on + ("" if holdout == UNRECORDED else f", holdout after {holdout}")
+
+
+def stage_tables(stage: str, runs: Sequence[tracking.RunSummary]) -> str:
+    """One ``stage_table`` per data source and holdout (``group_key``)."""
+    if not runs:
+        return stage_table(stage, runs)
+    return "\n".join(stage_table(stage, group) for group in groups(runs))
+
+
 def stage_table(stage: str, runs: Sequence[tracking.RunSummary]) -> str:
-    """The markdown table of one stage's runs (see the module docstring)."""
+    """The markdown table of one stage's runs of one data source and holdout (see the module docstring); the best
+    figure of each row is bold among these runs only."""
     if not runs:
         return f"## {stage}\n\nNo finished `{stage}` runs in this store yet: run the pipeline (`make run`).\n"
+    if len(groups(runs)) > 1:
+        raise ValueError(f"stage_table: these {stage} runs are of several data sources or holdouts; use stage_tables")
     header = ["", *(f"`{r.run_id[:8]}`" for r in runs)]
     rows = [
         ["started (UTC)", *(r.started for r in runs)],
@@ -120,7 +160,7 @@ def stage_table(stage: str, runs: Sequence[tracking.RunSummary]) -> str:
     ]
     note = "" if params else "\nNo param differs between these runs.\n"
     title = "the latest run" if len(runs) == 1 else f"the last {len(runs)} runs, newest first"
-    return f"## {stage}: {title}\n\n" + "\n".join(lines) + "\n" + note
+    return f"## {stage}{_what(runs)}: {title}\n\n" + "\n".join(lines) + "\n" + note
 
 
 # The groups of figures a stage logs on the same holdout as its model: ``<group>/<name>/<metric>``.
@@ -157,11 +197,25 @@ def _interval(run: tracking.RunSummary, key: str) -> str:
     return f"{gain:+.4f} [{low:+.4f}, {high:+.4f}]"
 
 
+def backtest_source(run: tracking.RunSummary) -> tuple[str]:
+    """A backtest run's group: its data source (its origins follow from the log and the params that differ)."""
+    return (run.source or UNRECORDED,)
+
+
+def backtest_tables(runs: Sequence[tracking.RunSummary]) -> str:
+    """One ``backtest_table`` per data source."""
+    if not runs:
+        return backtest_table(runs)
+    return "\n".join(backtest_table(group) for group in groups(runs, backtest_source))
+
+
 def backtest_table(runs: Sequence[tracking.RunSummary]) -> str:
-    """The latest backtest runs side by side: each candidate's pooled ROC-AUC, and each pair's pooled gain with its
-    95% paired interval (``pipeline.backtest``), the model's pairs first."""
+    """The latest backtest runs of one data source side by side: each candidate's pooled ROC-AUC, and each pair's
+    pooled gain with its 95% paired interval (``pipeline.backtest``), the model's pairs first."""
     if not runs:
         return "## backtest\n\nNo finished `backtest` runs in this store yet: run the pipeline (`make run`).\n"
+    if len(groups(runs, backtest_source)) > 1:
+        raise ValueError("backtest_table: these backtest runs are of several data sources; use backtest_tables")
     header = ["", *(f"`{r.run_id[:8]}`" for r in runs)]
     rows = [
         ["started (UTC)", *(r.started for r in runs)],
@@ -189,15 +243,18 @@ def backtest_table(runs: Sequence[tracking.RunSummary]) -> str:
         "\nA gain is the first candidate's metric minus the second's over all origins (each origin's gain weighted "
         f"by its customers), with its {level} interval.\n"
     )
-    return f"## backtest: {title}\n\n" + "\n".join(lines) + "\n" + note
+    source = backtest_source(runs[0])[0]
+    on = " (data source not recorded)" if source == UNRECORDED else f" on `{source}`"
+    return f"## backtest{on}: {title}\n\n" + "\n".join(lines) + "\n" + note
 
 
 def report(experiment: str, last: int, stages: Sequence[str]) -> str:
-    """The whole comparison as markdown: one table per stage, then the backtest runs."""
+    """The whole comparison as markdown: per stage, one table per data source and holdout; then the backtest runs,
+    one table per data source."""
     parts = [f"# MLflow experiment `{experiment}` at {tracking.tracking_uri()}\n"]
     for stage in stages:
-        parts.append(stage_table(stage, tracking.recent_stage_runs(experiment, stage, last)))
-    parts.append(backtest_table(tracking.recent_stage_runs(experiment, "backtest", last)))
+        parts.append(stage_tables(stage, tracking.recent_stage_runs(experiment, stage, last)))
+    parts.append(backtest_tables(tracking.recent_stage_runs(experiment, "backtest", last)))
     return "\n".join(parts)
 
 

@@ -365,6 +365,7 @@ def _track(cfg: Settings, metrics: dict[str, Any], logged_weeks: int) -> None:
                 "log": {"measured_customers": metrics["log"]["measured_customers"], "weeks": logged_weeks},
             }
         )
+        tracking.log_key_figures({"campaign": {k: overall.get(k) for k in ("lift", "lift_low", "lift_high")}})
 
 
 def main(argv: Sequence[str]) -> None:

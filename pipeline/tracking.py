@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import subprocess
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -31,6 +32,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.pyfunc import PythonModel
+from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
 from features.errors import InputError
 from models.gate import CHALLENGER, CHAMPION, Decision, Rule, decision_stands
@@ -45,22 +47,82 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
-def git_commit() -> str:
-    """The commit of the working tree, ``-dirty`` with uncommitted changes to tracked files; ``unknown`` outside git."""
+# What `dvc exp run` writes into the workspace before and while its stages run: it applies the experiment's params to
+# params.yaml (`-S`), and the stages rewrite dvc.lock and their outputs. A difference anywhere else is an edit.
+EXPERIMENT_WRITES = ("params.yaml", "dvc.lock")
+
+
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout
+
+
+def dvc_outputs(root: Path = ROOT) -> tuple[str, ...]:
+    """Every path dvc.yaml declares as a stage's output, metrics or plots file (relative to ``root``)."""
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        # dvc.lock is rewritten by `dvc repro` itself as earlier stages finish: it does not make the code dirty
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+        stages = (yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8")) or {}).get("stages", {})
+    except (OSError, yaml.YAMLError, AttributeError):
+        return ()
+    paths = []
+    for stage in stages.values() if isinstance(stages, dict) else []:
+        for key in ("outs", "metrics", "plots"):
+            for out in stage.get(key, []) if isinstance(stage, dict) else []:
+                path = next(iter(out)) if isinstance(out, dict) else out
+                if isinstance(path, str):
+                    paths.append(os.path.normpath(path))
+    return tuple(paths)
+
+
+def changed_params(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    """``key=value`` (dotted keys, as `dvc exp run -S` takes them) for every param whose value differs."""
+    old, new = flatten(before, sep="."), flatten(after, sep=".")
+    return [
+        f"{k}={json.dumps(new[k]) if k in new else '(removed)'}"
+        for k in sorted(old.keys() | new.keys())
+        if old.get(k, ...) != new.get(k, ...)
+    ]
+
+
+def code_state(root: Path = ROOT, env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The git tags of a run: ``git_commit`` (``-dirty`` when a tracked file differs from it), ``git_dirty`` and
+    ``git_changed`` (the files that made it dirty); ``unknown`` outside git.
+
+    dvc.lock never makes the code dirty (`dvc repro` rewrites it as stages finish). Under `dvc exp run` (DVC sets
+    ``DVC_EXP_BASELINE_REV`` and ``DVC_EXP_NAME``) the tree is compared with the experiment's baseline commit, and
+    params.yaml and the stages' outputs do not make it dirty either: DVC itself wrote them there, and it records
+    them with the experiment. The tags then name the experiment (``dvc.experiment``), its baseline
+    (``dvc.baseline``) and the params it changed (``dvc.changed_params``: ``churn.lightgbm.num_leaves=31``).
+    A source file that differs from the baseline is an edit of the code, and reads as dirty.
+    """
+    name, baseline = env.get("DVC_EXP_NAME", ""), env.get("DVC_EXP_BASELINE_REV", "")
+    tags = {"dvc.experiment": name} if name else {}
+    try:
+        sha = _git(root, "rev-parse", "HEAD").strip()
+        changed = _git(root, "diff", "--name-only", "--relative", "--no-renames", baseline or "HEAD", "--").splitlines()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{sha}-dirty" if dirty else sha
+        return {"git_commit": "unknown", "git_dirty": "unknown", **tags}
+    allowed: tuple[str, ...] = ("dvc.lock",)
+    if baseline:
+        tags["dvc.baseline"] = baseline
+        allowed = (*EXPERIMENT_WRITES, *dvc_outputs(root))
+        try:
+            # read as text for the record, not as settings: config.py stays the only reader of the params
+            before = yaml.safe_load(_git(root, "show", f"{baseline}:params.yaml")) or {}
+            after = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8")) or {}
+            tags["dvc.changed_params"] = "; ".join(changed_params(before, after))[:4000]
+        except (OSError, subprocess.CalledProcessError, yaml.YAMLError, AttributeError):
+            tags["dvc.changed_params"] = "unknown"
+    edits = [path for path in changed if not any(path == out or path.startswith(out + "/") for out in allowed)]
+    tags |= {
+        "git_commit": f"{sha}-dirty" if edits else sha,
+        "git_dirty": str(bool(edits)).lower(),
+        **({"git_changed": ", ".join(edits)[:4000]} if edits else {}),
+    }
+    return tags
+
+
+def git_commit() -> str:
+    """The commit of the working tree, ``-dirty`` with edited tracked files (``code_state``); else ``unknown``."""
+    return code_state()["git_commit"]
 
 
 def data_fingerprint(path: Path) -> dict[str, str]:
@@ -88,16 +150,6 @@ def flatten(values: Mapping[str, Any], prefix: str = "", sep: str = "/") -> dict
     return out
 
 
-def experiment_tags() -> dict[str, str]:
-    """``dvc.experiment`` and ``dvc.baseline`` when the stage runs under `dvc exp run` (DVC sets both variables)."""
-    tags = {}
-    if os.environ.get("DVC_EXP_NAME"):
-        tags["dvc.experiment"] = os.environ["DVC_EXP_NAME"]
-    if os.environ.get("DVC_EXP_BASELINE_REV"):
-        tags["dvc.baseline"] = os.environ["DVC_EXP_BASELINE_REV"]
-    return tags
-
-
 @dataclasses.dataclass(frozen=True)
 class RunSummary:
     """One stage run as a reviewer compares it: when, which code, which experiment, its params and metrics."""
@@ -108,10 +160,28 @@ class RunSummary:
     experiment: str
     params: dict[str, str]
     metrics: dict[str, float]
-    registry: str = ""  # "v3 champion": the version this run registered and the alias the gate gave it
+    registry: str = ""  # "churn-clv-churn-cdnow v3 champion": the version this run registered and its alias
     evidence: str = ""  # "[+0.0031, +0.0112] vs v2": the gain's interval over the champion it was judged against
     serving: str = ""  # a backtest run: the churn scorer it chose to serve, and why
     clv_serving: str = ""  # a backtest run: the CLV it ranks best by the gate's rule, and why
+    source: str = ""  # the data source its inputs were built from (ingest.source); "" if the run did not record it
+    model_name: str = ""  # the registered model its version belongs to (one per stage and data source)
+    holdout: str = ""  # the cutoff its holdout metrics were measured after; "" for a run without one
+
+
+# The tag holding the holdout's cutoff, by the stage that logged it: runs logged before ``holdout.cutoff`` have one
+# of the older tags, or only the param.
+HOLDOUT_TAGS = ("holdout.cutoff", "churn.validation_cutoff")
+
+
+def _source(tags: Mapping[str, str], params: Mapping[str, str]) -> str:
+    """The run's data source: its ``data.source`` tag, else its ``ingest/source`` param."""
+    return tags.get("data.source") or params.get("ingest/source", "")
+
+
+def _holdout(tags: Mapping[str, str], params: Mapping[str, str]) -> str:
+    found = next((tags[k] for k in HOLDOUT_TAGS if tags.get(k)), "")
+    return found or params.get("clv/calibration_cutoff", "")
 
 
 def recent_stage_runs(experiment: str, stage: str, last: int) -> list[RunSummary]:
@@ -133,7 +203,15 @@ def recent_stage_runs(experiment: str, stage: str, last: int) -> list[RunSummary
             params=dict(r.data.params),
             metrics=dict(r.data.metrics),
             registry=(
-                f"v{r.data.tags['registry.version']} {r.data.tags.get('registry.alias', '')}".strip()
+                " ".join(
+                    part
+                    for part in (
+                        r.data.tags.get("registry.model_name", ""),
+                        f"v{r.data.tags['registry.version']}",
+                        r.data.tags.get("registry.alias", ""),
+                    )
+                    if part
+                )
                 if "registry.version" in r.data.tags
                 else ""
             ),
@@ -144,6 +222,9 @@ def recent_stage_runs(experiment: str, stage: str, last: int) -> list[RunSummary
             clv_serving=" : ".join(
                 r.data.tags[k] for k in ("backtest.clv_serving", "backtest.clv_serving_reason") if k in r.data.tags
             ),
+            source=_source(r.data.tags, r.data.params),
+            model_name=r.data.tags.get("registry.model_name", ""),
+            holdout=_holdout(r.data.tags, r.data.params),
         )
         for r in runs
     ]
@@ -192,6 +273,18 @@ def lock_hashes(root: Path = ROOT) -> dict[str, str]:
     return {o["path"]: o.get("md5", "") for entry in stages.values() for o in entry.get("outs", []) if "path" in o}
 
 
+def locked_source(root: Path = ROOT) -> str | None:
+    """The ``ingest.source`` dvc.lock recorded for the ingest stage: the log every later stage's inputs were built
+    from (DVC runs a stage only once the stages before it are up to date). None without a lock or an ingest stage."""
+    lock = root / "dvc.lock"
+    try:
+        stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
+        source = stages["ingest"]["params"]["params.yaml"]["ingest"]["source"]
+    except (OSError, yaml.YAMLError, AttributeError, KeyError, TypeError):
+        return None
+    return str(source) if source is not None else None
+
+
 def input_tags(inputs: Sequence[Path]) -> dict[str, str]:
     """``dvc.lock.<path>`` = the md5 dvc.lock recorded for each input this stage read (when DVC produced it)."""
     hashes = lock_hashes()
@@ -206,31 +299,32 @@ def input_tags(inputs: Sequence[Path]) -> dict[str, str]:
     return tags
 
 
-def pipeline_parent(experiment_id: str, invocation: str) -> str:
-    """The parent run of this `dvc repro` (created by its first tracked stage): one parent, a child per stage."""
+def pipeline_parent(experiment_id: str, invocation: str, state: Mapping[str, str], source: str | None) -> str:
+    """The parent run of this `dvc repro` (created by its first tracked stage): one parent, a child per stage.
+
+    It carries the code ``state`` (``code_state``), the data ``source``, params.yaml, and the pipeline's key figures
+    as each stage logs them (``log_key_figures``).
+    """
     client = mlflow.MlflowClient()
     found = client.search_runs(
         [experiment_id], filter_string=f"tags.`pipeline.invocation` = '{invocation}'", max_results=1
     )
     if found:
         return str(found[0].info.run_id)
-    commit = git_commit()
-    exp = experiment_tags()
     run = client.create_run(
         experiment_id,
-        run_name=exp.get("dvc.experiment", "dvc repro"),
+        run_name=state.get("dvc.experiment", "dvc repro"),
         tags={
             "stage": "pipeline",
             "pipeline.invocation": invocation,
-            "git_commit": commit,
-            "git_dirty": str(commit.endswith("-dirty")).lower(),
-            **exp,
+            **state,
+            **({"data.source": source} if source else {}),
         },
     )
     params_file = ROOT / "params.yaml"
     if params_file.is_file():
         client.log_artifact(run.info.run_id, str(params_file))
-    client.set_terminated(run.info.run_id)  # it holds no work of its own; the stages are its children
+    client.set_terminated(run.info.run_id)  # it holds no work of its own; each stage's end moves its end time
     return str(run.info.run_id)
 
 
@@ -241,41 +335,72 @@ def stage_run(
     params: Mapping[str, Any],
     tags: Mapping[str, str],
     inputs: Sequence[Path] = (),
+    *,
+    source: str | None = None,
+    holdout: str | None = None,
 ) -> Iterator[str]:
     """An MLflow run for one execution of a stage, with its params section logged; yields the run id.
 
-    Under `dvc repro` the run is a child of the pipeline's parent run. Tags: stage, git commit and dirty flag, the
-    DVC experiment name, and the dvc.lock hash of each of ``inputs``.
+    Under `dvc repro` the run is a child of the pipeline's parent run. Tags: stage, the code state
+    (``code_state``: git commit, dirty flag, DVC experiment, its baseline and changed params), the dvc.lock hash of
+    each of ``inputs``, ``data.source`` (``source``, the ``ingest.source`` the stage read, which is also logged as
+    the param ``ingest/source``; else the one dvc.lock recorded) and ``holdout.cutoff`` (``holdout``: the cutoff its
+    holdout metrics were measured after), so runs of different logs or holdouts are never compared as one.
     """
     mlflow.set_tracking_uri(tracking_uri())
+    # MLflow draws a progress bar for each artifact it downloads (logging a model validates its input example
+    # through one): noise in a stage's log
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     experiment_id = mlflow.set_experiment(experiment).experiment_id
+    state = code_state()
+    data_source = source or locked_source()
     invocation = dvc_invocation()
-    parent = {"mlflow.parentRunId": pipeline_parent(experiment_id, invocation)} if invocation else {}
-    with mlflow.start_run(run_name=stage, tags=parent) as run:
-        commit = git_commit()
+    parent = pipeline_parent(experiment_id, invocation, state, data_source) if invocation else None
+    with mlflow.start_run(run_name=stage, tags={"mlflow.parentRunId": parent} if parent else {}) as run:
         mlflow.set_tags(
             {
                 "stage": stage,
-                "git_commit": commit,
-                "git_dirty": str(commit.endswith("-dirty")).lower(),
-                **experiment_tags(),
+                **state,
+                **({"data.source": data_source} if data_source else {}),
+                **({"holdout.cutoff": holdout} if holdout else {}),
                 **input_tags(inputs),
                 **tags,
             }
         )
-        mlflow.log_params({k: json.dumps(v) if isinstance(v, list | tuple) else v for k, v in flatten(params).items()})
+        logged = {**params, "ingest": {"source": source}} if source else params
+        mlflow.log_params({k: json.dumps(v) if isinstance(v, list | tuple) else v for k, v in flatten(logged).items()})
         yield run.info.run_id
+    if parent:
+        mlflow.MlflowClient().set_terminated(parent)  # the pipeline ends with its last stage
     log.info("MLflow run %s in experiment '%s' at %s", run.info.run_id, experiment, tracking_uri())
 
 
-def log_metrics(metrics: Mapping[str, Any]) -> None:
-    """Every numeric leaf of ``metrics`` (nested keys joined by '/'); None and text are skipped."""
-    flat = {
+def _numeric(metrics: Mapping[str, Any]) -> dict[str, float]:
+    return {
         k: float(v)
         for k, v in flatten(metrics).items()
         if isinstance(v, int | float) and not isinstance(v, bool) and v == v  # v == v drops NaN
     }
-    mlflow.log_metrics(flat)
+
+
+def log_metrics(metrics: Mapping[str, Any]) -> None:
+    """Every numeric leaf of ``metrics`` (nested keys joined by '/'); None and text are skipped."""
+    mlflow.log_metrics(_numeric(metrics))
+
+
+def log_key_figures(figures: Mapping[str, Any]) -> None:
+    """Log ``figures`` (numeric leaves, nested keys joined by '/') to the parent run of the `dvc repro` the active
+    stage run belongs to, so the parent reads as the pipeline's outcome beside its params.yaml: ``churn/roc_auc``,
+    ``clv/gini``, ``score/value_at_risk``, ``campaign/lift``... Each stage logs its own as it finishes; a stage run
+    by hand has no parent, and its run already holds the same figures under their stage's names."""
+    run = mlflow.active_run()
+    if run is None:
+        return
+    client = mlflow.MlflowClient()
+    parent = client.get_run(run.info.run_id).data.tags.get("mlflow.parentRunId")
+    if parent:
+        for key, value in _numeric(figures).items():
+            client.log_metric(parent, key, value)
 
 
 def log_artifacts(paths: Mapping[str, Path]) -> None:
@@ -322,15 +447,26 @@ class ClvPyfunc(PythonModel):
         return pd.DataFrame(out, index=model_input.index)
 
 
+# MLflow's "models from code": the file that builds the CLV pyfunc (``set_clv_model``), stored with the model and
+# run when it is loaded, so no pickled Python object is stored or unpickled.
+CLV_MODEL_CODE = ROOT / "pipeline" / "clv_pyfunc.py"
+
+
+def set_clv_model() -> None:
+    """Hand MLflow the CLV pyfunc to log or load (what ``CLV_MODEL_CODE`` runs)."""
+    mlflow.models.set_model(ClvPyfunc())
+
+
 def log_clv_model(params_json: Path, example: pd.DataFrame) -> str:
-    """Log the CLV pyfunc with its parameters file, a signature from ``example``, and pinned requirements."""
+    """Log the CLV pyfunc (from code, ``CLV_MODEL_CODE``) with its parameters file, a signature from ``example``,
+    and pinned requirements; returns the LoggedModel's ``models:/<model_id>`` URI."""
     model = ClvPyfunc()
     model.load_context(type("Ctx", (), {"artifacts": {"clv_params": str(params_json)}})())
     signature = infer_signature(example, model.predict(None, example))
     pins = [f"{pkg}=={metadata.version(pkg)}" for pkg in ("lifetimes", "pandas", "numpy", "scipy", "mlflow")]
     info = mlflow.pyfunc.log_model(
         name="clv_model",
-        python_model=ClvPyfunc(),
+        python_model=str(CLV_MODEL_CODE),
         artifacts={"clv_params": str(params_json)},
         code_paths=[str(ROOT / "features"), str(ROOT / "models"), str(ROOT / "pipeline")],
         signature=signature,
@@ -341,13 +477,22 @@ def log_clv_model(params_json: Path, example: pd.DataFrame) -> str:
 
 
 def log_churn_model(booster: lgb.Booster, best_iteration: int, example: pd.DataFrame) -> str:
-    """Log the churn trees with MLflow's LightGBM flavour: signature and input example from ``example``.
+    """Log the churn trees with MLflow's LightGBM flavour: signature and input example from ``example``; returns the
+    LoggedModel's ``models:/<model_id>`` URI.
 
     The flavour predicts the *uncalibrated* probability; the calibrator is logged beside it (churn/calibrator.json)
     and the stage's ``p_churn`` is the calibrator applied to this output.
+
+    The integer features (``frequency``, ``tenure_days``, the ``purchase_days*`` counts) are declared integers on
+    purpose: the features schema defines every one of them for every customer, while each feature that can be
+    missing (``gap_mean_days``, ``overdue_ratio``...) is a float already. So MLflow's hint that an integer column
+    cannot hold a missing value is answered, and silenced for this call only; the signature accepts the features
+    tables as the pipeline writes them.
     """
     booster.best_iteration = best_iteration  # saved models keep only the early-stopped trees
-    signature = infer_signature(example, booster.predict(example, num_iteration=best_iteration))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column", category=UserWarning)
+        signature = infer_signature(example, booster.predict(example, num_iteration=best_iteration))
     info = mlflow.lightgbm.log_model(
         booster,
         name="churn_model",
@@ -437,21 +582,44 @@ def pinned_version(name: str, version: int, key: str) -> RegisteredVersion:
     return found
 
 
+def new_version(model_uri: str, name: str, tags: Mapping[str, str]) -> str:
+    """Register the LoggedModel at ``model_uri`` (``models:/<model_id>``) as a new version of ``name``, created
+    first if it does not exist yet, with ``tags`` and the active run; returns the version.
+
+    Through the client rather than ``mlflow.register_model``, which tries to create the registered model every
+    time and prints "already exists" when it does (and "Created version" when it is done) to stderr.
+    """
+    mlflow.set_tracking_uri(tracking_uri())
+    client = mlflow.MlflowClient()
+    try:
+        client.get_registered_model(name)
+    except MlflowException as exc:
+        if not _missing(exc):
+            raise
+        try:
+            client.create_registered_model(name, description="Registered by the churn-clv pipeline; see its README.")
+        except MlflowException as race:
+            if race.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):  # created meanwhile: fine
+                raise
+    model_id = model_uri.removeprefix("models:/") if re.fullmatch(r"models:/m-[0-9a-f]+", model_uri) else None
+    run_id = _active_run_id() or None
+    mv = client.create_model_version(name, model_uri, run_id=run_id, tags=dict(tags), model_id=model_id)
+    if model_id:  # link the LoggedModel to its version, as mlflow.register_model does (the UI shows it)
+        logged = client.get_logged_model(model_id)
+        linked = json.loads(logged.tags.get(MLFLOW_MODEL_VERSIONS, "[]"))
+        linked.append({"name": mv.name, "version": mv.version})
+        client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(linked)})
+    return str(mv.version)
+
+
 def register(model_uri: str, name: str, alias: str, tags: Mapping[str, str]) -> str:
     """Register ``model_uri`` as a new version of ``name``, give it ``alias`` and ``tags``; returns the version.
 
     Aliases are unique per model: moving ``champion`` (or ``challenger``) to this version takes it from the last.
     """
-    mlflow.set_tracking_uri(tracking_uri())
-    client = mlflow.MlflowClient()
-    try:
-        client.create_registered_model(name, description="Registered by the churn-clv pipeline; see its README.")
-    except MlflowException as exc:
-        if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):  # an earlier run registered it: fine
-            raise
-    mv = mlflow.register_model(model_uri, name, tags=dict(tags))
-    client.set_registered_model_alias(name, alias, mv.version)
-    return str(mv.version)
+    version = new_version(model_uri, name, tags)
+    mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
+    return version
 
 
 def decision_tags(name: str, decision: Decision) -> dict[str, str]:
@@ -555,9 +723,7 @@ def register_backfill(
 ) -> str:
     """Register the active run's back-fill model with no alias (``reused``: a version already holding it)."""
     if reused is None:
-        mlflow.set_tracking_uri(tracking_uri())
-        mv = mlflow.register_model(model_uri, name, tags={**version_tags, "run_id": _active_run_id()})
-        version = str(mv.version)
+        version = new_version(model_uri, name, {**version_tags, "run_id": _active_run_id()})
         log.info("registered %s v%s as a back-fill (no alias)", name, version)
     else:
         version = reused.version
@@ -581,6 +747,22 @@ def load_lightgbm(name: str, version: str) -> lgb.Booster:
 
 class MissingArtifact(Exception):
     """A run has no artifact at the path asked for (or the store could not hand it over)."""
+
+
+def model_file(name: str, version: str, path: str, dst: Path) -> Path:
+    """One file of a registered version's model, by its ``models:/<name>/<version>`` URI (e.g. the CLV pyfunc's
+    ``artifacts/params.json``), downloaded into ``dst``; returns the local file."""
+    mlflow.set_tracking_uri(tracking_uri())
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a progress bar per file is noise in logs
+    dst.mkdir(parents=True, exist_ok=True)
+    uri = f"models:/{name}/{version}/{path}"
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+    except (MlflowException, OSError) as exc:
+        raise MissingArtifact(f"{uri} is not in the store") from exc
+    if not local.is_file():
+        raise MissingArtifact(f"{uri} is not a file")
+    return local
 
 
 def run_artifact(run_id: str, path: str, dst: Path) -> Path:

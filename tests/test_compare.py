@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,7 @@ def test_the_backtest_table_shows_each_pairs_interval_the_models_first() -> None
             git_commit="abc1234",
             experiment="",
             params={},
+            source="cdnow",
             metrics={
                 "pooled/model/roc_auc": 0.8181,
                 "pooled/rfm/roc_auc": 0.8099,
@@ -121,7 +123,11 @@ def test_the_backtest_table_shows_each_pairs_interval_the_models_first() -> None
         )
 
     lines = compare.backtest_table([run("newer123", 0.0082), run("older456", 0.0010)]).splitlines()
-    assert lines[0] == "## backtest: the last 2 runs, newest first"
+    assert lines[0] == "## backtest on `cdnow`: the last 2 runs, newest first"
+    unrecorded = dataclasses.replace(run("old00000", 0.0), source="")  # logged before runs recorded their source
+    assert (
+        compare.backtest_table([unrecorded]).splitlines()[0] == "## backtest (data source not recorded): the latest run"
+    )
     body = [line for line in lines if line.startswith("| ") and "gain" in line]
     assert body == [
         "| roc_auc gain, model over rfm | +0.0082 [+0.0052, +0.0102] | +0.0010 [-0.0020, +0.0030] |",
@@ -129,3 +135,38 @@ def test_the_backtest_table_shows_each_pairs_interval_the_models_first() -> None
     ]
     assert "| pooled ROC-AUC, model | 0.8181 | 0.8181 |" in lines
     assert "No finished `backtest` runs" in compare.backtest_table([])
+
+
+def test_runs_of_another_log_or_holdout_are_never_ranked_together(
+    tmp_path: Path, params: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    experiment = params["base"]["mlflow_experiment"]
+    logged = []
+    for source, holdout, roc_auc in (
+        ("cdnow", "1998-04-01", 0.8301),
+        ("online_retail.csv.gz", "2011-06-02", 0.9012),  # the best figure of all, on another log
+        ("cdnow", "1998-04-01", 0.8312),
+        ("cdnow", "1997-12-01", 0.8450),  # the same log on an earlier holdout
+    ):
+        with tracking.stage_run(experiment, "churn", {"base": {"seed": 42}}, {}, source=source, holdout=holdout) as r:
+            tracking.log_metrics({"model": {"roc_auc": roc_auc}})
+        logged.append(r)
+
+    text = compare.report(experiment, 10, ["churn"])
+
+    headings = [line for line in text.splitlines() if line.startswith("## churn")]
+    assert headings == [
+        "## churn on `cdnow`, holdout after 1997-12-01: the latest run",
+        "## churn on `cdnow`, holdout after 1998-04-01: the last 2 runs, newest first",
+        "## churn on `online_retail.csv.gz`, holdout after 2011-06-02: the latest run",
+    ]
+    rows = [line for line in text.splitlines() if line.startswith("| model/roc_auc")]
+    # bold only inside the table of one log and holdout: 0.8312 beats 0.8301; the others stand alone
+    assert [row.split(" | ", 1)[1] for row in rows] == ["0.8450 |", "**0.8312** | 0.8301 |", "0.9012 |"]
+    # the source is a param too, so the MLflow UI can filter by it
+    run = tracking.recent_stage_runs(experiment, "churn", 10)[-1]
+    assert run.run_id == logged[0] and run.params["ingest/source"] == "cdnow" and run.holdout == "1998-04-01"
+    with pytest.raises(ValueError, match="several data sources or holdouts"):
+        compare.stage_table("churn", tracking.recent_stage_runs(experiment, "churn", 10))

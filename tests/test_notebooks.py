@@ -154,7 +154,10 @@ def test_review_notebook(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
         assert f"{stage}: 2 finished run(s), newest first" in text
         for run in store.runs[stage]:
             assert f"  {run.info.run_id} (started" in text  # both runs listed
-        assert f"## {stage}: the last 2 runs, newest first" in text  # and side by side
+        # and side by side, in one table: the same log and holdout
+        assert re.search(
+            rf"## {stage} on `cdnow_sample`, holdout after \d{{4}}-\d\d-\d\d: the last 2 runs, newest first", text
+        )
         assert f"{stage} run {store.runs[stage][0].info.run_id[:8]}: model and baselines on its holdout" in text
     assert "| param `churn/lightgbm/num_leaves` | 7 | 15 |" in text
     newest_churn = store.runs["churn"][0].info.run_id[:8]

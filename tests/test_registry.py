@@ -301,7 +301,8 @@ def test_a_weaker_churn_model_leaves_the_champion_where_it_was(run_churn: Runner
         "churn", tracking.recent_stage_runs(project_params()["base"]["mlflow_experiment"], "churn", 5)
     )
     registered = next(line for line in table.splitlines() if line.startswith("| registered as"))
-    assert registered == "| registered as | v2 challenger | v1 champion |"
+    name = "churn-clv-churn-cdnow_sample"  # one registered model per stage and data source
+    assert registered == f"| registered as | {name} v2 challenger | {name} v1 champion |"
     gain = next(line for line in table.splitlines() if line.startswith("| gain over the champion"))
     assert gain.startswith("| gain over the champion | [-") and gain.endswith("(95%) vs v1 | - |")
     assert reg["gain_high"] < 0  # the weak model is worse on every resample's 95% range
