@@ -109,6 +109,8 @@ REVENUE_LAST_HORIZON = "revenue_last_horizon"
 # --- drift (churn stage) -----------------------------------------------------------------------------------------
 DRIFT_FEATURE = "feature"
 PSI = "psi"
+DRIFT_WEIGHT = "weight"  # the input's share of the churn model's mean |contribution| at the reference
+DRIFT_COMPARED = "compared"  # whether the shift counts towards the drift warning (models.monitoring)
 
 
 def window_columns(windows_days: Sequence[int]) -> list[str]:
@@ -256,12 +258,15 @@ def attribute_schema(columns: Sequence[str]) -> pa.DataFrameSchema:
 
 
 def drift_schema() -> pa.DataFrameSchema:
-    """Population stability of each churn feature (and of ``p_churn``) between the last training cutoff and the
-    scoring cutoff, written by the churn stage. Means are missing when a side has no finite value."""
+    """Population stability of each churn feature (and of ``p_churn``) between the reference cutoff (the latest
+    labelled one) and the scoring cutoff, written by the score stage, with each input's weight and whether it is
+    judged (``models.monitoring``). Means are missing when a side has no finite value."""
     share = pa.Check.in_range(0.0, 1.0)
     columns: dict[str, pa.Column] = {
         DRIFT_FEATURE: pa.Column(str, pa.Check.str_length(min_value=1), coerce=True),
         PSI: _float(pa.Check.ge(0.0)),
+        DRIFT_WEIGHT: _float(pa.Check.in_range(0.0, 1.0), nullable=True),
+        DRIFT_COMPARED: pa.Column(bool, coerce=True),
         "reference_mean": _float(nullable=True),
         "scoring_mean": _float(nullable=True),
         "reference_missing_share": _float(share),

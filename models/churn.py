@@ -220,38 +220,44 @@ class RuleScorer:
     def predict_proba(self, frame: pd.DataFrame) -> Array:
         return self.calibrator_.transform(self.raw_score(frame))
 
-    def reasons(self, frame: pd.DataFrame, medians: Mapping[str, float], top: int = 3) -> pd.DataFrame:
-        """Up to ``top`` reasons per row, the rule's inputs in words, each only where it is on the risky side of the
-        scored population's ``medians`` (None past the last): for recency a silence longer than the median; for RFM
-        each part in the customer base's bottom 40%, weakest first; for btyd its P(no purchase) above the median,
-        then P(alive) and repeat purchases below it. A customer at no input's risky side gets none."""
+    def reasons(self, frame: pd.DataFrame, guide: ReasonGuide, p_churn: npt.ArrayLike, top: int = 3) -> pd.DataFrame:
+        """Up to ``top`` reasons per row (None past the last): the rule's inputs in words, each where the rule's
+        own direction calls it a risk and the customer is on the risky side of the typical value of those who
+        stayed (``reason_text``). Recency: a silence longer than typical. RFM: each part in the customer base's
+        bottom 40%, weakest first. btyd: its P(no purchase) above typical, then P(alive) and repeat purchases
+        below it. A row below the medium risk tier (``p_churn``) gets ``NO_WARNING``; one above it with no input on
+        its risky side ``NO_SINGLE_SIGN``."""
         n = len(frame)
-        texts: list[list[str | None]] = [[] for _ in range(n)]
+        calm = _no_warning(np.asarray(p_churn, dtype=np.float64), guide)
+        if calm.shape != (n,):
+            raise ValueError(f"reasons: {calm.size} probabilities for {n} customers")
+        texts: list[list[str]] = [[NO_WARNING] if calm[i] else [] for i in range(n)]
         values = {c: frame[c].to_numpy(np.float64) for c in self.features_}
 
         def say(row: int, column: str, prefix: str = "") -> None:
-            texts[row].append(prefix + reason_text(column, float(values[column][row]), float(medians[column])))
+            text = reason_text(column, float(values[column][row]), guide)
+            if text is not None and len(texts[row]) < top:
+                texts[row].append(prefix + text)
 
+        at_risk: list[int] = np.flatnonzero(~calm).tolist()
         if self.name == "recency":
-            for i in range(n):
-                if values[s.DAYS_SINCE_LAST_PURCHASE][i] > medians[s.DAYS_SINCE_LAST_PURCHASE]:
-                    say(i, s.DAYS_SINCE_LAST_PURCHASE)
+            for i in at_risk:
+                say(i, s.DAYS_SINCE_LAST_PURCHASE)
         elif self.name == "rfm":
             parts = rfm_parts(frame)
             names = {s.DAYS_SINCE_LAST_PURCHASE: "recency", s.PURCHASE_DAYS: "frequency", s.TOTAL_SPEND: "spend"}
-            for i in range(n):
+            for i in at_risk:
                 weak = sorted((parts[c][i], k, c) for k, c in enumerate(parts) if parts[c][i] <= RFM_REASON_QUINTILE)
                 for q, _, column in weak:
-                    say(i, column, f"{names[column]} quintile {q:.0f} of 5: ")
+                    say(i, column, f"{names[column]} in the bottom {q * 20:.0f}% of customers: ")
         else:
-            for i in range(n):
-                if values[BTYD_P_NO_PURCHASE][i] > medians[BTYD_P_NO_PURCHASE]:
-                    say(i, BTYD_P_NO_PURCHASE)
-                for column in (BTYD_P_ALIVE, s.FREQUENCY):
-                    if values[column][i] < medians[column]:
-                        say(i, column)
-        out = {f"reason_{k + 1}": [t[k] if k < len(t) else None for t in texts] for k in range(top)}
-        return pd.DataFrame(out, index=frame.index)
+            for i in at_risk:
+                for column in (BTYD_P_NO_PURCHASE, BTYD_P_ALIVE, s.FREQUENCY):
+                    say(i, column)
+        for i in at_risk:
+            if not texts[i]:
+                texts[i].append(NO_SINGLE_SIGN)
+        return _as_columns(texts, frame.index, top)
 
     def to_dict(self) -> dict[str, Any]:
         return {"rule": self.name, "inputs": self.features_, "calibrator": self.calibrator_.to_dict()}
@@ -544,108 +550,230 @@ class ChurnModel:
 
 # --- reasons --------------------------------------------------------------------------------------------------------
 
-_DAYS = "{v:.0f} days (typical: {m:.0f})"
-# How each feature reads in a reason. ``v`` is the customer's value, ``m`` the population median.
-REASON_TEXT: dict[str, str] = {
-    s.DAYS_SINCE_LAST_PURCHASE: "no purchase for " + _DAYS,
-    s.DAYS_SINCE_LAST_PURCHASE + RANK_SUFFIX: "among the {top}% of customers silent the longest",
-    s.PURCHASE_DAYS: "{v:.0f} purchase days in all (typical: {m:.0f})",
-    s.PURCHASE_DAYS + RANK_SUFFIX: "among the {bottom}% of customers with the fewest purchase days",
-    s.FREQUENCY: "{v:.0f} repeat purchase days (typical: {m:.0f})",
-    s.TOTAL_SPEND: "total spend {v:,.2f} (typical: {m:,.2f})",
-    s.TOTAL_SPEND + RANK_SUFFIX: "among the {bottom}% of customers with the lowest total spend",
-    s.MONETARY_VALUE: "average repeat order {v:,.2f} (typical: {m:,.2f})",
-    s.AVG_SPEND_PER_DAY: "average spend per purchase day {v:,.2f} (typical: {m:,.2f})",
-    s.RECENCY: "last purchase at customer age {v:.1f} (typical: {m:.1f})",
-    s.T: "customer age {v:.1f} (typical: {m:.1f})",
-    s.TENURE_DAYS: "customer for " + _DAYS,
-    s.GAP_MEAN_DAYS: "buys every {v:.0f} days on average (typical: {m:.0f})",
-    s.GAP_STD_DAYS: "irregular gaps between purchases: spread {v:.0f} days (typical: {m:.0f})",
-    s.LAST_GAP_DAYS: "last gap between purchases " + _DAYS,
-    s.RETURNS_SHARE: "returned {v:.0%} of spend (typical: {m:.0%})",
-    OVERDUE_RATIO: "silent for {v:.1f}x the usual gap between purchases (typical: {m:.1f}x)",
-    PURCHASE_DAYS_PER_YEAR: "{v:.1f} purchase days a year (typical: {m:.1f})",
-    SILENCE_SHARE: "silent for {v:.0%} of their time as a customer (typical: {m:.0%})",
-    BTYD_P_ALIVE: "probability still active {v:.0%} (typical: {m:.0%})",
-    BTYD_EXPECTED_PURCHASES: "expected purchases next horizon {v:.2f} (typical: {m:.2f})",
-    BTYD_EXPECTED_PURCHASES + RANK_SUFFIX: "among the {bottom}% of customers with the fewest expected purchases",
-    BTYD_P_NO_PURCHASE: "purchase model gives {v:.0%} chance of no purchase (typical: {m:.0%})",
+# The whole text of a customer's reasons below the medium risk tier: nothing about them raises a flag worth reading.
+NO_WARNING = "no warning signs"
+# The whole text of the reasons of a customer at risk none of whose inputs, on its own, is on the risky side of
+# those who stayed: the score comes from how the inputs combine.
+NO_SINGLE_SIGN = "no single warning sign: the risk comes from the pattern as a whole"
+TYPICAL_WORDS = "typical of those who stayed"
+Risky = Literal["higher", "lower"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ReasonGuide:
+    """What each customer's reasons are compared with, and how they are printed.
+
+    ``typical`` is each feature's median among the customers who stayed (bought within the horizon) at the
+    training stage's validation cutoff, ``churned`` its median among those who did not: the reasons say how far a
+    customer is from customers like them who stayed, whatever this week's crowd looks like. A customer whose
+    ``p_churn`` is below ``medium_risk`` (the medium risk tier) gets ``NO_WARNING`` alone.
+    """
+
+    typical: Mapping[str, float]
+    churned: Mapping[str, float]
+    medium_risk: float
+    currency: str
+    horizon_days: int
+
+    def check(self, features: Sequence[str], where: str) -> None:
+        """A one-line error when the stored typical values lack a feature the scorer reads."""
+        missing = [f for f in features if f not in self.typical or f not in self.churned]
+        if missing:
+            raise InputError(
+                f"{where}: no typical value of feature(s) {missing[:5]}; rerun the train_churn stage so its "
+                "typical values match the serving churn scorer"
+            )
+
+
+def typical_values(frame: pd.DataFrame, churned: npt.ArrayLike) -> dict[str, dict[str, float]]:
+    """Each numeric column's median among the rows that stayed (``churned`` false) and among those that churned.
+
+    Missing values are left out of a median (a one-time buyer has no gap between purchases); a column with no
+    value on one side has NaN there.
+    """
+    gone = np.asarray(churned, dtype=bool)
+    if gone.shape != (len(frame),):
+        raise ValueError(f"typical_values: {gone.size} labels for {len(frame)} rows")
+    if gone.all() or not gone.any():
+        raise InputError("churn: typical values need both customers who stayed and customers who churned")
+    numeric = frame[feature_columns(frame)].astype("float64")
+    return {
+        "stayed": {str(k): float(v) for k, v in numeric[~gone].median().items()},
+        "churned": {str(k): float(v) for k, v in numeric[gone].median().items()},
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Reading:
+    """How one feature reads in a reason.
+
+    ``concept`` groups the features that say the same thing (days since the last purchase, its rank, the share of
+    the customer's life spent silent): their TreeSHAP contributions add up to the concept's push (contributions
+    are additive), and one reason at most is given per concept. ``risky`` is the side of the typical value that
+    reads as a risk to a person; None for a feature that pushes its concept but is never the text (a rank, the
+    BTYD age at the last purchase in ``base.time_unit``). ``unit`` says how a value prints. A trend reads as a
+    reason only when it is falling (``decline``).
+    """
+
+    concept: str
+    risky: Risky | None
+    template: str = ""  # "{v}" is the customer's value as printed, with its unit
+    unit: str = "plain"  # days | money | share | times | purchases | per_year | plain
+    decline: bool = False
+
+
+_READINGS: dict[str, Reading] = {
+    s.DAYS_SINCE_LAST_PURCHASE: Reading("silence", "higher", "no purchase for {v}", "days"),
+    SILENCE_SHARE: Reading("silence", "higher", "silent for {v} of their time as a customer", "share"),
+    OVERDUE_RATIO: Reading("silence", "higher", "silent for {v} their average gap between purchases", "times"),
+    s.DAYS_SINCE_LAST_PURCHASE + RANK_SUFFIX: Reading("silence", None),
+    s.RECENCY: Reading("silence", None),
+    s.TENURE_DAYS: Reading("tenure", "lower", "a customer for only {v}", "days"),
+    s.T: Reading("tenure", None),
+    s.PURCHASE_DAYS: Reading("frequency", "lower", "bought on {v} in all", "days"),
+    s.FREQUENCY: Reading("frequency", "lower", "repeat purchases on {v}", "days"),
+    PURCHASE_DAYS_PER_YEAR: Reading("frequency", "lower", "buys on {v}", "per_year"),
+    s.GAP_MEAN_DAYS: Reading("frequency", "higher", "buys every {v} on average", "days"),
+    s.PURCHASE_DAYS + RANK_SUFFIX: Reading("frequency", None),
+    s.GAP_STD_DAYS: Reading("regularity", "higher", "irregular buyer: gaps between purchases vary by {v}", "days"),
+    s.LAST_GAP_DAYS: Reading("slowing", "higher", "waited {v} between their last two purchases", "days"),
+    s.TOTAL_SPEND: Reading("spend", "lower", "total spend {v}", "money"),
+    s.AVG_SPEND_PER_DAY: Reading("spend", "lower", "spends {v} per purchase day", "money"),
+    # 0 for a one-time buyer, who has no repeat order: never the text, lest "average repeat order 0.00" mislead
+    s.MONETARY_VALUE: Reading("spend", None),
+    s.TOTAL_SPEND + RANK_SUFFIX: Reading("spend", None),
+    s.RETURNS_SHARE: Reading("returns", "higher", "returned {v} of their spend", "share"),
+    BTYD_P_ALIVE: Reading("purchase model", "lower", "purchase model: {v} likely to be still active", "share"),
+    BTYD_EXPECTED_PURCHASES: Reading(
+        "purchase model", "lower", "purchase model expects {v} in the next {h} days", "purchases"
+    ),
+    BTYD_P_NO_PURCHASE: Reading(
+        "purchase model", "higher", "purchase model: {v} chance of no purchase in the next {h} days", "share"
+    ),
+    BTYD_EXPECTED_PURCHASES + RANK_SUFFIX: Reading("purchase model", None),
 }
 
 
-def reason_text(feature: str, value: float, median: float) -> str:
-    """One readable reason: ``feature`` at ``value`` for this customer, ``median`` for the population."""
-    if value != value:  # NaN: the feature is missing for this customer
-        return f"{_label(feature)} unknown"
-    template = REASON_TEXT.get(feature)
-    if template is None:
-        template = _window_template(feature)
-    if template is None:
-        return f"{_label(feature)} {value:,.3g} (typical: {median:,.3g})"
-    # a rank feature holds the percentile in (0, 1]: say which end of the customer base the customer is in
-    top, bottom = max(1, int(np.ceil((1 - value) * 100 + 1e-9))), max(1, int(np.ceil(value * 100 - 1e-9)))
-    return template.format(v=value, m=median, top=top, bottom=bottom)
-
-
-def _label(feature: str) -> str:
-    return feature.replace("_", " ")
-
-
-def _window_template(feature: str) -> str | None:
-    for prefix, text in (
-        ("purchase_days_", "{v:.0f} purchase days in the last {w} days (typical: {m:.0f})"),
-        ("spend_", "spent {v:,.2f} in the last {w} days (typical: {m:,.2f})"),
-    ):
-        rest = feature.removeprefix(prefix)
-        if rest != feature and rest.endswith("d") and rest[:-1].isdigit():
-            return text.replace("{w}", rest[:-1])
-    for prefix, what in (("purchase_trend_", "purchase days"), ("spend_trend_", "spend")):
-        rest = feature.removeprefix(prefix)
-        if rest != feature and rest.endswith("d") and rest[:-1].isdigit():
-            w = rest[:-1]
-            return (
-                what
-                + " trend {v:+.2f}, last "
-                + w
-                + " days against the "
-                + w
-                + " before (-1 = stopped; typical: {m:+.2f})"
-            )
+def _window(feature: str, prefix: str) -> int | None:
+    rest = feature.removeprefix(prefix)
+    if rest != feature and rest.endswith("d") and rest[:-1].isdigit():
+        return int(rest[:-1])
     return None
 
 
-def top_reasons(
-    contributions: pd.DataFrame, X: pd.DataFrame, medians: Mapping[str, float], top: int = 3
-) -> pd.DataFrame:
-    """The ``top`` features pushing each customer's churn score up the most, as text; None past the last push.
+def reading(feature: str) -> Reading:
+    """How ``feature`` reads: from the table above, the activity windows and trends by their names, else (an
+    attribute such as a survey score) a concept of its own, its risky side the churners' (``ReasonGuide``)."""
+    if feature in _READINGS:
+        return _READINGS[feature]
+    if (w := _window(feature, "purchase_days_")) is not None:
+        return Reading("recent activity", "lower", f"bought on {{v}} in the last {w} days", "days")
+    if (w := _window(feature, "spend_")) is not None:
+        return Reading("recent activity", "lower", f"spent {{v}} in the last {w} days", "money")
+    for prefix, what in (("purchase_trend_", "purchase days"), ("spend_trend_", "spend")):
+        if (w := _window(feature, prefix)) is not None:
+            # the trend (recent - prior) / (recent + prior) prints as the recent window's share of both: (1 + t) / 2
+            text = f"only {{v}} of their {what} in the last {2 * w} days came in the last {w}"
+            return Reading("recent activity", "lower", text, "trend_share", decline=True)
+    return Reading(feature, None, f"{feature.replace('_', ' ')} {{v}}", "plain")
 
-    ``contributions`` is ``ChurnModel.contributions(X)``; only positive contributions are reasons for risk.
+
+# How a value prints in each unit of ``Reading``, given the currency code.
+_UNITS: dict[str, Callable[[float, str], str]] = {
+    "days": lambda v, _: "1 day" if round(v) == 1 else f"{v:,.0f} days",
+    "money": lambda v, currency: f"{currency} {v:,.2f}",
+    "share": lambda v, _: f"{v:.0%}",
+    "trend_share": lambda v, _: f"{(1.0 + v) / 2.0:.0%}",
+    "times": lambda v, _: f"{v:.1f} times",
+    "purchases": lambda v, _: f"{v:.2f} purchases",
+    "per_year": lambda v, _: f"{v:.1f} days a year",
+}
+
+
+def printed(value: float, unit: str, currency: str) -> str:
+    """``value`` as a reason prints it, with its unit (``plain``: three significant digits)."""
+    return _UNITS[unit](value, currency) if unit in _UNITS else f"{value:,.3g}"
+
+
+def reason_text(feature: str, value: float, guide: ReasonGuide) -> str | None:
+    """The reason ``feature`` at ``value`` gives, or None where it gives none: a value missing or on the safe side
+    of the typical value of those who stayed, or the same as it once printed (never "40 days (typical: 40 days)")."""
+    how = reading(feature)
+    typical = float(guide.typical.get(feature, np.nan))
+    risky = how.risky
+    if risky is None and how.concept == feature:  # a feature with no fixed meaning: risky on the churners' side
+        churned = float(guide.churned.get(feature, np.nan))
+        risky = "higher" if churned > typical else "lower" if churned < typical else None
+    if risky is None or not how.template or not (np.isfinite(value) and np.isfinite(typical)):
+        return None
+    on_risky_side = value > typical if risky == "higher" else value < typical
+    if not on_risky_side or (how.decline and value >= 0):
+        return None
+    v, m = printed(value, how.unit, guide.currency), printed(typical, how.unit, guide.currency)
+    if v == m:
+        return None
+    return how.template.format(v=v, h=guide.horizon_days) + f" ({TYPICAL_WORDS}: {m})"
+
+
+def _no_warning(p_churn: Array, guide: ReasonGuide) -> npt.NDArray[np.bool_]:
+    return np.asarray(p_churn, dtype=np.float64) < guide.medium_risk
+
+
+def _as_columns(texts: Sequence[Sequence[str]], index: pd.Index, top: int) -> pd.DataFrame:
+    out = {f"reason_{k + 1}": [t[k] if k < len(t) else None for t in texts] for k in range(top)}
+    return pd.DataFrame(out, index=index)
+
+
+def top_reasons(
+    contributions: pd.DataFrame, X: pd.DataFrame, guide: ReasonGuide, p_churn: npt.ArrayLike, top: int = 3
+) -> pd.DataFrame:
+    """Up to ``top`` reasons per customer, as text; None past the last.
+
+    ``contributions`` is ``ChurnModel.contributions(X)``. The features' contributions are summed by concept
+    (``Reading``); the concepts pushing the churn score up the most come first, and each gives the text of its
+    feature with the largest contribution that reads as a risk (``reason_text``); a concept with no such feature,
+    or one that pushes the score down, gives none. A customer below the medium risk tier gets ``NO_WARNING``, one
+    above it whose concepts give no text ``NO_SINGLE_SIGN``.
     """
     contrib = contributions.drop(columns="bias")
-    values = contrib.to_numpy()
-    order = np.argsort(-values, axis=1, kind="stable")[:, :top]
-    names = np.asarray(contrib.columns)
-    out: dict[str, list[str | None]] = {f"reason_{i + 1}": [] for i in range(top)}
-    xs = X[list(contrib.columns)].to_numpy(dtype=np.float64)
+    names = [str(c) for c in contrib.columns]
+    values = contrib.to_numpy(np.float64)
+    xs = X[names].to_numpy(dtype=np.float64)
+    groups: dict[str, list[int]] = {}
+    for j, name in enumerate(names):
+        groups.setdefault(reading(name).concept, []).append(j)
+    members = list(groups.values())
+    pushes = np.column_stack([values[:, idx].sum(axis=1) for idx in members])
+    order = np.argsort(-pushes, axis=1, kind="stable")
+    calm = _no_warning(np.asarray(p_churn, dtype=np.float64), guide)
+    if calm.shape != (len(contrib),):
+        raise ValueError(f"top_reasons: {calm.size} probabilities for {len(contrib)} customers")
+    texts: list[list[str]] = []
     for row in range(len(contrib)):
-        for i in range(top):
-            j = order[row, i] if i < order.shape[1] else None
-            if j is None or values[row, j] <= 0:
-                out[f"reason_{i + 1}"].append(None)
-                continue
-            feature = str(names[j])
-            out[f"reason_{i + 1}"].append(reason_text(feature, float(xs[row, j]), float(medians[feature])))
-    return pd.DataFrame(out, index=contributions.index)
+        found: list[str] = []
+        if calm[row]:
+            texts.append([NO_WARNING])
+            continue
+        for k in order[row]:
+            if len(found) == top or pushes[row, k] <= 0:
+                break
+            for j in sorted(members[k], key=lambda j: -values[row, j]):
+                text = reason_text(names[j], float(xs[row, j]), guide)
+                if text is not None:
+                    found.append(text)
+                    break
+        texts.append(found or [NO_SINGLE_SIGN])
+    return _as_columns(texts, contributions.index, top)
 
 
 def score_customers(
-    model: ChurnModel, frame: pd.DataFrame, medians: Mapping[str, float], *, explain: bool = True
+    model: ChurnModel, frame: pd.DataFrame, guide: ReasonGuide, *, explain: bool = True
 ) -> pd.DataFrame:
     """``customer_id``, ``cutoff``, ``p_churn``, ``p_churn_raw`` and the reasons for each row of ``frame``.
 
     ``frame`` holds the model's feature columns and the two ids. Every value depends on its own row only (the
-    ``medians`` the reasons compare with are computed once over all scored customers), so any slice of the
-    customers, such as a Spark partition, gets the values it would get in one piece. With ``explain=False`` the
+    typical values the reasons compare with were stored at training, ``guide``), so any slice of the customers,
+    such as a Spark partition, gets the values it would get in one piece. With ``explain=False`` the
     reasons are left empty (None): TreeSHAP is nearly all of the cost of scoring.
     """
     X = frame[model.features_]
@@ -660,5 +788,5 @@ def score_customers(
     )
     if not explain:
         return out.assign(**{name: pd.Series([None] * len(out), dtype=object) for name in s.REASONS})
-    reasons = top_reasons(model.contributions(X), X, medians).reset_index(drop=True)
+    reasons = top_reasons(model.contributions(X), X, guide, out[s.P_CHURN].to_numpy()).reset_index(drop=True)
     return pd.concat([out, reasons], axis=1)

@@ -98,8 +98,9 @@ def ranked(keys: Sequence[tuple[npt.ArrayLike, bool]], ties: npt.ArrayLike) -> n
     # Arrow's sort of numeric keys: at 10M rows several times faster than np.lexsort, same order (NaN last)
     columns = {f"k{i}": np.asarray(v, dtype=np.float64) for i, (v, _) in enumerate(keys)}
     table = pa.table({**columns, "ties": np.asarray(ties, dtype=np.int64)})
-    sort_keys = [(f"k{i}", "ascending" if up else "descending") for i, (_, up) in enumerate(keys)]
-    order = pc.sort_indices(table, sort_keys=[*sort_keys, ("ties", "ascending")], null_placement="at_end")
+    # each key's NaN (and null) last: per key, as pyarrow 25 asks (the table-wide null_placement is deprecated)
+    sort_keys = [(f"k{i}", "ascending" if up else "descending", "at_end") for i, (_, up) in enumerate(keys)]
+    order = pc.sort_indices(table, sort_keys=[*sort_keys, ("ties", "ascending", "at_end")])
     return order.to_numpy().astype(np.int64, copy=False)
 
 
@@ -173,6 +174,36 @@ KPI_COLUMNS: tuple[str, ...] = (
 )
 # The columns of ``kpi_table`` after the segment name (segments.csv).
 KPI_TABLE_COLUMNS: tuple[str, ...] = (KPI_COLUMNS[0], "customer_share", *KPI_COLUMNS[1:])
+
+
+# How segments.csv shows each KPI: whole customers, rates and probabilities to 4 places, money to the cent.
+KPI_COUNTS = ("customers", "retention_base")
+KPI_DECIMALS = {
+    "customer_share": 4,
+    "repeat_purchase_rate": 4,
+    "retention_rate": 4,
+    "churn_rate": 4,
+    "mean_p_churn": 4,
+    "revenue_last_horizon": 2,
+    "profit_last_horizon": 2,
+    "avg_clv": 2,
+    "total_clv": 2,
+    "value_at_risk": 2,
+    "expected_churners": 1,
+}
+
+
+def for_csv(kpis: pd.DataFrame) -> pd.DataFrame:
+    """``kpi_table``'s output as a person reads it in a spreadsheet: ``1398``, not ``1398.0``; ``0.0593``, not
+    ``0.05931268561731014``. Undefined rates stay missing (an empty cell)."""
+    out = kpis.copy()
+    for c in KPI_COUNTS:
+        if c in out:
+            out[c] = out[c].round().astype("Int64")
+    for c, places in KPI_DECIMALS.items():
+        if c in out:
+            out[c] = out[c].round(places)
+    return out
 
 
 def kpi_table(scores: pd.DataFrame, order: list[str], *, margin_ratio: float) -> pd.DataFrame:

@@ -254,6 +254,8 @@ def modelling_table(
 
 CALIBRATOR = "calibrator.json"
 RULES = "rules.json"  # each rule and its calibrator, fitted on the validation cutoff (models.churn.RuleScorer)
+# each feature's median among the validation cutoff's customers who stayed, and who churned: what reasons compare with
+TYPICAL = "typical.json"
 
 
 def version_json(version: tracking.RegisteredVersion, name: str, advice: str) -> tuple[Any, str]:
@@ -304,6 +306,55 @@ def load_version_rule(version: tracking.RegisteredVersion, name: str) -> cm.Rule
 def load_trained_rule(artifacts: Path, name: str) -> cm.RuleScorer:
     """Rule ``name`` as the training stage calibrated it (``artifacts``/rules.json)."""
     return rule_from(read_stage_json(artifacts / RULES, "train_churn"), name, str(artifacts / RULES))
+
+
+def typical_document(data: Training) -> dict[str, Any]:
+    """The typical values reasons compare with (``models.churn.typical_values``): every feature's median among
+    the validation cutoff's customers who stayed and among those who churned, the latest labelled population
+    before the training date, and the one every rule is calibrated on."""
+    medians = cm.typical_values(data.valid[data.columns], data.y_valid.astype(bool))
+    return finite_json(
+        {
+            "cutoff": str(data.split.validation.date()),
+            "customers_stayed": int((data.y_valid == 0).sum()),
+            "customers_churned": int(data.y_valid.sum()),
+            **medians,
+        }
+    )
+
+
+def typical_from(doc: Any, where: str) -> tuple[dict[str, float], dict[str, float]]:
+    """The stayed and churned medians of a typical.json document; a one-line error naming ``where`` otherwise."""
+    sides = []
+    for side in ("stayed", "churned"):
+        values = doc.get(side) if isinstance(doc, dict) else None
+        if not isinstance(values, dict) or not all(
+            v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in values.values()
+        ):
+            raise InputError(f"{where}: no {side!r} medians (feature: number or null); rerun the train_churn stage")
+        sides.append({str(k): float("nan") if v is None else float(v) for k, v in values.items()})
+    return sides[0], sides[1]
+
+
+def load_trained_typical(artifacts: Path) -> tuple[dict[str, float], dict[str, float]]:
+    """The typical values the training stage wrote (``artifacts``/typical.json)."""
+    return typical_from(read_stage_json(artifacts / TYPICAL, "train_churn"), str(artifacts / TYPICAL))
+
+
+def load_version_typical(version: tracking.RegisteredVersion) -> tuple[dict[str, float], dict[str, float]] | None:
+    """The typical values a registered version's training run logged, or None for a version registered before
+    they were stored."""
+    with tempfile.TemporaryDirectory(prefix="churn-artifact-") as tmp:
+        try:
+            path = tracking.run_artifact(version.run_id, f"churn/{TYPICAL}", Path(tmp))
+        except tracking.MissingArtifact:
+            return None
+        where = f"churn: registered version {version.version} of {version.name}, churn/{TYPICAL}"
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{where} is not readable JSON ({exc}); rerun the train_churn stage") from exc
+        return typical_from(doc, where)
 
 
 def load_trained(artifacts: Path) -> cm.ChurnModel:
@@ -528,6 +579,7 @@ def write_model(out: Outputs, model: cm.ChurnModel, data: Training, importance: 
         model.booster_.save_model(str(tmp), num_iteration=model.best_iteration_)
     write_json(model.calibrator_.to_dict(), out.artifacts / CALIBRATOR)
     write_json({n: r.to_dict() for n, r in fit_rules(model, data).items()}, out.artifacts / RULES)
+    write_json(typical_document(data), out.artifacts / TYPICAL)
     write_csv(importance, out.artifacts / "importance.csv")
     split = data.split
     card = {
@@ -614,7 +666,7 @@ def run(
     write_json(metrics, out.metrics)
     _plots(out, data.y_valid, probs, data.split.validation)
     if track:
-        _track(base, fcfg, cfg, features, out, metrics, model, data.valid[data.columns], judgement)
+        _track(base, fcfg, cfg, features, out, metrics, model, data.valid[data.columns], judgement, source=source)
     m, bl = metrics["model"], metrics["baselines"]
     log.info(
         "validation %s: ROC-AUC %.4f (btyd %s, recency %.4f, rfm %.4f), ECE %.4f with %s calibration; trained as of %s",
@@ -690,6 +742,8 @@ def _track(
     model: cm.ChurnModel,
     example: pd.DataFrame,
     judgement: registry.Judgement,
+    *,
+    source: str,
 ) -> None:
     as_of = str(metrics["training"]["trained_as_of"])
     params = {
@@ -706,8 +760,12 @@ def _track(
         registry.TRAINED_AS_OF: as_of,
     }
     numeric = {k: v for k, v in metrics.items() if k not in ("importance", "attributes")}
-    with tracking.stage_run(base.mlflow_experiment, "churn", params, tags, inputs=[features]):
+    validation = str(metrics["training"]["validation_cutoff"])
+    with tracking.stage_run(
+        base.mlflow_experiment, "churn", params, tags, inputs=[features], source=source, holdout=validation
+    ):
         tracking.log_metrics(numeric)
+        tracking.log_key_figures({"churn": {"roc_auc": metrics["model"]["roc_auc"]}})
         tracking.log_metrics({"importance": metrics["importance"]})
         tracking.log_artifacts(
             {"churn": out.artifacts / "model_card.json", "plots": out.figures, "plot_data": out.plots}
@@ -715,6 +773,7 @@ def _track(
         tracking.log_artifacts({"churn": out.artifacts / "importance.csv"})
         tracking.log_artifacts({"churn": out.artifacts / CALIBRATOR})
         tracking.log_artifacts({"churn": out.artifacts / RULES})
+        tracking.log_artifacts({"churn": out.artifacts / TYPICAL})
         registry.record(judgement, tracking.log_churn_model(model.booster_, model.best_iteration_, example.head(20)))
 
 

@@ -11,8 +11,9 @@
    rule), with BG/NBD features fitted on this snapshot's history, as at every training cutoff, and value at risk =
    p_churn x CLV, computed once. The model's TreeSHAP reasons go to the first ``churn.max_explained_customers`` of
    the list by value at risk; a rule's reasons are its inputs in words, for everyone (``data/churn.parquet``).
-4. Drift: the population stability index of every model feature and of ``p_churn`` between the last training
-   cutoff and this snapshot (``data/drift.parquet``).
+4. Drift: the population stability index of every model feature and of ``p_churn`` between the latest labelled
+   cutoff (the one the serving model was validated on) and this snapshot, each input weighted by its share of the
+   model's attention (``data/drift.parquet``; ``models.monitoring`` judges which shifts count).
 5. The scores table: risk tier, value x risk segment and its retention action from ``score.segments``, and the
    recent behaviour the KPIs need (revenue over the last ``features.horizon_days``, net of returns), sorted by
    value at risk (``data/scores.parquet``); KPIs overall and per segment (``data/segments.csv``,
@@ -72,7 +73,7 @@ SNAPSHOT_COLUMNS = [s.CUSTOMER_ID, s.CUTOFF, s.DAYS_SINCE_LAST_PURCHASE, s.TENUR
 @dataclasses.dataclass(frozen=True)
 class Inputs:
     snapshot: Path
-    features: Path  # the training features: its last training cutoff is the drift reference
+    features: Path  # the training features: its latest labelled (validation) cutoff is the drift reference
     transactions: Path
     clv_artifacts: Path
     churn_artifacts: Path
@@ -398,13 +399,13 @@ SCORE_CHUNK_ROWS = 100_000
 
 
 def score_and_explain(
-    base: BaseConfig, frame: pd.DataFrame, model: cm.ChurnModel, medians: dict[str, float], *, explain: bool
+    base: BaseConfig, frame: pd.DataFrame, model: cm.ChurnModel, guide: cm.ReasonGuide, *, explain: bool
 ) -> pd.DataFrame:
     """``models.churn.score_customers`` over ``frame`` (the ids and at least the model's features), in ``frame``'s
     rows: on Spark's executors, or here in chunks, so that only a chunk's feature matrix is copied at a time."""
     if base.engine == "spark":  # TreeSHAP reasons are most of the time: spread them over the executors
         needed = frame[[s.CUSTOMER_ID, s.CUTOFF, *model.features_]]
-        scored = spark.score_churn(base.spark, needed, model, medians, explain=explain)
+        scored = spark.score_churn(base.spark, needed, model, guide, explain=explain)
         # the executors return rows in any order: back to frame's, which the stage joins by position
         at = pd.Index(scored[s.CUSTOMER_ID]).get_indexer(frame[s.CUSTOMER_ID])
         if len(scored) != len(frame) or (at < 0).any():
@@ -413,7 +414,7 @@ def score_and_explain(
     what = "scored and explained" if explain else "scored"
     with Progress(f"score: customers {what}", total=len(frame), unit="rows") as shown:
         chunks = (frame.iloc[i : i + SCORE_CHUNK_ROWS] for i in range(0, len(frame), SCORE_CHUNK_ROWS))
-        parts = [cm.score_customers(model, chunk, medians, explain=explain) for chunk in shown.each(chunks, len)]
+        parts = [cm.score_customers(model, chunk, guide, explain=explain) for chunk in shown.each(chunks, len)]
     return pd.concat(parts, ignore_index=True)
 
 
@@ -443,31 +444,77 @@ def population_rows(
     return rows, at
 
 
-def rule_table(population: pd.DataFrame, rule: cm.RuleScorer, medians: dict[str, float]) -> pd.DataFrame:
+def rule_table(population: pd.DataFrame, rule: cm.RuleScorer, guide: cm.ReasonGuide) -> pd.DataFrame:
     """A rule's p_churn for the whole population at once (RFM's quintiles are the population's), and its reasons."""
+    p_churn = rule.predict_proba(population)
     return pd.concat(
         [
             pd.DataFrame(
                 {
                     s.CUSTOMER_ID: population[s.CUSTOMER_ID].array,
                     s.CUTOFF: population[s.CUTOFF].array,
-                    s.P_CHURN: rule.predict_proba(population),
+                    s.P_CHURN: p_churn,
                     s.P_CHURN_RAW: rule.raw_probability(population),
                 }
             ),
-            rule.reasons(population, medians).reset_index(drop=True),
+            rule.reasons(population, guide, p_churn).reset_index(drop=True),
         ],
         axis=1,
     )
 
 
+def reason_guide(
+    cfg: Settings, typical: tuple[dict[str, float], dict[str, float]], scorer: Scorer, where: str
+) -> cm.ReasonGuide:
+    """What the reasons compare with (the training stage's typical values, ``typical``: the medians of those who
+    stayed and of those who churned) and how they print: ``base.currency``, the horizon, the medium risk tier."""
+    guide = cm.ReasonGuide(
+        typical=typical[0],
+        churned=typical[1],
+        medium_risk=cfg.score.risk_tier_thresholds.medium,
+        currency=cfg.base.currency,
+        horizon_days=cfg.features.horizon_days,
+    )
+    guide.check(scorer.features_, where)
+    return guide
+
+
+def serving_typical(
+    inp: Inputs, served: registry.Served, as_of: dt.date
+) -> tuple[tuple[dict[str, float], dict[str, float]], str]:
+    """The typical values stored with the serving churn scorer, and where they came from: the registered version's
+    own, else (a version registered before they were stored) the training run's in the workspace, unless that run
+    saw labels after the scoring date."""
+    if served.version is not None:
+        own = churn_stage.load_version_typical(served.version)
+        if own is not None:
+            return own, f"churn v{served.version.version}, churn/{churn_stage.TYPICAL}"
+    card = read_json(inp.churn_artifacts / "model_card.json", "train_churn")
+    if served.version is not None and dt.date.fromisoformat(card["trained_as_of"]) > as_of:
+        raise InputError(
+            f"{served.model_name} v{served.version.version} has no typical values for its reasons (registered before "
+            f"they were stored), and the training run's are from after {as_of}; move the champion alias to a newer "
+            "version (make ui) or set churn.registry.score_version"
+        )
+    if served.version is not None:
+        log.info("churn v%s stores no typical values: the reasons use the training run's", served.version.version)
+    return churn_stage.load_trained_typical(inp.churn_artifacts), str(inp.churn_artifacts / churn_stage.TYPICAL)
+
+
 def risk_table(
-    population: pd.DataFrame, clv: npt.ArrayLike, model: Scorer, cfg: Settings, *, ties: npt.ArrayLike
+    population: pd.DataFrame,
+    clv: npt.ArrayLike,
+    model: Scorer,
+    cfg: Settings,
+    *,
+    ties: npt.ArrayLike,
+    guide: cm.ReasonGuide,
 ) -> pd.DataFrame:
     """p_churn for the population (``churn_schema`` columns, in the population's rows), and reasons for the first
     ``churn.max_explained_customers`` of the list by value at risk (p_churn x ``clv``, each customer's CLV; ties
     by p_churn, then by ``ties``, the rows' ``id_ranks``: the list's own order, ``models.segments.list_order``).
-    A rule serving gives every customer its reasons: they are its inputs in words, at no cost."""
+    A rule serving gives every customer its reasons: they are its inputs in words, at no cost. ``guide`` holds the
+    typical values they compare with (``reason_guide``)."""
     if population.empty:
         raise InputError(
             f"score: no customer bought within {cfg.churn.population_lookback_days} days of the scoring cutoff; "
@@ -476,15 +523,14 @@ def risk_table(
     clv = np.asarray(clv, dtype=np.float64)
     if len(clv) != len(population):
         raise ValueError(f"risk_table: {len(clv)} CLV values for {len(population)} customers")
-    medians = population[list(model.features_)].median(numeric_only=True).to_dict()
     if isinstance(model, cm.RuleScorer):
-        return rule_table(population, model, medians)
+        return rule_table(population, model, guide)
     cap = cfg.churn.max_explained_customers
-    scored = score_and_explain(cfg.base, population, model, medians, explain=len(population) <= cap)
+    scored = score_and_explain(cfg.base, population, model, guide, explain=len(population) <= cap)
     if len(population) > cap:
         p = scored[s.P_CHURN].to_numpy(np.float64)
         head = np.sort(seg.ranked([(p * clv, False), (p, False)], ties)[:cap])
-        explained = score_and_explain(cfg.base, population.iloc[head], model, medians, explain=True)
+        explained = score_and_explain(cfg.base, population.iloc[head], model, guide, explain=True)
         where = np.full(len(scored), len(head))  # everyone else: the missing value after the head's reasons
         where[head] = np.arange(len(head))
         for name in s.REASONS:
@@ -494,22 +540,49 @@ def risk_table(
     return scored
 
 
+def attention(model: Scorer, reference: pd.DataFrame, cfg: Settings) -> dict[str, float]:
+    """Each input's share of the serving scorer's attention, the weights of the drift verdict: the model's mean
+    |TreeSHAP contribution| over a seeded draw of ``churn.importance_rows`` reference customers (its training
+    stage's measure, on the population drift is measured against), or equal shares of a rule's inputs."""
+    columns = list(model.features_)
+    if isinstance(model, cm.RuleScorer):
+        return dict.fromkeys(columns, 1.0 / len(columns))
+    rows = reference[columns]
+    if len(rows) > cfg.churn.importance_rows:
+        rows = rows.sample(n=cfg.churn.importance_rows, random_state=np.random.default_rng(cfg.base.seed))
+    shares = model.importance(rows)
+    return dict(zip(shares["feature"], shares["share"].astype(float), strict=True))
+
+
 def drift_table(
-    model: Scorer, reference: pd.DataFrame, population: pd.DataFrame, cur_p: npt.NDArray[np.float64], bins: int
+    model: Scorer,
+    reference: pd.DataFrame,
+    population: pd.DataFrame,
+    cur_p: npt.NDArray[np.float64],
+    bins: int,
+    weights: dict[str, float],
 ) -> pd.DataFrame:
-    """PSI of ``p_churn`` (``cur_p``, in the population's row order) and of each of the scorer's inputs: the
-    reference cutoff's population against this week's."""
+    """PSI of ``p_churn`` (``cur_p``, in the population's row order) and of each of the scorer's inputs, the
+    reference cutoff's population against this week's, with each input's ``weights`` (``attention``)."""
     columns = list(model.features_)
     ref_p = model.predict_proba(reference[columns])
     ref = reference[columns].assign(**{s.P_CHURN: ref_p})
     cur = population[columns].assign(**{s.P_CHURN: cur_p})
-    return monitoring.drift_table(ref, cur, [s.P_CHURN, *columns], bins)
+    return monitoring.drift_table(ref, cur, [s.P_CHURN, *columns], bins, weights)
 
 
 def reference_cutoff(features: Path, fcfg: FeaturesConfig) -> pd.Timestamp:
-    """The last training cutoff of the features table: the population the drift is measured against."""
+    """The cutoff this week's customers are compared with: the latest labelled one, the training stage's
+    validation cutoff.
+
+    It is the population the serving model was validated on: early stopping, the calibration of p_churn and the
+    holdout metrics were all fitted and measured there, so it is the latest population whose scores are known to
+    mean what they say. It is also the nearest one to the scoring week with its outcomes observed: a training
+    cutoff lies at least another horizon back, and comparing with it makes every week look drifted by the months
+    between (on CDNOW the last training cutoff 1997-12-10 put the spend of the last 365 days at PSI 1.68 against
+    1998-06-30; the validation cutoff 1998-04-01 puts it at 0.01)."""
     labelled, _ = churn_stage.read_cutoffs(features, fcfg)
-    return cm.split_cutoffs(labelled, fcfg.horizon_days).training[-1]
+    return cm.split_cutoffs(labelled, fcfg.horizon_days).validation
 
 
 # --- the stage --------------------------------------------------------------------------------------------------
@@ -528,12 +601,15 @@ def run(cfg: Settings, inp: Inputs, out: Outputs, *, track: bool = True) -> dict
 
     model, churn_served, choice = serving_churn(cfg, inp, as_of, track)
     population, at = population_rows(snapshot, cutoff, cfg, model)
-    churned = risk_table(population, value[s.CLV].to_numpy()[at], model, cfg, ties=ties[at])
+    typical, where = serving_typical(inp, churn_served, as_of)
+    guide = reason_guide(cfg, typical, model, where)
+    churned = risk_table(population, value[s.CLV].to_numpy()[at], model, cfg, ties=ties[at], guide=guide)
     riskiest = seg.sort_order(churned, [(s.P_CHURN, False)], ties=ties[at])
     write_table(churned, out.churn, s.churn_schema(), order=riskiest)
     ref_cutoff = reference_cutoff(inp.features, cfg.features)
     reference = model_rows(inp.features, ref_cutoff, cfg, model, "training features")
-    drift = drift_table(model, reference, population, churned[s.P_CHURN].to_numpy(np.float64), cfg.churn.drift_bins)
+    cur_p = churned[s.P_CHURN].to_numpy(np.float64)
+    drift = drift_table(model, reference, population, cur_p, cfg.churn.drift_bins, attention(model, reference, cfg))
     drift["reference_cutoff"], drift["scoring_cutoff"] = ref_cutoff, cutoff
     write_table(drift, out.drift, s.drift_schema())
 
@@ -545,7 +621,7 @@ def run(cfg: Settings, inp: Inputs, out: Outputs, *, track: bool = True) -> dict
     )
     write_table(scores, out.scores, s.scores_schema(s.CLV_NET in scores))
     kpis = seg.kpi_table(scores, seg.segment_order(grid(cfg.score)), margin_ratio=cfg.clv.margin_ratio)
-    write_csv(kpis, out.segments, undefined_allowed=seg.KPI_COLUMNS)
+    write_csv(seg.for_csv(kpis), out.segments, undefined_allowed=seg.KPI_COLUMNS)
 
     metrics = score_metrics(cfg, as_of, scores, kpis, value_summary, churned, drift)
     clv_model = {
@@ -596,6 +672,7 @@ def score_metrics(
 ) -> dict[str, Any]:
     overall = kpis[kpis[s.SEGMENT] == seg.ALL].iloc[0]
     p_churn = churned[s.P_CHURN].to_numpy(np.float64)
+    judged = monitoring.verdict(drift, cfg.score.drift_warning_psi)
     return {
         "as_of": str(as_of),
         "week": iso_week(as_of),
@@ -625,6 +702,9 @@ def score_metrics(
             "reference_cutoff": str(pd.Timestamp(drift["reference_cutoff"].iloc[0]).date()),
             "p_churn_psi": float(drift.loc[drift[s.DRIFT_FEATURE] == s.P_CHURN, s.PSI].iloc[0]),
             "max_feature_psi": float(drift.loc[drift[s.DRIFT_FEATURE] != s.P_CHURN, s.PSI].max()),
+            # the summary's banner: the weighted mean PSI of the judged inputs, and its decision
+            "weighted_input_psi": judged.input_psi,
+            "warning": judged.shifted,
         },
     }
 
@@ -640,9 +720,16 @@ def _track(cfg: Settings, inp: Inputs, out: Outputs, metrics: dict[str, Any]) ->
         "served.churn.scorer": str(served["churn"]["scorer"]["scorer"]),
     }
     params = {"score": dataclasses.asdict(cfg.score)}
-    with tracking.stage_run(cfg.base.mlflow_experiment, "score", params, tags, inputs=[inp.snapshot, inp.transactions]):
+    inputs = [inp.snapshot, inp.transactions]
+    with tracking.stage_run(cfg.base.mlflow_experiment, "score", params, tags, inputs=inputs, source=cfg.source):
         tracking.log_metrics(
             {k: v for k, v in metrics.items() if k in ("overall", "risk_tiers", "segments", "value", "risk", "drift")}
+        )
+        # the backtest's paired edge of the serving churn scorer over the best rule (the interval it serves on)
+        scorer, overall = served["churn"]["scorer"], metrics["overall"]
+        edge = {"edge_over_best_rule": scorer.get("gain"), **{f"edge_{k}": scorer.get(k) for k in ("low", "high")}}
+        tracking.log_key_figures(
+            {"churn": edge, "score": {k: overall[k] for k in ("customers", "value_at_risk", "expected_churners")}}
         )
         tracking.log_artifacts({"score": out.segments})
 

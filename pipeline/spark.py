@@ -8,7 +8,7 @@ Python, or shipped with ``--py-files``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import pandas as pd
@@ -38,11 +38,11 @@ def partitions_for(spark: Any, rows: int, rows_per_partition: int = 200_000) -> 
 
 
 def score_churn(
-    cfg: SparkConfig, frame: pd.DataFrame, model: cm.ChurnModel, medians: Mapping[str, float], *, explain: bool
+    cfg: SparkConfig, frame: pd.DataFrame, model: cm.ChurnModel, guide: cm.ReasonGuide, *, explain: bool
 ) -> pd.DataFrame:
     """``models.churn.score_customers`` over ``frame``'s rows on the executors; rows come back in any order."""
     spark = spark_session(cfg)
-    payload = spark.sparkContext.broadcast((model, dict(medians)))
+    payload = spark.sparkContext.broadcast((model, guide))
 
     def score_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         scorer, reference = payload.value

@@ -102,34 +102,45 @@ def rule_frame() -> pd.DataFrame:
     )
 
 
+def rule_guide(frame: pd.DataFrame, medium_risk: float = 0.4) -> cm.ReasonGuide:
+    """Typical values as if the first two customers stayed and the last three churned."""
+    stayed, gone = frame.iloc[:2].median().to_dict(), frame.iloc[2:].median().to_dict()
+    return cm.ReasonGuide(stayed, gone, medium_risk=medium_risk, currency="USD", horizon_days=90)
+
+
 def test_a_rule_serves_calibrated_with_its_inputs_as_reasons() -> None:
     frame = rule_frame()
-    medians = frame.median().to_dict()
+    guide = rule_guide(frame)  # stayed: 5.5 days silent, 7 purchase days, USD 275 spent, P(alive) 88%
+    everyone_at_risk = np.ones(len(frame))
     y = np.array([0, 0, 1, 1, 1])
     rfm = cm.RuleScorer.fit("rfm", frame, y, "isotonic")
     p = rfm.predict_proba(frame)
     assert np.all(np.diff(p) >= 0) and p[0] < 0.01 and p[-1] > 0.99  # higher RFM score, lower risk
     np.testing.assert_array_equal(rfm.raw_probability(frame), [0.2, 0.4, 0.6, 0.8, 1.0])  # the score's rank
-    reasons = rfm.reasons(frame, medians)
+    reasons = rfm.reasons(frame, guide, everyone_at_risk)
     # the fourth customer: every part in quintile 2, recency first; the first: no part in the bottom 40%
     assert reasons.iloc[3].tolist() == [
-        "recency quintile 2 of 5: no purchase for 200 days (typical: 100)",
-        "frequency quintile 2 of 5: 2 purchase days in all (typical: 3)",
-        "spend quintile 2 of 5: total spend 20.00 (typical: 50.00)",
+        "recency in the bottom 40% of customers: no purchase for 200 days (typical of those who stayed: 6 days)",
+        "frequency in the bottom 40% of customers: bought on 2 days in all (typical of those who stayed: 7 days)",
+        "spend in the bottom 40% of customers: total spend USD 20.00 (typical of those who stayed: USD 275.00)",
     ]
-    assert reasons.iloc[0].isna().all()
-    recency = cm.RuleScorer.fit("recency", frame, y, "sigmoid").reasons(frame, medians)
-    assert recency[s.REASONS[0]].iloc[:3].isna().all()  # silent no longer than the median: no reason
-    assert recency[s.REASONS[0]].iloc[3:].tolist() == [
-        "no purchase for 200 days (typical: 100)",
-        "no purchase for 300 days (typical: 100)",
+    assert reasons.iloc[0].fillna("-").tolist() == [cm.NO_SINGLE_SIGN, "-", "-"]  # at risk, yet no weak part
+    # below the medium risk tier: one text, and no risk reason
+    assert rfm.reasons(frame, guide, p).iloc[:2].fillna("-").values.tolist() == [["no warning signs", "-", "-"]] * 2
+    p_given = np.array([0.1, 0.2, 0.3, 0.8, 0.9])  # the third customer under the medium tier
+    recency = cm.RuleScorer.fit("recency", frame, y, "sigmoid").reasons(frame, rule_guide(frame.iloc[::-1]), p_given)
+    # typical of those who "stayed" (the last two here): 250 days silent
+    assert recency[s.REASONS[0]].fillna("-").tolist()[2:] == [
+        "no warning signs",
+        cm.NO_SINGLE_SIGN,  # silent 200 days: on the safe side of 250, and at risk all the same
+        "no purchase for 300 days (typical of those who stayed: 250 days)",
     ]
     assert recency[s.REASONS[1]].isna().all()
     btyd = cm.RuleScorer.fit("btyd", frame, y, "sigmoid")
-    assert btyd.reasons(frame, medians).iloc[4].tolist() == [
-        "purchase model gives 90% chance of no purchase (typical: 50%)",
-        "probability still active 20% (typical: 60%)",
-        "0 repeat purchase days (typical: 2)",
+    assert btyd.reasons(frame, guide, everyone_at_risk).iloc[4].tolist() == [
+        "purchase model: 90% chance of no purchase in the next 90 days (typical of those who stayed: 20%)",
+        "purchase model: 20% likely to be still active (typical of those who stayed: 88%)",
+        "repeat purchases on 0 days (typical of those who stayed: 6 days)",
     ]
     again = cm.RuleScorer.from_dict(json.loads(json.dumps(btyd.to_dict())), "rules.json")
     np.testing.assert_array_equal(again.predict_proba(frame), btyd.predict_proba(frame))
@@ -225,19 +236,49 @@ def test_a_stored_calibrator_that_is_not_one_is_refused(change: dict[str, Any], 
 
 
 @pytest.mark.parametrize(
-    ("feature", "value", "median", "text"),
+    ("feature", "value", "typical", "text"),
     [
-        (s.DAYS_SINCE_LAST_PURCHASE, 120.0, 35.0, "no purchase for 120 days (typical: 35)"),
-        ("spend_90d", 12.5, 40.0, "spent 12.50 in the last 90 days (typical: 40.00)"),
-        ("purchase_days_30d", 0.0, 1.0, "0 purchase days in the last 30 days (typical: 1)"),
-        (s.DAYS_SINCE_LAST_PURCHASE + cm.RANK_SUFFIX, 0.955, 0.5, "among the 5% of customers silent the longest"),
-        (s.TOTAL_SPEND + cm.RANK_SUFFIX, 0.0002, 0.5, "among the 1% of customers with the lowest total spend"),
-        ("survey_nps_latest", 3.0, 8.0, "survey nps latest 3 (typical: 8)"),
-        (s.GAP_MEAN_DAYS, float("nan"), 30.0, "gap mean days unknown"),
+        (s.DAYS_SINCE_LAST_PURCHASE, 120.0, 35.0, "no purchase for 120 days (typical of those who stayed: 35 days)"),
+        (s.DAYS_SINCE_LAST_PURCHASE, 20.0, 35.0, None),  # silent for less than those who stayed: no risk
+        (s.DAYS_SINCE_LAST_PURCHASE, 35.4, 35.0, None),  # "35 days (typical: 35 days)" says nothing
+        ("spend_90d", 12.5, 40.0, "spent EUR 12.50 in the last 90 days (typical of those who stayed: EUR 40.00)"),
+        ("spend_180d", 0.0, 0.0, None),
+        ("purchase_days_30d", 0.0, 1.0, "bought on 0 days in the last 30 days (typical of those who stayed: 1 day)"),
+        (s.GAP_STD_DAYS, 21.0, 49.0, None),  # steadier than those who stayed: not irregular
+        (s.GAP_MEAN_DAYS, 4.0, 70.0, None),  # buys more often than those who stayed
+        (s.GAP_MEAN_DAYS, float("nan"), 30.0, None),
+        (s.RETURNS_SHARE, 0.25, 0.0, "returned 25% of their spend (typical of those who stayed: 0%)"),
+        (
+            cm.OVERDUE_RATIO,
+            3.24,
+            0.8,
+            "silent for 3.2 times their average gap between purchases (typical of those who stayed: 0.8 times)",
+        ),
+        (
+            "purchase_trend_90d",
+            -0.6,
+            0.0,
+            "only 20% of their purchase days in the last 180 days came in the last 90 "
+            "(typical of those who stayed: 50%)",
+        ),
+        ("purchase_trend_90d", 0.0, 0.2, None),  # not falling: nothing bought in either window, or as much
+        (
+            cm.BTYD_EXPECTED_PURCHASES,
+            0.12,
+            0.9,
+            "purchase model expects 0.12 purchases in the next 90 days (typical of those who stayed: 0.90 purchases)",
+        ),
+        (s.TENURE_DAYS, 45.0, 420.0, "a customer for only 45 days (typical of those who stayed: 420 days)"),
+        (s.DAYS_SINCE_LAST_PURCHASE + cm.RANK_SUFFIX, 0.955, 0.5, None),  # pushes its concept, never the text
+        (s.RECENCY, 12.0, 40.0, None),
+        # an attribute is risky on the churners' side: their median NPS is 5, below the 8 of those who stayed
+        ("survey_nps_latest", 3.0, 8.0, "survey nps latest 3 (typical of those who stayed: 8)"),
+        ("survey_nps_latest", 9.0, 8.0, None),
     ],
 )
-def test_reason_text(feature: str, value: float, median: float, text: str) -> None:
-    assert cm.reason_text(feature, value, median) == text
+def test_reason_text(feature: str, value: float, typical: float, text: str | None) -> None:
+    guide = cm.ReasonGuide({feature: typical}, {feature: 5.0}, medium_risk=0.4, currency="EUR", horizon_days=90)
+    assert cm.reason_text(feature, value, guide) == text
 
 
 # --- attributes ---------------------------------------------------------------------------------------------------
@@ -339,6 +380,14 @@ def test_changing_the_validation_horizon_changes_no_training_row(sample: dict[st
     assert not v_before[s.CHURNED].equals(v_after[s.CHURNED])
 
 
+def sample_guide(sample: dict[str, Any]) -> cm.ReasonGuide:
+    """The sample's typical values as the training stage stores them: medians at the validation cutoff."""
+    table, split = sample["table"], sample["split"]
+    valid = table[table[s.CUTOFF] == split.validation]
+    medians = cm.typical_values(valid[cm.feature_columns(table)], valid[s.CHURNED].astype(bool))
+    return cm.ReasonGuide(medians["stayed"], medians["churned"], medium_risk=0.4, currency="USD", horizon_days=90)
+
+
 def _fit(sample: dict[str, Any], seed: int) -> tuple[cm.ChurnModel, pd.DataFrame]:
     table, split, cfg = sample["table"], sample["split"], sample["cfg"]
     X = cm.feature_columns(table)
@@ -366,15 +415,27 @@ def test_contributions_add_up_and_reasons_point_up(sample: dict[str, Any]) -> No
     contrib = model.contributions(X)
     raw = model.raw_probability(X)
     np.testing.assert_allclose(1 / (1 + np.exp(-contrib.sum(axis=1))), raw, rtol=1e-9)
-    reasons = cm.top_reasons(contrib, X, X.median().to_dict())
+    guide = sample_guide(sample)
+    p = model.predict_proba(X)
+    reasons = cm.top_reasons(contrib, X, guide, p)
     assert list(reasons.columns) == list(s.REASONS)
     riskiest = np.argsort(-raw)[:50]
     assert reasons.iloc[riskiest]["reason_1"].notna().all()
-    # reason_1 is the feature with the largest positive contribution
+    # reason_1 comes from the concept with the largest push, summed over its features, and its feature pushing
+    # the most among those that read as a risk
     row = int(riskiest[0])
-    top_feature = contrib.drop(columns="bias").iloc[row].idxmax()
-    expected = cm.reason_text(top_feature, float(X.iloc[row][top_feature]), float(X[top_feature].median()))
-    assert reasons.iloc[row]["reason_1"] == expected
+    pushes = contrib.drop(columns="bias").iloc[row]
+    by_concept = pushes.groupby([cm.reading(f).concept for f in pushes.index]).sum().sort_values(ascending=False)
+    first = next(
+        text
+        for concept in by_concept.index
+        for f in pushes[[cm.reading(f).concept == concept for f in pushes.index]].sort_values(ascending=False).index
+        if (text := cm.reason_text(f, float(X.iloc[row][f]), guide)) is not None
+    )
+    assert reasons.iloc[row]["reason_1"] == first
+    calm = p < guide.medium_risk
+    assert calm.sum() > 50 and (reasons[calm]["reason_1"] == cm.NO_WARNING).all()
+    assert reasons[calm][["reason_2", "reason_3"]].isna().all().all()
     importance = model.importance(X)
     assert importance["share"].sum() == pytest.approx(1.0)
     with pytest.raises(RuntimeError, match="not fitted"):
@@ -386,9 +447,9 @@ def test_scoring_without_reasons_changes_nothing_else(sample: dict[str, Any]) ->
     frame = X.head(500).assign(
         **{s.CUSTOMER_ID: [f"{i:05d}" for i in range(500)], s.CUTOFF: pd.Timestamp("1998-01-01")}
     )
-    medians = X.median().to_dict()
-    full = cm.score_customers(model, frame, medians)
-    bare = cm.score_customers(model, frame, medians, explain=False)
+    guide = sample_guide(sample)
+    full = cm.score_customers(model, frame, guide)
+    bare = cm.score_customers(model, frame, guide, explain=False)
     assert list(bare.columns) == list(full.columns) and bare[list(s.REASONS)].isna().all().all()
     pd.testing.assert_frame_equal(bare.drop(columns=list(s.REASONS)), full.drop(columns=list(s.REASONS)))
     assert full["reason_1"].notna().sum() > 400
@@ -397,18 +458,18 @@ def test_scoring_without_reasons_changes_nothing_else(sample: dict[str, Any]) ->
     params["churn"]["max_explained_customers"] = 50
     cfg = score_stage.Settings(*(section(params, n, c) for n, c in SECTIONS_SCORED), source="cdnow_sample")
     clv = np.linspace(500.0, 1.0, 500)
-    ranked = score_stage.risk_table(frame, clv, model, cfg, ties=np.arange(500))
+    ranked = score_stage.risk_table(frame, clv, model, cfg, ties=np.arange(500), guide=guide)
     pd.testing.assert_frame_equal(ranked.drop(columns=list(s.REASONS)), bare.drop(columns=list(s.REASONS)))
     vr = full[s.P_CHURN].to_numpy() * clv
     head = np.argsort(-vr, kind="stable")[:50]
     explained = ranked["reason_1"].notna().to_numpy()
     assert set(np.flatnonzero(explained)) <= set(head) and explained.sum() > 40
-    own = cm.score_customers(model, frame, frame[list(model.features_)].median().to_dict())  # this week's medians
+    own = cm.score_customers(model, frame, guide)
     pd.testing.assert_frame_equal(  # the head's reasons are the ones explaining everyone gives them
         ranked.iloc[head].reset_index(drop=True), own.iloc[head].reset_index(drop=True)
     )
     with pytest.raises(ValueError, match="499 CLV values for 500 customers"):
-        score_stage.risk_table(frame, clv[1:], model, cfg, ties=np.arange(500))
+        score_stage.risk_table(frame, clv[1:], model, cfg, ties=np.arange(500), guide=guide)
 
 
 def test_training_rows_are_capped_per_cutoff_and_the_file_reads_like_the_table(sample: dict[str, Any]) -> None:
