@@ -39,8 +39,10 @@ tr.total td { font-weight: 600; background: #f7f8fa; }
 .risk-high { background: #fbe3e1; } .risk-medium { background: #fdf3dc; } .risk-low { background: #e6f4e6; }
 .cell-name { font-weight: 600; }
 .muted { color: #5b6475; font-size: 0.85em; }
-figure { margin: 0.6em 0; } figure svg { max-width: 100%; height: auto; }
-.charts { display: flex; flex-wrap: wrap; gap: 16px; }
+figure { margin: 0.6em 0; } figure svg { width: 100%; max-width: 1100px; height: auto; }
+.charts { display: grid; grid-template-columns: 1fr; gap: 16px; }
+.models { background: #f7f8fa; border-left: 3px solid #1f4e8c; padding: 8px 12px; }
+dl.glossary dt { font-weight: 600; margin-top: 0.5em; } dl.glossary dd { margin: 0 0 0 1.5em; }
 """
 
 

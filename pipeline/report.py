@@ -40,11 +40,12 @@ from features import schemas as s
 from features.errors import InputError
 from features.privacy import MIN_KEY_CHARS, check_key, pseudonymise
 from models import churn as cm
+from models import monitoring
 from models import segments as seg
 from models import value_booster as vb
 from pipeline import cli
 from pipeline import html as h
-from pipeline.config import ClvConfig, FeaturesConfig, ScoreConfig, load_params, section
+from pipeline.config import BaseConfig, ClvConfig, FeaturesConfig, IngestConfig, ScoreConfig, load_params, section
 from pipeline.io import (
     FORMULA_PREFIXES,
     PLAIN_NUMBER,
@@ -55,6 +56,7 @@ from pipeline.io import (
     read_stage_json,
     read_table,
     write_csv,
+    write_json,
     write_table,
 )
 from pipeline.weeks import grid, iso_week
@@ -66,6 +68,7 @@ LIST_CSV = "churn_risk.csv"
 LIST_PARQUET = "churn_risk.parquet"
 SEGMENTS_CSV = "segments.csv"
 SUMMARY = "summary.html"
+WEEK_JSON = "week.json"  # what the week's folder was made from: the log, the date, the models that scored it
 ID_KEY_ENV = "CHURN_CLV_ID_KEY"  # the pseudonymisation key (score.pseudonymise_ids)
 MODERATE_PSI = 0.1
 
@@ -155,11 +158,42 @@ def _as_arrow(column: str, values: pd.Series) -> pa.Array:
     return pa.array([None if pd.isna(v) else str(v) for v in values], type=pa.string())
 
 
-def write_list_csv(frame: pd.DataFrame, path: Path) -> None:
+def list_headers(horizon_days: int, clv_months: int, currency: str) -> dict[str, str]:
+    """The weekly CSV's header for each column of the list: words and units a marketer reads in a spreadsheet
+    (``churn_risk.parquet`` keeps the code names for analysts; the summary's glossary says what each means)."""
+    cur = f" ({currency})" if currency else ""
+    return {
+        s.RANK: "rank",
+        s.CUSTOMER_ID: "customer id",
+        s.GROUP: "group",
+        s.NET_VALUE: f"expected net value of contact{cur}",
+        s.CONTACT_COST: f"cost of contact{cur}",
+        s.SEGMENT: "segment",
+        s.RECOMMENDED_ACTION: "recommended action",
+        s.VALUE_AT_RISK: f"value at risk{cur}",
+        s.P_CHURN: f"churn probability, next {horizon_days} days",
+        s.RISK_TIER: "risk tier",
+        s.CLV: f"CLV, next {clv_months} months{cur}",
+        s.CLV_P05: f"CLV low (5th percentile){cur}",
+        s.CLV_P95: f"CLV high (95th percentile){cur}",
+        s.CLV_NET: f"CLV net of acquisition cost{cur}",
+        s.VALUE_TIER: "value tier",
+        s.P_ALIVE: "probability still a customer",
+        **{r: f"reason {i}" for i, r in enumerate(s.REASONS, start=1)},
+        s.DAYS_SINCE_LAST_PURCHASE: "days since last purchase",
+        s.LAST_PURCHASE_DATE: "last purchase date",
+        s.PURCHASE_DAYS: "purchase days (days with a purchase)",
+        s.TOTAL_SPEND: f"total spend{cur}",
+        s.REVENUE_LAST_HORIZON: f"revenue, last {horizon_days} days{cur}",
+    }
+
+
+def write_list_csv(frame: pd.DataFrame, path: Path, headers: dict[str, str] | None = None) -> None:
     """``frame`` as CSV at ``path``: UTF-8 with a byte-order mark (which Excel needs to read UTF-8), every cell
-    formatted and neutralised, quoted only where needed, CRLF line ends (RFC 4180)."""
+    formatted and neutralised, quoted only where needed, CRLF line ends (RFC 4180). ``headers`` renames columns
+    in the header row (``list_headers``)."""
     table = pa.table({c: _as_arrow(c, frame[c]) for c in frame.columns})
-    names = [neutralise(c) for c in frame.columns]
+    names = [neutralise((headers or {}).get(c, c)) for c in frame.columns]
     names[0] = "\ufeff" + names[0]  # the byte-order mark, as the start of the header: DuckDB writes no prefix
     cells = ", ".join(
         f'{_cell_sql(c, frame[c])} AS "{n.replace(chr(34), chr(34) * 2)}"'
@@ -185,12 +219,29 @@ class Previous:
     kpis: pd.DataFrame
 
 
-def previous_week(weekly: Path, week: str) -> tuple[Previous | None, str | None]:
-    """The latest week folder before ``week`` with a readable list, or why an earlier folder could not be used."""
+def folder_source(folder: Path) -> str | None:
+    """The log a week's folder was made from (its ``week.json``); None for a folder written without one."""
+    try:
+        return str(json.loads((folder / WEEK_JSON).read_text(encoding="utf-8"))["source"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def previous_week(weekly: Path, week: str, source: str | None = None) -> tuple[Previous | None, str | None]:
+    """The latest week folder before ``week`` made from the same log ``source`` (``ingest.source``), with a
+    readable list, or why none could be used. A week of another log is never compared: every customer would look
+    new or gone."""
     if not weekly.is_dir():
         return None, None
     earlier = sorted(p for p in weekly.iterdir() if p.is_dir() and WEEK_FOLDER.match(p.name) and p.name < week)
+    others = [p for p in earlier if source is not None and folder_source(p) != source]
+    earlier = [p for p in earlier if p not in others]
     if not earlier:
+        if others:
+            return None, (
+                f"no earlier week of this log ({source}); the earlier weeks here ({others[-1].name} the latest) were "
+                "made from another log, or before a week's folder recorded its log"
+            )
         return None, None
     folder = earlier[-1]
     try:
@@ -271,7 +322,7 @@ KPI_FORMATS: dict[str, h.Formatter] = {
 
 
 def _risk_chart(scores: pd.DataFrame, cfg: ScoreConfig) -> str:
-    fig = Figure(figsize=(6.4, 3.6))
+    fig = Figure(figsize=(10, 4))
     ax = fig.add_subplot()
     edges = np.linspace(0, 1, 21)
     bottom = np.zeros(20)
@@ -290,7 +341,7 @@ def _risk_chart(scores: pd.DataFrame, cfg: ScoreConfig) -> str:
 
 def _value_chart(kpis: pd.DataFrame) -> str:
     rows = kpis[kpis[s.SEGMENT] != seg.ALL].iloc[::-1]
-    fig = Figure(figsize=(6.4, 3.6))
+    fig = Figure(figsize=(10, 4))
     ax = fig.add_subplot()
     ax.barh(rows[s.SEGMENT], rows["value_at_risk"], color="#b3261e")
     ax.set(xlabel="value at risk (sum of p_churn x CLV)")
@@ -310,35 +361,89 @@ def _top_section(churn_list: pd.DataFrame, n: int) -> str:
     )
 
 
-def drift_status(psi: float, warning: float) -> str:
+def drift_status(psi: float, warning: float, feature: str = "") -> str:
+    """A drift table row's status; an input the verdict does not judge (``models.monitoring.comparable``) says why."""
+    if feature and feature != s.P_CHURN and not monitoring.comparable(feature):
+        if feature.endswith(cm.RANK_SUFFIX):
+            return "not judged: a rank within the week"
+        return "not judged: grows with the calendar"
     if psi > warning:
         return "shift: check before acting"
     return "moderate" if psi > MODERATE_PSI else "stable"
 
 
+def drift_banner(drift: pd.DataFrame, cfg: ScoreConfig) -> str:
+    """The warning that opens the page when the week's scores rest on customers unlike the reference's
+    (``models.monitoring.verdict``), in words; empty when nothing that changes the scores moved."""
+    if drift.empty:
+        return ""
+    judged = monitoring.verdict(drift, cfg.drift_warning_psi)
+    if not judged.shifted:
+        return ""
+    ref = pd.Timestamp(drift["reference_cutoff"].iloc[0]).date()
+    why = []
+    if judged.score_psi is not None and judged.score_psi > judged.warning_psi:
+        why.append(f"the churn scores themselves are spread differently (stability index {judged.score_psi:.2f})")
+    if judged.input_psi is not None and judged.input_psi > judged.warning_psi:
+        why.append(f"the customer data the model relies on has moved (weighted stability index {judged.input_psi:.2f})")
+    most = ""
+    if judged.movers:
+        shown = [monitoring.label(f) for f in judged.movers[:3]]
+        more = f", and {len(judged.movers) - 3} more" if len(judged.movers) > 3 else ""
+        most = f" Most of all: {', '.join(shown)}{more}."
+    return (
+        f'<p class="warning" role="alert"><strong>Drift warning:</strong> this week\'s customers are unlike those the '
+        f"churn model was checked on ({ref}): {h.esc(' and '.join(why))} (above {cfg.drift_warning_psi} is a "
+        f"shift).{h.esc(most)} The risk tiers may be less reliable this week: check the list before acting on it; "
+        "the details are at the bottom of the page.</p>"
+    )
+
+
 def _drift_section(drift: pd.DataFrame, cfg: ScoreConfig) -> str:
     if drift.empty:
-        return "<p>No drift figures were written by the churn stage.</p>"
+        return "<p>No drift figures were written by the score stage.</p>"
     ref = pd.Timestamp(drift["reference_cutoff"].iloc[0]).date()
-    view = drift.drop(columns=["reference_cutoff", "scoring_cutoff"]).copy()
-    view.insert(2, "status", [drift_status(p, cfg.drift_warning_psi) for p in view[s.PSI]])
+    judged = monitoring.verdict(drift, cfg.drift_warning_psi)
+    figures = []
+    if judged.score_psi is not None:
+        figures.append(f"the churn scores {judged.score_psi:.3f}")
+    if judged.input_psi is not None:
+        figures.append(f"the inputs, weighted by how much each moves the score, {judged.input_psi:.3f}")
+    decision = "a shift worth checking" if judged.shifted else "no shift that changes the scores"
+    intro = (
+        f"<p>This week's customers against those of {ref}, the latest cutoff with known outcomes and the one the "
+        f"churn model was validated and calibrated on. Stability index (PSI): {h.esc('; '.join(figures))}. Below "
+        f"{MODERATE_PSI} is stable, above {cfg.drift_warning_psi} a shift: this week, {decision}. Inputs that grow "
+        "with the calendar (customer age, days since the last purchase, totals to date and the purchase model's "
+        "figures built on them) are listed but not judged: they move every week for every customer who stays "
+        "silent, and their forms relative to each customer's own history are judged instead.</p>"
+    )
+    view = drift.drop(columns=["reference_cutoff", "scoring_cutoff", s.DRIFT_COMPARED]).copy()
+    view.insert(0, "input", [monitoring.label(f) for f in view[s.DRIFT_FEATURE]])
+    pairs = zip(view[s.DRIFT_FEATURE], view[s.PSI], strict=True)
+    view.insert(3, "status", [drift_status(p, cfg.drift_warning_psi, f) for f, p in pairs])
     fmt = {
         s.PSI: lambda v: f"{float(v):.3f}",
+        s.DRIFT_WEIGHT: h.pct,
         "reference_mean": lambda v: f"{float(v):,.3f}",
         "scoring_mean": lambda v: f"{float(v):,.3f}",
         "reference_missing_share": h.pct,
         "scoring_missing_share": h.pct,
     }
-    intro = (
-        f"<p>Population stability index (PSI) of the churn model's inputs and of p_churn: the scored customers "
-        f"against the model's last training cutoff {ref}. Below {MODERATE_PSI} is stable; above "
-        f"{cfg.drift_warning_psi} the customers differ from those the model learned from.</p>"
-    )
-    return intro + h.table(
-        view,
-        formats=fmt,
-        numeric=[s.PSI, "reference_mean", "scoring_mean", "reference_missing_share", "scoring_missing_share"],
-        row_class=lambda r: "risk-high" if r[s.PSI] > cfg.drift_warning_psi else "",
+    shifted = set(judged.movers) | ({s.P_CHURN} if (judged.score_psi or 0) > judged.warning_psi else set())
+    numeric = [s.PSI, s.DRIFT_WEIGHT, "reference_mean", "scoring_mean"]
+    numeric += ["reference_missing_share", "scoring_missing_share"]
+    return (
+        intro
+        + f"<details><summary>Technical table: PSI of every input ({len(view)} rows)</summary>"
+        + h.table(
+            view,
+            formats=fmt,
+            numeric=numeric,
+            headers={s.DRIFT_WEIGHT: "weight (share of the model's attention)"},
+            row_class=lambda r: "risk-high" if r[s.DRIFT_FEATURE] in shifted else "",
+        )
+        + "</details>"
     )
 
 
@@ -591,46 +696,47 @@ def summary_page(
     previous_problem: str | None,
     ranked_by: str = "",
     campaign: str = "",
+    currency: str = "",
+    clv_months: int = 12,
 ) -> str:
-    """The summary.html document; ``ranked_by`` says which churn scorer ranked the list and why (``scorer_words``),
-    ``campaign`` is ``campaign_section``'s HTML."""
+    """The summary.html document; ``ranked_by`` says which models scored and ranked the list and why
+    (``scorer_words``), ``campaign`` is ``campaign_section``'s HTML, ``currency`` labels every sum."""
+    cur = f" ({currency})" if currency else ""
     as_of = pd.Timestamp(scores[s.AS_OF].iloc[0]).date() if len(scores) else None
     total = kpis[kpis[s.SEGMENT] == seg.ALL].iloc[0]
     cells = grid(cfg)
     top_name = cells[("high", "high")][0]
     sections = []
-    drifted = drift[drift[s.PSI] > cfg.drift_warning_psi]
-    if len(drifted):
-        names = ", ".join(drifted["feature"].head(8)) + (", ..." if len(drifted) > 8 else "")
-        sections.append(
-            f'<p class="warning" role="alert"><strong>Drift warning:</strong> {len(drifted)} of the model\'s '
-            f"inputs or its output moved (PSI above {cfg.drift_warning_psi}): {h.esc(names)}. The scores may be "
-            "less reliable this week; see Drift below.</p>"
-        )
+    banner = drift_banner(drift, cfg)
+    if banner:
+        sections.append(banner)
     sections.append(
         _tiles(
             [
                 ("customers scored", h.count(total["customers"])),
                 (f"expected to buy nothing in {horizon_days} days", h.money(total["expected_churners"])),
-                ("value at risk (p_churn x CLV)", h.money(total["value_at_risk"])),
+                (f"value at risk{cur}: p_churn x CLV", h.money(total["value_at_risk"])),
                 (f"churn rate over the last {horizon_days} days", h.pct(total["churn_rate"])),
                 (top_name, h.count(kpis.loc[kpis[s.SEGMENT] == top_name, "customers"].iloc[0])),
             ]
         )
     )
     if ranked_by:
-        sections.append(f'<p class="muted">{h.esc(ranked_by)}</p>')
+        sections.append(f'<p class="models"><strong>Models this week.</strong> {h.esc(ranked_by)}</p>')
     if campaign:
         sections.append(campaign)
     sections.append("<h2>Segments: value tier x risk tier</h2>" + _grid_section(scores, cells))
     sections.append(
         f"<h2>KPIs by segment</h2><p class='muted'>Revenue and profit contribution (revenue x margin) over the last "
-        f"{horizon_days} days, net of returns. Retention: of the customers who had bought before those days, the "
-        "share who bought again in them.</p>"
+        f"{horizon_days} days, net of returns{', in ' + currency if currency else ''}. Retention: of the customers "
+        "who had bought before those days, the share who bought again in them.</p>"
         + h.table(
             kpis,
             formats=KPI_FORMATS,
-            headers=KPI_HEADERS,
+            headers={
+                k: v + (cur if KPI_FORMATS.get(k) in (h.money, h.money2) and k != "expected_churners" else "")
+                for k, v in KPI_HEADERS.items()
+            },
             numeric=list(KPI_FORMATS),
             row_class=lambda r: "total" if r[s.SEGMENT] == seg.ALL else "",
         )
@@ -647,12 +753,112 @@ def summary_page(
         why = previous_problem or "no earlier week's folder exists yet"
         sections.append(f"<h2>Change since the previous week</h2><p>Not shown: {h.esc(why)}.</p>")
     sections.append("<h2>Drift</h2>" + _drift_section(drift, cfg))
+    sections.append(glossary(horizon_days, clv_months, currency))
     title = f"Churn-risk list, week {week}"
     subtitle = (
         f"Scored as of {as_of} on the history before it; p_churn is the probability of no purchase in the next "
         f"{horizon_days} days."
     )
     return h.page(title, subtitle, sections)
+
+
+def glossary(horizon_days: int, clv_months: int, currency: str) -> str:
+    """What the words of this page and of the list's columns mean, for a reader who has not met them."""
+    money = f"in {currency}" if currency else "in the log's currency"
+    terms = [
+        (
+            "churn probability (p_churn)",
+            f"the calibrated chance that the customer buys nothing in the next "
+            f"{horizon_days} days: 0.7 means that of 10 such customers, about 7 buy nothing.",
+        ),
+        ("risk tier", "high, medium or low churn probability (thresholds in params.yaml, score.risk_tier_thresholds)."),
+        (
+            "CLV (customer lifetime value)",
+            f"the profit the customer is expected to bring in the next {clv_months} "
+            f"months: expected purchases x expected spend per purchase x margin, discounted, {money}. CLV low / high: "
+            "the 5th and 95th percentile of that estimate.",
+        ),
+        ("value tier", "high, mid or low CLV (the CLV quantiles where a tier starts: clv.value_tier_quantiles)."),
+        ("value at risk", f"churn probability x CLV, {money}: the profit expected to be lost if nothing is done."),
+        (
+            "segment and recommended action",
+            "the value tier x risk tier cell the customer falls in, and what marketing does for that cell.",
+        ),
+        (
+            "group",
+            "contact: on this week's campaign, best expected net value first; no contact: not worth a "
+            "contact this week (or no action for the segment). A random control group is held out of the list to "
+            "measure what the contacts change.",
+        ),
+        (
+            "expected net value of contact",
+            f"the CLV a contact is expected to save (its effect on the churn "
+            f"probability x CLV) minus its cost, {money}.",
+        ),
+        (
+            "probability still a customer (p_alive)",
+            "the purchase model's chance that the customer has not silently left for good.",
+        ),
+        (
+            "reasons",
+            "up to three facts about the customer that raise the churn probability most, each beside "
+            "the typical value among similar customers who stayed.",
+        ),
+        ("purchase days", "days with at least one purchase (several orders on one day count once)."),
+        (
+            "PSI (population stability index)",
+            "how far a distribution moved between the model's reference data "
+            "and this week: below 0.1 little, 0.1 to 0.25 some, above 0.25 a lot.",
+        ),
+    ]
+    items = "".join(f"<dt>{h.esc(term)}</dt><dd>{h.esc(text)}</dd>" for term, text in terms)
+    return f'<h2>Words on this page and in the list</h2><dl class="glossary">{items}</dl>'
+
+
+# --- the key figures ------------------------------------------------------------------------------------------------
+
+
+def _num(doc: dict[str, Any], *path: str) -> float | None:
+    """``doc[path[0]][path[1]]...`` as a float rounded for display in `dvc exp show`; None where absent."""
+    v: Any = doc
+    for k in path:
+        v = v.get(k) if isinstance(v, dict) else None
+    return None if v is None or isinstance(v, str) else round(float(v), 4)
+
+
+def key_figures(
+    churn_list: pd.DataFrame,
+    score_metrics: dict[str, Any],
+    churn_metrics: dict[str, Any],
+    clv_metrics: dict[str, Any],
+    campaign: dict[str, Any],
+) -> dict[str, Any]:
+    """The dozen figures a data scientist compares experiments by and a reviewer signs off on, from the stages'
+    own metrics: the churn model's holdout ROC-AUC and the backtest's paired edge of the serving scorer over the
+    best one-line rule (with its interval), the CLV model's holdout Gini and total purchases error, the list's
+    size and value at risk, and the measured retention lift when there is one. Flat, with names no params.yaml key
+    has, so `dvc exp show` and `make exp` print them unprefixed."""
+    scorer = ((score_metrics.get("served") or {}).get("churn") or {}).get("scorer") or {}
+    contacts = churn_list[churn_list[s.GROUP] == s.CONTACT] if s.GROUP in churn_list else churn_list.iloc[:0]
+    overall = (campaign.get("pooled") or {}).get("overall") or {}
+    return {
+        "churn_roc_auc": _num(churn_metrics, "model", "roc_auc"),
+        "churn_scorer": scorer.get("scorer"),
+        "churn_edge_over_best_rule": _num(scorer, "gain"),
+        "churn_edge_low": _num(scorer, "low"),
+        "churn_edge_high": _num(scorer, "high"),
+        "churn_best_rule": scorer.get("best_rule"),
+        "clv_model": clv_metrics.get("chosen_model"),
+        "clv_gini": _num(clv_metrics, "model", "gini"),
+        "clv_purchases_error_pct": _num(clv_metrics, "model", "purchases_pct_error"),
+        "list_customers": len(churn_list),
+        "list_to_contact": len(contacts),
+        "list_value_at_risk": round(float(churn_list[s.VALUE_AT_RISK].sum()), 2),
+        "list_expected_net_value": round(float(contacts[s.NET_VALUE].sum()), 2) if len(contacts) else 0.0,
+        "campaign_lift": _num(overall, "lift"),
+        "campaign_lift_low": _num(overall, "lift_low"),
+        "campaign_lift_high": _num(overall, "lift_high"),
+    }
 
 
 # --- the stage -------------------------------------------------------------------------------------------------------
@@ -705,17 +911,26 @@ def run(
     score_metrics: Path | None = None,
     assignments_path: Path | None = None,
     campaign_metrics: Path | None = None,
+    churn_metrics: Path | None = None,
+    clv_metrics: Path | None = None,
+    key_metrics: Path | None = None,
+    source: str | None = None,
+    currency: str = "",
 ) -> Path:
     """Write this week's folder under ``weekly``; returns it. ``score_metrics`` (metrics/score.json) names the
     scorer that ranked the list on the summary page; with ``assignments_path`` (the assign stage's) and
     ``campaign_metrics`` (the measure stage's) the list leaves the control arm off and the page shows the
-    campaign."""
+    campaign. ``key_metrics`` gets ``key_figures`` (with the training stages' ``churn_metrics`` and
+    ``clv_metrics``). ``source`` (ingest.source) is recorded in the folder: the change since an earlier week is
+    shown only against a week of the same log. ``currency`` labels every sum."""
     if not scores_path.is_file():
         raise InputError(f"{scores_path}: file not found; run the score stage first (`dvc repro`)")
     ranked_by = ""
+    score_doc: dict[str, Any] = {}
     if score_metrics is not None:
         try:
-            ranked_by = scorer_words(json.loads(score_metrics.read_text(encoding="utf-8")))
+            score_doc = json.loads(score_metrics.read_text(encoding="utf-8"))
+            ranked_by = scorer_words(score_doc)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise InputError(
                 f"{score_metrics}: not the score stage's metrics ({exc!r}); rerun the score stage"
@@ -735,7 +950,7 @@ def run(
     as_of = pd.Timestamp(scores[s.AS_OF].iloc[0]).date()
     week = iso_week(as_of)
     folder = weekly / week
-    previous, problem = previous_week(weekly, week)
+    previous, problem = previous_week(weekly, week, source)
     if previous is not None and not set(previous.churn_list[s.CUSTOMER_ID]) & set(scores[s.CUSTOMER_ID]):
         # ids switched between real and pseudonymised, or the key changed: every customer would look new
         problem = (
@@ -764,17 +979,37 @@ def run(
         previous_problem=problem,
         ranked_by=ranked_by,
         campaign=(campaign_section(assignments, campaign, fcfg.horizon_days) if assignments is not None else ""),
+        currency=currency,
+        clv_months=ccfg.clv_horizon_months,
     )
     folder.mkdir(parents=True, exist_ok=True)
     # no CLV interval where the LightGBM challenger values customers: an empty cell, not a number
     undefined = (s.CLV_P05, s.CLV_P95, s.NET_VALUE, s.CONTACT_COST)  # no interval, or not assigned: an empty cell
     check_finite(churn_list, f"writing {folder / LIST_CSV}", undefined_allowed=undefined)
     with atomic_path(folder / LIST_CSV) as tmp:
-        write_list_csv(churn_list, tmp)
+        write_list_csv(churn_list, tmp, list_headers(fcfg.horizon_days, ccfg.clv_horizon_months, currency))
     write_table(churn_list, folder / LIST_PARQUET, s.churn_risk_list_schema(with_net, assignments is not None))
-    write_csv(kpis, folder / SEGMENTS_CSV, undefined_allowed=seg.KPI_COLUMNS)
+    write_csv(seg.for_csv(kpis), folder / SEGMENTS_CSV, undefined_allowed=seg.KPI_COLUMNS)
     with atomic_path(folder / SUMMARY) as tmp:
         tmp.write_text(page, encoding="utf-8")
+    served = score_doc.get("served") or {}
+    stamp = {
+        "week": week,
+        "as_of": str(as_of),
+        "source": source,
+        "currency": currency or None,
+        "models": {k: {f: v.get(f) for f in ("model_name", "version", "source")} for k, v in served.items()},
+    }
+    write_json(stamp, folder / WEEK_JSON)
+    if key_metrics is not None:
+        figures = key_figures(
+            churn_list,
+            score_doc,
+            read_stage_json(churn_metrics, "train_churn") if churn_metrics is not None else {},
+            read_stage_json(clv_metrics, "train_clv") if clv_metrics is not None else {},
+            campaign,
+        )
+        write_json({"scored_week": week, "currency": currency or None, **figures}, key_metrics)
     log.info(
         "week %s: %d customers on the list, %s; %s",
         week,
@@ -792,7 +1027,10 @@ def main(argv: Sequence[str]) -> None:
     cli.input_file(p, "--score-metrics")
     cli.input_file(p, "--assignments")
     cli.input_file(p, "--campaign-metrics")
+    cli.input_file(p, "--churn-metrics")
+    cli.input_file(p, "--clv-metrics")
     cli.output(p, "--weekly", directory=True, keep_existing=True)  # earlier weeks' folders stay
+    cli.output(p, "--key-metrics")
     args = p.parse_args(argv)
     params = load_params(args.params)
     run(
@@ -805,6 +1043,11 @@ def main(argv: Sequence[str]) -> None:
         score_metrics=args.score_metrics,
         assignments_path=args.assignments,
         campaign_metrics=args.campaign_metrics,
+        churn_metrics=args.churn_metrics,
+        clv_metrics=args.clv_metrics,
+        key_metrics=args.key_metrics,
+        source=section(params, "ingest", IngestConfig).source,
+        currency=section(params, "base", BaseConfig).currency,
     )
 
 

@@ -262,7 +262,7 @@ def test_no_control_customer_on_the_marketing_list(tmp_path: Path, params: dict[
     assert len(contact) == metrics["target"] and contact[s.RANK].max() == len(contact)  # contacts come first
     assert contact[s.NET_VALUE].is_monotonic_decreasing
     csv_text = (folder / report.LIST_CSV).read_text(encoding="utf-8-sig")
-    assert csv_text.splitlines()[0].split(",")[:3] == [s.RANK, s.CUSTOMER_ID, s.GROUP]
+    assert csv_text.splitlines()[0].split(",")[:3] == ["rank", "customer id", "group"]  # report.list_headers
     page = (folder / report.SUMMARY).read_text(encoding="utf-8")
     assert "held out as control (not on the list)" in page and "No week has been measured yet" in page
 

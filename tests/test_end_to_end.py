@@ -15,7 +15,9 @@ import yaml
 
 from features import schemas as s
 from models.bootstrap import Replicates, clv_band
+from pipeline import report
 from tests.stages import run_stage, run_stages
+from tests.test_reasons import list_faults
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -182,7 +184,7 @@ def _check_churn(d: Path, params_file: Path, params: dict[str, Any], training: p
 
     drift = pd.read_parquet(d / "data/drift.parquet")
     assert set(drift["feature"]) == {s.P_CHURN, *card["features"]} and (drift["psi"] >= 0).all()
-    assert week["drift"]["reference_cutoff"] == m["training"]["last_training_cutoff"]
+    assert week["drift"]["reference_cutoff"] == m["training"]["validation_cutoff"]
     _check_score_and_report(d, params_file, params, scored)
 
 
@@ -220,13 +222,22 @@ def _check_score_and_report(d: Path, params_file: Path, params: dict[str, Any], 
     assert [p.name for p in (d / "campaign/assignments").iterdir()] == ["1998-W27.parquet"]
     run_stage("report", d, params_file)
     folder = d / "reports/weekly" / "1998-W27"
+    words = report.list_headers(
+        params["features"]["horizon_days"], params["clv"]["clv_horizon_months"], params["base"]["currency"]
+    )
     listed = pd.read_csv(folder / "churn_risk.csv", encoding="utf-8-sig", dtype=str)
+    assert set(listed.columns) <= set(words.values())  # the header row in words, for a spreadsheet
+    listed = listed.rename(columns={v: k for k, v in words.items()})
     arms = pd.read_parquet(d / "data/assignments.parquet")
     control = arms.loc[arms[s.ARM] == s.CONTROL_ARM, s.CUSTOMER_ID]
     # every scored customer but the control arm: the contacts first, then the others in the scores' order
     assert len(listed) == len(scores) - len(control) and not set(control) & set(listed[s.CUSTOMER_ID])
     others = listed.loc[listed[s.GROUP] == s.NO_CONTACT, s.CUSTOMER_ID].tolist()
     assert others == [c for c in scores[s.CUSTOMER_ID] if c in set(others)]
+    # every reason a risk, against a typical value that says something, with its unit (tests/test_reasons.py)
+    medium, currency = params["score"]["risk_tier_thresholds"]["medium"], params["base"]["currency"]
+    faults = list_faults(listed, medium, currency, no_unit=["survey "])
+    assert faults == {"equal_to_typical": 0, "below_medium_risk": 0, "without_unit": 0}
     assert (folder / "summary.html").stat().st_size > 20_000
 
     import mlflow

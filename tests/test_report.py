@@ -7,6 +7,7 @@ import datetime as dt
 import hashlib
 import hmac
 import io
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,8 @@ def synthetic_drift(as_of: dt.date, shifted: bool) -> pd.DataFrame:
         {
             "feature": [s.P_CHURN, s.DAYS_SINCE_LAST_PURCHASE, s.TOTAL_SPEND],
             "psi": [0.31 if shifted else 0.02, 0.12, 0.01],
+            "weight": [np.nan, 0.3, 0.1],
+            "compared": [True, False, False],
             "reference_mean": [0.6, 200.0, 80.0],
             "scoring_mean": [0.7, 230.0, 81.0],
             "reference_missing_share": [0.0, 0.0, 0.0],
@@ -80,8 +83,10 @@ def synthetic_drift(as_of: dt.date, shifted: bool) -> pd.DataFrame:
     )
 
 
-def write_week(tmp: Path, params: dict[str, Any], as_of: dt.date, *, seed: int, shifted: bool = False) -> Path:
-    """Run the report stage on synthetic inputs for ``as_of``; returns the week folder."""
+def write_week(
+    tmp: Path, params: dict[str, Any], as_of: dt.date, *, seed: int, shifted: bool = False, source: str = "cdnow"
+) -> Path:
+    """Run the report stage on synthetic inputs for ``as_of`` from the log ``source``; returns the week folder."""
     scores = tmp / f"scores_{as_of}.parquet"
     drift = tmp / f"drift_{as_of}.parquet"
     write_table(synthetic_scores(params, as_of, seed=seed), scores, s.scores_schema(False))
@@ -93,6 +98,8 @@ def write_week(tmp: Path, params: dict[str, Any], as_of: dt.date, *, seed: int, 
         scores_path=scores,
         drift_path=drift,
         weekly=tmp / "weekly",
+        source=source,
+        currency=params["base"]["currency"],
     )
 
 
@@ -165,10 +172,15 @@ def test_weekly_list_has_no_formula_cell(tmp_path: Path, params: dict[str, Any])
         "churn_risk.parquet",
         "segments.csv",
         "summary.html",
+        "week.json",
     }
     rows = _cells(folder / "churn_risk.csv")
     header, body = rows[0], rows[1:]
-    assert header == [s.RANK, *(c for c in s.LIST_COLUMNS if c != s.CLV_NET)]
+    columns = [s.RANK, *(c for c in s.LIST_COLUMNS if c != s.CLV_NET)]
+    words = report.list_headers(90, 12, "USD")
+    assert header == [words[c] for c in columns]
+    assert header[:5] == ["rank", "customer id", "segment", "recommended action", "value at risk (USD)"]
+    assert "churn probability, next 90 days" in header and "CLV, next 12 months (USD)" in header
     assert len(body) == 400
     offending = [c for row in rows for c in row if c[:1] in ("=", "+", "-", "@", "\t", "\r") and not PLAIN.match(c)]
     assert offending == []
@@ -179,7 +191,7 @@ def test_weekly_list_has_no_formula_cell(tmp_path: Path, params: dict[str, Any])
     assert any(c.startswith("-") and PLAIN.match(c) for c in flat)  # a negative revenue, still a number
     # the Parquet twin keeps native values, unescaped
     parquet = pd.read_parquet(folder / "churn_risk.parquet")
-    assert list(parquet.columns) == header and len(parquet) == 400
+    assert list(parquet.columns) == columns and len(parquet) == 400
     assert parquet[s.RANK].tolist() == list(range(1, 401))
     assert parquet[s.VALUE_AT_RISK].is_monotonic_decreasing
     assert '=HYPERLINK("http://x")' in set(parquet[s.CUSTOMER_ID])
@@ -205,10 +217,31 @@ def test_summary_and_change_since_the_previous_week(tmp_path: Path, params: dict
     assert "no earlier week&#x27;s folder exists yet" in (older / "summary.html").read_text(encoding="utf-8")
 
 
+def test_a_week_of_another_log_is_never_compared(tmp_path: Path, params: dict[str, Any]) -> None:
+    write_week(tmp_path, params, dt.date(1998, 2, 16), seed=1, source="cdnow")
+    other = write_week(tmp_path, params, dt.date(1998, 2, 23), seed=2, source="online_retail.csv.gz")
+    page = (other / "summary.html").read_text(encoding="utf-8")
+    assert "no earlier week of this log (online_retail.csv.gz)" in page and "Change since 1998" not in page
+    assert json.loads((other / report.WEEK_JSON).read_text())["source"] == "online_retail.csv.gz"
+    # the next CDNOW week skips the Online Retail one and compares with the CDNOW week before it
+    page = (write_week(tmp_path, params, dt.date(1998, 3, 2), seed=3) / "summary.html").read_text(encoding="utf-8")
+    assert "Change since 1998-W08" in page
+
+
+def test_segments_csv_reads_as_counts_and_rounded_rates(tmp_path: Path, params: dict[str, Any]) -> None:
+    text = (write_week(tmp_path, params, dt.date(1998, 3, 2), seed=1) / report.SEGMENTS_CSV).read_text()
+    last = text.strip().splitlines()[-1].split(",")
+    header = text.splitlines()[0].split(",")
+    cells = dict(zip(header, last, strict=True))
+    assert cells["customers"] == "400" and "." not in cells["retention_base"]
+    assert all(len(cells[c].split(".")[-1]) <= 4 for c in ("churn_rate", "retention_rate", "mean_p_churn"))
+
+
 def test_unreadable_previous_week_is_reported_not_fatal(tmp_path: Path, params: dict[str, Any]) -> None:
     broken = tmp_path / "weekly" / "1998-W09"
     broken.mkdir(parents=True)
     (broken / "churn_risk.parquet").write_text("not parquet")
+    (broken / report.WEEK_JSON).write_text('{"source": "cdnow"}')
     folder = write_week(tmp_path, params, dt.date(1998, 3, 2), seed=1)
     page = (folder / "summary.html").read_text(encoding="utf-8")
     assert "the previous week&#x27;s folder 1998-W09 could not be compared" in page
