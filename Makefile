@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install java run weekly train audit compare ui test lint typecheck pytest bench bench-features bench-clv bench-churn reproduce-cdnow demo-campaign lock clean
+.PHONY: install java run weekly train audit exp compare ui test lint typecheck pytest bench bench-features bench-clv bench-churn reproduce-cdnow demo-campaign lock clean
 
 PLOTS_TEMPLATE := .dvc/offline_plots.html
 
@@ -69,6 +69,11 @@ run: install
 AS_OF ?=
 # The last LAST runs of the clv and churn stages side by side: changed params, holdout metrics, best in bold.
 # Also written to reports/compare.md.
+# Every experiment of this commit beside its baseline: the params that differ and the key figures (metrics/key.json);
+# ALL=1 for every commit's. `dvc exp show` has all of the ~300 metrics; `dvc metrics diff` compares the workspace.
+exp: install
+	python -m pipeline.experiments $(if $(ALL),--all-commits)
+
 compare: install
 	python -m pipeline.compare --last $(or $(LAST),5)
 
@@ -83,16 +88,16 @@ audit: install
 weekly: install
 	@for day in $(or $(AS_OF),null); do \
 	  start=$$SECONDS; \
-	  python -m pipeline.schedule --as-of "$$day"; \
-	  echo "== churn-risk list as of $$day"; \
-	  dvc exp run report; \
+	  python -m pipeline.schedule --as-of "$$day" --name-to .dvc/tmp/week-name; \
+	  echo "== churn-risk list as of $$day: experiment $$(cat .dvc/tmp/week-name)"; \
+	  dvc exp run -n "$$(cat .dvc/tmp/week-name)" report; \
 	  echo "== week $$day: $$((SECONDS - start)) s"; \
 	done
 
 train: install
 	@start=$$SECONDS; \
-	python -m pipeline.schedule --train --as-of "$(or $(AS_OF),null)"; \
-	dvc exp run; \
+	python -m pipeline.schedule --train --as-of "$(or $(AS_OF),null)" --name-to .dvc/tmp/week-name; \
+	dvc exp run -n "$$(cat .dvc/tmp/week-name)"; \
 	echo "== trained as of $(or $(AS_OF),the end of the log): $$((SECONDS - start)) s"
 
 test: lint typecheck pytest

@@ -16,12 +16,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from features.errors import InputError
 from pipeline.config import BaseConfig, ConfigError, TrainConfig, _coerce, load_params, section, set_as_of
+from pipeline.weeks import iso_week
 
 # Where the training stages record the date their models were trained as of.
 TRAINED_AS_OF = (Path("metrics/clv.json"), Path("metrics/churn.json"))
@@ -69,11 +71,31 @@ def plan(as_of: dt.date | None, trained: dt.date | None, max_age_days: int, *, f
     return False, f"scoring with the models trained as of {trained} ({age} days old)"
 
 
+def experiment_name(scoring: dt.date | None, existing: set[str], *, train: bool) -> str:
+    """The name of a week's ``dvc exp run``: ``week-1998-W10`` (``train-`` when it retrains on purpose), with
+    ``-2``, ``-3``... when this commit already has an experiment of that name (a week run again)."""
+    base = f"{'train' if train else 'week'}-{iso_week(scoring) if scoring is not None else 'unscored'}"
+    name, n = base, 1
+    while name in existing:
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+def existing_experiments() -> set[str]:
+    """The names of this commit's experiments (``dvc exp list --name-only``); none when DVC cannot list them."""
+    done = subprocess.run(["dvc", "exp", "list", "--name-only"], capture_output=True, text=True, check=False)
+    return set(done.stdout.split()) if done.returncode == 0 else set()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Set score.as_of (and train.as_of when the models must be retrained).")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--as-of", required=True, metavar="YYYY-MM-DD|null")
     parser.add_argument("--train", action="store_true", help="retrain as of the date whatever the models' age")
+    parser.add_argument(
+        "--name-to", type=Path, metavar="FILE", help="write the name for the week's `dvc exp run -n` to FILE"
+    )
     args = parser.parse_args(argv)
     try:
         day = None if args.as_of == "null" else _coerce(args.as_of, dt.date, "AS_OF")
@@ -84,6 +106,11 @@ def main(argv: list[str] | None = None) -> None:
         if train:
             set_as_of(args.params, "train.as_of", day)
         set_as_of(args.params, "score.as_of", day)
+        if args.name_to is not None:
+            args.name_to.parent.mkdir(parents=True, exist_ok=True)
+            args.name_to.write_text(
+                experiment_name(scoring, existing_experiments(), train=args.train), encoding="utf-8"
+            )
     except (ConfigError, InputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

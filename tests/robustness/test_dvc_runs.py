@@ -41,6 +41,12 @@ def dvc(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def git(project: Path, *args: str) -> None:
+    who = ["-c", "user.name=test", "-c", "user.email=test@example.com", "-c", "commit.gpgsign=false"]
+    done = subprocess.run(["git", *who, *args], cwd=project, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
 def outputs(project: Path) -> dict[str, str]:
     """sha256 of every file in the pipeline's output folders, and of dvc.lock, by path relative to the project."""
     found = {}
@@ -62,9 +68,13 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     params["features"]["cutoff_schedule"]["count"] = 6
     params["clv"]["bootstrap_samples"] = 5
     (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert dvc(d, "init", "--no-scm", "-q").returncode == 0
+    (d / ".gitignore").write_text("mlflow.db\nmlartifacts/\n/campaign/\n__pycache__/\n")
+    git(d, "init", "-q")
+    assert dvc(d, "init", "-q").returncode == 0
     first = dvc(d, "repro")
     assert first.returncode == 0, first.stderr[-2000:]
+    git(d, "add", "-A")
+    git(d, "commit", "-q", "-m", "the pipeline's first run")  # the baseline `dvc exp run` starts from
     yield d
 
 
@@ -255,3 +265,25 @@ def test_audit_fails_on_a_lost_row_and_an_infinity(project: Path, tmp_path: Path
         "ingest: rows in = kept + quarantined": f"{metrics['rows_in']:,} = 6,919 + 0",
         "finite: plots/clv/deciles.csv": "1 NaN/inf cells",
     }
+
+
+def test_an_experiment_keeps_its_metrics_for_exp_show_and_metrics_diff(project: Path) -> None:
+    """Metrics are DVC-cached outputs, so `dvc exp run` stores them with the experiment: `dvc exp show` and
+    `dvc metrics diff` read real values for the baseline commit and for the experiment, and the key figures
+    (metrics/key.json) are there. Last in this file: the experiment's results stay applied to the workspace."""
+    base = json.loads((project / "metrics/key.json").read_text())
+    assert 0.5 < base["churn_roc_auc"] < 1 and base["list_customers"] > 0 and base["scored_week"] == "1998-W27"
+    clean = dvc(project, "metrics", "diff")
+    assert clean.returncode == 0 and "failed to load" not in clean.stderr, clean.stderr
+    ran = dvc(project, "exp", "run", "-n", "week-1998-W27", "-S", "score.summary_top_customers=10")
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    shown = json.loads(dvc(project, "exp", "show", "--json").stdout)
+    (commit,) = [c for c in shown if c["rev"] != "workspace"]
+    (exp,) = [e for e in commit["experiments"] if e["name"] == "week-1998-W27"]
+    for data in (commit["data"], exp["revs"][0]["data"]):
+        key = data["metrics"]["metrics/key.json"]["data"]
+        assert key["churn_roc_auc"] == base["churn_roc_auc"]  # the churn model was not retrained
+        assert key["list_customers"] == base["list_customers"]
+    assert exp["revs"][0]["data"]["params"]["params.yaml"]["data"]["score"]["summary_top_customers"] == 10
+    diff = dvc(project, "metrics", "diff", "--json")
+    assert diff.returncode == 0 and "failed to load" not in diff.stderr, diff.stderr
