@@ -202,8 +202,12 @@ def modelling_table(
     *,
     training: Sequence[pd.Timestamp] = (),
     validation: pd.Timestamp | None = None,
+    btyd_fits: dict[pd.Timestamp, tuple[pd.DataFrame, BtydFit]] | None = None,
 ) -> tuple[pd.DataFrame, list[BtydFit]]:
     """The rows of ``cutoffs`` in the population, with BTYD, attribute and derived features added.
+
+    ``btyd_fits``, when given, holds each cutoff's BG/NBD columns and fit once computed, so a second table of the
+    same cutoffs (the score stage's CLV challenger inputs of every customer, then its churn population) reuses them.
 
     BTYD models are fitted on every customer the features table has at a cutoff (the population filter comes
     after): the whole customer base, or at a large one the features stage's seeded draw of it
@@ -220,8 +224,13 @@ def modelling_table(
     per_cutoff = -(-cfg.max_training_rows // len(train_cutoffs)) if train_cutoffs else 0
     for i, (cutoff, snapshot) in enumerate(snapshots(features, cutoffs, fcfg), start=1):
         if cfg.btyd_features:
-            log.info("BG/NBD features at cutoff %s (%d of %d)", cutoff.date(), i, len(cutoffs))
-            cols, fit = btyd_columns(snapshot, horizon_units, cfg.penalizer_ladder)
+            if btyd_fits is not None and cutoff in btyd_fits:
+                cols, fit = btyd_fits[cutoff]
+            else:
+                log.info("BG/NBD features at cutoff %s (%d of %d)", cutoff.date(), i, len(cutoffs))
+                cols, fit = btyd_columns(snapshot, horizon_units, cfg.penalizer_ladder)
+                if btyd_fits is not None:
+                    btyd_fits[cutoff] = cols, fit
             snapshot = pd.concat([snapshot, cols], axis=1)
             fits.append(fit)
         kept = snapshot[cm.in_population(snapshot, cfg.population_lookback_days)]

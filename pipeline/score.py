@@ -235,6 +235,8 @@ def serving_clv(cfg: Settings, inp: Inputs, as_of: dt.date, track: bool) -> tupl
 
 
 Scorer = cm.ChurnModel | cm.RuleScorer
+# Each cutoff's BG/NBD columns and fit, once computed (``churn_stage.modelling_table``)
+BtydFits = dict[pd.Timestamp, tuple[pd.DataFrame, churn_stage.BtydFit]]
 
 
 def chosen_scorer(cfg: ScoreConfig, backtest: Path) -> dict[str, Any]:
@@ -278,8 +280,11 @@ def serving_churn(
 # --- value ------------------------------------------------------------------------------------------------------
 
 
-def value_table(snapshot: pd.DataFrame, doc: dict[str, Any], cfg: Settings) -> pd.DataFrame:
-    """Every snapshot customer's value by the serving CLV model (``clv_schema`` columns, in the snapshot's rows)."""
+def value_table(
+    snapshot: pd.DataFrame, doc: dict[str, Any], cfg: Settings, btyd_fits: BtydFits | None = None
+) -> pd.DataFrame:
+    """Every snapshot customer's value by the serving CLV model (``clv_schema`` columns, in the snapshot's rows).
+    ``btyd_fits``: the snapshot's BG/NBD columns, shared with the churn population (``population_rows``)."""
     settings = clv_stage.value_settings(cfg.base, cfg.features, cfg.clv)
     spec = doc["scoring"]
     f, r, t, m = (snapshot[c].to_numpy(np.float64) for c in (s.FREQUENCY, s.RECENCY, s.T, s.MONETARY_VALUE))
@@ -315,7 +320,7 @@ def value_table(snapshot: pd.DataFrame, doc: dict[str, Any], cfg: Settings) -> p
         }
     )
     if doc.get("value_model"):
-        table[s.CLV] = challenger_value(snapshot, doc["value_model"], cfg)
+        table[s.CLV] = challenger_value(snapshot, doc["value_model"], cfg, btyd_fits)
         table[s.CLV_P05] = table[s.CLV_P95] = np.nan  # the challenger has no interval; the BTYD band is not its
     if cfg.clv.acquisition_cost is not None:
         table[s.CLV_NET] = table[s.CLV] - cfg.clv.acquisition_cost
@@ -343,7 +348,9 @@ def unlike_backtest(cfg: ClvConfig, backtest: Path, model: str, served: registry
     )
 
 
-def challenger_value(snapshot: pd.DataFrame, doc: dict[str, Any], cfg: Settings) -> npt.NDArray[np.float64]:
+def challenger_value(
+    snapshot: pd.DataFrame, doc: dict[str, Any], cfg: Settings, btyd_fits: BtydFits | None = None
+) -> npt.NDArray[np.float64]:
     """The CLV challenger's value of every snapshot customer (``models.value_booster``): its predicted spend over
     the horizon it was trained on, carried over ``clv.clv_horizon_months``. It reads the churn model's inputs,
     built for every customer (no population filter), as the backtest judged it."""
@@ -351,7 +358,9 @@ def challenger_value(snapshot: pd.DataFrame, doc: dict[str, Any], cfg: Settings)
     cutoff = _one_cutoff({"snapshot": snapshot})
     everyone = dataclasses.replace(cfg.churn, population_lookback_days=MAX_DAYS)
     tables, _ = churn_stage.read_attributes(cfg.churn)
-    rows, _ = churn_stage.modelling_table(snapshot, [cutoff], cfg.base, cfg.features, everyone, tables)
+    rows, _ = churn_stage.modelling_table(
+        snapshot, [cutoff], cfg.base, cfg.features, everyone, tables, btyd_fits=btyd_fits
+    )
     if not rows[s.CUSTOMER_ID].reset_index(drop=True).equals(snapshot[s.CUSTOMER_ID].reset_index(drop=True)):
         raise RuntimeError("score: the CLV challenger's rows are not the snapshot's in order")  # a bug here
     _, spend = booster.predict(rows)
@@ -419,12 +428,19 @@ def score_and_explain(
 
 
 def model_rows(
-    features: pd.DataFrame | Path, cutoff: pd.Timestamp, cfg: Settings, model: Scorer, where: str
+    features: pd.DataFrame | Path,
+    cutoff: pd.Timestamp,
+    cfg: Settings,
+    model: Scorer,
+    where: str,
+    btyd_fits: BtydFits | None = None,
 ) -> pd.DataFrame:
     """One cutoff's churn population with every feature the model needs (BTYD, attributes, derived), from a
     loaded snapshot or a features file."""
     tables, _ = churn_stage.read_attributes(cfg.churn)
-    rows, _ = churn_stage.modelling_table(features, [cutoff], cfg.base, cfg.features, cfg.churn, tables)
+    rows, _ = churn_stage.modelling_table(
+        features, [cutoff], cfg.base, cfg.features, cfg.churn, tables, btyd_fits=btyd_fits
+    )
     missing = [c for c in model.features_ if c not in rows.columns]
     if missing:
         raise InputError(f"score: the serving churn model needs feature(s) {missing[:5]} that the {where} lacks")
@@ -432,11 +448,11 @@ def model_rows(
 
 
 def population_rows(
-    snapshot: pd.DataFrame, cutoff: pd.Timestamp, cfg: Settings, model: Scorer
+    snapshot: pd.DataFrame, cutoff: pd.Timestamp, cfg: Settings, model: Scorer, btyd_fits: BtydFits | None = None
 ) -> tuple[pd.DataFrame, npt.NDArray[np.int64]]:
     """The churn population's modelling rows, and where each sits in the snapshot (the population is the
     snapshot's rows within ``churn.population_lookback_days``, in the snapshot's order)."""
-    rows = model_rows(snapshot, cutoff, cfg, model, "scoring snapshot")
+    rows = model_rows(snapshot, cutoff, cfg, model, "scoring snapshot", btyd_fits)
     at = np.flatnonzero(cm.in_population(snapshot, cfg.churn.population_lookback_days))
     ids = snapshot[s.CUSTOMER_ID].take(at).reset_index(drop=True)  # Arrow text compared as such, not as objects
     if not rows[s.CUSTOMER_ID].reset_index(drop=True).equals(ids):
@@ -594,13 +610,14 @@ def run(cfg: Settings, inp: Inputs, out: Outputs, *, track: bool = True) -> dict
     ties = seg.id_ranks(snapshot[s.CUSTOMER_ID])  # every table is the snapshot's rows: joined by position
     as_of = (cutoff + pd.Timedelta(days=1)).date()
     clv_doc, clv_served = serving_clv(cfg, inp, as_of, track)
-    value = value_table(snapshot, clv_doc, cfg)
+    btyd_fits: BtydFits = {}  # the snapshot's BG/NBD fit, made once for the CLV challenger and the churn population
+    value = value_table(snapshot, clv_doc, cfg, btyd_fits)
     by_value = seg.sort_order(value, [(s.CLV, False)], ties=ties)  # highest value first, then by id
     write_table(value, out.clv, s.clv_schema(with_net=cfg.clv.acquisition_cost is not None), order=by_value)
     value_summary = value_metrics(value, by_value)
 
     model, churn_served, choice = serving_churn(cfg, inp, as_of, track)
-    population, at = population_rows(snapshot, cutoff, cfg, model)
+    population, at = population_rows(snapshot, cutoff, cfg, model, btyd_fits)
     typical, where = serving_typical(inp, churn_served, as_of)
     guide = reason_guide(cfg, typical, model, where)
     churned = risk_table(population, value[s.CLV].to_numpy()[at], model, cfg, ties=ties[at], guide=guide)
