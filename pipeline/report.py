@@ -848,7 +848,9 @@ def key_figures(
         "churn_edge_low": _num(scorer, "low"),
         "churn_edge_high": _num(scorer, "high"),
         "churn_best_rule": scorer.get("best_rule"),
+        # the purchase model and its holdout figures; clv_valued_by: what values the list (the challenger, if it serves)
         "clv_model": clv_metrics.get("chosen_model"),
+        "clv_valued_by": (clv_metrics.get("value_model") or {}).get("name") or clv_metrics.get("chosen_model"),
         "clv_gini": _num(clv_metrics, "model", "gini"),
         "clv_purchases_error_pct": _num(clv_metrics, "model", "purchases_pct_error"),
         "list_customers": len(churn_list),
