@@ -144,7 +144,8 @@ def test_campaign_section_renders_in_chromium(tmp_path: Path, params: dict[str, 
 
 
 def _plots_project(folder: Path) -> tuple[int, int]:
-    """A DVC project with this project's `plots:` (dvc.yaml) and .dvc/config, and a few made-up rows for each plot.
+    """A DVC project with this project's `plots:` (dvc.yaml), .dvc/config and plot templates (.dvc/plots: dates
+    along x, deciles in order), and a few made-up rows for each plot.
 
     Returns how many Vega plots and how many images it shows.
     """
@@ -152,6 +153,7 @@ def _plots_project(folder: Path) -> tuple[int, int]:
     (folder / "dvc.yaml").write_text(yaml.safe_dump({"plots": plots}, sort_keys=False), encoding="utf-8")
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=folder, check=True, timeout=120)
     shutil.copyfile(ROOT / ".dvc" / "config", folder / ".dvc" / "config")
+    shutil.copytree(ROOT / ".dvc" / "plots", folder / ".dvc" / "plots")  # the project's own templates
     vega = images = 0
     for entry in plots:
         if isinstance(entry, str):  # an image: a 40 x 60 gradient
@@ -162,7 +164,9 @@ def _plots_project(folder: Path) -> tuple[int, int]:
         spec = next(iter(entry.values()))
         for file, columns in spec["y"].items():
             rows = [",".join([spec["x"], *columns])]
-            rows += [",".join(str(i * (k + 2)) for k in range(len(columns) + 1)) for i in range(1, 7)]
+            for i in range(1, 7):  # dates along x where the template reads them so (by_origin)
+                x = f"1998-0{i}-01" if spec.get("template") == "by_origin" else str(i)
+                rows.append(",".join([x, *(str(i * (k + 2)) for k in range(len(columns)))]))
             (folder / file).parent.mkdir(parents=True, exist_ok=True)
             (folder / file).write_text("\n".join(rows) + "\n", encoding="utf-8")
         vega += 1
