@@ -192,7 +192,10 @@ def write_list_csv(frame: pd.DataFrame, path: Path, headers: dict[str, str] | No
     """``frame`` as CSV at ``path``: UTF-8 with a byte-order mark (which Excel needs to read UTF-8), every cell
     formatted and neutralised, quoted only where needed, CRLF line ends (RFC 4180). ``headers`` renames columns
     in the header row (``list_headers``)."""
-    table = pa.table({c: _as_arrow(c, frame[c]) for c in frame.columns})
+    # with the row's position: DuckDB's parallel CSV writer can emit 2,048-row chunks out of order (seen on a busy
+    # machine despite preserve_insertion_order), so the rows are written ORDER BY it
+    order = "__position"
+    table = pa.table({**{c: _as_arrow(c, frame[c]) for c in frame.columns}, order: np.arange(len(frame))})
     names = [neutralise((headers or {}).get(c, c)) for c in frame.columns]
     names[0] = "\ufeff" + names[0]  # the byte-order mark, as the start of the header: DuckDB writes no prefix
     cells = ", ".join(
@@ -204,7 +207,8 @@ def write_list_csv(frame: pd.DataFrame, path: Path, headers: dict[str, str] | No
         con.execute("SET preserve_insertion_order = true")  # the rows stay in the list's order
         con.register("list", table)
         target = str(Path(path)).replace("'", "''")  # a path: a file object here is a TypeError
-        con.execute(f"COPY (SELECT {cells} FROM list) TO '{target}' (FORMAT csv, HEADER, NEW_LINE '\\r\\n')")
+        query = f"SELECT {cells} FROM list ORDER BY {order}"
+        con.execute(f"COPY ({query}) TO '{target}' (FORMAT csv, HEADER, NEW_LINE '\\r\\n')")
     finally:
         con.close()
 

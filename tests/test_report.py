@@ -147,6 +147,22 @@ def _python_csv(frame: pd.DataFrame) -> bytes:
 HOSTILE = [None, "", "-", "-12.50", "+3", "=SUM(A1)", "@x", "\tpad", "\r1", "-12\n", "éclair", "ok", "1e5", "-٣", 'a"b']
 
 
+def test_the_list_is_written_in_its_order_across_many_chunks(tmp_path: Path) -> None:
+    # DuckDB's CSV writer works in 2,048-row chunks on several threads; a busy machine once got CDNOW's list with
+    # rank 2441 on the first line. Written ORDER BY the row's position, 150,000 rows (73 chunks, split over several
+    # Arrow chunks as pd.concat leaves them) come back in order.
+    n = 150_000
+    parts = [
+        pd.DataFrame({s.RANK: np.arange(i, i + n // 3) + 1, s.CUSTOMER_ID: [f"c{i}"] * (n // 3)})
+        for i in (0, 50_000, 100_000)
+    ]
+    frame = pd.concat(parts, ignore_index=True)
+    path = tmp_path / "list.csv"
+    report.write_list_csv(frame, path)
+    written = pd.read_csv(path, encoding="utf-8-sig")[s.RANK].to_numpy()
+    np.testing.assert_array_equal(written, np.arange(1, n + 1))
+
+
 @pytest.mark.parametrize("dtype", ["str", "string[python]", "string[pyarrow]", object])
 def test_the_list_has_the_bytes_python_csv_writes(tmp_path: Path, params: dict[str, Any], dtype: Any) -> None:
     """Formatting, neutralising, quoting and line ends, cell for cell as neutralise and Python's csv give them,
