@@ -757,7 +757,7 @@ def summary_page(
         why = previous_problem or "no earlier week's folder exists yet"
         sections.append(f"<h2>Change since the previous week</h2><p>Not shown: {h.esc(why)}.</p>")
     sections.append("<h2>Drift</h2>" + _drift_section(drift, cfg))
-    sections.append(glossary(horizon_days, clv_months, currency))
+    sections.append(glossary(horizon_days, clv_months, currency, cfg.drift_warning_psi))
     title = f"Churn-risk list, week {week}"
     subtitle = (
         f"Scored as of {as_of} on the history before it; p_churn is the probability of no purchase in the next "
@@ -766,7 +766,7 @@ def summary_page(
     return h.page(title, subtitle, sections)
 
 
-def glossary(horizon_days: int, clv_months: int, currency: str) -> str:
+def glossary(horizon_days: int, clv_months: int, currency: str, warning_psi: float) -> str:
     """What the words of this page and of the list's columns mean, for a reader who has not met them."""
     money = f"in {currency}" if currency else "in the log's currency"
     terms = [
@@ -806,13 +806,14 @@ def glossary(horizon_days: int, clv_months: int, currency: str) -> str:
         (
             "reasons",
             "up to three facts about the customer that raise the churn probability most, each beside "
-            "the typical value among similar customers who stayed.",
+            "the typical (median) value of the customers who stayed, at the date the model was validated on; "
+            "'no warning signs' below the medium risk tier.",
         ),
         ("purchase days", "days with at least one purchase (several orders on one day count once)."),
         (
             "PSI (population stability index)",
             "how far a distribution moved between the model's reference data "
-            "and this week: below 0.1 little, 0.1 to 0.25 some, above 0.25 a lot.",
+            f"and this week: below {MODERATE_PSI} stable, above {warning_psi} a shift (score.drift_warning_psi).",
         ),
     ]
     items = "".join(f"<dt>{h.esc(term)}</dt><dd>{h.esc(text)}</dd>" for term, text in terms)

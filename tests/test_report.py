@@ -309,3 +309,10 @@ def test_previous_week_kpis_are_read_against_their_schema(tmp_path: Path, params
     page = (write_week(tmp_path, params, dt.date(1998, 3, 2), seed=2) / "summary.html").read_text(encoding="utf-8")
     assert "the previous week&#x27;s folder 1998-W09 could not be compared" in page
     assert "segments.csv: 21 schema violation(s); first: column &#x27;customers&#x27;" in page
+
+
+def test_the_glossary_reads_psi_with_the_pages_own_threshold() -> None:
+    text = report.glossary(90, 12, "GBP", warning_psi=0.2)
+    assert "below 0.1 stable, above 0.2 a shift (score.drift_warning_psi)" in text
+    assert "next 90 days" in text and "next 12 months" in text and "in GBP" in text
+    assert "no warning signs" in text
