@@ -1,8 +1,10 @@
 """Validation of a raw transaction log: each input row is either kept, cleaned, or quarantined with a reason.
 
-The rules run as one DuckDB query over an in-memory Arrow table, so a log of tens of millions of lines is checked
-without a Python loop. Rows are never lost: rows in = rows kept + rows quarantined, and every quarantined row
-keeps its original values as text and its position in the source.
+The rules run as one DuckDB query over the raw rows, already loaded into a DuckDB table (``RAW``) by the ingest stage,
+so a log of tens of millions of lines is checked without a Python loop, and with the connection's memory limit
+DuckDB spills to disk instead of holding the log in memory (duplicate detection included). Rows are never lost:
+rows in = rows kept + rows quarantined, and every quarantined row keeps its original values as text and its
+position in the source.
 
 Reasons are checked in the order of ``schemas.QUARANTINE_REASONS``; a row gets the first one that applies:
 
@@ -52,7 +54,6 @@ from collections.abc import Sequence
 from typing import Literal
 
 import duckdb
-import pandas as pd
 import pyarrow as pa
 
 from features import schemas as s
@@ -87,6 +88,9 @@ INVISIBLE = (
 # C0 and C1 control characters (NUL, tab, escape, DEL, NEL...): inside an id they are a broken export, not a name.
 CONTROL_CHARACTERS = "[\\x00-\\x1F\\x7F-\\x9F]"
 NULL_MARKERS = ("", "nan", "none", "null", "na", "n/a", "<na>")
+# The tables of the connection ``classify`` works in: the raw rows it reads, and the rows with their reasons.
+RAW = "raw"
+CLASSIFIED = "classified"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,21 +118,24 @@ class CleaningRules:
 
 
 @dataclasses.dataclass(frozen=True)
-class CleaningResult:
-    transactions: pd.DataFrame
-    quarantine: pd.DataFrame
+class Classified:
+    """Every source row with its reason (NULL for a kept row), in the table ``CLASSIFIED`` of a DuckDB connection,
+    and the counts over it. ``kept_sql`` and ``quarantined_sql`` read the two outputs from it in source order."""
+
     rows_in: int
     quarantined_by_reason: dict[str, int]
     local_times_ambiguous: int  # kept rows whose wall-clock time happened twice (clocks went back)
     local_times_nonexistent: int  # and never (clocks went forward)
-
-    @property
-    def rows_kept(self) -> int:
-        return len(self.transactions)
+    kept_sql: str
+    quarantined_sql: str
 
     @property
     def rows_quarantined(self) -> int:
-        return len(self.quarantine)
+        return sum(self.quarantined_by_reason.values())
+
+    @property
+    def rows_kept(self) -> int:
+        return self.rows_in - self.rows_quarantined
 
 
 def _q(name: str) -> str:
@@ -227,7 +234,7 @@ def _clock_changes(con: duckdb.DuckDBPyConnection, tz: str) -> tuple[int, int]:
     maps_back = "timezone(" + zone + ", make_timestamptz(epoch_us(_wall_time) - {o})) = _wall_time"
     ambiguous, nonexistent = con.execute(
         f"""WITH days AS (
-                SELECT DISTINCT CAST(_wall_time AS DATE) AS day FROM classified
+                SELECT DISTINCT CAST(_wall_time AS DATE) AS day FROM {CLASSIFIED}
                 WHERE _reason IS NULL AND _wall_time IS NOT NULL),
             changes AS (
                 SELECT * FROM (
@@ -237,7 +244,7 @@ def _clock_changes(con: duckdb.DuckDBPyConnection, tz: str) -> tuple[int, int]:
                 WHERE before_us <> after_us)
             SELECT count(*) FILTER (WHERE {maps_back.format(o="before_us")} AND {maps_back.format(o="after_us")}),
                    count(*) FILTER (WHERE timezone({zone}, _ts) <> _wall_time)
-            FROM classified JOIN changes ON CAST(_wall_time AS DATE) = changes.day
+            FROM {CLASSIFIED} JOIN changes ON CAST(_wall_time AS DATE) = changes.day
             WHERE _reason IS NULL"""
     ).fetchone() or (0, 0)
     return int(ambiguous), int(nonexistent)
@@ -294,16 +301,23 @@ def _key_value(column: str, rules: CleaningRules, arrow_type: pa.DataType) -> st
     return _text(column)
 
 
-def clean_transactions(
-    raw: pa.Table, rules: CleaningRules, source: str, now: dt.datetime | None = None
-) -> CleaningResult:
-    """Split a raw log into clean transactions and quarantined rows.
+def classify(
+    con: duckdb.DuckDBPyConnection,
+    schema: pa.Schema,
+    rules: CleaningRules,
+    source: str,
+    now: dt.datetime | None = None,
+) -> Classified:
+    """Give every row of the table ``RAW`` in ``con`` its reason, or none, in a new table ``CLASSIFIED``.
 
     Parameters
     ----------
-    raw
-        The source table as read, one row per input line, in file order. Columns may be text or already typed
-        (Parquet); text is parsed here.
+    con
+        A connection (with ``TimeZone`` set to UTC) holding the raw log as the table or view ``RAW``: one row per
+        input line, the source's columns, text or already typed (Parquet), and ``schemas.SOURCE_ROW``, the line's
+        position among the data rows from 0.
+    schema
+        The source's columns and their Arrow types, which say how each one is parsed.
     rules
         The column mapping and handling rules.
     source
@@ -313,15 +327,16 @@ def clean_transactions(
 
     Returns
     -------
-    CleaningResult
-        ``transactions`` with the ``schemas.TRANSACTIONS`` columns in input order, and ``quarantine`` with the
-        row position, every original value as text and the reason.
+    Classified
+        The counts, and the queries of ``transactions`` (the ``schemas.TRANSACTIONS`` columns) and of
+        ``quarantine`` (the row position, every original value as text, and the reason), both in source order.
     """
-    columns = list(raw.column_names)
+    columns = list(schema.names)
     check_source_columns(columns, rules, source)
-    if raw.num_rows == 0:
+    rows_in = _count(con, f"SELECT count(*) FROM {RAW}")
+    if rows_in == 0:
         raise InputError(f"{source}: has a header but no data rows; point ingest.source at a non-empty log")
-    types = dict(zip(raw.schema.names, raw.schema.types, strict=True))
+    types = dict(zip(schema.names, schema.types, strict=True))
 
     cid = _text(rules.customer_id)
     null_markers = ", ".join(_lit(m) for m in NULL_MARKERS)
@@ -371,50 +386,41 @@ def clean_transactions(
             WHEN {_lit(rules.returns)} = 'drop' AND (_cancelled OR _amount < 0) THEN {_lit(s.CANCELLATION)}
             WHEN {_lit(rules.zero_amount)} = 'quarantine' AND _amount = 0 THEN {_lit(s.ZERO_AMOUNT)}
         END"""
-    con = duckdb.connect()
     try:
-        con.execute("SET TimeZone = 'UTC'")
-        numbered = raw.append_column(s.SOURCE_ROW, pa.array(range(raw.num_rows), type=pa.int64()))
-        con.register("raw", numbered)
-        try:
-            con.execute(
-                f"""CREATE TEMP TABLE classified AS
-                SELECT *, {reason_sql} AS _reason FROM (
-                    SELECT *, {dup_rank} AS _dup FROM (
-                        SELECT *, _early IS NULL AS _valid FROM (
-                            SELECT *, {early_sql} AS _early FROM (
-                                SELECT * EXCLUDE ({dropped}),
-                                       coalesce(_instant, timezone({_lit(rules.timezone)}, _wall_time)) AS _ts FROM (
-                                    SELECT *, {ts.wall_time} AS _wall_time FROM (
-                                        SELECT *, {cid_clean} AS _cid, {ts.instant} AS _instant,
-                                               {amount} AS _amount, {order} AS _order, {cancelled} AS _cancelled
-                                        FROM raw))))))"""
-            )
-            clock_changes = (0, 0) if rules.timezone == "UTC" else _clock_changes(con, rules.timezone)
-        except (duckdb.InvalidInputException, duckdb.NotImplementedException) as exc:
-            raise InputError(
-                f"{source}: {str(exc).splitlines()[0]}; check ingest.timezone and ingest.timestamp_format"
-            ) from exc
-        kept = con.sql(
-            f"""SELECT _cid AS {s.CUSTOMER_ID}, _ts AS {s.TS},
-                       CASE WHEN _cancelled THEN -abs(_amount) ELSE _amount END AS {s.AMOUNT},
-                       _order AS {s.ORDER_ID}
-                FROM classified WHERE _reason IS NULL ORDER BY {s.SOURCE_ROW}"""
-        ).to_arrow_table()
-        originals = ", ".join(f"CAST({_q(c)} AS VARCHAR) AS {_q(c)}" for c in columns)
-        quarantined = con.sql(
-            f"""SELECT {s.SOURCE_ROW}, {originals}, _reason AS {s.REASON}
-                FROM classified WHERE _reason IS NOT NULL ORDER BY {s.SOURCE_ROW}"""
-        ).to_arrow_table()
-        counts = dict(con.execute("SELECT _reason, count(*) FROM classified GROUP BY 1").fetchall())
-    finally:
-        con.close()
-    by_reason = {reason: int(counts.get(reason, 0)) for reason in s.QUARANTINE_REASONS}
-    return CleaningResult(
-        transactions=kept.to_pandas(),
-        quarantine=quarantined.to_pandas(),
-        rows_in=raw.num_rows,
-        quarantined_by_reason=by_reason,
+        con.execute(
+            f"""CREATE TABLE {CLASSIFIED} AS
+            SELECT *, {reason_sql} AS _reason FROM (
+                SELECT *, {dup_rank} AS _dup FROM (
+                    SELECT *, _early IS NULL AS _valid FROM (
+                        SELECT *, {early_sql} AS _early FROM (
+                            SELECT * EXCLUDE ({dropped}),
+                                   coalesce(_instant, timezone({_lit(rules.timezone)}, _wall_time)) AS _ts FROM (
+                                SELECT *, {ts.wall_time} AS _wall_time FROM (
+                                    SELECT *, {cid_clean} AS _cid, {ts.instant} AS _instant,
+                                           {amount} AS _amount, {order} AS _order, {cancelled} AS _cancelled
+                                    FROM {RAW}))))))"""
+        )
+        clock_changes = (0, 0) if rules.timezone == "UTC" else _clock_changes(con, rules.timezone)
+    except (duckdb.InvalidInputException, duckdb.NotImplementedException) as exc:
+        raise InputError(
+            f"{source}: {str(exc).splitlines()[0]}; check ingest.timezone and ingest.timestamp_format"
+        ) from exc
+    counts = dict(con.execute(f"SELECT _reason, count(*) FROM {CLASSIFIED} GROUP BY 1").fetchall())
+    originals = ", ".join(f"CAST({_q(c)} AS VARCHAR) AS {_q(c)}" for c in columns)
+    return Classified(
+        rows_in=rows_in,
+        quarantined_by_reason={reason: int(counts.get(reason, 0)) for reason in s.QUARANTINE_REASONS},
         local_times_ambiguous=clock_changes[0],
         local_times_nonexistent=clock_changes[1],
+        kept_sql=f"""SELECT _cid AS {s.CUSTOMER_ID}, _ts AS {s.TS},
+                            CASE WHEN _cancelled THEN -abs(_amount) ELSE _amount END AS {s.AMOUNT},
+                            _order AS {s.ORDER_ID}
+                     FROM {CLASSIFIED} WHERE _reason IS NULL ORDER BY {s.SOURCE_ROW}""",
+        quarantined_sql=f"""SELECT {s.SOURCE_ROW}, {originals}, _reason AS {s.REASON}
+                            FROM {CLASSIFIED} WHERE _reason IS NOT NULL ORDER BY {s.SOURCE_ROW}""",
     )
+
+
+def _count(con: duckdb.DuckDBPyConnection, sql: str) -> int:
+    row = con.execute(sql).fetchone()
+    return int(row[0]) if row else 0

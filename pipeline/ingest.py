@@ -13,6 +13,7 @@ with another number of fields than the header stops the stage with the line's te
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import dataclasses
 import gzip
@@ -21,11 +22,13 @@ import importlib.resources
 import io
 import logging
 import re
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -34,11 +37,11 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from features import schemas as s
-from features.cleaning import CleaningResult, CleaningRules, clean_transactions
+from features.cleaning import RAW, Classified, CleaningRules, check_source_columns, classify
 from features.errors import InputError
 from pipeline import cli
-from pipeline.config import IngestConfig, load_params, section
-from pipeline.io import write_json, write_table
+from pipeline.config import BaseConfig, IngestConfig, load_params, section
+from pipeline.io import write_json, write_query
 
 log = logging.getLogger("ingest")
 
@@ -215,50 +218,145 @@ def _check_is_a_file(path: Path) -> None:
         raise InputError(f"{path}: file not found; set ingest.source to an existing file or one of: {builtins}")
 
 
+class Sink(Protocol):
+    """Where the source's rows go, batch by batch. A read may start again (a CSV read with other options): ``start``
+    then drops whatever was appended before."""
+
+    def start(self, schema: pa.Schema) -> None: ...
+
+    def append(self, batch: pa.Table) -> None: ...
+
+
+class TableSink:
+    """The rows held as one Arrow table: for small logs and tests."""
+
+    def __init__(self) -> None:
+        self.schema = pa.schema([])
+        self._parts: list[pa.Table] = []
+
+    def start(self, schema: pa.Schema) -> None:
+        self.schema, self._parts = schema, []
+
+    def append(self, batch: pa.Table) -> None:
+        self._parts.append(batch)
+
+    def table(self) -> pa.Table:
+        return pa.concat_tables(self._parts) if self._parts else self.schema.empty_table()
+
+
+class DuckDBSink:
+    """The rows appended to the table ``cleaning.RAW`` of a DuckDB connection, each with its position among the data
+    rows (``schemas.SOURCE_ROW``), so that no more than a batch of the log is held in Python's memory. The columns
+    are checked against the rules before any row is stored (a duplicated or reserved name is not a table column)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, rules: CleaningRules, source: str) -> None:
+        self.con, self.rules, self.source = con, rules, source
+        self.rows = 0
+
+    def start(self, schema: pa.Schema) -> None:
+        check_source_columns(schema.names, self.rules, self.source)
+        self.rows = 0
+        self.con.execute(f"DROP TABLE IF EXISTS {RAW}")
+        self.con.register("_batch", self._numbered(schema.empty_table()))
+        self.con.execute(f"CREATE TABLE {RAW} AS SELECT * FROM _batch")
+        self.con.unregister("_batch")
+
+    def append(self, batch: pa.Table) -> None:
+        if batch.num_rows == 0:
+            return
+        self.con.register("_batch", self._numbered(batch))
+        self.con.execute(f"INSERT INTO {RAW} SELECT * FROM _batch")
+        self.con.unregister("_batch")
+        self.rows += batch.num_rows
+
+    def _numbered(self, batch: pa.Table) -> pa.Table:
+        positions = pa.array(np.arange(self.rows, self.rows + batch.num_rows, dtype=np.int64))
+        return batch.append_column(s.SOURCE_ROW, positions)
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceRead:
+    """What reading the source found besides its rows: their columns and types, the file's sha256, and the blank
+    lines skipped (a CSV line with no value in any field: empty, whitespace, or only delimiters such as ``,,``).
+    The file's lines are its header, its rows (with the line breaks in their quoted values) and its blank lines,
+    which the CSV reader checks."""
+
+    schema: pa.Schema
+    sha256: str
+    blank_lines: int
+
+
 @dataclasses.dataclass(frozen=True)
 class RawLog:
-    """The source as read: a row per data line (text columns) or per stored row (Parquet's types), and its sha256.
-
-    A CSV line with no value in any field (empty, whitespace, or only delimiters: ``,,``) is a blank line, not a
-    row: it is skipped and counted in ``blank_lines``. The file's lines are its header, its rows (with the line
-    breaks in their quoted values) and its blank lines, which read_source checks.
-    """
+    """The source as read into memory: a row per data line (text columns) or per stored row (Parquet's types)."""
 
     table: pa.Table
     sha256: str
     blank_lines: int
 
 
-# Arrow parses a CSV in blocks of this many bytes (its default), cut at line breaks, in parallel.
+# Arrow parses a CSV in blocks of this many bytes (its default), cut at line breaks.
 CSV_BLOCK_BYTES = 1 << 20
 # A record longer than this is not a purchase but a quote that never closes, running on to the end of the file.
 MAX_CSV_BLOCK_BYTES = 1 << 28
+# Rows per batch read from a Parquet source.
+PARQUET_BATCH_ROWS = 1 << 17
 
 
 def read_source(source: str, delimiter: str, encoding: str, block_bytes: int = CSV_BLOCK_BYTES) -> RawLog:
-    """Read the raw log as an Arrow table (text columns for CSV, stored types for Parquet) and its sha256.
+    """The raw log as one Arrow table (text columns for CSV, stored types for Parquet) and its sha256: for small
+    logs; the stage streams it into DuckDB instead (``stream_source``)."""
+    sink = TableSink()
+    read = stream_source(source, delimiter, encoding, sink, block_bytes)
+    return RawLog(sink.table(), read.sha256, read.blank_lines)
+
+
+def stream_source(
+    source: str, delimiter: str, encoding: str, sink: Sink, block_bytes: int = CSV_BLOCK_BYTES
+) -> SourceRead:
+    """Read the raw log batch by batch into ``sink``: text columns for CSV, stored types for Parquet (dictionary
+    columns decoded). Memory holds one batch, whatever the file's size.
 
     ``block_bytes`` is where a CSV read starts (tests use small blocks to reach the retries without large files).
     """
     if source in BUILTIN_SOURCES:
-        return RawLog(*_builtin(source), blank_lines=0)
+        table, sha256 = _builtin(source)
+        sink.start(table.schema)
+        sink.append(table)
+        return SourceRead(table.schema, sha256, blank_lines=0)
     path = Path(source)
     _check_is_a_file(path)
     name = path.name.lower()
     if name.endswith(".parquet"):
-        try:
-            table = pq.read_table(path)
-        except pa.ArrowException as exc:
-            reason = re.sub(r"^Could not open Parquet input source '.*?': ", "", str(exc).splitlines()[0])
-            raise InputError(f"{path}: not a readable Parquet file ({reason})") from exc
-        return RawLog(table, _sha256(path), blank_lines=0)
+        return SourceRead(_stream_parquet(path, sink), _sha256(path), blank_lines=0)
     if not name.endswith((".csv", ".csv.gz")):
         raise InputError(f"{path}: unsupported file type; ingest reads .csv, .csv.gz and .parquet")
     gzipped = _is_gzip_csv(path)
     header = _csv_header(path, delimiter, encoding, gzipped)
-    table, blank_lines = _read_csv(path, gzipped, header, delimiter, encoding, block_bytes)
-    table, blank_rows = _without_blank_rows(table)
-    return RawLog(table, _sha256(path), header.blank_lines_before + blank_lines + blank_rows)
+    blank = _read_csv(path, gzipped, header, delimiter, encoding, block_bytes, sink)
+    schema = pa.schema([(n, pa.string()) for n in header.names])
+    return SourceRead(schema, _sha256(path), header.blank_lines_before + blank)
+
+
+def _decoded(schema: pa.Schema) -> pa.Schema:
+    """The schema with dictionary columns as their values' type: a batch's dictionary is its own, not the file's."""
+    return pa.schema(
+        [f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in schema],
+        metadata=schema.metadata,
+    )
+
+
+def _stream_parquet(path: Path, sink: Sink) -> pa.Schema:
+    try:
+        parquet = pq.ParquetFile(path)
+        schema = _decoded(parquet.schema_arrow)
+        sink.start(schema)
+        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+            sink.append(pa.Table.from_batches([batch]).cast(schema))
+    except pa.ArrowException as exc:
+        reason = re.sub(r"^Could not open Parquet input source '.*?': ", "", str(exc).splitlines()[0])
+        raise InputError(f"{path}: not a readable Parquet file ({reason})") from exc
+    return schema
 
 
 def _is_gzip_csv(path: Path) -> bool:
@@ -280,26 +378,37 @@ def _is_gzip_csv(path: Path) -> bool:
 
 
 def _read_csv(
-    path: Path, gzipped: bool, header: CsvHeader, delimiter: str, encoding: str, block_bytes: int
-) -> tuple[pa.Table, int]:
-    """The CSV's rows as text columns, and the whitespace-only lines skipped among them.
+    path: Path,
+    gzipped: bool,
+    header: CsvHeader,
+    delimiter: str,
+    encoding: str,
+    block_bytes: int,
+    sink: Sink,
+) -> int:
+    """Stream the CSV's rows as text columns into ``sink``; return the blank lines skipped among them.
 
     The first read assumes that line breaks end records, which lets Arrow cut the file into blocks at any line
     break. A quoted value with a line break in it breaks that when a block boundary falls inside it ("CSV parser
     got out of sync with chunker", or a malformed line), so the file is read again with quote-aware cutting
-    (``newlines_in_values``), which is slower. A record longer than a block ("straddling object") is read again
-    with 16x larger blocks. Each read is checked against the file's own count of lines, because the fast path
-    can also lose the rest of a block without an error when a quote is not closed.
+    (``newlines_in_values``). A record longer than a block ("straddling object") is read again with 16x larger
+    blocks. Each read is checked against the file's own count of lines, because the fast path can also lose the
+    rest of a block without an error when a quote is not closed. A read that starts again starts the sink again.
     """
     try:
         in_file = _file_lines(path, gzipped, encoding)
     except (OSError, EOFError) as exc:  # e.g. a truncated .gz
         raise _damaged(path, exc) from exc
+    schema = pa.schema([(n, pa.string()) for n in header.names])
     newlines_in_values = False
     while True:
         lines = _LineHandler(delimiter)
+        sink.start(schema)
+        seen = _CsvRead()
         try:
-            table = _arrow_csv(path, gzipped, header, delimiter, encoding, block_bytes, newlines_in_values, lines)
+            reader = _arrow_csv(path, gzipped, header, delimiter, encoding, block_bytes, newlines_in_values, lines)
+            for batch in reader:
+                seen.add(pa.Table.from_batches([batch]), sink)
         except (OSError, EOFError) as exc:
             raise _damaged(path, exc) from exc
         except pa.ArrowInvalid as exc:
@@ -318,8 +427,9 @@ def _read_csv(
                 raise _csv_error(path, exc, lines, delimiter, encoding, gzipped) from exc
             continue
         if in_file is not None:
-            _check_last_value_is_closed(path, table, in_file)
-            read = header.blank_lines_before + 1 + table.num_rows + _breaks_in_values(table) + lines.blank_lines
+            if seen.last is not None:
+                _check_last_value_is_closed(path, seen.last, in_file)
+            read = header.blank_lines_before + 1 + seen.rows + seen.breaks + lines.blank_lines
             if read != in_file.lines and not newlines_in_values:
                 log.info(
                     "%s: %d lines read as %d; reading again with quote-aware block cutting", path, in_file.lines, read
@@ -331,7 +441,28 @@ def _read_csv(
                     f"{path}: has {in_file.lines} lines, but its header, rows and blank lines account for {read}; the "
                     'quoting is broken somewhere (a quote that is not closed?): check the quotes ("")'
                 )
-        return table, lines.blank
+        return lines.blank + seen.blank_rows
+
+
+@dataclasses.dataclass
+class _CsvRead:
+    """One pass over a CSV: rows as parsed (blank ones included), line breaks inside values, blank rows, and the
+    last non-empty batch (whose last value tells a quote that never closed)."""
+
+    rows: int = 0
+    breaks: int = 0
+    blank_rows: int = 0
+    last: pa.Table | None = None
+
+    def add(self, batch: pa.Table, sink: Sink) -> None:
+        if batch.num_rows == 0:
+            return
+        self.rows += batch.num_rows
+        self.breaks += _breaks_in_values(batch)
+        self.last = batch.slice(batch.num_rows - 1)
+        kept, blank = _without_blank_rows(batch)
+        self.blank_rows += blank
+        sink.append(kept)
 
 
 def _damaged(path: Path, exc: OSError | EOFError) -> InputError:
@@ -399,8 +530,9 @@ def _arrow_csv(
     block_bytes: int,
     newlines_in_values: bool,
     lines: _LineHandler,
-) -> pa.Table:
-    return pacsv.read_csv(
+) -> pacsv.CSVStreamingReader:
+    """A reader of the CSV's record batches, one block at a time (single-threaded, so memory holds one block)."""
+    return pacsv.open_csv(
         # the compression is the content's, not the name's (Arrow would go by a lower-case .gz)
         pa.input_stream(str(path), compression="gzip" if gzipped else None),
         read_options=pacsv.ReadOptions(
@@ -517,41 +649,68 @@ def rules_from(cfg: IngestConfig) -> CleaningRules:
     )
 
 
-def ingest_metrics(result: CleaningResult, source: str, raw: RawLog) -> dict[str, Any]:
-    tx = result.transactions
-    days = tx[s.TS].dt.date if len(tx) else pd.Series([], dtype=object)
+def ingest_metrics(con: duckdb.DuckDBPyConnection, result: Classified, source: str, read: SourceRead) -> dict[str, Any]:
+    """The stage's counts; the kept rows' customers, returns and days counted in the engine, not in memory."""
+    customers, returns, first, last = con.execute(
+        f"""SELECT count(DISTINCT {s.CUSTOMER_ID}), count(*) FILTER (WHERE {s.AMOUNT} < 0),
+                   min(CAST({s.TS} AS DATE)), max(CAST({s.TS} AS DATE))
+            FROM ({result.kept_sql})"""
+    ).fetchone() or (0, 0, None, None)
     return {
         "source": source,
-        "source_sha256": raw.sha256,
-        "blank_lines_skipped": raw.blank_lines,
+        "source_sha256": read.sha256,
+        "blank_lines_skipped": read.blank_lines,
         "local_times_ambiguous": result.local_times_ambiguous,
         "local_times_nonexistent": result.local_times_nonexistent,
         "rows_in": result.rows_in,
         "rows_kept": result.rows_kept,
         "rows_quarantined": result.rows_quarantined,
         "quarantined_by_reason": result.quarantined_by_reason,
-        "customers": int(tx[s.CUSTOMER_ID].nunique()),
-        "returns_kept": int((tx[s.AMOUNT] < 0).sum()),
-        "first_day": str(days.min()) if len(tx) else None,
-        "last_day": str(days.max()) if len(tx) else None,
+        "customers": int(customers),
+        "returns_kept": int(returns),
+        "first_day": str(first) if first is not None else None,
+        "last_day": str(last) if last is not None else None,
     }
 
 
-def run(cfg: IngestConfig, transactions: Path, quarantine: Path, metrics: Path) -> dict[str, Any]:
-    """Read ``cfg.source``, validate it, and write the three outputs. Returns the metrics."""
-    raw = read_source(cfg.source, cfg.csv_delimiter, cfg.encoding)
-    result = clean_transactions(raw.table, rules_from(cfg), source=cfg.source)
-    if result.rows_in != result.rows_kept + result.rows_quarantined:  # pragma: no cover - an invariant
-        raise AssertionError("ingest lost rows: rows_in != rows_kept + rows_quarantined")
-    if result.rows_kept == 0:
-        worst = max(result.quarantined_by_reason.items(), key=lambda kv: kv[1])
-        raise InputError(
-            f"{cfg.source}: all {result.rows_in} rows were quarantined (mostly '{worst[0]}': {worst[1]}); "
-            "check ingest.columns, ingest.timestamp_format and the quarantine rules in params.yaml"
-        )
-    write_table(result.transactions, transactions, s.TRANSACTIONS)
-    write_table(result.quarantine, quarantine, s.quarantine_schema(raw.table.column_names))
-    out = ingest_metrics(result, cfg.source, raw)
+@contextlib.contextmanager
+def engine(memory_limit_mb: int) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A DuckDB database in a temporary folder, in UTC, that spills to disk beyond ``memory_limit_mb``: the raw log
+    and its classified rows live there, not in memory. Removed when the stage ends, whether or not it failed."""
+    with tempfile.TemporaryDirectory(prefix="churn-clv-ingest-") as work:
+        con = duckdb.connect(str(Path(work) / "ingest.duckdb"))
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            con.execute(f"SET memory_limit = '{int(memory_limit_mb)}MB'")
+            con.execute(f"SET temp_directory = '{Path(work) / 'spill'}'")
+            con.execute("SET preserve_insertion_order = false")  # every output is explicitly ordered
+            yield con
+        finally:
+            con.close()
+
+
+def run(base: BaseConfig, cfg: IngestConfig, transactions: Path, quarantine: Path, metrics: Path) -> dict[str, Any]:
+    """Read ``cfg.source``, validate it, and write the three outputs. Returns the metrics.
+
+    The source streams into a DuckDB database on disk, is classified there, and the outputs stream out of it, so
+    the stage's memory is DuckDB's limit (``base.duckdb_memory_limit_mb``) plus a batch, whatever the log's size.
+    """
+    with engine(base.duckdb_memory_limit_mb) as con:
+        rules = rules_from(cfg)
+        read = stream_source(cfg.source, cfg.csv_delimiter, cfg.encoding, DuckDBSink(con, rules, cfg.source))
+        result = classify(con, read.schema, rules, source=cfg.source)
+        con.execute(f"DROP TABLE {RAW}")  # the classified table holds every raw column too
+        if result.rows_in != result.rows_kept + result.rows_quarantined:  # pragma: no cover - an invariant
+            raise AssertionError("ingest lost rows: rows_in != rows_kept + rows_quarantined")
+        if result.rows_kept == 0:
+            worst = max(result.quarantined_by_reason.items(), key=lambda kv: kv[1])
+            raise InputError(
+                f"{cfg.source}: all {result.rows_in} rows were quarantined (mostly '{worst[0]}': {worst[1]}); "
+                "check ingest.columns, ingest.timestamp_format and the quarantine rules in params.yaml"
+            )
+        write_query(con, result.kept_sql, transactions, s.TRANSACTIONS)
+        write_query(con, result.quarantined_sql, quarantine, s.quarantine_schema(read.schema.names))
+        out = ingest_metrics(con, result, cfg.source, read)
     write_json(out, metrics)
     log_counts(out, cfg.timezone)
     return out
@@ -590,6 +749,7 @@ def main(argv: Sequence[str]) -> None:
     args = p.parse_args(argv)
     params = load_params(args.params)
     run(
+        section(params, "base", BaseConfig),
         section(params, "ingest", IngestConfig),
         args.transactions,
         args.quarantine,

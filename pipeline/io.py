@@ -18,6 +18,7 @@ import dataclasses
 import errno
 import glob
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -30,6 +31,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
@@ -346,6 +348,22 @@ def write_batches(batches: Iterable[pa_arrow.RecordBatch], path: str | Path, sch
             if writer is not None:
                 writer.close()
     return rows
+
+
+# Rows per batch written by write_query: the memory a writer holds beside DuckDB's own (base.duckdb_memory_limit_mb).
+WRITE_BATCH_ROWS = 1 << 20
+
+
+def write_query(con: duckdb.DuckDBPyConnection, sql: str, path: str | Path, schema: pa.DataFrameSchema) -> None:
+    """Write a DuckDB query's rows to ``path`` as Parquet, atomically, batch by batch in the query's order, each batch
+    validated against ``schema``: memory holds one batch however many rows there are. No rows: an empty table."""
+    reader = con.execute(sql).to_arrow_reader(WRITE_BATCH_ROWS)
+    batches = iter(reader)
+    first = next(batches, None)
+    if first is None:
+        write_table(reader.schema.empty_table().to_pandas(), path, schema)
+    else:
+        write_batches(itertools.chain([first], batches), path, schema)
 
 
 # A cell starting with one of these is run as a formula by spreadsheet programs (CSV injection).

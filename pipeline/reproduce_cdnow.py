@@ -60,7 +60,7 @@ def calibration_snapshot(params: dict[str, Any], workdir: Path) -> pd.DataFrame:
     )
     tx = workdir / "transactions.parquet"
     feats = workdir / "features.parquet"
-    ingest.run(ingest_cfg, tx, workdir / "quarantine.parquet", workdir / "ingest.json")
+    ingest.run(base, ingest_cfg, tx, workdir / "quarantine.parquet", workdir / "ingest.json")
     features.run(base, feat_cfg, tx, feats, workdir / "features.json")
     schema = s.feature_schema(feat_cfg.windows_days, feat_cfg.trend_window_days)
     return read_table(feats, schema, filters=[(s.CUTOFF, "=", pd.Timestamp(CALIBRATION_END))])

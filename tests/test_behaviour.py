@@ -17,7 +17,7 @@ import pytest
 from features import schemas as s
 from features.behaviour import btyd_summary, feature_table, net_revenue, purchase_days, return_days
 from pipeline import ingest
-from pipeline.config import IngestConfig, section
+from pipeline.config import BaseConfig, IngestConfig, section
 from pipeline.engine import duckdb_backend, open_transactions
 from pipeline.io import write_table
 
@@ -145,7 +145,9 @@ def test_transactions_after_the_cutoff_change_no_feature() -> None:
 def test_cdnow_sample_summary_matches_lifetimes(tmp_path: Path, params: dict[str, Any]) -> None:
     params["ingest"]["source"] = "cdnow_sample"
     cfg = section(params, "ingest", IngestConfig)
-    ingest.run(cfg, tmp_path / "tx.parquet", tmp_path / "q.parquet", tmp_path / "m.json")
+    ingest.run(
+        section(params, "base", BaseConfig), cfg, tmp_path / "tx.parquet", tmp_path / "q.parquet", tmp_path / "m.json"
+    )
     rows = pd.read_parquet(tmp_path / "tx.parquet")
     f = compute(rows, [dt.date(1997, 9, 30)], time_unit="weeks").reset_index()
     f["ID"] = f[s.CUSTOMER_ID].astype(int)
@@ -165,7 +167,11 @@ def test_btyd_summary_equals_the_feature_table_columns(tmp_path: Path, params: d
     """The CLV path's two group-bys give the features table's BTYD columns, from the Parquet the stages read."""
     params["ingest"]["source"] = "cdnow_sample"
     ingest.run(
-        section(params, "ingest", IngestConfig), tmp_path / "tx.parquet", tmp_path / "q.parquet", tmp_path / "m.json"
+        section(params, "base", BaseConfig),
+        section(params, "ingest", IngestConfig),
+        tmp_path / "tx.parquet",
+        tmp_path / "q.parquet",
+        tmp_path / "m.json",
     )
     cols = [s.FREQUENCY, s.RECENCY, s.T, s.MONETARY_VALUE]
     for cutoff, unit in [(dt.date(1997, 9, 30), "weeks"), (dt.date(1998, 3, 1), "days")]:

@@ -332,7 +332,7 @@ def _build(tmp: Path, params: dict[str, Any], transactions: pd.DataFrame | None 
     cfg = section(params, "churn", ChurnConfig)
     tx = tmp / "tx.parquet"
     if transactions is None:
-        ingest_stage.run(section(params, "ingest", IngestConfig), tx, tmp / "q.parquet", tmp / "ingest.json")
+        ingest_stage.run(base, section(params, "ingest", IngestConfig), tx, tmp / "q.parquet", tmp / "ingest.json")
     else:
         transactions.to_parquet(tx, index=False)
     features_stage.run(base, fcfg, tx, tmp / "f.parquet", tmp / "features.json")

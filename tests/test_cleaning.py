@@ -11,8 +11,8 @@ import pytest
 from features import schemas as s
 from features.errors import InputError
 from pipeline import ingest
-from pipeline.config import IngestConfig, section
-from tests.conftest import ONLINE_RETAIL_INGEST
+from pipeline.config import BaseConfig, IngestConfig, section
+from tests.conftest import ONLINE_RETAIL_INGEST, project_params
 
 MESSY = """InvoiceNo,StockCode,Quantity,InvoiceDate,UnitPrice,CustomerID
 A1,S1,2,2011-01-01 10:00:00,1.5,100.0
@@ -43,7 +43,13 @@ def messy_config(params: dict[str, Any], path: Path, **overrides: object) -> Ing
 
 
 def run_ingest(tmp_path: Path, cfg: IngestConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    out = ingest.run(cfg, tmp_path / "tx.parquet", tmp_path / "q.parquet", tmp_path / "m.json")
+    out = ingest.run(
+        section(project_params(), "base", BaseConfig),
+        cfg,
+        tmp_path / "tx.parquet",
+        tmp_path / "q.parquet",
+        tmp_path / "m.json",
+    )
     return pd.read_parquet(tmp_path / "tx.parquet"), pd.read_parquet(tmp_path / "q.parquet"), out
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from features.errors import InputError
 from pipeline import ingest
-from pipeline.config import IngestConfig, section
+from pipeline.config import BaseConfig, IngestConfig, section
 
 HEADER = "customer_id,date,amount,note\n"
 
@@ -29,7 +29,7 @@ def test_quoted_line_breaks_across_blocks_are_read_again_quote_aware(
     src.write_text(quoted_line_breaks(200))  # 8 KB: 32 blocks of 256 bytes
     header = ingest._csv_header(src, ",", "utf-8", gzipped=False)
     with pytest.raises(pa.ArrowInvalid, match="out of sync with chunker"):  # the fast path alone fails
-        ingest._arrow_csv(src, False, header, ",", "utf-8", 256, False, ingest._LineHandler(","))
+        ingest._arrow_csv(src, False, header, ",", "utf-8", 256, False, ingest._LineHandler(",")).read_all()
     with caplog.at_level(logging.INFO, logger="ingest"):
         raw = ingest.read_source(str(src), ",", "utf-8", block_bytes=256)
     assert raw.table.num_rows == 200 and raw.blank_lines == 0
@@ -71,8 +71,12 @@ def test_the_rows_lost_by_arrows_fast_path_are_found_by_counting_lines(tmp_path:
         HEADER + '0,2020-01-05,1.0,"never closed\n' + "".join(f"{i},2020-01-06,2.0,ok\n" for i in range(1, 1000))
     )
     header = ingest._csv_header(src, ",", "utf-8", gzipped=False)
-    fast = ingest._arrow_csv(src, False, header, ",", "utf-8", 256, False, ingest._LineHandler(","))
-    assert fast.num_rows < 1000  # Arrow reads on without an error: the rest of the first block is gone
+    # Arrow's fast path either stops out of sync, or reads on without an error, the rest of a block gone
+    try:
+        fast = ingest._arrow_csv(src, False, header, ",", "utf-8", 256, False, ingest._LineHandler(",")).read_all()
+        assert fast.num_rows < 1000
+    except pa.ArrowInvalid as exc:
+        assert "out of sync with chunker" in str(exc)
     with pytest.raises(InputError, match=r"a quote is not closed: the value of 'note' in the last row runs from"):
         ingest.read_source(str(src), ",", "utf-8", block_bytes=256)
 
@@ -110,7 +114,11 @@ def test_clock_changes_are_counted_and_logged(
     params["ingest"]["columns"].update(customer_id="id", timestamp="when", amount="spend")
     with caplog.at_level(logging.INFO, logger="ingest"):
         out = ingest.run(
-            section(params, "ingest", IngestConfig), tmp_path / "t.parquet", tmp_path / "q.parquet", tmp_path / "m.json"
+            section(params, "base", BaseConfig),
+            section(params, "ingest", IngestConfig),
+            tmp_path / "t.parquet",
+            tmp_path / "q.parquet",
+            tmp_path / "m.json",
         )
     assert (out["local_times_ambiguous"], out["local_times_nonexistent"]) == (1, 2)
     (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]

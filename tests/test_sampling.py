@@ -56,7 +56,11 @@ def test_features_stage_draws_before_featurising(tmp_path: Path, params: dict[st
     """With a cap, each training snapshot holds the cap's worth of its customers, with their unchanged rows."""
     params["ingest"]["source"] = "cdnow_sample"  # 2,357 customers, all acquired in the first quarter of 1997
     ingest.run(
-        section(params, "ingest", IngestConfig), tmp_path / "tx.parquet", tmp_path / "q.parquet", tmp_path / "m.json"
+        section(params, "base", BaseConfig),
+        section(params, "ingest", IngestConfig),
+        tmp_path / "tx.parquet",
+        tmp_path / "q.parquet",
+        tmp_path / "m.json",
     )
     whole, whole_metrics = _features(tmp_path, params, 2**62)
     drawn, metrics = _features(tmp_path, params, 1000)

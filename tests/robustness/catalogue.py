@@ -696,13 +696,13 @@ CASES: list[Case] = [
     Case(
         "seed_out_of_range",
         lambda: history(),
-        Fails("features", "base.seed must be a whole number from 0 to 2,147,483,647, got -1"),
+        Fails("ingest", "base.seed must be a whole number from 0 to 2,147,483,647, got -1"),
         params={"base.seed": -1},
     ),
     Case(
         "seed_beyond_32_bits",
         lambda: history(),
-        Fails("features", "base.seed: 4294967296 is out of range (at most 2,147,483,647 in size)"),
+        Fails("ingest", "base.seed: 4294967296 is out of range (at most 2,147,483,647 in size)"),
         params={"base.seed": 2**32},
     ),
     Case(
@@ -730,7 +730,7 @@ CASES: list[Case] = [
     Case(
         "empty_experiment_name",
         lambda: history(),
-        Fails("features", "base.mlflow_experiment must be a name of 1 to 500 characters, got ''"),
+        Fails("ingest", "base.mlflow_experiment must be a name of 1 to 500 characters, got ''"),
         params={"base.mlflow_experiment": ""},
     ),
     Case(
