@@ -223,28 +223,19 @@ def modelling_table(
     train_cutoffs = {pd.Timestamp(c) for c in training}
     per_cutoff = -(-cfg.max_training_rows // len(train_cutoffs)) if train_cutoffs else 0
     for i, (cutoff, snapshot) in enumerate(snapshots(features, cutoffs, fcfg), start=1):
-        if cfg.btyd_features:
-            if btyd_fits is not None and cutoff in btyd_fits:
-                cols, fit = btyd_fits[cutoff]
-            else:
-                log.info("BG/NBD features at cutoff %s (%d of %d)", cutoff.date(), i, len(cutoffs))
-                cols, fit = btyd_columns(snapshot, horizon_units, cfg.penalizer_ladder)
-                if btyd_fits is not None:
-                    btyd_fits[cutoff] = cols, fit
-            snapshot = pd.concat([snapshot, cols], axis=1)
-            fits.append(fit)
-        kept = snapshot[cm.in_population(snapshot, cfg.population_lookback_days)]
         cap, what = None, ""
         if cutoff in train_cutoffs:
             cap, what = per_cutoff, "for training (churn.max_training_rows)"
         elif validation is not None and cutoff == pd.Timestamp(validation):
             cap, what = cfg.max_validation_rows, "for validation (churn.max_validation_rows)"
-        if cap is not None and len(kept) > cap:
-            seed = cutoff_seed(base.seed, cutoff.date())
-            kept = kept.sample(n=cap, random_state=np.random.default_rng(seed)).sort_index()
-            log.info("cutoff %s: %d of %d customers kept %s", cutoff.date(), cap, len(snapshot), what)
-        parts.append(kept)
-    table = pd.concat(parts, ignore_index=True)
+        step = f"({i} of {len(cutoffs)})"
+        part, fit = _cutoff_rows(snapshot, cutoff, step, base, cfg, horizon_units, btyd_fits, cap, what)
+        del snapshot  # the cutoff's whole snapshot is not held while the next one is read
+        parts.append(part)
+        if fit is not None:
+            fits.append(fit)
+    # the one copy of the kept rows: each part is freed as soon as it is copied in
+    table = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
     del parts
     for spec in cfg.attributes:
         feats = attr.as_of_features(
@@ -256,6 +247,42 @@ def modelling_table(
                 name = attr.feature_name(spec.name, column, how)
                 table[name] = table[name].fillna(0.0)
     return cm.add_derived(table), fits
+
+
+def _cutoff_rows(
+    snapshot: pd.DataFrame,
+    cutoff: pd.Timestamp,
+    step: str,
+    base: BaseConfig,
+    cfg: ChurnConfig,
+    horizon_units: float,
+    btyd_fits: dict[pd.Timestamp, tuple[pd.DataFrame, BtydFit]] | None,
+    cap: int | None,
+    what: str,
+) -> tuple[pd.DataFrame, BtydFit | None]:
+    """One cutoff's rows of the modelling table: its population, with the BTYD columns, at most ``cap`` of them
+    (a seeded draw). The BTYD model is fitted on the whole snapshot, before the population filter."""
+    fit = None
+    if cfg.btyd_features:
+        if btyd_fits is not None and cutoff in btyd_fits:
+            cols, fit = btyd_fits[cutoff]
+        else:
+            log.info("BG/NBD features at cutoff %s %s", cutoff.date(), step)
+            cols, fit = btyd_columns(snapshot, horizon_units, cfg.penalizer_ladder)
+            if btyd_fits is not None:
+                btyd_fits[cutoff] = cols, fit
+    keep = cm.in_population(snapshot, cfg.population_lookback_days)
+    if cap is not None and int(keep.sum()) > cap:
+        positions = np.flatnonzero(keep)
+        seed = cutoff_seed(base.seed, cutoff.date())
+        drawn = np.sort(np.random.default_rng(seed).choice(positions, size=cap, replace=False))
+        log.info("cutoff %s: %d of %d customers kept %s", cutoff.date(), cap, len(snapshot), what)
+        keep = np.zeros(len(snapshot), dtype=bool)
+        keep[drawn] = True
+    rows = snapshot[keep]
+    if cfg.btyd_features:
+        rows = pd.concat([rows, cols[keep].set_axis(rows.index)], axis=1)
+    return rows, fit
 
 
 # --- registry: loading a version, the champion's figure on this run's holdout -----------------------------------
@@ -542,9 +569,13 @@ def training_rows(features: Path, base: BaseConfig, fcfg: FeaturesConfig, cfg: C
         validation=split.validation,
     )
     columns = cm.feature_columns(table)
-    train = table[table[s.CUTOFF].isin(list(split.training)).to_numpy()]
-    valid = table[(table[s.CUTOFF] == split.validation).to_numpy()]
-    del table  # the parts are copies: at 10M customers the whole table would be 3 GB more held to the end
+    # The table holds the cutoffs in date order, and validation is after every training cutoff: the two are its
+    # head and tail, taken as views (copy-on-write), not as copies of a table of millions of rows.
+    n_train = int(table[s.CUTOFF].isin(list(split.training)).sum())
+    train, valid = table.iloc[:n_train], table.iloc[n_train:]
+    if not (valid[s.CUTOFF] == split.validation).all():  # pragma: no cover - modelling_table's order
+        raise AssertionError("churn: the modelling table is not in cutoff order")
+    del table
     if train.empty or valid.empty:
         raise InputError(
             f"churn: no customers in the population at the {'training' if train.empty else 'validation'} cutoffs; "
