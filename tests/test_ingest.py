@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import gzip
 import logging
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pyarrow as pa
 import pytest
 
 from features.errors import InputError
-from pipeline import ingest
+from pipeline import ingest, io
 from pipeline.config import BaseConfig, IngestConfig, section
 
 HEADER = "customer_id,date,amount,note\n"
@@ -124,3 +126,67 @@ def test_clock_changes_are_counted_and_logged(
     (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert "1 kept times fell where clocks in Europe/Athens go back" in warning.getMessage()
     assert "and 2 where they go forward" in warning.getMessage()
+
+
+# --- streaming: the log is read, classified and written in batches ---------------------------------------------------
+
+
+def _log(rows: int) -> pd.DataFrame:
+    """A log with a bad row every 7th line, a repeated line every 11th, and the customer id as a category."""
+    ids = [f"c{i % 50:02d}" for i in range(rows)]
+    days = [f"2020-01-{1 + i % 28:02d}" for i in range(rows)]
+    amounts = [f"{i % 9}.5" if i % 7 else "n/a" for i in range(rows)]
+    frame = pd.DataFrame({"customer_id": ids, "date": days, "amount": amounts, "line": [str(i) for i in range(rows)]})
+    frame.loc[frame.index % 11 == 10, "line"] = frame["line"].shift(1)  # the line before, again
+    frame["customer_id"] = frame["customer_id"].astype("category")  # a dictionary column in Parquet
+    return frame
+
+
+def _ingest(tmp_path: Path, params: dict[str, Any], source: Path, out: str) -> tuple[pd.DataFrame, pd.DataFrame, Any]:
+    params["ingest"].update(
+        source=str(source),
+        timestamp_format="%Y-%m-%d",
+        duplicate_key=["line"],
+        columns={
+            "customer_id": "customer_id",
+            "timestamp": "date",
+            "amount": "amount",
+            "quantity": None,
+            "unit_price": None,
+            "order_id": "line",
+        },
+    )
+    (tmp_path / out).mkdir()
+    metrics = ingest.run(
+        section(params, "base", BaseConfig),
+        section(params, "ingest", IngestConfig),
+        tmp_path / out / "t.parquet",
+        tmp_path / out / "q.parquet",
+        tmp_path / out / "m.json",
+    )
+    return pd.read_parquet(tmp_path / out / "t.parquet"), pd.read_parquet(tmp_path / out / "q.parquet"), metrics
+
+
+def test_small_batches_in_and_out_give_the_same_outputs(
+    tmp_path: Path, params: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "log.parquet"
+    _log(2000).to_parquet(source, index=False, row_group_size=300)
+    whole = _ingest(tmp_path, copy.deepcopy(params), source, "whole")
+    monkeypatch.setattr(ingest, "PARQUET_BATCH_ROWS", 97)  # 21 batches in, none aligned with the row groups
+    monkeypatch.setattr(io, "WRITE_BATCH_ROWS", 64)  # and 24 batches out of DuckDB for the kept rows
+    batched = _ingest(tmp_path, copy.deepcopy(params), source, "batched")
+    pd.testing.assert_frame_equal(whole[0], batched[0])
+    pd.testing.assert_frame_equal(whole[1], batched[1])
+    assert whole[2] == batched[2]
+    tx, q, m = batched
+    # 286 unreadable amounts (every 7th line); of the 181 repeated lines, 26 are unreadable themselves and 26 repeat
+    # an unreadable line, which makes them no duplicate: 129. The kept rows in file order.
+    assert m["quarantined_by_reason"]["non_numeric_amount"] == 286
+    repeats = [i for i in range(2000) if i % 11 == 10 and i % 7 and (i - 1) % 7]
+    assert m["quarantined_by_reason"]["duplicate"] == len(repeats) == 129
+    assert m["rows_kept"] == len(tx) == 2000 - 286 - 129
+    assert q["source_row"].is_monotonic_increasing
+    assert q.loc[q["reason"] == "non_numeric_amount", "source_row"].tolist() == list(range(0, 2000, 7))
+    assert q.loc[q["reason"] == "duplicate", "source_row"].tolist() == repeats
+    assert tx["order_id"].astype(int).is_monotonic_increasing
