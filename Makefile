@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install java run weekly train audit exp compare ui test lint typecheck pytest bench bench-features bench-clv bench-churn reproduce-cdnow demo-campaign lock clean
+.PHONY: install java run weekly train audit exp compare ui test lint typecheck pytest bench bench-growth bench-features bench-clv bench-churn reproduce-cdnow demo-campaign lock clean
 
 PLOTS_TEMPLATE := .dvc/offline_plots.html
 
@@ -119,6 +119,10 @@ N ?= 1000000
 CHURN_N ?= 100000
 bench: install
 	python -m bench.pipeline --customers $(N) $(if $(SKIP_NAIVE),--skip-naive)
+
+# Each stage's wall time and peak at every size benched so far (reports/bench/<N>.json), and its peak's growth.
+bench-growth: install
+	python -m bench.growth
 
 # One part at a time: the features stage vs lifetimes' summary; CLV fits vs lifetimes; churn training vs sklearn.
 bench-features: install

@@ -34,3 +34,29 @@ def test_bench_pipeline_report(tmp_path: Path) -> None:
     assert "CLV path:" in done.stdout and "faster than plain lifetimes" in done.stdout
     # each stage's log is kept beside the report
     assert "rows in" in (tmp_path / "bench-logs" / "ingest.log").read_text()
+
+
+def test_growth_table_reads_the_runs_and_divides_largest_by_smallest(tmp_path: Path) -> None:
+    from bench import growth
+
+    def run(n: int, ingest_mb: float, churn_mb: float | None) -> dict[str, object]:
+        project = {"ingest": {"wall_s": n / 1e5, "peak_rss_mb": ingest_mb}}
+        if churn_mb is not None:
+            project["train_churn"] = {"wall_s": 2.0, "peak_rss_mb": churn_mb}
+        return {"n_customers": n, "project": project, "ratio_clv": None}
+
+    for n, ingest_mb, churn_mb in [
+        (3_000_000, 1200.0, None),
+        (1_000_000, 1000.0, 2000.0),
+        (30_000_000, 1500.0, 3000.0),
+    ]:
+        (tmp_path / f"{n}.json").write_text(json.dumps(run(n, ingest_mb, churn_mb)))
+    (tmp_path / "features_1000000.json").write_text("{}")  # another bench's report: not a pipeline run
+    lines = growth.table(growth.runs(tmp_path)).splitlines()
+    assert lines[0] == (
+        "| step | 1M: wall s, peak MB | 3M: wall s, peak MB | 30M: wall s, peak MB "
+        "| peak growth, 1M to 30M (30x the customers) |"
+    )
+    assert lines[2] == "| ingest | 10.0, 1,000 | 30.0, 1,200 | 300.0, 1,500 | 1.5x |"
+    assert lines[3] == "| train_churn | 2.0, 2,000 | - | 2.0, 3,000 | 1.5x |"
+    assert len(lines) == 4
