@@ -618,6 +618,8 @@ def run(cfg: Settings, inp: Inputs, out: Outputs, *, track: bool = True) -> dict
 
     model, churn_served, choice = serving_churn(cfg, inp, as_of, track)
     population, at = population_rows(snapshot, cutoff, cfg, model, btyd_fits)
+    kept = snapshot[SNAPSHOT_COLUMNS].take(at)
+    del snapshot, btyd_fits  # from here on only these columns of it: at 10M customers the rest is gigabytes
     typical, where = serving_typical(inp, churn_served, as_of)
     guide = reason_guide(cfg, typical, model, where)
     churned = risk_table(population, value[s.CLV].to_numpy()[at], model, cfg, ties=ties[at], guide=guide)
@@ -629,13 +631,15 @@ def run(cfg: Settings, inp: Inputs, out: Outputs, *, track: bool = True) -> dict
     drift = drift_table(model, reference, population, cur_p, cfg.churn.drift_bins, attention(model, reference, cfg))
     drift["reference_cutoff"], drift["scoring_cutoff"] = ref_cutoff, cutoff
     write_table(drift, out.drift, s.drift_schema())
+    del population, reference  # the model's inputs are not needed for the scores table
 
     start = cutoff.date() - dt.timedelta(days=cfg.features.horizon_days)
     revenue = net_revenue(open_transactions(backend(cfg.base), inp.transactions), start, cutoff.date()).to_pandas()
-    kept = snapshot[SNAPSHOT_COLUMNS].take(at)
     scores = build_scores(
         churned, value.take(at), kept, revenue, cfg.score, horizon_days=cfg.features.horizon_days, ties=ties[at]
     )
+    del value, kept, revenue
+    churned = churned[[s.P_CHURN, s.REASONS[0]]]  # all the metrics read of it; the reasons are in the scores
     write_table(scores, out.scores, s.scores_schema(s.CLV_NET in scores))
     kpis = seg.kpi_table(scores, seg.segment_order(grid(cfg.score)), margin_ratio=cfg.clv.margin_ratio)
     write_csv(seg.for_csv(kpis), out.segments, undefined_allowed=seg.KPI_COLUMNS)
