@@ -301,6 +301,86 @@ def _key_value(column: str, rules: CleaningRules, arrow_type: pa.DataType) -> st
     return _text(column)
 
 
+@dataclasses.dataclass(frozen=True)
+class RowChecks:
+    """The checks a row gets on its own, as SQL over the table ``RAW``: what an engine can run on any slice of the
+    log. ``sql`` gives every raw column and ``_cid``, ``_ts``, ``_amount``, ``_order``, ``_cancelled``, ``_early``
+    (the first reason that needs no other row) and ``_valid`` (no such reason), plus ``_wall_time`` when the zone is
+    not UTC. ``keys`` are the duplicate key's values over those columns, compared as text."""
+
+    sql: str
+    keys: tuple[str, ...]
+
+
+def row_checks(schema: pa.Schema, rules: CleaningRules, source: str, now: dt.datetime | None = None) -> RowChecks:
+    """The per-row part of ``classify``, for ``schema``'s columns (see ``classify`` for the parameters)."""
+    columns = list(schema.names)
+    check_source_columns(columns, rules, source)
+    types = dict(zip(schema.names, schema.types, strict=True))
+
+    cid = _text(rules.customer_id)
+    null_markers = ", ".join(_lit(m) for m in NULL_MARKERS)
+    # A numeric id exported through a float column reads "17850.0"; it is the same customer as "17850".
+    cid_clean = (
+        f"CASE WHEN lower({cid}) IN ({null_markers}) OR {cid} IS NULL THEN NULL "
+        f"ELSE regexp_replace({cid}, '^([0-9]+)\\.0+$', '\\1') END"
+    )
+    ts = _timestamp(rules.timestamp, types[rules.timestamp], rules.timestamp_format)
+    # UTC has no clock changes: its wall times need not be kept for _clock_changes
+    dropped = "_instant, _wall_time" if rules.timezone == "UTC" else "_instant"
+    sep = rules.thousands_separator
+    if rules.amount is not None:
+        amount = _number(rules.amount, types[rules.amount], sep)
+    else:
+        assert rules.quantity is not None and rules.unit_price is not None  # guaranteed by the config
+        quantity = _number(rules.quantity, types[rules.quantity], sep)
+        amount = f"({quantity} * {_number(rules.unit_price, types[rules.unit_price], sep)})"
+    order = _text(rules.order_id) if rules.order_id is not None else "CAST(NULL AS VARCHAR)"
+    cancelled = "FALSE"
+    if rules.cancellation_prefix is not None:
+        cancelled = f"coalesce(starts_with({order}, {_lit(rules.cancellation_prefix)}), FALSE)"
+    now = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    latest = _lit((now + dt.timedelta(days=1)).strftime("%Y-%m-%d %H:%M:%S+00"))
+
+    early_sql = f"""
+        CASE
+            WHEN _cid IS NULL THEN {_lit(s.MISSING_CUSTOMER_ID)}
+            WHEN regexp_matches(_cid, {_lit(CONTROL_CHARACTERS)}) THEN {_lit(s.INVALID_CUSTOMER_ID)}
+            WHEN _ts IS NULL THEN {_lit(s.UNPARSEABLE_TIMESTAMP)}
+            WHEN _ts < TIMESTAMPTZ '1970-01-01 00:00:00+00' OR _ts > CAST({latest} AS TIMESTAMPTZ)
+                THEN {_lit(s.TIMESTAMP_OUT_OF_RANGE)}
+            WHEN _amount IS NULL THEN {_lit(s.NON_NUMERIC_AMOUNT)}
+            WHEN NOT isfinite(_amount) OR abs(_amount) > CAST({_lit(repr(float(rules.max_abs_amount)))} AS DOUBLE)
+                THEN {_lit(s.AMOUNT_OUT_OF_RANGE)}
+        END"""
+    sql = f"""SELECT *, _early IS NULL AS _valid FROM (
+                  SELECT *, {early_sql} AS _early FROM (
+                      SELECT * EXCLUDE ({dropped}),
+                             coalesce(_instant, timezone({_lit(rules.timezone)}, _wall_time)) AS _ts FROM (
+                          SELECT *, {ts.wall_time} AS _wall_time FROM (
+                              SELECT *, {cid_clean} AS _cid, {ts.instant} AS _instant,
+                                     {amount} AS _amount, {order} AS _order, {cancelled} AS _cancelled
+                              FROM {RAW}))))"""
+    return RowChecks(sql, tuple(_key_value(k, rules, types[k]) for k in rules.duplicate_key))
+
+
+def reason_sql(rules: CleaningRules) -> str:
+    """A row's reason from its ``_early`` reason and ``_dup`` (its rank among the valid rows with its key, by source
+    position): plain SQL that DuckDB and Spark read alike."""
+    return f"""
+        CASE
+            WHEN _early IS NOT NULL THEN _early
+            WHEN _dup > 1 THEN {_lit(s.DUPLICATE)}
+            WHEN {_lit(rules.returns)} = 'drop' AND (_cancelled OR _amount < 0) THEN {_lit(s.CANCELLATION)}
+            WHEN {_lit(rules.zero_amount)} = 'quarantine' AND _amount = 0 THEN {_lit(s.ZERO_AMOUNT)}
+        END"""
+
+
+def engine_error(exc: Exception | str, source: str) -> InputError:
+    """DuckDB's refusal of a zone or a format (``InvalidInputException``), as the stage's one line."""
+    return InputError(f"{source}: {str(exc).splitlines()[0]}; check ingest.timezone and ingest.timestamp_format")
+
+
 def classify(
     con: duckdb.DuckDBPyConnection,
     schema: pa.Schema,
@@ -331,80 +411,37 @@ def classify(
         The counts, and the queries of ``transactions`` (the ``schemas.TRANSACTIONS`` columns) and of
         ``quarantine`` (the row position, every original value as text, and the reason), both in source order.
     """
-    columns = list(schema.names)
-    check_source_columns(columns, rules, source)
+    row = row_checks(schema, rules, source, now)
     rows_in = _count(con, f"SELECT count(*) FROM {RAW}")
     if rows_in == 0:
-        raise InputError(f"{source}: has a header but no data rows; point ingest.source at a non-empty log")
-    types = dict(zip(schema.names, schema.types, strict=True))
-
-    cid = _text(rules.customer_id)
-    null_markers = ", ".join(_lit(m) for m in NULL_MARKERS)
-    # A numeric id exported through a float column reads "17850.0"; it is the same customer as "17850".
-    cid_clean = (
-        f"CASE WHEN lower({cid}) IN ({null_markers}) OR {cid} IS NULL THEN NULL "
-        f"ELSE regexp_replace({cid}, '^([0-9]+)\\.0+$', '\\1') END"
-    )
-    ts = _timestamp(rules.timestamp, types[rules.timestamp], rules.timestamp_format)
-    # UTC has no clock changes: its wall times need not be kept for _clock_changes
-    dropped = "_instant, _wall_time" if rules.timezone == "UTC" else "_instant"
-    sep = rules.thousands_separator
-    if rules.amount is not None:
-        amount = _number(rules.amount, types[rules.amount], sep)
-    else:
-        assert rules.quantity is not None and rules.unit_price is not None  # guaranteed by the config
-        quantity = _number(rules.quantity, types[rules.quantity], sep)
-        amount = f"({quantity} * {_number(rules.unit_price, types[rules.unit_price], sep)})"
-    order = _text(rules.order_id) if rules.order_id is not None else "CAST(NULL AS VARCHAR)"
-    cancelled = "FALSE"
-    if rules.cancellation_prefix is not None:
-        cancelled = f"coalesce(starts_with({order}, {_lit(rules.cancellation_prefix)}), FALSE)"
-    if rules.duplicate_key:
-        keys = ", ".join(_key_value(k, rules, types[k]) for k in rules.duplicate_key)
-        # only rows that pass the earlier checks compete: a bad line does not make its good twin a duplicate
-        dup_rank = f"row_number() OVER (PARTITION BY _valid, {keys} ORDER BY {s.SOURCE_ROW})"
-    else:
-        dup_rank = "1"
-    now = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
-    latest = _lit((now + dt.timedelta(days=1)).strftime("%Y-%m-%d %H:%M:%S+00"))
-
-    early_sql = f"""
-        CASE
-            WHEN _cid IS NULL THEN {_lit(s.MISSING_CUSTOMER_ID)}
-            WHEN regexp_matches(_cid, {_lit(CONTROL_CHARACTERS)}) THEN {_lit(s.INVALID_CUSTOMER_ID)}
-            WHEN _ts IS NULL THEN {_lit(s.UNPARSEABLE_TIMESTAMP)}
-            WHEN _ts < TIMESTAMPTZ '1970-01-01 00:00:00+00' OR _ts > CAST({latest} AS TIMESTAMPTZ)
-                THEN {_lit(s.TIMESTAMP_OUT_OF_RANGE)}
-            WHEN _amount IS NULL THEN {_lit(s.NON_NUMERIC_AMOUNT)}
-            WHEN NOT isfinite(_amount) OR abs(_amount) > CAST({_lit(repr(float(rules.max_abs_amount)))} AS DOUBLE)
-                THEN {_lit(s.AMOUNT_OUT_OF_RANGE)}
-        END"""
-    reason_sql = f"""
-        CASE
-            WHEN _early IS NOT NULL THEN _early
-            WHEN _dup > 1 THEN {_lit(s.DUPLICATE)}
-            WHEN {_lit(rules.returns)} = 'drop' AND (_cancelled OR _amount < 0) THEN {_lit(s.CANCELLATION)}
-            WHEN {_lit(rules.zero_amount)} = 'quarantine' AND _amount = 0 THEN {_lit(s.ZERO_AMOUNT)}
-        END"""
+        raise no_rows(source)
+    # only rows that pass the earlier checks compete: a bad line does not make its good twin a duplicate
+    keys = ", ".join(row.keys)
+    dup_rank = f"row_number() OVER (PARTITION BY _valid, {keys} ORDER BY {s.SOURCE_ROW})" if keys else "1"
     try:
         con.execute(
             f"""CREATE TABLE {CLASSIFIED} AS
-            SELECT *, {reason_sql} AS _reason FROM (
-                SELECT *, {dup_rank} AS _dup FROM (
-                    SELECT *, _early IS NULL AS _valid FROM (
-                        SELECT *, {early_sql} AS _early FROM (
-                            SELECT * EXCLUDE ({dropped}),
-                                   coalesce(_instant, timezone({_lit(rules.timezone)}, _wall_time)) AS _ts FROM (
-                                SELECT *, {ts.wall_time} AS _wall_time FROM (
-                                    SELECT *, {cid_clean} AS _cid, {ts.instant} AS _instant,
-                                           {amount} AS _amount, {order} AS _order, {cancelled} AS _cancelled
-                                    FROM {RAW}))))))"""
+            SELECT *, {reason_sql(rules)} AS _reason FROM (SELECT *, {dup_rank} AS _dup FROM ({row.sql}))"""
         )
+    except (duckdb.InvalidInputException, duckdb.NotImplementedException) as exc:
+        raise engine_error(exc, source) from exc
+    return summarise(con, list(schema.names), rules, source, rows_in)
+
+
+def no_rows(source: str) -> InputError:
+    return InputError(f"{source}: has a header but no data rows; point ingest.source at a non-empty log")
+
+
+def summarise(
+    con: duckdb.DuckDBPyConnection, columns: Sequence[str], rules: CleaningRules, source: str, rows_in: int
+) -> Classified:
+    """The counts over ``CLASSIFIED`` in ``con`` (a table or view with ``SOURCE_ROW``, the source ``columns``,
+    ``_cid``, ``_ts``, ``_amount``, ``_order``, ``_cancelled``, ``_reason`` and, outside UTC, ``_wall_time``), and
+    the queries of the two outputs."""
+    try:
         clock_changes = (0, 0) if rules.timezone == "UTC" else _clock_changes(con, rules.timezone)
     except (duckdb.InvalidInputException, duckdb.NotImplementedException) as exc:
-        raise InputError(
-            f"{source}: {str(exc).splitlines()[0]}; check ingest.timezone and ingest.timestamp_format"
-        ) from exc
+        raise engine_error(exc, source) from exc
     counts = dict(con.execute(f"SELECT _reason, count(*) FROM {CLASSIFIED} GROUP BY 1").fetchall())
     originals = ", ".join(f"CAST({_q(c)} AS VARCHAR) AS {_q(c)}" for c in columns)
     return Classified(
@@ -419,6 +456,34 @@ def classify(
         quarantined_sql=f"""SELECT {s.SOURCE_ROW}, {originals}, _reason AS {s.REASON}
                             FROM {CLASSIFIED} WHERE _reason IS NOT NULL ORDER BY {s.SOURCE_ROW}""",
     )
+
+
+# How a slice of the log leaves ``per_row_sql``: the source columns as text under their positions, the duplicate
+# key's values likewise (an engine may not take every name a CSV header can hold).
+ORIGINAL = "_c{}"
+KEY = "_k{}"
+
+
+def per_row_sql(columns: Sequence[str], row: RowChecks, timezone: str) -> str:
+    """``row``'s checks over ``RAW``, with only what the rest of ``classify`` needs: the source row, the originals as
+    text (``ORIGINAL``), the parsed values, ``_early``, ``_valid``, ``_wall_time`` (NULL in UTC) and the key values
+    (``KEY``). An engine that splits the log runs this on each slice, then ranks duplicates and gives reasons over
+    the whole with ``reason_sql``."""
+    originals = [f"CAST({_q(c)} AS VARCHAR) AS {ORIGINAL.format(i)}" for i, c in enumerate(columns)]
+    wall = "_wall_time" if timezone != "UTC" else "CAST(NULL AS TIMESTAMP) AS _wall_time"
+    keys = [f"{k} AS {KEY.format(i)}" for i, k in enumerate(row.keys)]
+    picked = [s.SOURCE_ROW, *originals, "_cid", "_ts", "_amount", "_order", "_cancelled", wall, "_early", "_valid"]
+    return f"SELECT {', '.join([*picked, *keys])} FROM ({row.sql})"
+
+
+def classified_view(columns: Sequence[str], parquet_glob: str) -> str:
+    """The view ``CLASSIFIED`` over Parquet files of ``per_row_sql``'s columns with ``_reason`` added: the source
+    columns under their own names again."""
+    originals = ", ".join(f"{ORIGINAL.format(i)} AS {_q(c)}" for i, c in enumerate(columns))
+    return f"""CREATE VIEW {CLASSIFIED} AS
+               SELECT {s.SOURCE_ROW}, {originals}, _cid, CAST(_ts AS TIMESTAMPTZ) AS _ts, _amount, _order, _cancelled,
+                      CAST(_wall_time AS TIMESTAMP) AS _wall_time, _reason
+               FROM read_parquet({_lit(parquet_glob)})"""
 
 
 def _count(con: duckdb.DuckDBPyConnection, sql: str) -> int:

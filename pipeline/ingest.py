@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from features import cleaning
 from features import schemas as s
 from features.cleaning import RAW, Classified, CleaningRules, check_source_columns, classify
 from features.errors import InputError
@@ -274,6 +275,39 @@ class DuckDBSink:
         return batch.append_column(s.SOURCE_ROW, positions)
 
 
+class ParquetSink:
+    """The rows written to one Parquet file as they come, numbered (``schemas.SOURCE_ROW``), the columns under their
+    positions (``cleaning.ORIGINAL``): the staged copy of a CSV that Spark's executors read. Checks the columns
+    against the rules before any row is written, as ``DuckDBSink`` does."""
+
+    def __init__(self, path: Path, rules: CleaningRules, source: str) -> None:
+        self.path, self.rules, self.source = path, rules, source
+        self.rows = 0
+        self._writer: pq.ParquetWriter | None = None
+
+    def start(self, schema: pa.Schema) -> None:
+        check_source_columns(schema.names, self.rules, self.source)
+        self.close()
+        self.rows = 0
+        fields = [pa.field(cleaning.ORIGINAL.format(i), f.type) for i, f in enumerate(schema)]
+        self._schema = pa.schema([(s.SOURCE_ROW, pa.int64()), *fields])
+        self._writer = pq.ParquetWriter(self.path, self._schema)
+
+    def append(self, batch: pa.Table) -> None:
+        if batch.num_rows == 0:
+            return
+        assert self._writer is not None, "start() comes first"
+        positions = pa.array(np.arange(self.rows, self.rows + batch.num_rows, dtype=np.int64))
+        table = pa.Table.from_arrays([positions, *batch.columns], schema=self._schema)
+        self._writer.write_table(table, row_group_size=STAGED_ROW_GROUP_ROWS)
+        self.rows += batch.num_rows
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
 @dataclasses.dataclass(frozen=True)
 class SourceRead:
     """What reading the source found besides its rows: their columns and types, the file's sha256, and the blank
@@ -301,6 +335,8 @@ CSV_BLOCK_BYTES = 1 << 20
 MAX_CSV_BLOCK_BYTES = 1 << 28
 # Rows per batch read from a Parquet source.
 PARQUET_BATCH_ROWS = 1 << 17
+# Rows per row group of the staged copy of a CSV that Spark reads: its executors split a file at row groups.
+STAGED_ROW_GROUP_ROWS = 1 << 17
 
 
 def read_source(source: str, delimiter: str, encoding: str, block_bytes: int = CSV_BLOCK_BYTES) -> RawLog:
@@ -354,9 +390,22 @@ def _stream_parquet(path: Path, sink: Sink) -> pa.Schema:
         for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
             sink.append(pa.Table.from_batches([batch]).cast(schema))
     except pa.ArrowException as exc:
-        reason = re.sub(r"^Could not open Parquet input source '.*?': ", "", str(exc).splitlines()[0])
-        raise InputError(f"{path}: not a readable Parquet file ({reason})") from exc
+        raise _unreadable_parquet(path, exc) from exc
     return schema
+
+
+def _unreadable_parquet(path: Path, exc: pa.ArrowException) -> InputError:
+    reason = re.sub(r"^Could not open Parquet input source '.*?': ", "", str(exc).splitlines()[0])
+    return InputError(f"{path}: not a readable Parquet file ({reason})")
+
+
+def _parquet_source(path: Path) -> tuple[pa.Schema, int]:
+    """A Parquet source's columns (dictionary columns decoded) and rows, from its footer."""
+    try:
+        parquet = pq.ParquetFile(path)
+        return _decoded(parquet.schema_arrow), parquet.metadata.num_rows
+    except pa.ArrowException as exc:
+        raise _unreadable_parquet(path, exc) from exc
 
 
 def _is_gzip_csv(path: Path) -> bool:
@@ -674,32 +723,37 @@ def ingest_metrics(con: duckdb.DuckDBPyConnection, result: Classified, source: s
 
 
 @contextlib.contextmanager
-def engine(memory_limit_mb: int) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A DuckDB database in a temporary folder, in UTC, that spills to disk beyond ``memory_limit_mb``: the raw log
-    and its classified rows live there, not in memory. Removed when the stage ends, whether or not it failed."""
-    with tempfile.TemporaryDirectory(prefix="churn-clv-ingest-") as work:
-        con = duckdb.connect(str(Path(work) / "ingest.duckdb"))
-        try:
-            con.execute("SET TimeZone = 'UTC'")
-            con.execute(f"SET memory_limit = '{int(memory_limit_mb)}MB'")
-            con.execute(f"SET temp_directory = '{Path(work) / 'spill'}'")
-            con.execute("SET preserve_insertion_order = false")  # every output is explicitly ordered
-            yield con
-        finally:
-            con.close()
+def engine(memory_limit_mb: int, work: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A DuckDB database in the folder ``work``, in UTC, that spills to disk beyond ``memory_limit_mb``: the raw log
+    and its classified rows live there, not in memory."""
+    con = duckdb.connect(str(work / "ingest.duckdb"))
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute(f"SET memory_limit = '{int(memory_limit_mb)}MB'")
+        con.execute(f"SET temp_directory = '{work / 'spill'}'")
+        con.execute("SET preserve_insertion_order = false")  # every output is explicitly ordered
+        yield con
+    finally:
+        con.close()
 
 
 def run(base: BaseConfig, cfg: IngestConfig, transactions: Path, quarantine: Path, metrics: Path) -> dict[str, Any]:
     """Read ``cfg.source``, validate it, and write the three outputs. Returns the metrics.
 
-    The source streams into a DuckDB database on disk, is classified there, and the outputs stream out of it, so
-    the stage's memory is DuckDB's limit (``base.duckdb_memory_limit_mb``) plus a batch, whatever the log's size.
+    With ``base.engine: duckdb`` the source streams into a DuckDB database on disk and is classified there. With
+    ``spark`` the executors classify it (``classify_on_spark``). Either way the outputs stream out of that database,
+    so the stage's memory is DuckDB's limit (``base.duckdb_memory_limit_mb``) plus a batch, whatever the log's size.
     """
-    with engine(base.duckdb_memory_limit_mb) as con:
-        rules = rules_from(cfg)
-        read = stream_source(cfg.source, cfg.csv_delimiter, cfg.encoding, DuckDBSink(con, rules, cfg.source))
-        result = classify(con, read.schema, rules, source=cfg.source)
-        con.execute(f"DROP TABLE {RAW}")  # the classified table holds every raw column too
+    rules = rules_from(cfg)
+    with contextlib.ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="churn-clv-ingest-")))
+        con = stack.enter_context(engine(base.duckdb_memory_limit_mb, work))
+        if base.engine == "spark":
+            read, result = classify_on_spark(base, cfg, rules, con, work)
+        else:
+            read = stream_source(cfg.source, cfg.csv_delimiter, cfg.encoding, DuckDBSink(con, rules, cfg.source))
+            result = classify(con, read.schema, rules, source=cfg.source)
+            con.execute(f"DROP TABLE {RAW}")  # the classified table holds every raw column too
         if result.rows_in != result.rows_kept + result.rows_quarantined:  # pragma: no cover - an invariant
             raise AssertionError("ingest lost rows: rows_in != rows_kept + rows_quarantined")
         if result.rows_kept == 0:
@@ -714,6 +768,40 @@ def run(base: BaseConfig, cfg: IngestConfig, transactions: Path, quarantine: Pat
     write_json(out, metrics)
     log_counts(out, cfg.timezone)
     return out
+
+
+def classify_on_spark(
+    base: BaseConfig, cfg: IngestConfig, rules: CleaningRules, con: duckdb.DuckDBPyConnection, work: Path
+) -> tuple[SourceRead, Classified]:
+    """Classify the source on Spark's executors, and open their output as the view ``CLASSIFIED`` on ``con``.
+
+    A Parquet source is read by the executors themselves. A CSV (or a builtin log) is read here first, with the
+    same streaming reader and checks as on one machine, into a staged Parquet copy in ``work``: CSV parsing (quoted
+    line breaks, blank lines, encodings) is then the same on both engines. ``work`` must be readable by the
+    executors (a shared mount on a cluster: set TMPDIR).
+    """
+    path = Path(cfg.source)
+    if cfg.source not in BUILTIN_SOURCES and path.name.lower().endswith(".parquet"):
+        _check_is_a_file(path)
+        schema, rows_in = _parquet_source(path)
+        check_source_columns(schema.names, rules, cfg.source)
+        read, raw, positional = SourceRead(schema, _sha256(path), blank_lines=0), path, False
+    else:
+        raw, positional = work / "raw.parquet", True
+        sink = ParquetSink(raw, rules, cfg.source)
+        try:
+            read = stream_source(cfg.source, cfg.csv_delimiter, cfg.encoding, sink)
+        finally:
+            sink.close()
+        rows_in = sink.rows
+    if rows_in == 0:
+        raise cleaning.no_rows(cfg.source)
+    from pipeline import spark  # brings models.churn and its libraries: only when asked for
+
+    parts = work / "classified"
+    spark.classify_rows(base.spark, raw, positional, read.schema, rules, cfg.source, parts)
+    con.execute(cleaning.classified_view(read.schema.names, str(parts / "*.parquet")))
+    return read, cleaning.summarise(con, read.schema.names, rules, cfg.source, rows_in)
 
 
 def log_counts(out: dict[str, Any], timezone: str) -> None:

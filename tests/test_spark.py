@@ -1,6 +1,8 @@
-"""Conformance: the pipeline on Spark (local[2]) gives the features and scores it gives on DuckDB, on CDNOW.
+"""Conformance: the pipeline on Spark (local[2]) gives the outputs it gives on DuckDB.
 
-Both engines run ingest, features, clv, churn and score through the stages' entry points. With ``spark`` the
+Ingest on both engines, over every case of the bad-input catalogue that ingest decides: the same transactions,
+quarantine and metrics, or the same one-line error. Then the pipeline on CDNOW: both engines run ingest, features,
+clv, churn and score through the stages' entry points. With ``spark`` the ingest checks run on the executors, the
 features and the clv stage's BTYD summary are Spark SQL compiled from the same Ibis definitions, and the churn
 scores and reasons are computed on the executors. Every sum is exact on both engines (money in decimals, gaps in
 integers; see ``features.behaviour``), and what follows is the same IEEE arithmetic, so every value, real numbers
@@ -9,6 +11,8 @@ included, must be equal to the bit.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 import shutil
@@ -18,10 +22,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from features import schemas as s
+from features.errors import InputError
+from tests.robustness.catalogue import CASES, Case, Folder
+from tests.robustness.test_catalogue import case_params
 from tests.stages import run_stage, run_stages
 
 pytest.importorskip("pyspark", reason="pyspark is installed by `make install` (the project's spark extra)")
@@ -46,19 +55,155 @@ pytestmark = [
 ]
 
 
-def run_engine(folder: Path, params: dict[str, Any], transactions: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every stage after ingest in ``folder``, from ``transactions``; returns the folder.
+INGEST_CASES = [c for c in CASES if c.last_stage == "ingest" and not isinstance(c.data, Folder)]
+
+
+def ingest_on(engine: str, case: Case, source: Path, folder: Path) -> dict[str, Any] | str:
+    """The ingest stage's outputs read back, or its one-line error, with ``base.engine`` set to ``engine``."""
+    folder.mkdir()
+    params = case_params(case, source)
+    params["base"]["engine"] = engine
+    params["base"]["spark"]["master"] = "local[2]"
+    params_file = folder / "params.yaml"
+    text = yaml.safe_dump(params)
+    params_file.write_text(case.params_text(text) if case.params_text else text)
+    try:
+        run_stage("ingest", folder, params_file)
+    except InputError as exc:  # the engine's own folder aside, the same words
+        return str(exc).replace(str(folder), "{folder}")
+    return {
+        "metrics": json.loads((folder / "metrics/ingest.json").read_text()),
+        "transactions": pq.read_table(folder / "data/transactions.parquet"),
+        "quarantine": pq.read_table(folder / "data/quarantine.parquet"),
+    }
+
+
+@pytest.mark.parametrize("case", INGEST_CASES, ids=[c.name for c in INGEST_CASES])
+def test_ingest_on_spark_matches_duckdb(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SPARK_MASTER", raising=False)
+    source = tmp_path / f"source{case.suffix}"
+    if case.data is not None:
+        assert not isinstance(case.data, Folder)
+        source.write_bytes(case.data())
+    duck = ingest_on("duckdb", case, source, tmp_path / "duckdb")
+    spark = ingest_on("spark", case, source, tmp_path / "spark")
+    if isinstance(duck, str) or isinstance(spark, str):
+        assert spark == duck
+        return
+    assert spark["metrics"] == duck["metrics"]
+    for name in ("transactions", "quarantine"):
+        assert spark[name].schema == duck[name].schema, name
+        assert spark[name].equals(duck[name]), name
+
+
+def shuffled_log(rows: int, seed: int) -> pd.DataFrame:
+    """A log in Athens wall-clock time with every kind of row: repeats far from their first line, returns, a zero,
+    bad ids, times and amounts, and times that the clock changes of 2020 repeat (25 October) or skip (29 March)."""
+    rng = np.random.default_rng(seed)
+    day = pd.Timestamp("2020-01-01") + pd.to_timedelta(rng.integers(0, 365 * 24 * 60, rows), unit="min")
+    log = pd.DataFrame(
+        {
+            "order": [f"C{i}" if i % 97 == 0 else f"O{i}" for i in range(rows)],
+            "customer": rng.integers(1, rows // 5, rows).astype(str),
+            "when": day.strftime("%Y-%m-%d %H:%M:%S"),
+            "spend": np.round(rng.gamma(2.0, 15.0, rows), 2).astype(str),
+        }
+    )
+    bad = rng.choice(rows, 60, replace=False)
+    log.loc[bad[:10], "customer"] = ""
+    log.loc[bad[10:20], "when"] = "not a time"
+    log.loc[bad[20:30], "spend"] = "12,5"
+    log.loc[bad[30:40], "when"] = "2020-10-25 03:30:00"  # happens twice in Athens
+    log.loc[bad[40:50], "when"] = "2020-03-29 03:30:00"  # never happens in Athens
+    log.loc[bad[50:], "spend"] = "0"
+    repeats = log.sample(200, random_state=seed)  # appended at the end: their first lines are in other partitions
+    return pd.concat([log, repeats], ignore_index=True)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_ingest_on_spark_matches_duckdb_across_many_partitions(
+    suffix: str,
+    tmp_path: Path,
+    params: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from pipeline import ingest
+    from pipeline.config import SparkConfig
+    from pipeline.engine import spark_session
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SPARK_MASTER", raising=False)
+    log = shuffled_log(20_000, seed=3)
+    source = tmp_path / f"log{suffix}"
+    if suffix == ".csv":
+        log.to_csv(source, index=False)
+        monkeypatch.setattr(ingest, "STAGED_ROW_GROUP_ROWS", 1000)  # the staged copy in 21 row groups
+    else:
+        typed = log.assign(spend=pd.to_numeric(log["spend"], errors="coerce"))
+        pq.write_table(pa.Table.from_pandas(typed, preserve_index=False), source, row_group_size=1000)
+    params["ingest"].update(
+        source=str(source),
+        columns={
+            "customer_id": "customer",
+            "timestamp": "when",
+            "amount": "spend",
+            "quantity": None,
+            "unit_price": None,
+            "order_id": "order",
+        },
+        timestamp_format="%Y-%m-%d %H:%M:%S",
+        timezone="Europe/Athens",
+        duplicate_key=["order", "customer", "when", "spend"],
+        cancellation_prefix="C",
+        returns="net",
+        zero_amount="quarantine",
+    )
+    params["base"]["spark"]["master"] = "local[2]"
+    spark = spark_session(SparkConfig("local[2]", 8, params["base"]["spark"]["driver_memory_mb"]))
+    monkeypatch.setattr(ingest, "PARQUET_BATCH_ROWS", 1000)
+    spark.conf.set("spark.sql.files.maxPartitionBytes", "16384")  # a partition per row group or two
+    caplog.set_level(logging.INFO, logger="spark")
+    try:
+        outputs = {}
+        for engine in ("duckdb", "spark"):
+            params["base"]["engine"] = engine
+            (tmp_path / engine).mkdir()
+            params_file = tmp_path / engine / "params.yaml"
+            params_file.write_text(yaml.safe_dump(params))
+            run_stage("ingest", tmp_path / engine, params_file)
+            outputs[engine] = [
+                json.loads((tmp_path / engine / "metrics/ingest.json").read_text()),
+                pq.read_table(tmp_path / engine / "data/transactions.parquet"),
+                pq.read_table(tmp_path / engine / "data/quarantine.parquet"),
+            ]
+    finally:
+        spark.conf.unset("spark.sql.files.maxPartitionBytes")
+    partitions = re.search(r"on (\d+) Spark partitions", caplog.text)
+    assert partitions and int(partitions.group(1)) >= 8, caplog.text
+    metrics = outputs["spark"][0]
+    assert metrics == outputs["duckdb"][0]
+    assert metrics["rows_in"] == 20_200
+    assert metrics["quarantined_by_reason"]["duplicate"] >= 200
+    assert metrics["local_times_ambiguous"] >= 10 and metrics["local_times_nonexistent"] >= 10  # and chance hits
+    assert metrics["returns_kept"] > 0 and metrics["quarantined_by_reason"]["zero_amount"] == 10
+    for spark_table, duck_table in zip(outputs["spark"][1:], outputs["duckdb"][1:], strict=True):
+        assert spark_table.equals(duck_table)
+
+
+def run_engine(folder: Path, params: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every stage from ingest to score in ``folder``; returns the folder.
 
     Each engine gets its own MLflow store: in a shared registry the second engine's models would tie with the
     first's, stay challengers, and be scored by the first engine's champion, hiding any difference.
     """
-    (folder / "data").mkdir(parents=True)
-    shutil.copy(transactions, folder / "data/transactions.parquet")
+    folder.mkdir(parents=True)
     monkeypatch.chdir(folder)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder}/mlflow.db")
     params_file = folder / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
-    run_stages(folder, params_file, ("features", "train_clv", "train_churn", "snapshot", "score"))
+    run_stages(folder, params_file, ("ingest", "features", "train_clv", "train_churn", "snapshot", "score"))
     return folder
 
 
@@ -83,14 +228,14 @@ def test_duckdb_and_spark_give_the_same_features_and_scores(
     params["clv"]["bootstrap_samples"] = 10
     params["score"]["churn_scorer"] = "model"  # the model's scores and reasons are what the executors compute
     params["features"]["cutoff_schedule"]["count"] = 3  # 4 of the 15 training cutoffs: the same code, less work
-    ingest_cfg = tmp_path / "params.yaml"
-    ingest_cfg.write_text(yaml.safe_dump(params))
-    run_stage("ingest", tmp_path, ingest_cfg)
-    tx = tmp_path / "data/transactions.parquet"
-    duck = run_engine(tmp_path / "duckdb", params, tx, monkeypatch)
+    duck = run_engine(tmp_path / "duckdb", params, monkeypatch)
     params["base"]["engine"] = "spark"
     params["base"]["spark"]["master"] = "local[2]"
-    spark = run_engine(tmp_path / "spark", params, tx, monkeypatch)
+    spark = run_engine(tmp_path / "spark", params, monkeypatch)
+
+    tx = pq.read_table(spark / "data/transactions.parquet")
+    assert tx.num_rows == 69659 and tx.equals(pq.read_table(duck / "data/transactions.parquet"))
+    assert (spark / "metrics/ingest.json").read_text() == (duck / "metrics/ingest.json").read_text()
 
     features = pd.read_parquet(spark / "data/features.parquet")
     assert features[s.CUSTOMER_ID].nunique() == 23570 and features[s.CUTOFF].nunique() == 4
