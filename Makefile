@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install java run weekly train audit exp compare ui test lint typecheck pytest bench bench-growth bench-features bench-clv bench-churn reproduce-cdnow demo-campaign lock clean
+.PHONY: install java run weekly train audit exp compare ui test lint typecheck pytest bench bench-growth bench-ingest bench-features bench-clv bench-churn reproduce-cdnow demo-campaign lock clean
 
 PLOTS_TEMPLATE := .dvc/offline_plots.html
 
@@ -123,6 +123,11 @@ bench: install
 # Each stage's wall time and peak at every size benched so far (reports/bench/<N>.json), and its peak's growth.
 bench-growth: install
 	python -m bench.growth
+
+# The ingest stage on each engine (DuckDB, Spark local[2]) on the same log, Parquet and a CSV copy of it: wall time,
+# peak memory (Spark's JVM included) and whether both wrote the same outputs. Writes reports/bench/ingest_<N>.json.
+bench-ingest: install
+	python -m bench.ingest --customers $(N) --csv
 
 # One part at a time: the features stage vs lifetimes' summary; CLV fits vs lifetimes; churn training vs sklearn.
 bench-features: install

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import yaml
 
 from features import schemas as s
 from features.errors import InputError
+from tests.conftest import ROOT
 from tests.robustness.catalogue import CASES, Case, Folder
 from tests.robustness.test_catalogue import case_params
 from tests.stages import run_stage, run_stages
@@ -250,3 +252,29 @@ def test_duckdb_and_spark_give_the_same_features_and_scores(
     assert_same(drift, pd.read_parquet(duck / "data/drift.parquet"), ["feature"], "drift")
     segments = pd.read_csv(spark / "data/segments.csv")
     assert_same(segments, pd.read_csv(duck / "data/segments.csv"), ["segment"], "segments")
+
+
+def test_ingest_bench_runs_both_engines_and_finds_the_same_outputs(tmp_path: Path) -> None:
+    report = tmp_path / "ingest.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.ingest", "--customers", "2000", "--csv", "--report", str(report)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = json.loads(report.read_text())["runs"]
+    for kind in ("parquet", "csv"):
+        assert runs[f"{kind}/same_outputs"] == {
+            "transactions": True,
+            "quarantine": True,
+            "metrics": True,
+            "rows_in": runs["parquet/same_outputs"]["rows_in"],
+        }
+        for engine in ("duckdb", "spark"):
+            assert runs[f"{kind}/{engine}"]["wall_s"] > 0 and runs[f"{kind}/{engine}"]["python_peak_mb"] > 50
+        # Spark's JVM is a child of the stage: the sampled tree holds it beside the stage's own Python
+        assert runs[f"{kind}/spark"]["tree_peak_mb"] > runs[f"{kind}/spark"]["python_peak_mb"] + 200
+    assert runs["parquet/same_outputs"]["rows_in"] > 2000
+    assert "spark/duckdb wall" in done.stdout
