@@ -187,6 +187,26 @@ def rfm_parts(frame: pd.DataFrame) -> dict[str, Array]:
     }
 
 
+def _rfm_candidates(frame: pd.DataFrame, guide: ReasonGuide) -> list[npt.NDArray[np.object_]]:
+    """RFM's reasons in the order a customer gets them: the parts in the bottom quintiles, weakest first (ties in
+    the order recency, frequency, spend), each as its quintile and its value in words."""
+    parts = rfm_parts(frame)
+    names = {s.DAYS_SINCE_LAST_PURCHASE: "recency", s.PURCHASE_DAYS: "frequency", s.TOTAL_SPEND: "spend"}
+    n = len(frame)
+    texts = np.full((n, len(parts)), None, dtype=object)
+    weakness = np.full((n, len(parts)), np.inf)
+    for k, (column, quintile) in enumerate(parts.items()):
+        values = frame[column].to_numpy(np.float64)
+        for q in np.unique(quintile[quintile <= RFM_REASON_QUINTILE]):
+            in_q = quintile == q
+            prefix = f"{names[column]} in the bottom {q * 20:.0f}% of customers: "
+            texts[in_q, k] = reason_texts(column, values[in_q], guide, prefix)
+            weakness[in_q, k] = q
+    order = np.argsort(weakness, axis=1, kind="stable")  # a weak part first; equal ones keep the parts' order
+    every = np.arange(n)
+    return [texts[every, order[:, j]] for j in range(len(parts))]  # a part that is not weak has no text
+
+
 class RuleScorer:
     """A rule serving as the churn scorer: its score, mapped to a probability by a calibrator fitted on the
     training stage's validation cutoff (as the model's is), and reasons that are the rule's own inputs in words.
@@ -232,33 +252,25 @@ class RuleScorer:
         calm = _no_warning(np.asarray(p_churn, dtype=np.float64), guide)
         if calm.shape != (n,):
             raise ValueError(f"reasons: {calm.size} probabilities for {n} customers")
-        texts: list[list[str]] = [[NO_WARNING] if calm[i] else [] for i in range(n)]
-        values = {c: frame[c].to_numpy(np.float64) for c in self.features_}
-
-        def say(row: int, column: str, prefix: str = "") -> None:
-            text = reason_text(column, float(values[column][row]), guide)
-            if text is not None and len(texts[row]) < top:
-                texts[row].append(prefix + text)
-
-        at_risk: list[int] = np.flatnonzero(~calm).tolist()
-        if self.name == "recency":
-            for i in at_risk:
-                say(i, s.DAYS_SINCE_LAST_PURCHASE)
-        elif self.name == "rfm":
-            parts = rfm_parts(frame)
-            names = {s.DAYS_SINCE_LAST_PURCHASE: "recency", s.PURCHASE_DAYS: "frequency", s.TOTAL_SPEND: "spend"}
-            for i in at_risk:
-                weak = sorted((parts[c][i], k, c) for k, c in enumerate(parts) if parts[c][i] <= RFM_REASON_QUINTILE)
-                for q, _, column in weak:
-                    say(i, column, f"{names[column]} in the bottom {q * 20:.0f}% of customers: ")
+        # Each input's text is made once per distinct value (customers share recencies and BTYD histories), and the
+        # texts are placed by array operations: a rule explains millions of customers in seconds.
+        if self.name == "rfm":
+            candidates = _rfm_candidates(frame, guide)
         else:
-            for i in at_risk:
-                for column in (BTYD_P_NO_PURCHASE, BTYD_P_ALIVE, s.FREQUENCY):
-                    say(i, column)
-        for i in at_risk:
-            if not texts[i]:
-                texts[i].append(NO_SINGLE_SIGN)
-        return _as_columns(texts, frame.index, top)
+            columns = (s.DAYS_SINCE_LAST_PURCHASE,) if self.name == "recency" else RULE_INPUTS["btyd"]
+            candidates = [reason_texts(c, frame[c].to_numpy(np.float64), guide) for c in columns]
+        out = [np.full(n, None, dtype=object) for _ in range(top)]
+        found = np.zeros(n, dtype=np.int64)
+        for texts in candidates:  # in the order they are given: the first found is reason_1
+            has = ~calm & ~pd.isna(texts)
+            for k in range(top):
+                slot = has & (found == k)
+                out[k][slot] = texts[slot]
+            found += has
+        out[0][~calm & (found == 0)] = NO_SINGLE_SIGN
+        out[0][calm] = NO_WARNING
+        # built from lists, as pandas infers their type: the table is the same as one made row by row
+        return pd.DataFrame({f"reason_{k + 1}": out[k].tolist() for k in range(top)}, index=frame.index)
 
     def to_dict(self) -> dict[str, Any]:
         return {"rule": self.name, "inputs": self.features_, "calibrator": self.calibrator_.to_dict()}
@@ -696,24 +708,64 @@ def printed(value: float, unit: str, currency: str) -> str:
     return _UNITS[unit](value, currency) if unit in _UNITS else f"{value:,.3g}"
 
 
-def reason_text(feature: str, value: float, guide: ReasonGuide) -> str | None:
-    """The reason ``feature`` at ``value`` gives, or None where it gives none: a value missing or on the safe side
-    of the typical value of those who stayed, or the same as it once printed (never "40 days (typical: 40 days)")."""
+@dataclasses.dataclass(frozen=True)
+class _ReasonRule:
+    """How ``feature`` gives its reason under ``guide``: its reading, its risky side, the typical value and how that
+    prints."""
+
+    how: Reading
+    risky: str
+    typical: float
+    printed_typical: str
+
+
+def _reason_rule(feature: str, guide: ReasonGuide) -> _ReasonRule | None:
     how = reading(feature)
     typical = float(guide.typical.get(feature, np.nan))
     risky = how.risky
     if risky is None and how.concept == feature:  # a feature with no fixed meaning: risky on the churners' side
         churned = float(guide.churned.get(feature, np.nan))
         risky = "higher" if churned > typical else "lower" if churned < typical else None
-    if risky is None or not how.template or not (np.isfinite(value) and np.isfinite(typical)):
+    if risky is None or not how.template or not np.isfinite(typical):
         return None
-    on_risky_side = value > typical if risky == "higher" else value < typical
-    if not on_risky_side or (how.decline and value >= 0):
+    return _ReasonRule(how, risky, typical, printed(typical, how.unit, guide.currency))
+
+
+def _said(rule: _ReasonRule, value: float, guide: ReasonGuide) -> str | None:
+    """The text of a finite ``value`` on the risky side, unless it prints as the typical value does."""
+    v = printed(value, rule.how.unit, guide.currency)
+    if v == rule.printed_typical:
         return None
-    v, m = printed(value, how.unit, guide.currency), printed(typical, how.unit, guide.currency)
-    if v == m:
+    return rule.how.template.format(v=v, h=guide.horizon_days) + f" ({TYPICAL_WORDS}: {rule.printed_typical})"
+
+
+def _on_risky_side(rule: _ReasonRule, values: Array) -> npt.NDArray[np.bool_]:
+    side = values > rule.typical if rule.risky == "higher" else values < rule.typical
+    return np.isfinite(values) & side & ~(rule.how.decline & (values >= 0))
+
+
+def reason_text(feature: str, value: float, guide: ReasonGuide) -> str | None:
+    """The reason ``feature`` at ``value`` gives, or None where it gives none: a value missing or on the safe side
+    of the typical value of those who stayed, or the same as it once printed (never "40 days (typical: 40 days)")."""
+    rule = _reason_rule(feature, guide)
+    if rule is None or not _on_risky_side(rule, np.array([value], dtype=np.float64))[0]:
         return None
-    return how.template.format(v=v, h=guide.horizon_days) + f" ({TYPICAL_WORDS}: {m})"
+    return _said(rule, value, guide)
+
+
+def reason_texts(feature: str, values: Array, guide: ReasonGuide, prefix: str = "") -> npt.NDArray[np.object_]:
+    """``reason_text`` of each of ``values`` (after ``prefix``), None where it gives none: the sides compared as
+    arrays, each text made once per distinct value (customers share recencies and BTYD histories)."""
+    values = np.asarray(values, dtype=np.float64)
+    made = np.full(len(values), None, dtype=object)
+    rule = _reason_rule(feature, guide)
+    if rule is None:
+        return made
+    risky = _on_risky_side(rule, values)
+    distinct, where = np.unique(values[risky], return_inverse=True)
+    texts = [_said(rule, float(v), guide) for v in distinct]
+    made[risky] = np.array([None if t is None else prefix + t for t in texts], dtype=object)[where.reshape(-1)]
+    return made
 
 
 def _no_warning(p_churn: Array, guide: ReasonGuide) -> npt.NDArray[np.bool_]:

@@ -153,6 +153,55 @@ def test_a_rule_serves_calibrated_with_its_inputs_as_reasons() -> None:
 # --- metrics ------------------------------------------------------------------------------------------------------
 
 
+def reasons_row_by_row(rule: cm.RuleScorer, frame: pd.DataFrame, guide: cm.ReasonGuide, p: np.ndarray) -> list:
+    """A rule's reasons as ``RuleScorer.reasons`` documents them, one customer at a time with ``reason_text``."""
+    parts = cm.rfm_parts(frame)
+    names = {s.DAYS_SINCE_LAST_PURCHASE: "recency", s.PURCHASE_DAYS: "frequency", s.TOTAL_SPEND: "spend"}
+    rows = []
+    for i in range(len(frame)):
+        if p[i] < guide.medium_risk:
+            rows.append([cm.NO_WARNING, None, None])
+            continue
+        if rule.name == "rfm":
+            weak = sorted((parts[c][i], k, c) for k, c in enumerate(parts) if parts[c][i] <= cm.RFM_REASON_QUINTILE)
+            said = [(f"{names[c]} in the bottom {q * 20:.0f}% of customers: ", c) for q, _, c in weak]
+        else:
+            said = [("", c) for c in rule.features_]
+        texts = []
+        for prefix, column in said:
+            text = cm.reason_text(column, float(frame[column].iloc[i]), guide)
+            if text is not None and len(texts) < 3:
+                texts.append(prefix + text)
+        texts = texts or [cm.NO_SINGLE_SIGN]
+        rows.append(texts + [None] * (3 - len(texts)))
+    return rows
+
+
+@pytest.mark.parametrize("name", cm.RULES)
+def test_rule_reasons_are_each_customers_own_made_once_per_value(name: str) -> None:
+    rng = np.random.default_rng(5)
+    n = 3000
+    shared = rng.integers(0, 40, n)  # customers share histories, so their inputs repeat
+    frame = pd.DataFrame(
+        {
+            s.DAYS_SINCE_LAST_PURCHASE: (shared * 9).astype("int64"),
+            s.PURCHASE_DAYS: rng.integers(1, 12, n),
+            s.TOTAL_SPEND: np.round(rng.gamma(2.0, 40.0, n), 2),
+            s.FREQUENCY: rng.integers(0, 8, n).astype("float64"),
+            cm.BTYD_P_NO_PURCHASE: rng.random(40)[shared],
+            cm.BTYD_P_ALIVE: np.where(rng.random(n) < 0.05, np.nan, rng.random(40)[shared]),
+        }
+    )
+    guide = rule_guide(frame.sample(5, random_state=1), medium_risk=0.3)
+    p = rng.random(n)
+    rule = cm.RuleScorer(name, cm.Calibrator("sigmoid"))
+    got = rule.reasons(frame, guide, p)
+    assert got.astype(object).where(got.notna(), None).values.tolist() == reasons_row_by_row(rule, frame, guide, p)
+    # each kind of row is there: calm, at risk with no single sign, and at risk with several reasons
+    assert (got[s.REASONS[0]] == cm.NO_WARNING).any() and (got[s.REASONS[0]] == cm.NO_SINGLE_SIGN).any()
+    assert name == "recency" or got[s.REASONS[1]].notna().any()
+
+
 def test_churn_metrics_by_hand() -> None:
     y = np.array([1, 1, 0, 1, 0, 0, 0, 0, 0, 1])
     score = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05])
