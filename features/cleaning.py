@@ -2,7 +2,10 @@
 
 The rules run as one DuckDB query over the raw rows, already loaded into a DuckDB table (``RAW``) by the ingest stage,
 so a log of tens of millions of lines is checked without a Python loop, and with the connection's memory limit
-DuckDB spills to disk instead of holding the log in memory (duplicate detection included). Rows are never lost:
+DuckDB spills to disk instead of holding the log in memory (duplicate detection included). The query is in two
+parts so that an engine which splits the log can run it: the checks a row gets on its own (``row_checks``,
+``per_row_sql``), run on any slice, and the duplicate ranking and final reason over the whole (``reason_sql``,
+plain SQL that Spark reads too). Rows are never lost:
 rows in = rows kept + rows quarantined, and every quarantined row keeps its original values as text and its
 position in the source.
 
