@@ -13,6 +13,7 @@ Two layers keep a stage's previous outputs whole whatever happens to the stage:
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import dataclasses
 import errno
@@ -308,35 +309,68 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+# Rows validated and converted at a time when a frame is written: beyond it, a frame of 10M customers would be held
+# three more times at once (pandera's coerced copy, the Arrow table, its reordering).
+WRITE_CHUNK_ROWS = 1 << 20
+
+
 def write_table(
     df: pd.DataFrame, path: str | Path, schema: pa.DataFrameSchema, *, order: np.ndarray | None = None
-) -> pd.DataFrame:
-    """Validate ``df`` against ``schema`` and write it as Parquet, atomically. Returns the validated frame.
+) -> None:
+    """Validate ``df`` against ``schema`` and write it as Parquet, atomically.
 
-    ``order``: the row positions to write, in that order. The checks do not depend on the rows' order, and Arrow
-    reorders the written table several times faster than pandas reorders a frame of text columns (10M rows).
+    ``order``: the row positions to write, in that order (the checks do not depend on it). A frame of more than
+    ``WRITE_CHUNK_ROWS`` rows is checked for the uniqueness ``schema`` asks first, then validated, converted and
+    written a chunk at a time, so writing costs a chunk of memory instead of three copies of the frame.
     """
-    checked = validate(df, schema, where=f"writing {path}")
-    table = pa_arrow.Table.from_pandas(checked, preserve_index=False)
-    if order is not None:
-        table = table.take(pa_arrow.array(order))
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
-    return checked
+    if len(df) <= WRITE_CHUNK_ROWS:
+        checked = validate(df, schema, where=f"writing {path}")
+        table = pa_arrow.Table.from_pandas(checked, preserve_index=False)
+        if order is not None:
+            table = table.take(pa_arrow.array(order))
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp, compression="zstd")
+        return
+    check_unique(df, schema, where=f"writing {path}")
+    rows = np.arange(len(df)) if order is None else np.asarray(order)
+    chunks = (df.take(rows[i : i + WRITE_CHUNK_ROWS]) for i in range(0, len(rows), WRITE_CHUNK_ROWS))
+    write_frames(chunks, path, without_unique(schema))
 
 
-def write_batches(batches: Iterable[pa_arrow.RecordBatch], path: str | Path, schema: pa.DataFrameSchema) -> int:
-    """Validate and write a stream of record batches as one Parquet file, atomically; return the row count.
+def without_unique(schema: pa.DataFrameSchema) -> pa.DataFrameSchema:
+    """``schema`` without its uniqueness checks, for validating one chunk of a table (``check_unique`` does the
+    whole)."""
+    unique_columns = [name for name, column in schema.columns.items() if column.unique]
+    chunk = schema.update_columns({name: {"unique": False} for name in unique_columns}) if unique_columns else schema
+    chunk = copy.deepcopy(chunk)
+    chunk.unique = None
+    return chunk
 
-    Memory stays bounded by one batch, so a table larger than RAM can be written. Checks that span batches
-    (uniqueness) are the producer's to guarantee.
-    """
+
+def check_unique(df: pd.DataFrame, schema: pa.DataFrameSchema, where: str) -> None:
+    """Raise ``InputError`` where ``df`` repeats a key ``schema`` says is unique (its ``unique`` columns together, or
+    a column marked unique): the checks that span the chunks of a table written in chunks."""
+    keys = [list(schema.unique)] if schema.unique else []
+    keys += [[name] for name, column in schema.columns.items() if column.unique]
+    for key in keys:
+        repeated = df.duplicated(subset=key)
+        if repeated.any():
+            example = df.loc[repeated, key].iloc[0].tolist()
+            raise InputError(
+                f"{where}: {int(repeated.sum())} row(s) repeat a {'+'.join(key)} of an earlier row (e.g. {example!r}); "
+                f"the '{schema.name}' schema allows each once"
+            )
+
+
+def write_frames(frames: Iterable[pd.DataFrame], path: str | Path, schema: pa.DataFrameSchema) -> int:
+    """Validate and write a stream of frames as one Parquet file, atomically; return the row count. Memory holds one
+    frame; checks that span frames (uniqueness) are the producer's (``check_unique``)."""
     rows = 0
     writer: pq.ParquetWriter | None = None
     with atomic_path(path) as tmp:
         try:
-            for i, batch in enumerate(batches):
-                checked = validate(batch.to_pandas(), schema, where=f"writing {path} (batch {i})", copy=False)
+            for i, frame in enumerate(frames):
+                checked = validate(frame, schema, where=f"writing {path} (batch {i})", copy=False)
                 table = pa_arrow.Table.from_pandas(checked, preserve_index=False)
                 if writer is None:
                     writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
@@ -348,6 +382,15 @@ def write_batches(batches: Iterable[pa_arrow.RecordBatch], path: str | Path, sch
             if writer is not None:
                 writer.close()
     return rows
+
+
+def write_batches(batches: Iterable[pa_arrow.RecordBatch], path: str | Path, schema: pa.DataFrameSchema) -> int:
+    """Validate and write a stream of record batches as one Parquet file, atomically; return the row count.
+
+    Memory stays bounded by one batch, so a table larger than RAM can be written. Checks that span batches
+    (uniqueness) are the producer's to guarantee.
+    """
+    return write_frames((batch.to_pandas() for batch in batches), path, schema)
 
 
 # Rows per batch written by write_query: the memory a writer holds beside DuckDB's own (base.duckdb_memory_limit_mb).

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
+from pandera.pandas import DataFrameSchema
 
 from features import schemas as s
 from features.behaviour import net_revenue
@@ -61,7 +62,16 @@ from pipeline.config import (
     section,
 )
 from pipeline.engine import backend, open_transactions
-from pipeline.io import finite_json, read_stage_json, read_table, write_csv, write_json, write_table
+from pipeline.io import (
+    finite_json,
+    read_stage_json,
+    read_table,
+    without_unique,
+    write_csv,
+    write_frames,
+    write_json,
+    write_table,
+)
 from pipeline.progress import Progress
 from pipeline.weeks import grid, iso_week
 
@@ -124,6 +134,10 @@ def aligned(frames: dict[str, pd.DataFrame]) -> None:
             )
 
 
+# Customers per chunk of the scores table: it is built and written a chunk at a time, in the list's order.
+SCORES_CHUNK_ROWS = 1 << 20
+
+
 def build_scores(
     churn: pd.DataFrame,
     value: pd.DataFrame,
@@ -134,7 +148,26 @@ def build_scores(
     horizon_days: int,
     ties: npt.ArrayLike | None = None,
 ) -> pd.DataFrame:
-    """The scores table (``scores_schema`` columns, in the list's order) for the churn stage's population.
+    """The scores table (``scores_schema`` columns, in the list's order) for the churn stage's population, whole:
+    ``scores_in_chunks`` made into one frame."""
+    parts = scores_in_chunks(churn, value, snapshot, revenue, cfg, horizon_days=horizon_days, ties=ties)
+    return pd.concat(list(parts), ignore_index=True)
+
+
+def scores_in_chunks(
+    churn: pd.DataFrame,
+    value: pd.DataFrame,
+    snapshot: pd.DataFrame,
+    revenue: pd.DataFrame,
+    cfg: ScoreConfig,
+    *,
+    horizon_days: int,
+    ties: npt.ArrayLike | None = None,
+    chunk_rows: int | None = None,
+) -> Iterator[pd.DataFrame]:
+    """The scores table (``scores_schema`` columns) in chunks of ``chunk_rows`` (``SCORES_CHUNK_ROWS``) customers,
+    in the list's order: the order is decided on the numbers of everyone first, then each chunk's rows are taken,
+    so the whole table is never held.
 
     ``churn``, ``value`` and ``snapshot`` hold the same customers in the same rows (the population's); ``revenue``
     has a row for each customer who bought in the last horizon; ``ties`` are the rows' ``id_ranks`` if known.
@@ -148,35 +181,45 @@ def build_scores(
     p, clv = churn[s.P_CHURN].to_numpy(np.float64), value[s.CLV].to_numpy(np.float64)
     order = seg.ranked([(p * clv, False), (p, False)], seg.id_ranks(churn[s.CUSTOMER_ID]) if ties is None else ties)
     kept = snapshot.columns.difference([s.CUSTOMER_ID, s.CUTOFF], sort=False)
-    frame = pd.DataFrame(
-        {
-            **{c: churn[c].array.take(order) for c in (s.CUSTOMER_ID, s.P_CHURN, *s.REASONS)},
-            **{c: value[c].array.take(order) for c in value_cols},
-            **{c: snapshot[c].array.take(order) for c in kept},
-        }
-    )
-    frame[s.REVENUE_LAST_HORIZON] = revenue_of(frame[s.CUSTOMER_ID], revenue)
-    days_since = frame[s.DAYS_SINCE_LAST_PURCHASE].astype("int64")
-    frame[s.LAST_PURCHASE_DATE] = cutoff - pd.to_timedelta(days_since, unit="D")
-    # The last horizon is the `horizon_days` ending at the cutoff: customers who had bought before it started
-    # are the retention base, and those with a purchase inside it were retained.
-    frame[s.ACTIVE_AT_HORIZON_START] = frame[s.TENURE_DAYS].astype("int64") >= horizon_days
-    frame[s.BOUGHT_IN_LAST_HORIZON] = days_since < horizon_days
-    frame[s.AS_OF] = cutoff + pd.Timedelta(days=1)
+    revenue_at = revenue_lookup(revenue)
     t = cfg.risk_tier_thresholds
-    frame = seg.assign(frame, grid(cfg), high=t.high, medium=t.medium)
-    return frame[list(s.scores_schema(s.CLV_NET in frame).columns)]
+    step = chunk_rows or SCORES_CHUNK_ROWS
+    for start in range(0, max(len(order), 1), step):
+        at = order[start : start + step]
+        frame = pd.DataFrame(
+            {
+                **{c: churn[c].array.take(at) for c in (s.CUSTOMER_ID, s.P_CHURN, *s.REASONS)},
+                **{c: value[c].array.take(at) for c in value_cols},
+                **{c: snapshot[c].array.take(at) for c in kept},
+            }
+        )
+        frame[s.REVENUE_LAST_HORIZON] = revenue_at(frame[s.CUSTOMER_ID])
+        days_since = frame[s.DAYS_SINCE_LAST_PURCHASE].astype("int64")
+        frame[s.LAST_PURCHASE_DATE] = cutoff - pd.to_timedelta(days_since, unit="D")
+        # The last horizon is the `horizon_days` ending at the cutoff: customers who had bought before it started
+        # are the retention base, and those with a purchase inside it were retained.
+        frame[s.ACTIVE_AT_HORIZON_START] = frame[s.TENURE_DAYS].astype("int64") >= horizon_days
+        frame[s.BOUGHT_IN_LAST_HORIZON] = days_since < horizon_days
+        frame[s.AS_OF] = cutoff + pd.Timedelta(days=1)
+        frame = seg.assign(frame, grid(cfg), high=t.high, medium=t.medium)
+        yield frame[list(s.scores_schema(s.CLV_NET in frame).columns)]
 
 
-def revenue_of(ids: pd.Series, revenue: pd.DataFrame) -> npt.NDArray[np.float64]:
-    """Each customer's revenue over the last horizon, net of returns; 0 for a customer with no transaction in it."""
+def revenue_lookup(revenue: pd.DataFrame) -> Callable[[pd.Series], npt.NDArray[np.float64]]:
+    """Each customer's revenue over the last horizon, net of returns (0 for a customer with no transaction in it),
+    as a function of the customers' ids: the index over ``revenue`` is built once for every chunk."""
     index = pd.Index(revenue[s.CUSTOMER_ID])
     if not index.is_unique:
         raise InputError("score: the revenue of the last horizon has more than one row for a customer")
-    at = index.get_indexer(ids)
-    out = np.zeros(len(ids), dtype=np.float64)
-    out[at >= 0] = revenue[s.REVENUE_LAST_HORIZON].to_numpy(np.float64)[at[at >= 0]]
-    return out
+    amounts = revenue[s.REVENUE_LAST_HORIZON].to_numpy(np.float64)
+
+    def of(ids: pd.Series) -> npt.NDArray[np.float64]:
+        at = index.get_indexer(ids)
+        out = np.zeros(len(ids), dtype=np.float64)
+        out[at >= 0] = amounts[at[at >= 0]]
+        return out
+
+    return of
 
 
 # --- inputs -----------------------------------------------------------------------------------------------------
@@ -601,6 +644,37 @@ def reference_cutoff(features: Path, fcfg: FeaturesConfig) -> pd.Timestamp:
     return cm.split_cutoffs(labelled, fcfg.horizon_days).validation
 
 
+# What the stage reads of the scores table once it is written: the segments' KPIs, the metrics, the log line.
+SCORES_KEPT = (
+    s.CUSTOMER_ID,
+    s.SEGMENT,
+    s.VALUE_TIER,
+    s.RISK_TIER,
+    s.PURCHASE_DAYS,
+    s.ACTIVE_AT_HORIZON_START,
+    s.BOUGHT_IN_LAST_HORIZON,
+    s.REVENUE_LAST_HORIZON,
+    s.CLV,
+    s.VALUE_AT_RISK,
+    s.P_CHURN,
+)
+
+
+def write_scores(chunks: Iterator[pd.DataFrame], path: Path, schema: DataFrameSchema) -> pd.DataFrame:
+    """Write the scores table chunk by chunk, each validated against ``schema`` (the ids are unique already: they
+    are the churn table's, checked when it was written), and return the columns the stage reads later
+    (``SCORES_KEPT``), in the list's order."""
+    kept: list[pd.DataFrame] = []
+
+    def written() -> Iterator[pd.DataFrame]:
+        for chunk in chunks:
+            kept.append(chunk[list(SCORES_KEPT)].copy())  # its own arrays: the rest of the chunk is freed
+            yield chunk
+
+    write_frames(written(), path, without_unique(schema))
+    return pd.concat(kept, ignore_index=True)
+
+
 # --- the stage --------------------------------------------------------------------------------------------------
 
 
@@ -635,12 +709,12 @@ def run(cfg: Settings, inp: Inputs, out: Outputs, *, track: bool = True) -> dict
 
     start = cutoff.date() - dt.timedelta(days=cfg.features.horizon_days)
     revenue = net_revenue(open_transactions(backend(cfg.base), inp.transactions), start, cutoff.date()).to_pandas()
-    scores = build_scores(
+    chunks = scores_in_chunks(
         churned, value.take(at), kept, revenue, cfg.score, horizon_days=cfg.features.horizon_days, ties=ties[at]
     )
+    scores = write_scores(chunks, out.scores, s.scores_schema(cfg.clv.acquisition_cost is not None))
     del value, kept, revenue
     churned = churned[[s.P_CHURN, s.REASONS[0]]]  # all the metrics read of it; the reasons are in the scores
-    write_table(scores, out.scores, s.scores_schema(s.CLV_NET in scores))
     kpis = seg.kpi_table(scores, seg.segment_order(grid(cfg.score)), margin_ratio=cfg.clv.margin_ratio)
     write_csv(seg.for_csv(kpis), out.segments, undefined_allowed=seg.KPI_COLUMNS)
 
@@ -663,7 +737,7 @@ def run(cfg: Settings, inp: Inputs, out: Outputs, *, track: bool = True) -> dict
     write_json(metrics, out.metrics)
     if track:
         _track(cfg, inp, out, metrics)
-    top = scores.iloc[0] if len(scores) else None
+    top = scores.iloc[0] if len(scores) else None  # the list's first customer
     log.info(
         "%d customers scored as of %s (%s) with clv %s and churn %s: value at risk %.0f, %d in the high risk tier%s",
         len(scores),

@@ -10,7 +10,7 @@ import pytest
 from features import schemas as s
 from features.errors import InputError
 from pipeline.config import ScoreConfig, section
-from pipeline.score import build_scores
+from pipeline.score import build_scores, scores_in_chunks
 
 CUTOFF = pd.Timestamp("1998-03-01")
 
@@ -70,6 +70,10 @@ def test_scores_join_by_hand(params: dict[str, Any]) -> None:
     assert bool(a[s.ACTIVE_AT_HORIZON_START]) and not bool(b[s.ACTIVE_AT_HORIZON_START])
     assert not bool(a[s.BOUGHT_IN_LAST_HORIZON]) and bool(b[s.BOUGHT_IN_LAST_HORIZON])
     assert list(out.columns) == list(s.scores_schema(False).columns)
+    # a chunk per customer: the same rows in the same order
+    parts = list(scores_in_chunks(churn, value, snapshot, revenue, cfg, horizon_days=90, chunk_rows=1))
+    assert [len(part) for part in parts] == [1, 1]
+    pd.testing.assert_frame_equal(pd.concat(parts, ignore_index=True), out)
 
 
 def test_inputs_from_different_runs_are_named(params: dict[str, Any]) -> None:

@@ -18,6 +18,10 @@ import textwrap
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import pandera.pandas as pandera
+import pyarrow.parquet as pq
 import pytest
 
 from features.errors import InputError
@@ -231,3 +235,46 @@ def test_a_damaged_file_between_stages_names_the_stage_that_writes_it() -> None:
     assert cli.writer_stage(Path("artifacts/clv/params.json"), dvc_yaml) == "train_clv"  # inside an output folder
     assert cli.writer_stage(Path("data/elsewhere.parquet"), dvc_yaml) is None
     assert cli.writer_stage(Path("data/features.parquet"), ROOT / "no-such-dvc.yaml") is None
+
+
+def test_a_large_table_is_written_in_chunks_with_the_same_rows_and_checks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from features import schemas as s
+
+    rng = np.random.default_rng(2)
+    n = 2500
+    frame = pd.DataFrame(
+        {
+            s.SEGMENT: [f"seg {i}" for i in range(n)],
+            "customers": rng.integers(0, 100, n),
+            "customer_share": rng.random(n),
+        }
+    )
+    schema = pandera.DataFrameSchema(
+        {
+            s.SEGMENT: pandera.Column(str, coerce=True),
+            "customers": pandera.Column("int64", pandera.Check.ge(0), coerce=True),
+            "customer_share": pandera.Column(float, pandera.Check.le(1), coerce=True),
+        },
+        strict=True,
+        ordered=True,
+        unique=[s.SEGMENT],
+        name="kpis",
+    )
+    order = rng.permutation(n)
+    io.write_table(frame, tmp_path / "whole.parquet", schema, order=order)
+    monkeypatch.setattr(io, "WRITE_CHUNK_ROWS", 1000)
+    io.write_table(frame, tmp_path / "chunks.parquet", schema, order=order)
+    whole, chunks = pq.read_table(tmp_path / "whole.parquet"), pq.read_table(tmp_path / "chunks.parquet")
+    assert chunks.equals(whole) and chunks.num_rows == n
+    assert pq.ParquetFile(tmp_path / "chunks.parquet").metadata.num_row_groups == 3
+    assert whole.column(s.SEGMENT).to_pylist()[:2] == [f"seg {i}" for i in order[:2]]
+    # a key repeated across chunks, and a bad value in the last chunk, are each caught
+    repeated = frame.assign(**{s.SEGMENT: frame[s.SEGMENT].where(frame.index != 2400, "seg 3")})
+    with pytest.raises(InputError, match=r"1 row\(s\) repeat a segment of an earlier row \(e\.g\. \['seg 3'\]\)"):
+        io.write_table(repeated, tmp_path / "bad.parquet", schema)
+    broken = frame.assign(customer_share=np.where(frame.index == 2400, 1.5, frame["customer_share"]))
+    with pytest.raises(InputError, match=r"\(batch 2\): 1 schema violation\(s\); first: column 'customer_share'"):
+        io.write_table(broken, tmp_path / "bad.parquet", schema)
+    assert not (tmp_path / "bad.parquet").exists()
