@@ -206,12 +206,26 @@ def for_csv(kpis: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+# What a segment's KPIs are computed from (``_kpis``), and the segment itself.
+KPI_INPUTS = (
+    s.SEGMENT,
+    s.PURCHASE_DAYS,
+    s.ACTIVE_AT_HORIZON_START,
+    s.BOUGHT_IN_LAST_HORIZON,
+    s.REVENUE_LAST_HORIZON,
+    s.CLV,
+    s.VALUE_AT_RISK,
+    s.P_CHURN,
+)
+
+
 def kpi_table(scores: pd.DataFrame, order: list[str], *, margin_ratio: float) -> pd.DataFrame:
     """One row of KPIs per segment in ``order`` (empty segments included, with zero customers) and a total row.
 
-    ``scores`` needs ``segment``, ``value_tier``, ``risk_tier``, ``purchase_days``, ``active_at_horizon_start``,
+    ``scores`` needs the ``KPI_INPUTS`` columns: ``segment``, ``purchase_days``, ``active_at_horizon_start``,
     ``bought_in_last_horizon``, ``revenue_last_horizon``, ``clv``, ``value_at_risk`` and ``p_churn``.
     """
+    scores = scores[list(KPI_INPUTS)]  # a segment's rows are copied below: only the columns its KPIs read
     rows = []
     for name in [*order, ALL]:
         group = scores if name == ALL else scores[scores[s.SEGMENT] == name]

@@ -99,24 +99,24 @@ def churn_risk_list(scores: pd.DataFrame, assignments: pd.DataFrame | None = Non
     out = scores[cols].reset_index(drop=True)
     if assignments is not None:
         arm = assignments.set_index(s.CUSTOMER_ID)
-        unknown = sorted(set(arm.index) - set(out[s.CUSTOMER_ID]))
-        if unknown:
+        ids = pd.Index(out[s.CUSTOMER_ID])  # unique, as the scores schema says: each list row is one customer
+        found = ids.get_indexer(arm.index)
+        if (found < 0).any():
+            unknown = sorted(arm.index[found < 0])
             raise InputError(
                 f"the week's assignments name {len(unknown)} customer(s) the scores do not have (e.g. {unknown[0]!r});"
                 " they belong to another scoring of this week: rerun `dvc repro`"
             )
-        ids = out[s.CUSTOMER_ID]
-        control = set(arm.index[arm[s.ARM] == s.CONTROL_ARM])
-        targets = arm.index[arm[s.ARM] == s.TARGET_ARM]  # in the assignment's order: best net value first
-        position = pd.Series(np.arange(len(targets)), index=targets)
-        rest = out[~ids.isin(control) & ~ids.isin(targets)]
-        first = out[ids.isin(targets)].assign(_at=lambda f: position.reindex(f[s.CUSTOMER_ID]).to_numpy())
-        first = first.sort_values("_at", kind="mergesort").drop(columns="_at")
-        out = pd.concat([first, rest], ignore_index=True)
+        is_target = (arm[s.ARM] == s.TARGET_ARM).to_numpy()
+        targets = arm.index[is_target]  # in the assignment's order: best net value first
+        # the target arm's rows in that order, then the unassigned in the scores' order; the control arm left off
+        assigned = np.zeros(len(out), dtype=bool)
+        assigned[found] = True
+        out = out.take(np.concatenate([found[is_target], np.flatnonzero(~assigned)])).reset_index(drop=True)
         listed = out[s.CUSTOMER_ID]
         values = {c: arm[c].reindex(listed).to_numpy(np.float64) for c in (s.NET_VALUE, s.CONTACT_COST)}
         at = out.columns.get_loc(s.CUSTOMER_ID) + 1
-        group = np.where(listed.isin(targets), s.CONTACT, s.NO_CONTACT)
+        group = np.where(np.arange(len(out)) < len(targets), s.CONTACT, s.NO_CONTACT)
         for offset, (name, column) in enumerate(
             ((s.GROUP, group), (s.NET_VALUE, values[s.NET_VALUE]), (s.CONTACT_COST, values[s.CONTACT_COST]))
         ):

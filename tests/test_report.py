@@ -321,3 +321,29 @@ def test_the_glossary_reads_psi_with_the_pages_own_threshold() -> None:
     assert "below 0.1 stable, above 0.2 a shift (score.drift_warning_psi)" in text
     assert "next 90 days" in text and "next 12 months" in text and "in GBP" in text
     assert "no warning signs" in text
+
+
+def test_the_list_puts_the_target_arm_first_in_its_order_and_leaves_the_control_arm_off(
+    params: dict[str, Any],
+) -> None:
+    scores = synthetic_scores(params, dt.date(2024, 3, 4), n=40)
+    ids = scores[s.CUSTOMER_ID].tolist()
+    targets, control = [ids[30], ids[2], ids[17]], [ids[0], ids[25]]  # the targets best net value first
+    assignments = pd.DataFrame(
+        {
+            s.CUSTOMER_ID: [*targets, *control],
+            s.ARM: [s.TARGET_ARM] * 3 + [s.CONTROL_ARM] * 2,
+            s.NET_VALUE: [9.0, 8.0, 7.0, 6.0, 5.0],
+            s.CONTACT_COST: [1.0, 1.5, 2.0, 1.0, 1.0],
+        }
+    )
+    listed = report.churn_risk_list(scores, assignments)
+    rest = [c for c in ids if c not in targets + control]
+    assert listed[s.CUSTOMER_ID].tolist() == targets + rest
+    assert listed[s.RANK].tolist() == list(range(1, 39))
+    assert listed[s.GROUP].tolist() == [s.CONTACT] * 3 + [s.NO_CONTACT] * 35
+    assert listed[s.NET_VALUE].tolist()[:3] == [9.0, 8.0, 7.0] and listed[s.NET_VALUE].iloc[3:].isna().all()
+    assert listed.columns.get_loc(s.GROUP) == listed.columns.get_loc(s.CUSTOMER_ID) + 1
+    stranger = assignments.assign(**{s.CUSTOMER_ID: [*targets[:2], "Z999", *control]})
+    with pytest.raises(InputError, match=r"name 1 customer\(s\) the scores do not have \(e\.g\. 'Z999'\)"):
+        report.churn_risk_list(scores, stranger)
