@@ -645,19 +645,7 @@ def reference_cutoff(features: Path, fcfg: FeaturesConfig) -> pd.Timestamp:
 
 
 # What the stage reads of the scores table once it is written: the segments' KPIs, the metrics, the log line.
-SCORES_KEPT = (
-    s.CUSTOMER_ID,
-    s.SEGMENT,
-    s.VALUE_TIER,
-    s.RISK_TIER,
-    s.PURCHASE_DAYS,
-    s.ACTIVE_AT_HORIZON_START,
-    s.BOUGHT_IN_LAST_HORIZON,
-    s.REVENUE_LAST_HORIZON,
-    s.CLV,
-    s.VALUE_AT_RISK,
-    s.P_CHURN,
-)
+SCORES_KEPT = (s.CUSTOMER_ID, s.RISK_TIER, *seg.KPI_INPUTS)
 
 
 def write_scores(chunks: Iterator[pd.DataFrame], path: Path, schema: DataFrameSchema) -> pd.DataFrame:
