@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from features import cleaning
 from features import schemas as s
+from features.errors import InputError
 from models import churn as cm
 from pipeline.config import SparkConfig
 from pipeline.engine import spark_session
@@ -149,10 +150,18 @@ def classify_rows(
     # a source's nanosecond timestamps (what pandas writes) are read as their count, and cast back per slice
     spark.conf.set("spark.sql.legacy.parquet.nanosAsLong", "true")
     spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
-    frame = spark.read.parquet(str(raw))
-    if not positional:
-        frame = frame.select("_metadata.row_index", "*")
-    frame = frame.toDF(s.SOURCE_ROW, *(cleaning.ORIGINAL.format(i) for i in range(len(names))))
+    from pyspark.errors import AnalysisException
+
+    try:
+        frame = spark.read.parquet(str(raw))
+        if not positional:
+            frame = frame.select("_metadata.row_index", "*")
+        frame = frame.toDF(s.SOURCE_ROW, *(cleaning.ORIGINAL.format(i) for i in range(len(names))))
+    except AnalysisException as exc:  # a column type Spark does not read, such as a time of day
+        raise InputError(
+            f"{source}: Spark cannot read this Parquet file ({str(exc).splitlines()[0]}); store that column as "
+            "another type, or ingest it with base.engine: duckdb"
+        ) from None
     rows = frame.mapInArrow(check_partition, _ddl(checked))
     keys = [cleaning.KEY.format(i) for i in range(len(row.keys))]
     if keys:

@@ -11,6 +11,7 @@ included, must be equal to the bit.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ import yaml
 from features import schemas as s
 from features.errors import InputError
 from tests.conftest import ROOT
-from tests.robustness.catalogue import CASES, Case, Folder
+from tests.robustness.catalogue import CASES, Case, Folder, Quarantines
 from tests.robustness.test_catalogue import case_params
 from tests.stages import run_stage, run_stages
 
@@ -97,6 +98,27 @@ def test_ingest_on_spark_matches_duckdb(case: Case, tmp_path: Path, monkeypatch:
     for name in ("transactions", "quarantine"):
         assert spark[name].schema == duck[name].schema, name
         assert spark[name].equals(duck[name]), name
+
+
+def test_a_parquet_column_spark_cannot_read_is_one_line(tmp_path: Path, params: dict[str, Any]) -> None:
+    """A time of day is read on one machine (an unmapped column, kept as text in the quarantine) but not by Spark."""
+    source = tmp_path / "log.parquet"
+    times = pa.array([dt.time(9, 30), dt.time(17, 5)], pa.time64("us"))
+    pq.write_table(
+        pa.table({"customer_id": ["1", "2"], "date": ["2020-01-05", "2020-01-06"], "amount": [1.0, 2.0], "at": times}),
+        source,
+    )
+    case = Case("time_of_day_column", lambda: source.read_bytes(), Quarantines(kept=2, reasons={}), suffix=".parquet")
+    assert isinstance(ingest_on("duckdb", case, source, tmp_path / "duckdb"), dict)
+    error = ingest_on("spark", case, source, tmp_path / "spark")
+    assert isinstance(error, str) and "\n" not in error
+    # Spark's own words name the type; the rest is the stage's
+    assert re.fullmatch(
+        re.escape(f"{source}: Spark cannot read this Parquet file (")
+        + r".*\bTIME\b.*"
+        + re.escape("); store that column as another type, or ingest it with base.engine: duckdb"),
+        error,
+    ), error
 
 
 def shuffled_log(rows: int, seed: int) -> pd.DataFrame:
