@@ -84,7 +84,7 @@ def season(
         scores[s.CUSTOMER_ID] = [f"w{w:02d}-{cid}" for cid in scores[s.CUSTOMER_ID]]  # new customers each week
         effects = {a.action: (a.assumed_effect, "assumed") for a in a_cfg.campaign.actions}
         frame, _ = assign.assignment(
-            scores, a_cfg, effects=effects, uplift=None, history=pd.DataFrame(), scored="simulation"
+            scores, a_cfg, as_of=as_of, effects=effects, uplift=None, history=pd.DataFrame(), scored="simulation"
         )
         retained_0, revenue_0 = sim.baseline_outcomes(frame, rng)
         tau = sim.true_effect(frame[s.P_CHURN].to_numpy(), shape, max_effect)

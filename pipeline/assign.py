@@ -27,16 +27,19 @@ import pyarrow.parquet as pq
 from features import schemas as s
 from features.errors import InputError
 from models import campaign as cp
+from models.uplift import FEATURES as TWO_MODEL_FEATURES
 from models.uplift import TwoModelUplift
 from pipeline import campaign_log, cli
 from pipeline.config import BaseConfig, CampaignConfig, FeaturesConfig, ScoreConfig, load_params, section
-from pipeline.io import read_stage_json, read_table, write_json, write_table
+from pipeline.io import read_chunks, read_stage_json, read_table, write_json, write_table
 from pipeline.weeks import grid, iso_week
 
 log = logging.getLogger("assign")
 
 UPLIFT_MODEL = "model.json"
 LOG_COLUMNS = [c for c in s.assignment_schema().columns]
+# What assign reads of the scores: the columns the log keeps and the uplift model's inputs.
+INPUTS = frozenset({*LOG_COLUMNS, *TWO_MODEL_FEATURES})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,18 +108,21 @@ def assignment(
     scores: pd.DataFrame,
     cfg: Settings,
     *,
+    as_of: pd.Timestamp,
     effects: dict[str, tuple[float, str]],
     uplift: TwoModelUplift | None,
     history: pd.DataFrame,
     scored: str,
+    unpriced: int = 0,
 ) -> tuple[pd.DataFrame, dict[str, int]]:
-    """The week's assignment (``assignment_schema``), best net value first, and how many were left out and why."""
-    as_of = pd.Timestamp(scores[s.AS_OF].iloc[0])
+    """The week's assignment (``assignment_schema``), best net value first, and how many were left out and why.
+    ``unpriced``: customers of the week left out of ``scores`` already because their action has no price."""
     week = iso_week(as_of.date())
     camp = cfg.campaign
-    priced = scores[s.RECOMMENDED_ACTION].isin([a.action for a in camp.actions]).to_numpy()
+    priced = scores[s.RECOMMENDED_ACTION].isin(priced_actions(camp)).to_numpy()
     recent = scores[s.CUSTOMER_ID].isin(recently_assigned(history, as_of, cfg.features.horizon_days)).to_numpy()
-    frame = scores[priced & ~recent].reset_index(drop=True)
+    eligible = priced & ~recent
+    frame = scores if eligible.all() else scores[eligible]  # most weeks everyone is eligible: no copy
     action = frame[s.RECOMMENDED_ACTION]
     cost = action.map({a.action: a.cost_per_contact for a in camp.actions}).to_numpy(np.float64)
     if uplift is not None:
@@ -128,8 +134,14 @@ def assignment(
     value = cp.net_value(frame[s.P_CHURN].to_numpy(), frame[s.CLV].to_numpy(), effect, cost)
     worth = value > 0
     chosen = cp.within_budget(value, cost, budget=camp.budget, control_share=camp.control_share)
-    frame = frame.assign(**{s.CONTACT_COST: cost, s.EFFECT: effect, s.EFFECT_SOURCE: source, s.NET_VALUE: value})
-    frame = frame[chosen]
+    frame = frame[chosen].assign(  # the chosen few get their economics beside them, not every eligible customer
+        **{
+            s.CONTACT_COST: cost[chosen],
+            s.EFFECT: effect[chosen],
+            s.EFFECT_SOURCE: source[chosen],
+            s.NET_VALUE: value[chosen],
+        }
+    )
     # best first; ties by id so the order is the same whatever order the scores came in
     frame = frame.sort_values([s.NET_VALUE, s.CUSTOMER_ID], ascending=[False, True], kind="mergesort")
     frame = frame.reset_index(drop=True)
@@ -143,12 +155,32 @@ def assignment(
     )
     frame[s.WEEK], frame[s.SCORED_BY] = week, scored
     left_out = {
-        "no_contact_action": int((~priced).sum()),
+        "no_contact_action": unpriced + int((~priced).sum()),
         "assigned_in_the_last_horizon": int((priced & recent).sum()),
         "not_worth_a_contact": int((~worth).sum()),
         "beyond_budget": int((worth & ~chosen).sum()),
     }
     return frame[LOG_COLUMNS], left_out
+
+
+def priced_actions(cfg: CampaignConfig) -> list[str]:
+    """The actions a contact is priced for (``campaign.actions``): only customers in their segments are assigned."""
+    return [a.action for a in cfg.actions]
+
+
+def read_priced(path: Path, cfg: CampaignConfig) -> tuple[pd.DataFrame, int, pd.Timestamp]:
+    """The scores of the customers whose action is priced, with the columns assign uses (``INPUTS``); how many
+    customers the file holds; the week's date. Memory holds the priced rows' dozen columns, not the whole table."""
+    with_net = s.CLV_NET in pq.read_schema(path).names
+    schema = s.scores_schema(with_net)
+    columns = [c for c in schema.columns if c in INPUTS]
+    scored = pq.ParquetFile(path)
+    total = scored.metadata.num_rows
+    if total == 0:
+        raise InputError(f"{path}: no customers scored this week; nothing to assign")
+    as_of = pd.Timestamp(next(read_chunks(path, schema, columns=[s.AS_OF], rows=1))[s.AS_OF].iloc[0])
+    frame = read_table(path, schema, columns=columns, filters=[(s.RECOMMENDED_ACTION, "in", priced_actions(cfg))])
+    return frame, total, as_of
 
 
 def _same(a: pd.DataFrame, b: pd.DataFrame) -> bool:
@@ -184,11 +216,7 @@ def assign_metrics(frame: pd.DataFrame, left_out: dict[str, int] | None) -> dict
 def run(cfg: Settings, inp: Inputs, out: Outputs) -> dict[str, Any]:
     """Assign this week (or keep its logged assignment) and write it; returns the metrics."""
     cfg.campaign.check_against(action for _, action in grid(cfg.score).values())
-    with_net = s.CLV_NET in pq.read_schema(inp.scores).names
-    scores = read_table(inp.scores, s.scores_schema(with_net))
-    if scores.empty:
-        raise InputError(f"{inp.scores}: no customers scored this week; nothing to assign")
-    as_of = pd.Timestamp(scores[s.AS_OF].iloc[0])
+    scores, total, as_of = read_priced(inp.scores, cfg.campaign)
     week = iso_week(as_of.date())
     logged = campaign_log.read_week(inp.log, week)
     campaign_metrics = read_stage_json(inp.campaign_metrics, "measure")
@@ -196,6 +224,8 @@ def run(cfg: Settings, inp: Inputs, out: Outputs) -> dict[str, Any]:
     frame, counted = assignment(
         scores,
         cfg,
+        as_of=as_of,
+        unpriced=total - len(scores),
         effects=effects_in_use(cfg.campaign, campaign_metrics),
         uplift=serving_uplift(campaign_metrics, inp.uplift),
         history=history[history[s.WEEK] != week],  # the week itself is no earlier assignment

@@ -373,7 +373,7 @@ def write_frames(frames: Iterable[pd.DataFrame], path: str | Path, schema: pa.Da
                 checked = validate(frame, schema, where=f"writing {path} (batch {i})", copy=False)
                 table = pa_arrow.Table.from_pandas(checked, preserve_index=False)
                 if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
+                    writer = pq.ParquetWriter(tmp, _text_where_null(table.schema), compression="zstd")
                 writer.write_table(table.cast(writer.schema))
                 rows += table.num_rows
             if writer is None:
@@ -382,6 +382,13 @@ def write_frames(frames: Iterable[pd.DataFrame], path: str | Path, schema: pa.Da
             if writer is not None:
                 writer.close()
     return rows
+
+
+def _text_where_null(schema: pa_arrow.Schema) -> pa_arrow.Schema:
+    """``schema`` with a column Arrow typed as null (a text column with no value in the first frame, such as the
+    reasons of the customers past the explained head) typed as text, so the next frames' texts fit it."""
+    fields = [f.with_type(pa_arrow.string()) if pa_arrow.types.is_null(f.type) else f for f in schema]
+    return pa_arrow.schema(fields, metadata=schema.metadata)
 
 
 def write_batches(batches: Iterable[pa_arrow.RecordBatch], path: str | Path, schema: pa.DataFrameSchema) -> int:
@@ -494,6 +501,50 @@ def read_table(
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise InputError(f"{p}: not the table this stage expects ({first}); rerun the stage that writes it") from exc
     return validate(frame, schema, where=str(p), copy=False)  # a frame of its own: coerced in place
+
+
+# Rows read_chunks hands over at a time.
+READ_CHUNK_ROWS = 1 << 20
+
+
+def read_chunks(
+    path: str | Path, schema: pa.DataFrameSchema, *, columns: Sequence[str] | None = None, rows: int = READ_CHUNK_ROWS
+) -> Iterator[pd.DataFrame]:
+    """``read_table`` a chunk of ``rows`` rows at a time, in the file's order, each chunk checked against
+    ``schema``: memory holds a chunk however long the table. Uniqueness across chunks is not checked here
+    (``duplicate_in_file`` checks a key over the whole file)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: file not found; run the stage that writes it first (`dvc repro`)")
+    names = list(schema.columns) if columns is None else list(columns)
+    unknown = [c for c in names if c not in schema.columns]
+    if unknown:
+        raise ValueError(f"read_chunks: columns {unknown} are not in the schema")
+    checked = _without_unique(schema.select_columns(names))
+    try:
+        batches = pq.ParquetFile(p).iter_batches(batch_size=rows, columns=names)
+        for i, batch in enumerate(batches):
+            yield validate(batch.to_pandas(), checked, where=f"{p} (rows from {i * rows:,})", copy=False)
+    except (pa_arrow.ArrowInvalid, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{p}: not the table this stage expects ({first}); rerun the stage that writes it") from exc
+
+
+def duplicate_in_file(path: str | Path, column: str, memory_limit_mb: int | None = None) -> str | None:
+    """A value of ``column`` that more than one row of the Parquet file ``path`` holds, or None: the uniqueness
+    check of a table read in chunks, made by DuckDB within ``memory_limit_mb`` (it spills to a temporary folder)."""
+    with tempfile.TemporaryDirectory(prefix="churn-clv-unique-") as spill:
+        con = duckdb.connect(config={"temp_directory": spill})
+        try:
+            if memory_limit_mb is not None:
+                con.execute(f"SET memory_limit = '{int(memory_limit_mb)}MB'")
+            quoted = '"' + column.replace('"', '""') + '"'
+            row = con.execute(
+                f"SELECT {quoted} FROM read_parquet(?) GROUP BY 1 HAVING count(*) > 1 LIMIT 1", [str(path)]
+            ).fetchone()
+        finally:
+            con.close()
+    return None if row is None else str(row[0])
 
 
 def read_csv_table(path: str | Path, schema: pa.DataFrameSchema) -> pd.DataFrame:

@@ -27,16 +27,18 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from matplotlib.figure import Figure
+from pandera.pandas import DataFrameSchema
 
 from features import schemas as s
 from features.errors import InputError
@@ -51,15 +53,19 @@ from pipeline.config import BaseConfig, ClvConfig, FeaturesConfig, IngestConfig,
 from pipeline.io import (
     FORMULA_PREFIXES,
     PLAIN_NUMBER,
+    WRITE_CHUNK_ROWS,
     atomic_path,
     check_finite,
+    duplicate_in_file,
     neutralise,
+    read_chunks,
     read_csv_table,
     read_stage_json,
     read_table,
+    without_unique,
     write_csv,
+    write_frames,
     write_json,
-    write_table,
 )
 from pipeline.weeks import grid, iso_week
 
@@ -90,39 +96,102 @@ PROBABILITIES = (s.P_CHURN, s.P_ALIVE)
 
 
 def churn_risk_list(scores: pd.DataFrame, assignments: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The weekly list: a rank and ``LIST_COLUMNS``, in the scores' order (1 = most value at risk).
+    """The weekly list in one frame: ``list_chunks`` over ``scores`` held in memory."""
+    return pd.concat(list(list_chunks(lambda: [scores], assignments)), ignore_index=True)
 
-    With the week's ``assignments``: the control arm is left off (it must not be contacted), the target arm comes
-    first as ``contact``, best expected net value first, then everyone else as ``no contact`` in the scores'
-    order; the net value and the cost of a contact beside each assigned customer."""
-    cols = [c for c in s.LIST_COLUMNS if c in scores]
-    out = scores[cols].reset_index(drop=True)
-    if assignments is not None:
-        arm = assignments.set_index(s.CUSTOMER_ID)
-        ids = pd.Index(out[s.CUSTOMER_ID])  # unique, as the scores schema says: each list row is one customer
-        found = ids.get_indexer(arm.index)
-        if (found < 0).any():
-            unknown = sorted(arm.index[found < 0])
-            raise InputError(
-                f"the week's assignments name {len(unknown)} customer(s) the scores do not have (e.g. {unknown[0]!r});"
-                " they belong to another scoring of this week: rerun `dvc repro`"
-            )
-        is_target = (arm[s.ARM] == s.TARGET_ARM).to_numpy()
-        targets = arm.index[is_target]  # in the assignment's order: best net value first
-        # the target arm's rows in that order, then the unassigned in the scores' order; the control arm left off
-        assigned = np.zeros(len(out), dtype=bool)
-        assigned[found] = True
-        out = out.take(np.concatenate([found[is_target], np.flatnonzero(~assigned)])).reset_index(drop=True)
-        listed = out[s.CUSTOMER_ID]
-        values = {c: arm[c].reindex(listed).to_numpy(np.float64) for c in (s.NET_VALUE, s.CONTACT_COST)}
-        at = out.columns.get_loc(s.CUSTOMER_ID) + 1
-        group = np.where(np.arange(len(out)) < len(targets), s.CONTACT, s.NO_CONTACT)
-        for offset, (name, column) in enumerate(
-            ((s.GROUP, group), (s.NET_VALUE, values[s.NET_VALUE]), (s.CONTACT_COST, values[s.CONTACT_COST]))
-        ):
-            out.insert(int(at) + offset, name, column)
-    out.insert(0, s.RANK, np.arange(1, len(out) + 1, dtype=np.int64))
-    return out
+
+def list_chunks(
+    score_chunks: Callable[[], Iterable[pd.DataFrame]], assignments: pd.DataFrame | None = None
+) -> Iterator[pd.DataFrame]:
+    """The weekly list a chunk at a time, in its order: a rank (1 = most value at risk) and ``LIST_COLUMNS``.
+
+    ``score_chunks()`` gives the scores in their order, a chunk at a time (``pipeline.io.read_chunks``). Without
+    ``assignments`` the list is the scores in that order. With the week's assignments the control arm is left off
+    (it must not be contacted), the target arm comes first as ``contact``, best expected net value first, then
+    everyone else as ``no contact`` in the scores' order, with the net value and the cost of a contact beside each
+    assigned customer. The scores are then read twice (once to find the target arm's rows, once for everyone
+    else), so memory holds a chunk and the target arm, which the campaign's budget bounds."""
+    rank = 1
+
+    def ranked(frame: pd.DataFrame) -> pd.DataFrame:
+        nonlocal rank
+        frame.insert(0, s.RANK, np.arange(rank, rank + len(frame), dtype=np.int64))
+        rank += len(frame)
+        return frame
+
+    if assignments is None:
+        for chunk in score_chunks():
+            yield ranked(_listed(chunk))
+        return
+    arm = assignments.set_index(s.CUSTOMER_ID)  # unique, as the assignment schema says
+    is_target = (arm[s.ARM] == s.TARGET_ARM).to_numpy()
+    values = {c: arm[c].to_numpy(np.float64) for c in (s.NET_VALUE, s.CONTACT_COST)}
+    found = np.zeros(len(arm), dtype=bool)
+    at_parts: list[npt.NDArray[np.intp]] = []
+    row_parts: list[pd.DataFrame] = []
+    for chunk in score_chunks():
+        at = arm.index.get_indexer(chunk[s.CUSTOMER_ID])  # each row's place in the assignments, -1 if not assigned
+        found[at[at >= 0]] = True
+        keep = np.flatnonzero((at >= 0) & is_target[np.maximum(at, 0)])
+        at_parts.append(at[keep])
+        row_parts.append(_listed(chunk.take(keep)))
+    if not found.all():
+        unknown = sorted(arm.index[~found])
+        raise InputError(
+            f"the week's assignments name {len(unknown)} customer(s) the scores do not have (e.g. {unknown[0]!r});"
+            " they belong to another scoring of this week: rerun `dvc repro`"
+        )
+    at = np.concatenate(at_parts) if at_parts else np.zeros(0, dtype=np.intp)
+    order = np.argsort(at, kind="stable")  # in the assignment's order: best net value first
+    if row_parts:
+        targets = pd.concat(row_parts, ignore_index=True).take(order).reset_index(drop=True)
+        yield ranked(_with_arm(targets, s.CONTACT, values[s.NET_VALUE][at[order]], values[s.CONTACT_COST][at[order]]))
+    for chunk in score_chunks():
+        rest = _listed(chunk[arm.index.get_indexer(chunk[s.CUSTOMER_ID]) < 0])
+        missing = np.full(len(rest), np.nan)
+        yield ranked(_with_arm(rest, s.NO_CONTACT, missing, missing))
+
+
+def _listed(scores: pd.DataFrame) -> pd.DataFrame:
+    """The list's columns of ``scores``, in the list's column order."""
+    return scores[[c for c in s.LIST_COLUMNS if c in scores]].reset_index(drop=True)
+
+
+def _with_arm(
+    rows: pd.DataFrame, group: str, net_value: npt.NDArray[np.float64], cost: npt.NDArray[np.float64]
+) -> pd.DataFrame:
+    """``rows`` with the group, the net value and the cost of a contact beside the customer id."""
+    at = int(rows.columns.get_loc(s.CUSTOMER_ID)) + 1
+    for offset, (name, column) in enumerate(
+        ((s.GROUP, np.full(len(rows), group)), (s.NET_VALUE, net_value), (s.CONTACT_COST, cost))
+    ):
+        rows.insert(at + offset, name, column)
+    return rows
+
+
+def rechunked(frames: Iterable[pd.DataFrame], rows: int) -> Iterator[pd.DataFrame]:
+    """``frames`` cut and joined into frames of ``rows`` rows (the last one shorter): the list's parts are the
+    same whatever sizes it was found in. Nothing but empty frames: one empty frame, so the columns are known."""
+    held: list[pd.DataFrame] = []
+    count = 0
+    last: pd.DataFrame | None = None
+    emitted = False
+    for frame in frames:
+        last = frame
+        if len(frame) == 0:
+            continue
+        held.append(frame)
+        count += len(frame)
+        while count >= rows:
+            whole = pd.concat(held, ignore_index=True) if len(held) > 1 else held[0]
+            yield whole.iloc[:rows].reset_index(drop=True)
+            emitted = True
+            held = [whole.iloc[rows:]] if count > rows else []
+            count -= rows
+    if held:
+        yield (pd.concat(held, ignore_index=True) if len(held) > 1 else held[0]).reset_index(drop=True)
+    elif not emitted and last is not None:
+        yield last.reset_index(drop=True)
 
 
 # The list's cells are formatted and written by DuckDB (``write_list_csv``): at 10M rows Python's csv module
@@ -194,45 +263,68 @@ def list_headers(horizon_days: int, clv_months: int, currency: str) -> dict[str,
 CSV_CHUNK_ROWS = 1 << 19
 
 
-def write_list_csv(frame: pd.DataFrame, path: Path, headers: dict[str, str] | None = None) -> None:
-    """``frame`` as CSV at ``path``: UTF-8 with a byte-order mark (which Excel needs to read UTF-8), every cell
-    formatted and neutralised, quoted only where needed, CRLF line ends (RFC 4180). ``headers`` renames columns
-    in the header row (``list_headers``).
+def write_list_csv(
+    frames: pd.DataFrame | Iterable[pd.DataFrame], path: Path, headers: dict[str, str] | None = None
+) -> None:
+    """The list (a frame, or its chunks in order) as CSV at ``path`` (``ListCsv``)."""
+    with ListCsv(path, headers) as out:
+        for frame in [frames] if isinstance(frames, pd.DataFrame) else frames:
+            out.add(frame)
+
+
+class ListCsv:
+    """The list's CSV, written a chunk at a time: UTF-8 with a byte-order mark (which Excel needs to read UTF-8),
+    every cell formatted and neutralised, quoted only where needed, CRLF line ends (RFC 4180). ``headers`` renames
+    columns in the header row (``list_headers``).
 
     DuckDB's parallel CSV writer can emit its 2,048-row chunks out of order (seen on a busy machine despite
     preserve_insertion_order), so rows are written ORDER BY their position; the sort holds its formatted rows, so
-    the list is written ``CSV_CHUNK_ROWS`` rows at a time, each chunk to its own file, and the files joined in
-    order (at 10M rows one sort of the whole list held 4 GB more than the list itself)."""
-    order = "__position"
-    table = pa.table({**{c: _as_arrow(c, frame[c]) for c in frame.columns}, order: np.arange(len(frame))})
-    names = [neutralise((headers or {}).get(c, c)) for c in frame.columns]
-    names[0] = "\ufeff" + names[0]  # the byte-order mark, as the start of the header: DuckDB writes no prefix
-    cells = ", ".join(
-        f'{_cell_sql(c, frame[c])} AS "{n.replace(chr(34), chr(34) * 2)}"'
-        for c, n in zip(frame.columns, names, strict=True)
-    )
-    with tempfile.TemporaryDirectory(prefix="churn-clv-list-") as work:
-        parts: list[Path] = []
-        con = duckdb.connect()
+    each chunk is written ``CSV_CHUNK_ROWS`` rows at a time, each part to its own file in a temporary folder, and
+    the parts are joined in order when the writer closes without an error (at 10M rows one sort of the whole list
+    held 4 GB more than the list itself)."""
+
+    def __init__(self, path: Path, headers: dict[str, str] | None = None) -> None:
+        self.path, self.headers = Path(path), headers or {}
+        self._work = tempfile.TemporaryDirectory(prefix="churn-clv-list-")
+        self._con = duckdb.connect()
+        self._con.execute("SET preserve_insertion_order = true")  # the rows stay in the list's order
+        self._parts: list[Path] = []
+
+    def __enter__(self) -> ListCsv:
+        return self
+
+    def add(self, frame: pd.DataFrame) -> None:
+        """The next rows of the list."""
+        order = "__position"
+        table = pa.table({**{c: _as_arrow(c, frame[c]) for c in frame.columns}, order: np.arange(len(frame))})
+        names = [neutralise(self.headers.get(c, c)) for c in frame.columns]
+        names[0] = "\ufeff" + names[0]  # the byte-order mark, as the start of the header: DuckDB writes no prefix
+        cells = ", ".join(
+            f'{_cell_sql(c, frame[c])} AS "{n.replace(chr(34), chr(34) * 2)}"'
+            for c, n in zip(frame.columns, names, strict=True)
+        )
+        for start in range(0, max(len(frame), 1), CSV_CHUNK_ROWS):
+            part = Path(self._work.name) / f"{len(self._parts):06d}.csv"
+            self._con.register("list", table.slice(start, CSV_CHUNK_ROWS))  # a view of the rows, not a copy
+            target = str(part).replace("'", "''")
+            header = "false" if self._parts else "true"
+            self._con.execute(
+                f"COPY (SELECT {cells} FROM list ORDER BY {order}) TO '{target}' "
+                f"(FORMAT csv, HEADER {header}, NEW_LINE '\\r\\n')"
+            )
+            self._con.unregister("list")
+            self._parts.append(part)
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         try:
-            con.execute("SET preserve_insertion_order = true")  # the rows stay in the list's order
-            for start in range(0, max(len(frame), 1), CSV_CHUNK_ROWS):
-                part = Path(work) / f"{len(parts):06d}.csv"
-                con.register("list", table.slice(start, CSV_CHUNK_ROWS))  # a view of the rows, not a copy
-                target = str(part).replace("'", "''")
-                header = "true" if start == 0 else "false"
-                con.execute(
-                    f"COPY (SELECT {cells} FROM list ORDER BY {order}) TO '{target}' "
-                    f"(FORMAT csv, HEADER {header}, NEW_LINE '\\r\\n')"
-                )
-                con.unregister("list")
-                parts.append(part)
+            self._con.close()
+            if kind is None:
+                with self.path.open("wb") as out:
+                    for part in self._parts:
+                        with part.open("rb") as chunk:
+                            shutil.copyfileobj(chunk, out, 1 << 20)
         finally:
-            con.close()
-        with Path(path).open("wb") as out:
-            for part in parts:
-                with part.open("rb") as chunk:
-                    shutil.copyfileobj(chunk, out, 1 << 20)
+            self._work.cleanup()
 
 
 # --- the previous week ---------------------------------------------------------------------------------------------
@@ -241,8 +333,24 @@ def write_list_csv(frame: pd.DataFrame, path: Path, headers: dict[str, str] | No
 @dataclasses.dataclass(frozen=True)
 class Previous:
     week: str
-    churn_list: pd.DataFrame
+    churn_list: Path  # its churn_risk.parquet, compared with this week's by DuckDB (``compare_lists``)
     kpis: pd.DataFrame
+
+
+# What the change since the previous week reads of each list.
+COMPARED = (s.CUSTOMER_ID, s.SEGMENT, s.RISK_TIER, s.P_CHURN, s.VALUE_AT_RISK)
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    """This week's list against the previous week's: counts of customers, and the risers (``compare_lists``)."""
+
+    new: int  # on this week's list only
+    gone: int  # on the previous week's only
+    common: int
+    moved: int  # on both, in another segment
+    into_high: int  # on both, in the high risk tier now and not before
+    risers: pd.DataFrame  # the ones who moved into the high risk tier with the most value at risk, most first
 
 
 def folder_source(folder: Path) -> str | None:
@@ -275,13 +383,143 @@ def previous_week(weekly: Path, week: str, source: str | None = None) -> tuple[P
         if not path.is_file():
             raise InputError(f"{path}: file not found")
         with_net = s.CLV_NET in pq.read_schema(path).names
-        churn_list = read_table(path, s.churn_risk_list_schema(with_net))
+        expected = s.churn_risk_list_schema(with_net)
+        problem = schema_problem(pq.read_schema(path), expected, COMPARED)
+        if problem:
+            raise InputError(f"{path}: {problem}")
         kpis = read_csv_table(folder / SEGMENTS_CSV, s.segment_kpis_schema(seg.KPI_TABLE_COLUMNS))
     except (InputError, OSError, ValueError) as exc:  # ValueError: pyarrow and pandas on a damaged file
         reason = f"the previous week's folder {folder.name} could not be compared: {exc}"
         log.warning("%s", reason)
         return None, reason
-    return Previous(folder.name, churn_list, kpis), None
+    return Previous(folder.name, path, kpis), None
+
+
+def schema_problem(found: pa.Schema, expected: Any, columns: Sequence[str]) -> str | None:
+    """What is wrong with a list file's Arrow schema for reading ``columns``: a column missing, or of another
+    kind (text, number) than the list schema ``expected`` gives it; None if nothing."""
+    for c in columns:
+        if c not in found.names:
+            return f"no column {c!r}"
+        kind = found.field(c).type
+        wants_number = str(expected.columns[c].dtype).startswith(("float", "int"))
+        if wants_number != (pa.types.is_floating(kind) or pa.types.is_integer(kind)):
+            return f"column {c!r} is {kind}, not what the list holds"
+    return None
+
+
+def compare_lists(current: Path, previous: Path, top: int, memory_limit_mb: int | None = None) -> Change:
+    """This week's list file against the previous week's, by customer id, in DuckDB over the two files: memory
+    holds DuckDB's hash tables (within ``memory_limit_mb``, spilling beyond it) and ``top`` risers, not the lists.
+    Raises ``duckdb.Error`` on a file it cannot read."""
+    cols = ", ".join(f'"{c}"' for c in COMPARED)
+    with tempfile.TemporaryDirectory(prefix="churn-clv-compare-") as spill:
+        con = duckdb.connect(config={"temp_directory": spill})
+        try:
+            if memory_limit_mb is not None:
+                con.execute(f"SET memory_limit = '{int(memory_limit_mb)}MB'")
+            now, before = (str(path).replace("'", "''") for path in (current, previous))
+            con.execute(f"CREATE VIEW now AS SELECT {cols}, \"{s.RANK}\" FROM read_parquet('{now}')")
+            con.execute(f"CREATE VIEW before AS SELECT {cols} FROM read_parquet('{before}')")
+            i, seg_, tier, p, var = (f'"{c}"' for c in COMPARED)
+            into_high = f"n.{tier} = 'high' AND b.{tier} <> 'high'"
+            row = con.execute(
+                f"""SELECT
+                    (SELECT count(*) FROM now), (SELECT count(*) FROM before),
+                    count(*), count(*) FILTER (WHERE n.{seg_} <> b.{seg_}), count(*) FILTER (WHERE {into_high})
+                FROM now n JOIN before b ON n.{i} = b.{i}"""
+            ).fetchone()
+            risers = con.execute(
+                f"""SELECT n.{i} AS {i}, b.{seg_} AS "segment before", n.{seg_} AS {seg_},
+                    b.{p} AS "p_churn before", n.{p} AS {p}, n.{var} AS {var}
+                FROM now n JOIN before b ON n.{i} = b.{i} WHERE {into_high}
+                ORDER BY n.{var} DESC, n."{s.RANK}" LIMIT {int(top)}"""
+            ).df()
+        finally:
+            con.close()
+    assert row is not None
+    n_now, n_before, common, moved, high = (int(v) for v in row)
+    return Change(n_now - common, n_before - common, common, moved, high, risers)
+
+
+class ListTally:
+    """What the page and the key figures need of the list, counted while it is written a chunk at a time: its
+    size, the contacts, the sums of value at risk and of the contacts' net value, and its first ``top`` rows."""
+
+    def __init__(self, top: int) -> None:
+        self.customers = self.contacts = 0
+        self.value_at_risk = self.expected_net_value = 0.0
+        self._top_n = top
+        self._heads: list[pd.DataFrame] = []
+
+    def add(self, chunk: pd.DataFrame) -> None:
+        self.customers += len(chunk)
+        self.value_at_risk += float(chunk[s.VALUE_AT_RISK].sum())
+        if s.GROUP in chunk:
+            contact = (chunk[s.GROUP] == s.CONTACT).to_numpy()
+            self.contacts += int(contact.sum())
+            self.expected_net_value += float(chunk.loc[contact, s.NET_VALUE].sum())
+        held = sum(len(head) for head in self._heads)
+        if held < self._top_n or not self._heads:
+            self._heads.append(chunk.head(self._top_n - held))
+
+    @property
+    def top(self) -> pd.DataFrame:
+        """The list's first ``top`` rows."""
+        heads = [head for head in self._heads if len(head)] or self._heads[:1]
+        return pd.concat(heads, ignore_index=True) if len(heads) > 1 else heads[0]
+
+
+def write_list(
+    chunks: Iterable[pd.DataFrame],
+    folder: Path,
+    *,
+    headers: dict[str, str],
+    schema: DataFrameSchema,
+    top: int,
+) -> ListTally:
+    """Write the list's CSV and Parquet file in ``folder`` as its chunks come, each chunk checked for non-finite
+    numbers first; returns the tally. Each file appears whole or not at all."""
+    undefined = (s.CLV_P05, s.CLV_P95, s.NET_VALUE, s.CONTACT_COST)  # no interval, or not assigned: an empty cell
+    tally = ListTally(top)
+    with atomic_path(folder / LIST_CSV) as tmp, ListCsv(tmp, headers) as csv_out:
+
+        def written() -> Iterator[pd.DataFrame]:
+            for chunk in rechunked(chunks, WRITE_CHUNK_ROWS):
+                where = f"writing {folder / LIST_CSV} (from rank {tally.customers + 1:,})"
+                check_finite(chunk, where, undefined_allowed=undefined)
+                csv_out.add(chunk)
+                tally.add(chunk)
+                yield chunk
+
+        write_frames(written(), folder / LIST_PARQUET, without_unique(schema))  # ids: unique as the scores'
+    return tally
+
+
+def week_change(
+    current: Path, previous: Previous, top: int, memory_limit_mb: int | None
+) -> tuple[Change | None, str | None]:
+    """This week's list against ``previous``'s, or why it cannot be compared (then None)."""
+    try:
+        change = compare_lists(current, previous.churn_list, top, memory_limit_mb)
+    except duckdb.Error as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        problem = f"the previous week's folder {previous.week} could not be compared: {first}"
+        log.warning("%s", problem)
+        return None, problem
+    if change.common == 0:
+        # ids switched between real and pseudonymised, or the key changed: every customer would look new
+        problem = (
+            f"the previous week's list {previous.week} has no customer id in common with this one (was "
+            f"score.pseudonymise_ids or {ID_KEY_ENV} changed?); no comparison is shown"
+        )
+        log.warning("%s", problem)
+        return None, problem
+    return change, None
+
+
+# The scores' columns the page reads for every customer: the segment grid, the risk chart and the KPIs.
+PAGE_COLUMNS = frozenset({s.AS_OF, s.VALUE_TIER, s.RISK_TIER, s.P_CHURN, s.VALUE_AT_RISK, *seg.KPI_INPUTS})
 
 
 # --- the summary page ----------------------------------------------------------------------------------------------
@@ -376,11 +614,11 @@ def _value_chart(kpis: pd.DataFrame) -> str:
     return h.svg(fig, "Value at risk by segment")
 
 
-def _top_section(churn_list: pd.DataFrame, n: int) -> str:
+def _top_section(top: pd.DataFrame) -> str:
     cols = [s.RANK, s.CUSTOMER_ID, s.SEGMENT, s.RECOMMENDED_ACTION, s.VALUE_AT_RISK, s.P_CHURN, s.CLV, *s.REASONS]
     formats: dict[str, h.Formatter] = {s.VALUE_AT_RISK: h.money2, s.P_CHURN: h.prob, s.CLV: h.money2}
     return h.table(
-        churn_list[cols].head(n),
+        top[cols],
         formats=formats,
         numeric=[s.RANK, s.VALUE_AT_RISK, s.P_CHURN, s.CLV],
         headers={s.RECOMMENDED_ACTION: "action", s.VALUE_AT_RISK: "value at risk"},
@@ -473,19 +711,13 @@ def _drift_section(drift: pd.DataFrame, cfg: ScoreConfig) -> str:
     )
 
 
-def _change_section(prev: Previous, churn_list: pd.DataFrame, kpis: pd.DataFrame, n: int) -> str:
-    before = prev.churn_list.set_index(s.CUSTOMER_ID)
-    now = churn_list.set_index(s.CUSTOMER_ID)
-    common = now.index.intersection(before.index)
-    moved = common[(now.loc[common, s.SEGMENT] != before.loc[common, s.SEGMENT]).to_numpy()]
-    now_high = (now.loc[common, s.RISK_TIER] == "high").to_numpy()
-    into_high = common[now_high & (before.loc[common, s.RISK_TIER] != "high").to_numpy()]
+def _change_section(prev: Previous, change: Change, kpis: pd.DataFrame) -> str:
     tiles = _tiles(
         [
-            ("new on the list", h.count(len(now.index.difference(before.index)))),
-            ("no longer on the list", h.count(len(before.index.difference(now.index)))),
-            ("changed segment", h.count(len(moved))),
-            ("moved into high risk", h.count(len(into_high))),
+            ("new on the list", h.count(change.new)),
+            ("no longer on the list", h.count(change.gone)),
+            ("changed segment", h.count(change.moved)),
+            ("moved into high risk", h.count(change.into_high)),
         ]
     )
     merged = kpis[[s.SEGMENT, "customers", "value_at_risk", "expected_churners"]].merge(
@@ -514,22 +746,13 @@ def _change_section(prev: Previous, churn_list: pd.DataFrame, kpis: pd.DataFrame
         numeric=["customers", "change in customers", "value at risk", "change in value at risk"],
         row_class=lambda r: "total" if r[s.SEGMENT] == seg.ALL else "",
     )
-    risers = pd.DataFrame(
-        {
-            s.CUSTOMER_ID: into_high,
-            "segment before": before.loc[into_high, s.SEGMENT].to_numpy(),
-            s.SEGMENT: now.loc[into_high, s.SEGMENT].to_numpy(),
-            "p_churn before": before.loc[into_high, s.P_CHURN].to_numpy(),
-            s.P_CHURN: now.loc[into_high, s.P_CHURN].to_numpy(),
-            s.VALUE_AT_RISK: now.loc[into_high, s.VALUE_AT_RISK].to_numpy(),
-        }
-    ).sort_values(s.VALUE_AT_RISK, ascending=False)
+    risers = change.risers
     risers_html = (
         "<p>No customer moved into the high risk tier.</p>"
         if risers.empty
         else "<p>Most value at risk among the customers who moved into the high risk tier:</p>"
         + h.table(
-            risers.head(n),
+            risers,
             formats={"p_churn before": h.prob, s.P_CHURN: h.prob, s.VALUE_AT_RISK: h.money2},
             numeric=["p_churn before", s.P_CHURN, s.VALUE_AT_RISK],
         )
@@ -711,7 +934,7 @@ def campaign_section(assignments: pd.DataFrame, campaign: dict[str, Any], horizo
 
 def summary_page(
     scores: pd.DataFrame,
-    churn_list: pd.DataFrame,
+    listed: ListTally,
     kpis: pd.DataFrame,
     drift: pd.DataFrame,
     cfg: ScoreConfig,
@@ -720,13 +943,16 @@ def summary_page(
     horizon_days: int,
     previous: Previous | None,
     previous_problem: str | None,
+    change: Change | None = None,
     ranked_by: str = "",
     campaign: str = "",
     currency: str = "",
     clv_months: int = 12,
 ) -> str:
-    """The summary.html document; ``ranked_by`` says which models scored and ranked the list and why
-    (``scorer_words``), ``campaign`` is ``campaign_section``'s HTML, ``currency`` labels every sum."""
+    """The summary.html document. ``scores`` holds ``PAGE_COLUMNS`` of every scored customer, ``listed`` the
+    list's size and head, ``change`` the comparison with the ``previous`` week; ``ranked_by`` says which models
+    scored and ranked the list and why (``scorer_words``), ``campaign`` is ``campaign_section``'s HTML,
+    ``currency`` labels every sum."""
     cur = f" ({currency})" if currency else ""
     as_of = pd.Timestamp(scores[s.AS_OF].iloc[0]).date() if len(scores) else None
     total = kpis[kpis[s.SEGMENT] == seg.ALL].iloc[0]
@@ -769,12 +995,12 @@ def summary_page(
     )
     sections.append(f'<h2>Risk and value</h2><div class="charts">{_risk_chart(scores, cfg)}{_value_chart(kpis)}</div>')
     sections.append(
-        f"<h2>Top {min(cfg.summary_top_customers, len(churn_list))} of the list</h2>"
-        f"<p class='muted'>The whole list, {len(churn_list):,} customers, is in {LIST_CSV} beside this page.</p>"
-        + _top_section(churn_list, cfg.summary_top_customers)
+        f"<h2>Top {len(listed.top)} of the list</h2>"
+        f"<p class='muted'>The whole list, {listed.customers:,} customers, is in {LIST_CSV} beside this page.</p>"
+        + _top_section(listed.top)
     )
-    if previous is not None:
-        sections.append(_change_section(previous, churn_list, kpis, cfg.summary_top_customers))
+    if previous is not None and change is not None:
+        sections.append(_change_section(previous, change, kpis))
     else:
         why = previous_problem or "no earlier week's folder exists yet"
         sections.append(f"<h2>Change since the previous week</h2><p>Not shown: {h.esc(why)}.</p>")
@@ -854,7 +1080,7 @@ def _num(doc: dict[str, Any], *path: str) -> float | None:
 
 
 def key_figures(
-    churn_list: pd.DataFrame,
+    listed: ListTally,
     score_metrics: dict[str, Any],
     churn_metrics: dict[str, Any],
     clv_metrics: dict[str, Any],
@@ -866,7 +1092,6 @@ def key_figures(
     size and value at risk, and the measured retention lift when there is one. Flat, with names no params.yaml key
     has, so `dvc exp show` and `make exp` print them unprefixed."""
     scorer = ((score_metrics.get("served") or {}).get("churn") or {}).get("scorer") or {}
-    contacts = churn_list[churn_list[s.GROUP] == s.CONTACT] if s.GROUP in churn_list else churn_list.iloc[:0]
     overall = (campaign.get("pooled") or {}).get("overall") or {}
     return {
         "churn_roc_auc": _num(churn_metrics, "model", "roc_auc"),
@@ -880,10 +1105,10 @@ def key_figures(
         "clv_valued_by": (clv_metrics.get("value_model") or {}).get("name") or clv_metrics.get("chosen_model"),
         "clv_gini": _num(clv_metrics, "model", "gini"),
         "clv_purchases_error_pct": _num(clv_metrics, "model", "purchases_pct_error"),
-        "list_customers": len(churn_list),
-        "list_to_contact": len(contacts),
-        "list_value_at_risk": round(float(churn_list[s.VALUE_AT_RISK].sum()), 2),
-        "list_expected_net_value": round(float(contacts[s.NET_VALUE].sum()), 2) if len(contacts) else 0.0,
+        "list_customers": listed.customers,
+        "list_to_contact": listed.contacts,
+        "list_value_at_risk": round(listed.value_at_risk, 2),
+        "list_expected_net_value": round(listed.expected_net_value, 2) if listed.contacts else 0.0,
         "campaign_lift": _num(overall, "lift"),
         "campaign_lift_low": _num(overall, "lift_low"),
         "campaign_lift_high": _num(overall, "lift_high"),
@@ -945,13 +1170,18 @@ def run(
     key_metrics: Path | None = None,
     source: str | None = None,
     currency: str = "",
+    memory_limit_mb: int | None = None,
 ) -> Path:
     """Write this week's folder under ``weekly``; returns it. ``score_metrics`` (metrics/score.json) names the
     scorer that ranked the list on the summary page; with ``assignments_path`` (the assign stage's) and
     ``campaign_metrics`` (the measure stage's) the list leaves the control arm off and the page shows the
     campaign. ``key_metrics`` gets ``key_figures`` (with the training stages' ``churn_metrics`` and
     ``clv_metrics``). ``source`` (ingest.source) is recorded in the folder: the change since an earlier week is
-    shown only against a week of the same log. ``currency`` labels every sum."""
+    shown only against a week of the same log. ``currency`` labels every sum.
+
+    Memory holds a few columns of every scored customer for the page (``PAGE_COLUMNS``), a chunk of the list and
+    the target arm; the list is read from the scores and written a chunk at a time, and compared with the previous
+    week's by DuckDB within ``memory_limit_mb`` (base.duckdb_memory_limit_mb)."""
     if not scores_path.is_file():
         raise InputError(f"{scores_path}: file not found; run the score stage first (`dvc repro`)")
     ranked_by = ""
@@ -965,40 +1195,53 @@ def run(
                 f"{score_metrics}: not the score stage's metrics ({exc!r}); rerun the score stage"
             ) from exc
     with_net = s.CLV_NET in pq.read_schema(scores_path).names
-    scores = read_table(scores_path, s.scores_schema(with_net))
+    schema = s.scores_schema(with_net)
+    scores = read_table(scores_path, schema, columns=[c for c in schema.columns if c in PAGE_COLUMNS])
     drift = read_table(drift_path, s.drift_schema())
     if scores.empty:
         raise InputError(f"{scores_path}: no customers to report on")
+    repeated = duplicate_in_file(scores_path, s.CUSTOMER_ID, memory_limit_mb)
+    if repeated is not None:
+        raise InputError(f"{scores_path}: customer {repeated!r} is scored on more than one row; rerun the score stage")
     assignments = read_table(assignments_path, s.assignment_schema()) if assignments_path is not None else None
     campaign = read_stage_json(campaign_metrics, "measure") if campaign_metrics is not None else {}
-    if cfg.pseudonymise_ids:
-        key = id_key()
-        scores[s.CUSTOMER_ID] = pseudonymise(scores[s.CUSTOMER_ID], key)
-        if assignments is not None:
-            assignments[s.CUSTOMER_ID] = pseudonymise(assignments[s.CUSTOMER_ID], key)
+    key = id_key() if cfg.pseudonymise_ids else None
+    if key is not None and assignments is not None:
+        assignments[s.CUSTOMER_ID] = pseudonymise(assignments[s.CUSTOMER_ID], key)
     as_of = pd.Timestamp(scores[s.AS_OF].iloc[0]).date()
     week = iso_week(as_of)
     folder = weekly / week
-    previous, problem = previous_week(weekly, week, source)
-    if previous is not None and not set(previous.churn_list[s.CUSTOMER_ID]) & set(scores[s.CUSTOMER_ID]):
-        # ids switched between real and pseudonymised, or the key changed: every customer would look new
-        problem = (
-            f"the previous week's list {previous.week} has no customer id in common with this one (was "
-            f"score.pseudonymise_ids or {ID_KEY_ENV} changed?); no comparison is shown"
-        )
-        log.warning("%s", problem)
-        previous = None
-
     if assignments is not None and len(assignments) and set(assignments[s.WEEK]) != {iso_week(as_of)}:
         raise InputError(
             f"{assignments_path}: the assignments of {sorted(set(assignments[s.WEEK]))}, not of {iso_week(as_of)}; "
             "rerun the assign stage (`dvc repro`)"
         )
-    churn_list = churn_risk_list(scores, assignments)
+
+    def score_chunks() -> Iterator[pd.DataFrame]:
+        listed_columns = [c for c in s.LIST_COLUMNS if c in schema.columns]
+        for chunk in read_chunks(scores_path, schema, columns=listed_columns, rows=WRITE_CHUNK_ROWS):
+            if key is not None:
+                chunk[s.CUSTOMER_ID] = pseudonymise(chunk[s.CUSTOMER_ID], key)
+            yield chunk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    listed = write_list(
+        list_chunks(score_chunks, assignments),
+        folder,
+        headers=list_headers(fcfg.horizon_days, ccfg.clv_horizon_months, currency),
+        schema=s.churn_risk_list_schema(with_net, assignments is not None),
+        top=cfg.summary_top_customers,
+    )
+    previous, problem = previous_week(weekly, week, source)
+    change = None
+    if previous is not None:
+        change, problem = week_change(folder / LIST_PARQUET, previous, cfg.summary_top_customers, memory_limit_mb)
+        if change is None:
+            previous = None
     kpis = seg.kpi_table(scores, seg.segment_order(grid(cfg)), margin_ratio=ccfg.margin_ratio)
     page = summary_page(
         scores,
-        churn_list,
+        listed,
         kpis,
         drift,
         cfg,
@@ -1006,18 +1249,12 @@ def run(
         horizon_days=fcfg.horizon_days,
         previous=previous,
         previous_problem=problem,
+        change=change,
         ranked_by=ranked_by,
         campaign=(campaign_section(assignments, campaign, fcfg.horizon_days) if assignments is not None else ""),
         currency=currency,
         clv_months=ccfg.clv_horizon_months,
     )
-    folder.mkdir(parents=True, exist_ok=True)
-    # no CLV interval where the LightGBM challenger values customers: an empty cell, not a number
-    undefined = (s.CLV_P05, s.CLV_P95, s.NET_VALUE, s.CONTACT_COST)  # no interval, or not assigned: an empty cell
-    check_finite(churn_list, f"writing {folder / LIST_CSV}", undefined_allowed=undefined)
-    with atomic_path(folder / LIST_CSV) as tmp:
-        write_list_csv(churn_list, tmp, list_headers(fcfg.horizon_days, ccfg.clv_horizon_months, currency))
-    write_table(churn_list, folder / LIST_PARQUET, s.churn_risk_list_schema(with_net, assignments is not None))
     write_csv(seg.for_csv(kpis), folder / SEGMENTS_CSV, undefined_allowed=seg.KPI_COLUMNS)
     with atomic_path(folder / SUMMARY) as tmp:
         tmp.write_text(page, encoding="utf-8")
@@ -1032,7 +1269,7 @@ def run(
     write_json(stamp, folder / WEEK_JSON)
     if key_metrics is not None:
         figures = key_figures(
-            churn_list,
+            listed,
             score_doc,
             read_stage_json(churn_metrics, "train_churn") if churn_metrics is not None else {},
             read_stage_json(clv_metrics, "train_clv") if clv_metrics is not None else {},
@@ -1042,7 +1279,7 @@ def run(
     log.info(
         "week %s: %d customers on the list, %s; %s",
         week,
-        len(churn_list),
+        listed.customers,
         f"compared with {previous.week}" if previous else "no earlier week to compare with",
         folder / SUMMARY,
     )
@@ -1077,6 +1314,7 @@ def main(argv: Sequence[str]) -> None:
         key_metrics=args.key_metrics,
         source=section(params, "ingest", IngestConfig).source,
         currency=section(params, "base", BaseConfig).currency,
+        memory_limit_mb=section(params, "base", BaseConfig).duckdb_memory_limit_mb,
     )
 
 

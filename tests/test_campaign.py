@@ -402,3 +402,20 @@ def test_a_week_still_in_its_horizon_changes_no_measure_output(tmp_path: Path, p
     assign.run(cfg, inp, out)
     assert campaign_log.weeks(tmp_path / "log") == ["1998-W10"]
     assert outputs() == before
+
+
+def test_assign_reads_only_the_priced_customers_and_counts_the_others(tmp_path: Path, params: dict[str, Any]) -> None:
+    """The customers whose segment's action has no price are not read, but each is counted as left out."""
+    inp, out, cfg = _week(tmp_path, params, dt.date(1998, 3, 2))
+    scores = pd.read_parquet(inp.scores)
+    unpriced = int((~scores[s.RECOMMENDED_ACTION].isin(assign.priced_actions(cfg.campaign))).sum())
+    metrics = assign.run(cfg, inp, out)
+    assert 0 < unpriced < 3000 and metrics["left_out"]["no_contact_action"] == unpriced
+    assert metrics["assigned"] + sum(metrics["left_out"].values()) == 3000
+    # a week where no action has a price: nobody is read past the date, nobody is assigned, all are counted
+    nothing = scores.assign(**{s.RECOMMENDED_ACTION: "no action"})
+    write_table(nothing, inp.scores, s.scores_schema(False))
+    later = dataclasses.replace(inp, log=tmp_path / "other_log")
+    metrics = assign.run(cfg, later, out)
+    assert metrics["week"] == "1998-W10" and metrics["assigned"] == 0
+    assert metrics["left_out"]["no_contact_action"] == 3000

@@ -21,7 +21,7 @@ from features.errors import InputError
 from models import segments as seg
 from pipeline import report
 from pipeline.config import ClvConfig, FeaturesConfig, ScoreConfig, section
-from pipeline.io import neutralise, write_table
+from pipeline.io import neutralise, read_table, write_table
 from pipeline.weeks import grid
 
 PLAIN = re.compile(r"^[+-]?\d+(\.\d+)?$")
@@ -91,6 +91,11 @@ def write_week(
     drift = tmp / f"drift_{as_of}.parquet"
     write_table(synthetic_scores(params, as_of, seed=seed), scores, s.scores_schema(False))
     write_table(synthetic_drift(as_of, shifted), drift, s.drift_schema())
+    return run_report(tmp, params, scores, drift, source=source, currency=params["base"]["currency"])
+
+
+def run_report(tmp: Path, params: dict[str, Any], scores: Path, drift: Path, **options: Any) -> Path:
+    """The report stage on these scores and drift files, writing under ``tmp / "weekly"``."""
     return report.run(
         section(params, "features", FeaturesConfig),
         section(params, "clv", ClvConfig),
@@ -98,8 +103,7 @@ def write_week(
         scores_path=scores,
         drift_path=drift,
         weekly=tmp / "weekly",
-        source=source,
-        currency=params["base"]["currency"],
+        **options,
     )
 
 
@@ -347,3 +351,89 @@ def test_the_list_puts_the_target_arm_first_in_its_order_and_leaves_the_control_
     stranger = assignments.assign(**{s.CUSTOMER_ID: [*targets[:2], "Z999", *control]})
     with pytest.raises(InputError, match=r"name 1 customer\(s\) the scores do not have \(e\.g\. 'Z999'\)"):
         report.churn_risk_list(scores, stranger)
+
+
+def _assignments(scores: pd.DataFrame, week: str) -> pd.DataFrame:
+    """A target arm and a control arm scattered over the list, the targets best net value first."""
+    ids = scores[s.CUSTOMER_ID].tolist()
+    targets, control = [ids[i] for i in (390, 5, 77, 201, 12, 399)], [ids[i] for i in (0, 150, 151)]
+    n = len(targets) + len(control)
+    return pd.DataFrame(
+        {
+            s.CUSTOMER_ID: [*targets, *control],
+            s.ARM: [s.TARGET_ARM] * len(targets) + [s.CONTROL_ARM] * len(control),
+            s.NET_VALUE: np.linspace(9.0, 1.0, n),
+            s.CONTACT_COST: np.full(n, 1.5),
+            s.WEEK: week,
+        }
+    )
+
+
+@pytest.mark.parametrize("rows", [7, 64, 10_000])
+def test_the_list_read_and_written_in_chunks_is_the_list_in_memory(
+    tmp_path: Path, params: dict[str, Any], monkeypatch: pytest.MonkeyPatch, rows: int
+) -> None:
+    """Read a few rows at a time, the target arm spread over many chunks, the list has the rows, order and
+    values of the list made in one frame; both files are the same and the tally counts what they hold."""
+    scores = synthetic_scores(params, dt.date(2024, 3, 4))
+    path = tmp_path / "scores.parquet"
+    write_table(scores, path, s.scores_schema(False))
+    assignments = _assignments(scores, "2024-W10")
+    schema = s.scores_schema(False)
+    whole = report.churn_risk_list(read_table(path, schema), assignments)
+    chunked = report.list_chunks(lambda: report.read_chunks(path, schema, rows=rows), assignments)
+    pd.testing.assert_frame_equal(pd.concat(list(chunked), ignore_index=True), whole)
+
+    list_schema = s.churn_risk_list_schema(False, True)
+    one, many = tmp_path / "one", tmp_path / "many"
+    one.mkdir(), many.mkdir()
+    headers = report.list_headers(90, 12, "GBP")
+    tally = report.write_list([whole], one, headers=headers, schema=list_schema, top=25)
+    monkeypatch.setattr(report, "WRITE_CHUNK_ROWS", max(rows, 3))
+    monkeypatch.setattr(report, "CSV_CHUNK_ROWS", 5)
+    chunks = report.list_chunks(lambda: report.read_chunks(path, schema, rows=rows), assignments)
+    streamed = report.write_list(chunks, many, headers=headers, schema=list_schema, top=25)
+    assert (many / report.LIST_CSV).read_bytes() == (one / report.LIST_CSV).read_bytes()
+    assert pd.read_parquet(many / report.LIST_PARQUET).equals(pd.read_parquet(one / report.LIST_PARQUET))
+    assert (streamed.customers, streamed.contacts) == (tally.customers, tally.contacts) == (397, 6)
+    assert streamed.value_at_risk == pytest.approx(whole[s.VALUE_AT_RISK].sum(), rel=1e-12)
+    assert streamed.expected_net_value == pytest.approx(whole[s.NET_VALUE].iloc[:6].sum(), rel=1e-12)
+    pd.testing.assert_frame_equal(streamed.top, whole.head(25))
+
+
+def test_a_customer_scored_twice_is_one_line(tmp_path: Path, params: dict[str, Any]) -> None:
+    """The list is read in chunks, so the scores' ids are checked for repeats over the whole file."""
+    scores = synthetic_scores(params, dt.date(1998, 3, 2))
+    doubled = pd.concat([scores, scores.iloc[[7]]], ignore_index=True)
+    path, drift = tmp_path / "scores.parquet", tmp_path / "drift.parquet"
+    doubled.to_parquet(path, index=False)
+    write_table(synthetic_drift(dt.date(1998, 3, 2), shifted=False), drift, s.drift_schema())
+    repeated = re.escape(repr(scores[s.CUSTOMER_ID].iloc[7]))
+    with pytest.raises(InputError, match=rf"scores\.parquet: customer {repeated} is scored on more than one row"):
+        run_report(tmp_path, params, path, drift)
+    assert not (tmp_path / "weekly").exists()
+
+
+def test_the_change_since_the_previous_week_counts_what_the_two_lists_hold(
+    tmp_path: Path, params: dict[str, Any]
+) -> None:
+    """DuckDB over the two list files counts what set operations on the two lists in memory count."""
+    before = report.churn_risk_list(synthetic_scores(params, dt.date(1998, 2, 23), seed=1).iloc[40:])
+    now = report.churn_risk_list(synthetic_scores(params, dt.date(1998, 3, 2), seed=2).iloc[:-25])
+    paths = {}
+    for name, frame in (("before", before), ("now", now)):
+        paths[name] = tmp_path / f"{name}.parquet"
+        write_table(frame, paths[name], s.churn_risk_list_schema(False))
+    change = report.compare_lists(paths["now"], paths["before"], top=10, memory_limit_mb=256)
+
+    b, n = before.set_index(s.CUSTOMER_ID), now.set_index(s.CUSTOMER_ID)
+    common = n.index.intersection(b.index)
+    into_high = common[(n.loc[common, s.RISK_TIER] == "high") & (b.loc[common, s.RISK_TIER] != "high")]
+    counted = (len(n.index.difference(b.index)), len(b.index.difference(n.index)), len(common))
+    assert (change.new, change.gone, change.common) == counted and min(counted) > 0
+    assert change.moved == int((n.loc[common, s.SEGMENT] != b.loc[common, s.SEGMENT]).sum()) > 0
+    assert change.into_high == len(into_high) > 10
+    top = n.loc[into_high].sort_values([s.VALUE_AT_RISK, s.RANK], ascending=[False, True]).head(10)
+    assert change.risers[s.CUSTOMER_ID].tolist() == top.index.tolist()
+    np.testing.assert_array_equal(change.risers["p_churn before"], b.loc[top.index, s.P_CHURN])
+    np.testing.assert_array_equal(change.risers[s.VALUE_AT_RISK], top[s.VALUE_AT_RISK])
