@@ -269,8 +269,9 @@ class RuleScorer:
             found += has
         out[0][~calm & (found == 0)] = NO_SINGLE_SIGN
         out[0][calm] = NO_WARNING
-        # built from lists, as pandas infers their type: the table is the same as one made row by row
-        return pd.DataFrame({f"reason_{k + 1}": out[k].tolist() for k in range(top)}, index=frame.index)
+        # object columns that point at the texts made once per value: as pandas' own text type each row would hold
+        # its own copy of its text (1.5 GB for three reasons of 10M customers); written, they are text like any
+        return pd.DataFrame({f"reason_{k + 1}": pd.Series(out[k], index=frame.index, dtype=object) for k in range(top)})
 
     def to_dict(self) -> dict[str, Any]:
         return {"rule": self.name, "inputs": self.features_, "calibrator": self.calibrator_.to_dict()}

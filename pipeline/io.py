@@ -496,7 +496,10 @@ def read_table(
         if schema.unique and not set(schema.unique) <= set(columns):  # a key not read cannot be checked
             schema = _without_unique(schema)
     try:
-        frame = pq.read_table(p, columns=list(columns) if columns is not None else None, filters=filters).to_pandas()
+        table = pq.read_table(p, columns=list(columns) if columns is not None else None, filters=filters)
+        # each column's Arrow buffers freed once it is converted: the table and the frame are not held side by side
+        frame = table.to_pandas(self_destruct=True, split_blocks=True)
+        del table
     except (pa_arrow.ArrowInvalid, KeyError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise InputError(f"{p}: not the table this stage expects ({first}); rerun the stage that writes it") from exc
