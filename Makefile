@@ -114,11 +114,12 @@ pytest: install
 
 # Speed and memory on one seeded synthetic log of N customers (MBG/NBD process), in one run: every pipeline stage as
 # dvc.yaml runs it, then the CLV path (RFM summary, BG/NBD, Gamma-Gamma, 12-month CLV) against plain lifetimes.
-# Writes reports/bench/<N>.json. SKIP_NAIVE=1 leaves lifetimes out (sizes where it does not fit in memory).
+# Writes reports/bench/<N>.json. SKIP_NAIVE=1 leaves lifetimes out (sizes where it does not fit in memory);
+# SKIP_BACKTEST=1 leaves the backtest out (an hour at 10M), the serving models set in params (bench.pipeline.FIXED_SERVING).
 N ?= 1000000
 CHURN_N ?= 100000
 bench: install
-	python -m bench.pipeline --customers $(N) $(if $(SKIP_NAIVE),--skip-naive)
+	python -m bench.pipeline --customers $(N) $(if $(SKIP_NAIVE),--skip-naive) $(if $(SKIP_BACKTEST),--skip-backtest)
 
 # Each stage's wall time and peak at every size benched so far (reports/bench/<N>.json), and its peak's growth.
 bench-growth: install

@@ -60,3 +60,17 @@ def test_growth_table_reads_the_runs_and_divides_largest_by_smallest(tmp_path: P
     assert lines[2] == "| ingest | 10.0, 1,000 | 30.0, 1,200 | 300.0, 1,500 | 1.5x |"
     assert lines[3] == "| train_churn | 2.0, 2,000 | - | 2.0, 3,000 | 1.5x |"
     assert len(lines) == 4
+
+
+def test_bench_without_the_backtest_sets_what_serves_in_valid_params(tmp_path: Path) -> None:
+    from bench.pipeline import bench_params
+    from pipeline.config import ClvConfig, ScoreConfig, section
+
+    fixed = bench_params(tmp_path / "raw.parquet", skip_backtest=True)
+    chosen = bench_params(tmp_path / "raw.parquet")
+    assert section(fixed, "clv", ClvConfig).model == "bgnbd"
+    assert section(fixed, "score", ScoreConfig).churn_scorer == "btyd"
+    assert (chosen["clv"]["model"], chosen["score"]["churn_scorer"]) == ("auto", "auto")
+    assert {k: v for k, v in fixed["clv"].items() if k != "model"} == {
+        k: v for k, v in chosen["clv"].items() if k != "model"
+    }
