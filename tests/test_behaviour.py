@@ -246,3 +246,36 @@ def test_sums_do_not_depend_on_row_order_or_threads(tmp_path: Path) -> None:
     f = features[pd.to_datetime(features[s.CUTOFF]) == pd.Timestamp("2020-03-31")].set_index(s.CUSTOMER_ID)
     assert f.loc["x", s.TOTAL_SPEND] == 0.6  # the double nearest the exact sum, not 0.6000000000000001
     assert f.loc["y", s.GAP_STD_DAYS] == math.sqrt(statistics.variance([1, 2, 4]))  # exact variance, rounded once
+
+
+def test_purchase_days_split_at_utc_midnight_to_the_microsecond() -> None:
+    """The customer-days are grouped by a day number taken from the epoch: a microsecond before midnight is the
+    day before, midnight the next, before 1970 too; each day's spend, date and gap are the ones the dates give."""
+    rows = tx_frame(
+        [
+            ("a", "2099-12-30 23:59:59.999999", 1.0),
+            ("a", "2099-12-31 00:00:00.000000", 2.0),
+            ("a", "2099-12-31 23:59:59.999999", 4.0),
+            ("b", "1969-12-30 23:59:59.999999", 8.0),
+            ("b", "1969-12-31 00:00:00.000001", 16.0),
+            ("b", "1970-01-01 00:00:00.000000", 32.0),
+            ("b", "1969-12-31 12:00:00.000000", -5.0),
+        ]
+    )
+    con = duckdb_backend()
+    tx = con.create_table("tx", rows, overwrite=True)
+    days = purchase_days(tx).to_pandas().sort_values([s.CUSTOMER_ID, "day"], ignore_index=True)
+    assert [str(pd.Timestamp(d).date()) for d in days["day"]] == [
+        "2099-12-30",
+        "2099-12-31",
+        "1969-12-30",
+        "1969-12-31",
+        "1970-01-01",
+    ]
+    assert days["spend"].astype(float).tolist() == [1.0, 6.0, 8.0, 16.0, 32.0]
+    assert days["gap"].isna().tolist() == [True, False, True, False, False]
+    assert days["gap"].dropna().tolist() == [1.0, 1.0, 1.0]
+    returned = return_days(tx).to_pandas()
+    assert [str(pd.Timestamp(d).date()) for d in returned["day"]] == ["1969-12-31"] and float(
+        returned["returned"].iloc[0]
+    ) == 5.0
