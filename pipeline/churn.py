@@ -121,13 +121,16 @@ def read_cutoffs(path: Path, fcfg: FeaturesConfig) -> tuple[list[pd.Timestamp], 
 
 
 def snapshots(
-    features: pd.DataFrame | Path, cutoffs: Sequence[pd.Timestamp], fcfg: FeaturesConfig
+    features: pd.DataFrame | Path,
+    cutoffs: Sequence[pd.Timestamp],
+    fcfg: FeaturesConfig,
+    columns: Sequence[str] | None = None,
 ) -> Iterator[tuple[pd.Timestamp, pd.DataFrame]]:
     """Each cutoff's rows in date order: from a loaded table, or read from the Parquet file one cutoff at a time
-    (so the whole stack of cutoffs is never in memory at once)."""
+    (so the whole stack of cutoffs is never in memory at once), its ``columns`` only when given."""
     for cutoff in sorted(pd.Timestamp(c) for c in cutoffs):
         if isinstance(features, Path):
-            snapshot = read_table(features, _schema(fcfg), filters=[(s.CUTOFF, "=", cutoff)])
+            snapshot = read_table(features, _schema(fcfg), columns=columns, filters=[(s.CUTOFF, "=", cutoff)])
             snapshot[s.CUTOFF] = snapshot[s.CUTOFF].astype("datetime64[us]")
         else:
             rows = (features[s.CUTOFF] == cutoff).to_numpy()
@@ -203,8 +206,11 @@ def modelling_table(
     training: Sequence[pd.Timestamp] = (),
     validation: pd.Timestamp | None = None,
     btyd_fits: dict[pd.Timestamp, tuple[pd.DataFrame, BtydFit]] | None = None,
+    columns: Sequence[str] | None = None,
 ) -> tuple[pd.DataFrame, list[BtydFit]]:
-    """The rows of ``cutoffs`` in the population, with BTYD, attribute and derived features added.
+    """The rows of ``cutoffs`` in the population, with BTYD, attribute and derived features added. ``columns``: the
+    features file's columns to read, when it is a path and not all are needed (they must hold the ids, the
+    population filter and what the BTYD and derived features are made of).
 
     ``btyd_fits``, when given, holds each cutoff's BG/NBD columns and fit once computed, so a second table of the
     same cutoffs (the score stage's CLV challenger inputs of every customer, then its churn population) reuses them.
@@ -222,7 +228,7 @@ def modelling_table(
     horizon_units = fcfg.horizon_days / DAYS_PER_UNIT[base.time_unit]
     train_cutoffs = {pd.Timestamp(c) for c in training}
     per_cutoff = -(-cfg.max_training_rows // len(train_cutoffs)) if train_cutoffs else 0
-    for i, (cutoff, snapshot) in enumerate(snapshots(features, cutoffs, fcfg), start=1):
+    for i, (cutoff, snapshot) in enumerate(snapshots(features, cutoffs, fcfg, columns), start=1):
         cap, what = None, ""
         if cutoff in train_cutoffs:
             cap, what = per_cutoff, "for training (churn.max_training_rows)"

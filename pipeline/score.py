@@ -134,6 +134,9 @@ def aligned(frames: dict[str, pd.DataFrame]) -> None:
             )
 
 
+# What the scores table takes of the value table (and the net CLV when there is one).
+VALUE_KEPT = (s.CLV, s.CLV_P05, s.CLV_P95, s.VALUE_TIER, s.P_ALIVE)
+
 # Customers per chunk of the scores table: it is built and written a chunk at a time, in the list's order.
 SCORES_CHUNK_ROWS = 1 << 20
 
@@ -174,7 +177,7 @@ def scores_in_chunks(
     """
     cutoff = _one_cutoff({"churn": churn, "clv": value, "features": snapshot})
     aligned({"churn": churn, "clv": value, "scoring features": snapshot})
-    value_cols = [s.CLV, s.CLV_P05, s.CLV_P95, s.VALUE_TIER, s.P_ALIVE]
+    value_cols = list(VALUE_KEPT)
     if s.CLV_NET in value:
         value_cols.append(s.CLV_NET)
     # the list's order first, from the numbers (models.segments.list_order), then every column taken once in it
@@ -225,9 +228,37 @@ def revenue_lookup(revenue: pd.DataFrame) -> Callable[[pd.Series], npt.NDArray[n
 # --- inputs -----------------------------------------------------------------------------------------------------
 
 
-def read_snapshot(path: Path, fcfg: FeaturesConfig) -> tuple[pd.DataFrame, pd.Timestamp]:
-    """The scoring snapshot, checked against the features schema, and its cutoff."""
-    frame = read_table(path, s.feature_schema(fcfg.windows_days, fcfg.trend_window_days))
+# What the stage reads of the snapshot whatever serves: the ids, the values' inputs, the population filter, the
+# BG/NBD histories, the sources of the derived and ranked features (``models.churn.add_derived``) and the scores
+# table's columns. A scorer's own inputs come on top (``snapshot_columns``); the rest is never read: at 30M
+# customers each column is a quarter of a gigabyte, held through the stage.
+SNAPSHOT_READ = (
+    *SNAPSHOT_COLUMNS,  # the scores table's
+    s.IS_SCORING,
+    *(s.FREQUENCY, s.RECENCY, s.T, s.MONETARY_VALUE),  # the values' and the BG/NBD features' inputs
+    s.GAP_MEAN_DAYS,  # the overdue ratio's
+)
+
+
+def snapshot_columns(fcfg: FeaturesConfig, scorer: Scorer, *, challenger: bool) -> list[str]:
+    """The snapshot columns the stage reads, in the file's order: ``SNAPSHOT_READ`` and the serving scorer's inputs
+    that are snapshot columns (the others are made from these, or come from the attribute tables); with the CLV
+    challenger serving, every feature (it reads the churn model's inputs of every customer)."""
+    schema = s.feature_schema(fcfg.windows_days, fcfg.trend_window_days)
+    wanted = set(SNAPSHOT_READ) | set(scorer.features_)
+    return [c for c in schema.columns if c in wanted or (challenger and c not in s.LABELS)]
+
+
+def scoring_cutoff(path: Path, fcfg: FeaturesConfig) -> pd.Timestamp:
+    """The scoring snapshot's cutoff (two of its columns read), to find the serving models before the rest is read."""
+    return read_snapshot(path, fcfg, columns=[s.CUTOFF, s.IS_SCORING])[1]
+
+
+def read_snapshot(
+    path: Path, fcfg: FeaturesConfig, *, columns: Sequence[str] | None = None
+) -> tuple[pd.DataFrame, pd.Timestamp]:
+    """The scoring snapshot (its ``columns``, else all), checked against the features schema, and its cutoff."""
+    frame = read_table(path, s.feature_schema(fcfg.windows_days, fcfg.trend_window_days), columns=columns)
     cutoffs = pd.unique(frame[s.CUTOFF])
     if len(cutoffs) != 1 or not frame[s.IS_SCORING].all():
         raise InputError(f"{path}: not one scoring snapshot ({len(cutoffs)} cutoffs); rerun the snapshot stage")
@@ -360,7 +391,8 @@ def value_table(
             # the point estimate can sit outside a skewed bootstrap band; widen the band to hold it
             s.CLV_P05: np.minimum(low, scored["clv"]),
             s.CLV_P95: np.maximum(high, scored["clv"]),
-        }
+        },
+        copy=False,  # the arrays as they are, not consolidated into one block: a copy of them all at once
     )
     if doc.get("value_model"):
         table[s.CLV] = challenger_value(snapshot, doc["value_model"], cfg, btyd_fits)
@@ -479,10 +511,11 @@ def model_rows(
     btyd_fits: BtydFits | None = None,
 ) -> pd.DataFrame:
     """One cutoff's churn population with every feature the model needs (BTYD, attributes, derived), from a
-    loaded snapshot or a features file."""
+    loaded snapshot or a features file (of which the columns ``snapshot_columns`` names are read)."""
     tables, _ = churn_stage.read_attributes(cfg.churn)
+    columns = snapshot_columns(cfg.features, model, challenger=False) if isinstance(features, Path) else None
     rows, _ = churn_stage.modelling_table(
-        features, [cutoff], cfg.base, cfg.features, cfg.churn, tables, btyd_fits=btyd_fits
+        features, [cutoff], cfg.base, cfg.features, cfg.churn, tables, btyd_fits=btyd_fits, columns=columns
     )
     missing = [c for c in model.features_ if c not in rows.columns]
     if missing:
@@ -506,19 +539,19 @@ def population_rows(
 def rule_table(population: pd.DataFrame, rule: cm.RuleScorer, guide: cm.ReasonGuide) -> pd.DataFrame:
     """A rule's p_churn for the whole population at once (RFM's quintiles are the population's), and its reasons."""
     p_churn = rule.predict_proba(population)
-    return pd.concat(
-        [
-            pd.DataFrame(
-                {
-                    s.CUSTOMER_ID: population[s.CUSTOMER_ID].array,
-                    s.CUTOFF: population[s.CUTOFF].array,
-                    s.P_CHURN: p_churn,
-                    s.P_CHURN_RAW: rule.raw_probability(population),
-                }
-            ),
-            rule.reasons(population, guide, p_churn).reset_index(drop=True),
-        ],
-        axis=1,
+    reasons = rule.reasons(population, guide, p_churn)
+    # one frame over the arrays as they are (copy=False): a concatenation would copy every column once more, a
+    # gigabyte per column and a half at 30M customers
+    return pd.DataFrame(
+        {
+            s.CUSTOMER_ID: population[s.CUSTOMER_ID].array,
+            s.CUTOFF: population[s.CUTOFF].array,
+            s.P_CHURN: p_churn,
+            s.P_CHURN_RAW: rule.raw_probability(population),
+            # as object Series: an object array would be inferred as text, a copy of its text in each row
+            **{name: reasons[name].reset_index(drop=True) for name in s.REASONS},
+        },
+        copy=False,
     )
 
 
@@ -668,20 +701,24 @@ def write_scores(chunks: Iterator[pd.DataFrame], path: Path, schema: DataFrameSc
 
 def run(cfg: Settings, inp: Inputs, out: Outputs, *, track: bool = True) -> dict[str, Any]:
     """Score, value, segment and write the week's tables; returns the metrics."""
-    snapshot, cutoff = read_snapshot(inp.snapshot, cfg.features)
-    ties = seg.id_ranks(snapshot[s.CUSTOMER_ID])  # every table is the snapshot's rows: joined by position
-    as_of = (cutoff + pd.Timedelta(days=1)).date()
+    as_of = (scoring_cutoff(inp.snapshot, cfg.features) + pd.Timedelta(days=1)).date()
     clv_doc, clv_served = serving_clv(cfg, inp, as_of, track)
+    model, churn_served, choice = serving_churn(cfg, inp, as_of, track)
+    columns = snapshot_columns(cfg.features, model, challenger=bool(clv_doc.get("value_model")))
+    snapshot, cutoff = read_snapshot(inp.snapshot, cfg.features, columns=columns)
+    ties = seg.id_ranks(snapshot[s.CUSTOMER_ID])  # every table is the snapshot's rows: joined by position
     btyd_fits: BtydFits = {}  # the snapshot's BG/NBD fit, made once for the CLV challenger and the churn population
     value = value_table(snapshot, clv_doc, cfg, btyd_fits)
     by_value = seg.sort_order(value, [(s.CLV, False)], ties=ties)  # highest value first, then by id
     write_table(value, out.clv, s.clv_schema(with_net=cfg.clv.acquisition_cost is not None), order=by_value)
     value_summary = value_metrics(value, by_value)
+    value = value[[s.CUSTOMER_ID, s.CUTOFF, *VALUE_KEPT, *([s.CLV_NET] if s.CLV_NET in value else [])]]
 
-    model, churn_served, choice = serving_churn(cfg, inp, as_of, track)
     population, at = population_rows(snapshot, cutoff, cfg, model, btyd_fits)
-    kept = snapshot[SNAPSHOT_COLUMNS].take(at)
-    del snapshot, btyd_fits  # from here on only these columns of it: at 10M customers the rest is gigabytes
+    del snapshot, btyd_fits  # from here on the population's rows: at 30M customers each column is 240 MB
+    # what the scorer, the drift and the scores table read of the population; the other columns are freed
+    population = population[list(dict.fromkeys([*SNAPSHOT_COLUMNS, *model.features_]))]
+    kept = population[SNAPSHOT_COLUMNS]
     typical, where = serving_typical(inp, churn_served, as_of)
     guide = reason_guide(cfg, typical, model, where)
     churned = risk_table(population, value[s.CLV].to_numpy()[at], model, cfg, ties=ties[at], guide=guide)

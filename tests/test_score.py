@@ -9,8 +9,9 @@ import pytest
 
 from features import schemas as s
 from features.errors import InputError
-from pipeline.config import ScoreConfig, section
-from pipeline.score import build_scores, scores_in_chunks
+from models import churn as cm
+from pipeline.config import FeaturesConfig, ScoreConfig, section
+from pipeline.score import SNAPSHOT_READ, build_scores, scores_in_chunks, snapshot_columns
 
 CUTOFF = pd.Timestamp("1998-03-01")
 
@@ -92,3 +93,19 @@ def test_inputs_out_of_step_are_an_error(params: dict[str, Any]) -> None:
     twice = pd.concat([revenue, revenue], ignore_index=True)
     with pytest.raises(InputError, match="more than one row for a customer"):
         build_scores(churn, value, snapshot, twice, cfg, horizon_days=90)
+
+
+def test_the_snapshot_is_read_for_what_serves(params: dict[str, Any]) -> None:
+    """A rule reads the ids, the values' inputs and what the BTYD and derived features are made of; never the
+    labels (empty at a scoring cutoff) nor the windows it does not use. The CLV challenger reads every feature."""
+    fcfg = section(params, "features", FeaturesConfig)
+    every = list(s.feature_schema(fcfg.windows_days, fcfg.trend_window_days).columns)
+    rule = cm.RuleScorer("btyd", cm.Calibrator("sigmoid"))
+    read = snapshot_columns(fcfg, rule, challenger=False)
+    assert read == [c for c in every if c in SNAPSHOT_READ]  # in the file's order
+    assert len(read) == 12 < len(every) and not set(read) & set(s.LABELS)
+    window = f"spend_{fcfg.windows_days[0]}d"
+    assert window not in read
+    rule.features_ = [*rule.features_, window]  # a scorer that reads a window gets it
+    assert window in snapshot_columns(fcfg, rule, challenger=False)
+    assert snapshot_columns(fcfg, rule, challenger=True) == [c for c in every if c not in s.LABELS]
